@@ -1,0 +1,154 @@
+package authz
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+)
+
+// Claims are the claims of a verified token.
+//
+// A Claims value is shared by every request that presents the same token
+// (through the verified-token cache), so it is read-only: callers must not
+// modify it or anything it points to, Raw included.
+type Claims struct {
+	Issuer    string
+	Subject   string
+	Audience  []string
+	ExpiresAt time.Time
+	NotBefore time.Time // zero when the token has no nbf
+	IssuedAt  time.Time // zero when the token has no iat
+
+	// Raw holds every claim as the token carries it, numbers as json.Number
+	// so that they are copied verbatim.
+	Raw map[string]any
+
+	exp float64 // seconds since the epoch, as in the token
+	nbf float64 // zero when absent
+}
+
+// parseClaims decodes a payload and reads the registered claims vakt checks.
+// exp is required; exp, nbf and iat must be JSON numbers (a numeric string is
+// not a NumericDate); iss and sub must be strings; aud a string or an array
+// of strings.
+func parseClaims(payload []byte) (*Claims, error) {
+	var raw map[string]any
+	if err := decodeObject(payload, &raw, "payload"); err != nil {
+		return nil, err
+	}
+	c := &Claims{Raw: raw}
+	var err error
+	if c.Issuer, err = stringClaim(raw, "iss"); err != nil {
+		return nil, err
+	}
+	if c.Subject, err = stringClaim(raw, "sub"); err != nil {
+		return nil, err
+	}
+	if c.Audience, err = audienceClaim(raw); err != nil {
+		return nil, err
+	}
+	var ok bool
+	if c.exp, ok, err = numericDate(raw, "exp"); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, fmt.Errorf("%w: exp is required", ErrClaimInvalid)
+	}
+	c.ExpiresAt = toTime(c.exp)
+	if c.nbf, ok, err = numericDate(raw, "nbf"); err != nil {
+		return nil, err
+	} else if ok {
+		c.NotBefore = toTime(c.nbf)
+	}
+	if iat, ok, err := numericDate(raw, "iat"); err != nil {
+		return nil, err
+	} else if ok {
+		c.IssuedAt = toTime(iat)
+	}
+	return c, nil
+}
+
+// checkTimes applies exp and nbf at now with leeway. exp: 0 is long expired.
+func (c *Claims) checkTimes(now time.Time, leeway time.Duration) error {
+	t := unixSeconds(now)
+	l := leeway.Seconds()
+	if t >= c.exp+l {
+		return ErrExpired
+	}
+	if c.nbf != 0 && t < c.nbf-l {
+		return ErrNotYetValid
+	}
+	return nil
+}
+
+// checkIssuedAt rejects a token issued in the future (beyond leeway).
+func (c *Claims) checkIssuedAt(now time.Time, leeway time.Duration) error {
+	if !c.IssuedAt.IsZero() && c.IssuedAt.After(now.Add(leeway)) {
+		return fmt.Errorf("%w: iat is in the future", ErrNotYetValid)
+	}
+	return nil
+}
+
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+func toTime(sec float64) time.Time {
+	// Keep absurd values representable: year 1 to year 9999 covers every
+	// token that is not an attack, and the float comparisons use sec itself.
+	const lo, hi = -62135596800, 253402300799
+	sec = math.Max(lo, math.Min(hi, sec))
+	whole, frac := math.Modf(sec)
+	return time.Unix(int64(whole), int64(frac*1e9)).UTC()
+}
+
+func stringClaim(raw map[string]any, name string) (string, error) {
+	v, ok := raw[name]
+	if !ok {
+		return "", nil
+	}
+	s, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf("%w: %s is not a string", ErrClaimInvalid, name)
+	}
+	return s, nil
+}
+
+func audienceClaim(raw map[string]any) ([]string, error) {
+	switch v := raw["aud"].(type) {
+	case nil:
+		if _, present := raw["aud"]; present {
+			return nil, fmt.Errorf("%w: aud is null", ErrClaimInvalid)
+		}
+		return nil, nil
+	case string:
+		return []string{v}, nil
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, fmt.Errorf("%w: aud holds a value that is not a string", ErrClaimInvalid)
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("%w: aud is neither a string nor an array of strings", ErrClaimInvalid)
+	}
+}
+
+func numericDate(raw map[string]any, name string) (float64, bool, error) {
+	v, ok := raw[name]
+	if !ok {
+		return 0, false, nil
+	}
+	n, ok := v.(json.Number)
+	if !ok {
+		return 0, false, fmt.Errorf("%w: %s is not a number", ErrClaimInvalid, name)
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	if err != nil || math.IsInf(f, 0) {
+		return 0, false, fmt.Errorf("%w: %s is out of range", ErrClaimInvalid, name)
+	}
+	return f, true, nil
+}

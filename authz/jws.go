@@ -1,0 +1,178 @@
+package authz
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// DefaultMaxTokenSize caps the size of a token before any parsing.
+const DefaultMaxTokenSize = 16 << 10
+
+// b64 decodes base64url without padding and rejects non-canonical trailing
+// bits. The standard decoder silently skips '\r' and '\n', so callers check
+// the alphabet first (see validSegment).
+var b64 = base64.RawURLEncoding.Strict()
+
+// forbiddenHeaders are JOSE header members whose mere presence rejects a
+// token: vakt supports no extensions (crit, b64) and never follows or trusts
+// a key that a token points to or carries (jku, x5u, jwk).
+var forbiddenHeaders = [...]string{"crit", "b64", "jku", "x5u", "jwk"}
+
+// parsedToken is a compact JWS whose structure has been checked but whose
+// signature and claims have not.
+type parsedToken struct {
+	alg          string
+	kid          string
+	signingInput string // "header.payload", as signed
+	signature    []byte
+	payload      []byte // decoded JSON object
+}
+
+// parseCompact checks the structure of a compact JWS (RFC 7515 §7.1) and
+// decodes its header. It rejects, in this order:
+//   - tokens over maxSize bytes (ErrTooLarge);
+//   - JSON serialization and JWE (ErrUnsupported);
+//   - anything but three base64url segments with no padding, no characters
+//     outside the URL-safe alphabet and canonical trailing bits (ErrMalformed);
+//   - a header or payload that is not a JSON object, or that repeats a member
+//     name (ErrMalformed);
+//   - a header without a string alg, or alg "none" (ErrAlgorithmNotAllowed);
+//   - crit, b64, jku, x5u and jwk headers (ErrHeaderNotAllowed): vakt never
+//     follows a key reference a token carries, and supports no extensions.
+func parseCompact(token string, maxSize int) (*parsedToken, error) {
+	if len(token) > maxSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), maxSize)
+	}
+	if token == "" {
+		return nil, fmt.Errorf("%w: token is empty", ErrMalformed)
+	}
+	if token[0] == '{' {
+		return nil, fmt.Errorf("%w: JWS JSON serialization", ErrUnsupported)
+	}
+	first := strings.IndexByte(token, '.')
+	last := strings.LastIndexByte(token, '.')
+	if first < 0 || first == last {
+		return nil, fmt.Errorf("%w: expected three dot-separated segments", ErrMalformed)
+	}
+	if dots := strings.Count(token, "."); dots != 2 {
+		if dots == 4 {
+			return nil, fmt.Errorf("%w: encrypted tokens (JWE)", ErrUnsupported)
+		}
+		return nil, fmt.Errorf("%w: expected three dot-separated segments", ErrMalformed)
+	}
+	hSeg, pSeg, sSeg := token[:first], token[first+1:last], token[last+1:]
+	for _, seg := range [...]string{hSeg, pSeg, sSeg} {
+		if !validSegment(seg) {
+			return nil, fmt.Errorf("%w: segment is not unpadded base64url", ErrMalformed)
+		}
+	}
+
+	hdrJSON, err := decodeSegment(hSeg, "header")
+	if err != nil {
+		return nil, err
+	}
+	// A map, not a struct: encoding/json matches struct fields without regard
+	// to case, and "KID" is not "kid".
+	var h map[string]json.RawMessage
+	if err := decodeObject(hdrJSON, &h, "header"); err != nil {
+		return nil, err
+	}
+	if _, ok := h["enc"]; ok {
+		return nil, fmt.Errorf("%w: encrypted tokens (JWE)", ErrUnsupported)
+	}
+	var alg, kid string
+	if err := headerString(h, "alg", &alg); err != nil {
+		return nil, err
+	}
+	if alg == "" {
+		return nil, fmt.Errorf("%w: header has no alg", ErrMalformed)
+	}
+	if strings.EqualFold(alg, "none") {
+		return nil, fmt.Errorf("%w: %q", ErrAlgorithmNotAllowed, alg)
+	}
+	for _, name := range forbiddenHeaders {
+		if _, ok := h[name]; ok {
+			return nil, fmt.Errorf("%w: %s", ErrHeaderNotAllowed, name)
+		}
+	}
+	if err := headerString(h, "kid", &kid); err != nil {
+		return nil, err
+	}
+	if sSeg == "" {
+		return nil, fmt.Errorf("%w: signature is empty", ErrSignatureInvalid)
+	}
+
+	payload, err := decodeSegment(pSeg, "payload")
+	if err != nil {
+		return nil, err
+	}
+	sig, err := b64.DecodeString(sSeg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: signature is not base64url", ErrMalformed)
+	}
+	return &parsedToken{
+		alg:          alg,
+		kid:          kid,
+		signingInput: token[:last],
+		signature:    sig,
+		payload:      payload,
+	}, nil
+}
+
+// headerString reads an optional string member of the header.
+func headerString(h map[string]json.RawMessage, name string, dst *string) error {
+	raw, ok := h[name]
+	if !ok {
+		return nil
+	}
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, dst) != nil {
+		return fmt.Errorf("%w: header %s is not a string", ErrMalformed, name)
+	}
+	return nil
+}
+
+// validSegment reports whether s uses only the unpadded base64url alphabet.
+func validSegment(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func decodeSegment(seg, what string) ([]byte, error) {
+	if seg == "" {
+		return nil, fmt.Errorf("%w: %s is empty", ErrMalformed, what)
+	}
+	out, err := b64.DecodeString(seg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s is not canonical base64url", ErrMalformed, what)
+	}
+	return out, nil
+}
+
+// decodeObject decodes one JSON object into v, rejecting anything else,
+// trailing data and repeated member names at any depth.
+func decodeObject(data []byte, v any, what string) error {
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || data[0] != '{' {
+		return fmt.Errorf("%w: %s is not a JSON object", ErrMalformed, what)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %s is not valid JSON", ErrMalformed, what)
+	}
+	if dec.InputOffset() != int64(len(data)) {
+		return fmt.Errorf("%w: %s has data after the JSON object", ErrMalformed, what)
+	}
+	if name, dup := duplicateName(data); dup {
+		return fmt.Errorf("%w: %s repeats member %q", ErrMalformed, what, name)
+	}
+	return nil
+}

@@ -1,0 +1,320 @@
+package authz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Limits of the remote key set.
+const (
+	// MinRefetchInterval spaces fetches caused by unknown kids, per provider.
+	MinRefetchInterval = 10 * time.Second
+	// MinRefreshInterval and MaxRefreshInterval clamp Cache-Control max-age.
+	MinRefreshInterval = time.Minute
+	MaxRefreshInterval = 24 * time.Hour
+	// DefaultRefreshInterval applies when the JWKS response has no max-age.
+	DefaultRefreshInterval = 15 * time.Minute
+	// maxDocumentSize caps a discovery document or key set.
+	maxDocumentSize = 1 << 20
+	fetchTimeout    = 10 * time.Second
+	firstRetry      = 5 * time.Second
+	maxRetry        = 5 * time.Minute
+)
+
+// StaticKeys is a KeySource over a fixed key set.
+type StaticKeys struct{ Set *KeySet }
+
+// Key returns the key with kid.
+func (s StaticKeys) Key(_ context.Context, kid string) (*Key, error) {
+	if k, ok := s.Set.Lookup(kid); ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("%w: kid %q", ErrKeyNotFound, kid)
+}
+
+// RemoteKeysConfig describes where a provider's keys are published.
+type RemoteKeysConfig struct {
+	Name string // the provider's name, for logs and errors
+	// Either WellKnownURL (OpenID Connect discovery or RFC 8414 metadata,
+	// whose issuer must equal Issuer) or JWKSURI.
+	WellKnownURL string
+	JWKSURI      string
+	Issuer       string
+	Client       *http.Client     // http.DefaultClient's transport when nil, with a timeout
+	Logger       *slog.Logger     // slog.Default() when nil
+	Now          func() time.Time // time.Now when nil
+}
+
+// RemoteKeys is a KeySource that fetches a JWK Set over HTTP.
+//
+//   - Run refreshes the set in the background, as often as the response's
+//     Cache-Control max-age says (clamped to MinRefreshInterval –
+//     MaxRefreshInterval), and retries with backoff while the provider is down.
+//   - A kid the current set lacks triggers a fetch, at most once per
+//     MinRefetchInterval; concurrent misses wait for that one fetch.
+//   - A failed fetch keeps the last good set in use.
+//   - Before the first successful fetch every lookup fails with
+//     ErrKeysUnavailable, naming the last fetch error.
+type RemoteKeys struct {
+	cfg    RemoteKeysConfig
+	client *http.Client
+	log    *slog.Logger
+	now    func() time.Time
+
+	state atomic.Pointer[remoteState]
+
+	mu        sync.Mutex
+	inflight  *fetchCall
+	lastFetch time.Time // start of the last fetch, for the refetch limit
+	jwksURI   string    // resolved by discovery; touched only by fetch
+}
+
+type remoteState struct {
+	keys    *KeySet // last good set; nil before the first success
+	err     error   // error of the last fetch, nil when it succeeded
+	maxAge  time.Duration
+	fetched time.Time
+}
+
+type fetchCall struct {
+	done chan struct{}
+	err  error
+}
+
+var errRefetchTooSoon = errors.New("key set was fetched less than 10s ago")
+
+// NewRemoteKeys returns a remote key set. It fetches nothing until Run
+// starts or a key is looked up.
+func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
+	if (cfg.WellKnownURL == "") == (cfg.JWKSURI == "") {
+		return nil, errors.New("exactly one of wellKnownUrl and jwksUri is required")
+	}
+	r := &RemoteKeys{cfg: cfg, client: cfg.Client, log: cfg.Logger, now: cfg.Now, jwksURI: cfg.JWKSURI}
+	if r.client == nil {
+		r.client = &http.Client{Timeout: fetchTimeout}
+	}
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	r.log = r.log.With("identity_provider", cfg.Name)
+	if r.now == nil {
+		r.now = time.Now
+	}
+	return r, nil
+}
+
+// Key returns the key with kid, fetching the set again when kid is unknown
+// and the last fetch is at least MinRefetchInterval old.
+func (r *RemoteKeys) Key(ctx context.Context, kid string) (*Key, error) {
+	if st := r.state.Load(); st != nil {
+		if k, ok := st.keys.Lookup(kid); ok {
+			return k, nil
+		}
+	}
+	err := r.fetch(ctx, false)
+	st := r.state.Load()
+	if st == nil || st.keys == nil {
+		if err == nil || errors.Is(err, errRefetchTooSoon) {
+			if st != nil && st.err != nil {
+				err = st.err
+			} else if err == nil {
+				err = errors.New("no keys fetched yet")
+			}
+		}
+		return nil, fmt.Errorf("%w for identity provider %s: %v", ErrKeysUnavailable, r.cfg.Name, err)
+	}
+	if k, ok := st.keys.Lookup(kid); ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("%w: kid %q", ErrKeyNotFound, kid)
+}
+
+// Run keeps the key set fresh until ctx ends.
+func (r *RemoteKeys) Run(ctx context.Context) {
+	retry := firstRetry
+	for {
+		wait := DefaultRefreshInterval
+		if err := r.fetch(ctx, true); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			wait, retry = retry, min(2*retry, maxRetry)
+		} else {
+			retry = firstRetry
+			if st := r.state.Load(); st != nil && st.maxAge > 0 {
+				wait = st.maxAge
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// fetch fetches the key set once, joining a fetch already under way. Unless
+// scheduled, it refuses to start a fetch within MinRefetchInterval of the
+// last one. The fetch itself is not cancelled by ctx, which belongs to one
+// of possibly many waiting requests.
+func (r *RemoteKeys) fetch(ctx context.Context, scheduled bool) error {
+	r.mu.Lock()
+	call := r.inflight
+	if call == nil {
+		now := r.now()
+		if !scheduled && !r.lastFetch.IsZero() && now.Sub(r.lastFetch) < MinRefetchInterval {
+			r.mu.Unlock()
+			return errRefetchTooSoon
+		}
+		call = &fetchCall{done: make(chan struct{})}
+		r.inflight = call
+		r.lastFetch = now
+		go func() {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+			call.err = r.fetchOnce(fctx)
+			cancel()
+			r.mu.Lock()
+			r.inflight = nil
+			r.mu.Unlock()
+			close(call.done)
+		}()
+	}
+	r.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *RemoteKeys) fetchOnce(ctx context.Context) error {
+	set, maxAge, err := r.download(ctx)
+	prev := r.state.Load()
+	next := &remoteState{fetched: r.now()}
+	if prev != nil {
+		next.keys, next.maxAge = prev.keys, prev.maxAge
+	}
+	if err != nil {
+		next.err = err
+		r.state.Store(next)
+		if next.keys != nil {
+			r.log.Warn("key set fetch failed; keeping the last good keys", "error", err)
+		} else {
+			r.log.Error("key set fetch failed; tokens of this provider are rejected until keys arrive", "error", err)
+		}
+		return err
+	}
+	next.keys, next.maxAge = set, maxAge
+	r.state.Store(next)
+	r.log.Debug("key set fetched", "keys", set.Len(), "refresh_in", maxAge)
+	return nil
+}
+
+func (r *RemoteKeys) download(ctx context.Context) (*KeySet, time.Duration, error) {
+	if r.jwksURI == "" {
+		uri, err := r.discover(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		r.jwksURI = uri
+	}
+	body, hdr, err := r.get(ctx, r.jwksURI)
+	if err != nil {
+		return nil, 0, err
+	}
+	set, skipped, err := ParseKeySet(body)
+	if err != nil {
+		return nil, 0, fmt.Errorf("jwks from %s: %w", r.jwksURI, err)
+	}
+	for _, s := range skipped {
+		r.log.Warn("skipping a key in the key set", "reason", s)
+	}
+	if set.Len() == 0 {
+		return nil, 0, fmt.Errorf("jwks from %s has no usable keys", r.jwksURI)
+	}
+	return set, refreshInterval(hdr.Get("Cache-Control")), nil
+}
+
+func (r *RemoteKeys) discover(ctx context.Context) (string, error) {
+	body, _, err := r.get(ctx, r.cfg.WellKnownURL)
+	if err != nil {
+		return "", err
+	}
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return "", fmt.Errorf("discovery document %s is not valid JSON: %w", r.cfg.WellKnownURL, err)
+	}
+	// OpenID Connect Discovery §4.3: the issuer must match exactly, or the
+	// document may be serving another issuer's keys.
+	if doc.Issuer != r.cfg.Issuer {
+		return "", fmt.Errorf("discovery document %s names issuer %q, not %q", r.cfg.WellKnownURL, doc.Issuer, r.cfg.Issuer)
+	}
+	u, err := url.Parse(doc.JWKSURI)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", fmt.Errorf("discovery document %s has no valid jwks_uri", r.cfg.WellKnownURL)
+	}
+	return doc.JWKSURI, nil
+}
+
+func (r *RemoteKeys) get(ctx context.Context, uri string) ([]byte, http.Header, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uri, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("GET %s: status %s", uri, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDocumentSize+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("GET %s: %w", uri, err)
+	}
+	if len(body) > maxDocumentSize {
+		return nil, nil, fmt.Errorf("GET %s: response is larger than %d bytes", uri, maxDocumentSize)
+	}
+	return body, resp.Header, nil
+}
+
+// refreshInterval reads max-age from a Cache-Control header, clamped to
+// MinRefreshInterval – MaxRefreshInterval; DefaultRefreshInterval without one.
+func refreshInterval(cacheControl string) time.Duration {
+	for _, d := range strings.Split(cacheControl, ",") {
+		name, value, _ := strings.Cut(strings.TrimSpace(d), "=")
+		switch strings.ToLower(name) {
+		case "no-cache", "no-store":
+			return MinRefreshInterval
+		case "max-age":
+			secs, err := strconv.ParseInt(strings.Trim(value, `"`), 10, 64)
+			if err != nil || secs < 0 {
+				return DefaultRefreshInterval
+			}
+			if secs > int64(MaxRefreshInterval/time.Second) {
+				return MaxRefreshInterval
+			}
+			return max(time.Duration(secs)*time.Second, MinRefreshInterval)
+		}
+	}
+	return DefaultRefreshInterval
+}

@@ -1,0 +1,116 @@
+package authz
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+	"unsafe"
+)
+
+// ValidatorConfig configures a Validator.
+type ValidatorConfig struct {
+	Providers []*Provider
+	// Aliases maps extra names to a provider's name ("vakt" → "tokenx").
+	Aliases map[string]string
+	// MaxTokenSize caps tokens in bytes; DefaultMaxTokenSize when zero.
+	MaxTokenSize int
+	// CacheSize bounds the verified-token cache; DefaultCacheSize when zero,
+	// no cache when negative.
+	CacheSize int
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Validator validates tokens against named identity providers, remembering
+// tokens that passed so that a repeated token costs a hash and a lookup.
+//
+// A Validator is immutable and safe for concurrent use. A configuration
+// change builds a new one: the cache belongs to the configuration it was
+// filled under, so a tightened audience or a removed provider takes effect
+// at once.
+type Validator struct {
+	providers map[string]*Provider
+	maxSize   int
+	cache     *tokenCache
+	now       func() time.Time
+}
+
+// NewValidator returns a Validator over cfg's providers.
+func NewValidator(cfg ValidatorConfig) (*Validator, error) {
+	v := &Validator{
+		providers: make(map[string]*Provider, len(cfg.Providers)+len(cfg.Aliases)),
+		maxSize:   cfg.MaxTokenSize,
+		now:       cfg.Now,
+	}
+	for _, p := range cfg.Providers {
+		if _, dup := v.providers[p.name]; dup {
+			return nil, fmt.Errorf("identity provider %q is configured twice", p.name)
+		}
+		v.providers[p.name] = p
+	}
+	for alias, name := range cfg.Aliases {
+		p, ok := v.providers[name]
+		if !ok {
+			return nil, fmt.Errorf("alias %q names unknown identity provider %q", alias, name)
+		}
+		if _, dup := v.providers[alias]; dup {
+			return nil, fmt.Errorf("alias %q is already an identity provider", alias)
+		}
+		v.providers[alias] = p
+	}
+	if v.maxSize <= 0 {
+		v.maxSize = DefaultMaxTokenSize
+	}
+	switch {
+	case cfg.CacheSize == 0:
+		v.cache = newTokenCache(DefaultCacheSize)
+	case cfg.CacheSize > 0:
+		v.cache = newTokenCache(cfg.CacheSize)
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	return v, nil
+}
+
+// Provider returns the provider with a name or alias.
+func (v *Validator) Provider(name string) (*Provider, bool) {
+	p, ok := v.providers[name]
+	return p, ok
+}
+
+// Validate checks token against the named identity provider (see
+// Provider.verify for every step) and returns its claims. Every rejection
+// wraps one of the package's sentinel errors.
+func (v *Validator) Validate(ctx context.Context, provider, token string) (*Claims, error) {
+	p, ok := v.providers[provider]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownProvider, provider)
+	}
+	if len(token) > v.maxSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
+	}
+	now := v.now()
+	if v.cache == nil {
+		return p.verify(ctx, token, now, v.maxSize)
+	}
+	// Hash the token's bytes in place: the conversion would copy it.
+	key := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
+	if e, ok := v.cache.get(&key); ok && e.provider == p {
+		if err := e.claims.checkTimes(now, p.leeway); err != nil {
+			if errors.Is(err, ErrExpired) {
+				v.cache.remove(&key)
+			}
+			return nil, err
+		}
+		return e.claims, nil
+	}
+	c, err := p.verify(ctx, token, now, v.maxSize)
+	if err != nil {
+		return nil, err
+	}
+	v.cache.put(&key, cacheEntry{provider: p, claims: c}, unixSeconds(now))
+	return c, nil
+}
