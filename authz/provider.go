@@ -23,6 +23,10 @@ type ProviderConfig struct {
 	Name       string
 	Issuer     string        // compared to iss exactly
 	Audiences  []string      // when set, aud must contain one of them
+	// RequireAudience makes an empty Audiences reject every token instead of
+	// skipping the audience check, for providers whose audiences come from
+	// a list that may be empty (vakt's own tokens: the registered applications).
+	RequireAudience bool
 	Algorithms []string      // allowlist; DefaultAlgorithms when empty
 	Leeway     time.Duration // clock skew allowed on exp, nbf and iat
 	Keys       KeySource     // this issuer's keys, and no one else's
@@ -33,6 +37,7 @@ type Provider struct {
 	name       string
 	issuer     string
 	audiences  []string
+	checkAud   bool
 	algorithms []string
 	leeway     time.Duration
 	keys       KeySource
@@ -59,6 +64,7 @@ func NewProvider(cfg ProviderConfig) (*Provider, error) {
 		name:       cfg.Name,
 		issuer:     cfg.Issuer,
 		audiences:  slices.Clone(cfg.Audiences),
+		checkAud:   cfg.RequireAudience || len(cfg.Audiences) > 0,
 		algorithms: slices.Clone(algs),
 		leeway:     cfg.Leeway,
 		keys:       cfg.Keys,
@@ -78,7 +84,8 @@ func (p *Provider) Issuer() string { return p.issuer }
 //  3. claims decoded; exp present; exp, nbf and iat numbers;
 //  4. iss equal to this provider's issuer, byte for byte;
 //  5. exp and nbf with leeway; iat not in the future;
-//  6. aud contains a configured audience, when audiences are configured;
+//  6. aud contains a configured audience, when audiences are configured or
+//     required (an empty required list rejects every token: fail closed);
 //  7. the key with the token's kid from this issuer's key set only, and alg
 //     one that key may verify;
 //  8. the signature.
@@ -106,7 +113,7 @@ func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxS
 	if err := c.checkIssuedAt(now, p.leeway); err != nil {
 		return nil, err
 	}
-	if len(p.audiences) > 0 && !slices.ContainsFunc(c.Audience, func(a string) bool {
+	if p.checkAud && !slices.ContainsFunc(c.Audience, func(a string) bool {
 		return slices.Contains(p.audiences, a)
 	}) {
 		return nil, ErrAudienceInvalid

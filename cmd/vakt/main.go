@@ -1,0 +1,138 @@
+// Command vakt is an authorization service: Envoy ext_authz, token
+// introspection and token exchange over one validation engine.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/deploy/examples"
+	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/server"
+)
+
+const usage = `vakt: authorization for a service mesh
+
+Usage:
+  vakt serve [--config FILE] [--log-level debug|info|warn|error] [--log-format json|text]
+  vakt check-config FILE
+
+Without --config, serve runs on the embedded development default
+(deploy/examples/vakt.yaml) with an ephemeral signing key.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "check-config":
+		return checkConfig(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "vakt: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprint(stderr, "usage: vakt check-config FILE\n")
+		return 2
+	}
+	if _, err := config.LoadFile(args[0]); err != nil {
+		fmt.Fprintf(stderr, "%s:\n%v\n", args[0], err)
+		return 1
+	}
+	fmt.Fprintln(stdout, "ok")
+	return 0
+}
+
+func serve(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file (default: the embedded development configuration)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	format := fs.String("log-format", "json", "json or text")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		fmt.Fprintf(stderr, "vakt: %v\n", err)
+		return 2
+	}
+
+	var cfg *config.Config
+	if *cfgPath == "" {
+		cfg, err = config.Load(examples.Development, ".")
+		log.Warn("running on the embedded development configuration (deploy/examples/vakt.yaml): example applications, an ephemeral signing key; not for production")
+	} else {
+		cfg, err = config.LoadFile(*cfgPath)
+	}
+	if err != nil {
+		log.Error("configuration is invalid", "file", *cfgPath, "error", err)
+		return 1
+	}
+
+	key, err := exchange.GenerateSigningKey("RS256")
+	if err != nil {
+		log.Error("cannot make a signing key", "error", err)
+		return 1
+	}
+	log.Warn("signing with an ephemeral key: tokens vakt issues will not verify after a restart", "kid", key.ID)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rt, err := server.NewRuntime(ctx, cfg, server.Options{Logger: log, SigningKeys: []*exchange.SigningKey{key}})
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	var cur server.Current
+	cur.Store(rt)
+	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP)
+	if err != nil {
+		log.Error("cannot listen", "error", err)
+		return 1
+	}
+	if err := server.Serve(ctx, &cur, ls, log); err != nil {
+		log.Error("stopped with an error", "error", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %q is not debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	default:
+		return nil, errors.New(`--log-format: must be "json" or "text"`)
+	}
+}

@@ -1,0 +1,159 @@
+// Package config reads vakt's YAML configuration and validates it into an
+// immutable snapshot. Nothing modifies a Config after Load returns it; a
+// reload loads a new one.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/goccy/go-yaml"
+
+	"github.com/vakt-dev/vakt/authz"
+)
+
+// Defaults for fields a configuration may leave out.
+const (
+	DefaultGRPCAddress = "127.0.0.1:9000"
+	DefaultHTTPAddress = "127.0.0.1:8080"
+)
+
+// Reserved identity provider names: tokens vakt issued itself.
+const (
+	ProviderTokenX = "tokenx"
+	ProviderVakt   = "vakt"
+)
+
+// Config is a validated configuration.
+type Config struct {
+	// Issuer is vakt's own issuer identifier, an absolute http(s) URL.
+	Issuer string `yaml:"issuer"`
+	// Cluster is the default cluster of applications and access rules.
+	Cluster           string             `yaml:"cluster"`
+	Listen            Listen             `yaml:"listen"`
+	IdentityProviders []IdentityProvider `yaml:"identityProviders"`
+	Applications      []Application      `yaml:"applications"`
+	Validation        Validation         `yaml:"validation"`
+}
+
+// Listen holds the listen addresses.
+type Listen struct {
+	GRPC string `yaml:"grpc"` // Introspect (later Check and Exchange), health, reflection
+	HTTP string `yaml:"http"` // /api/v1/introspect, /healthz
+}
+
+// IdentityProvider is an external issuer whose tokens vakt accepts.
+type IdentityProvider struct {
+	Name         string   `yaml:"name"`
+	Issuer       string   `yaml:"issuer"`
+	WellKnownURL string   `yaml:"wellKnownUrl"`
+	JWKSURI      string   `yaml:"jwksUri"`
+	Audience     []string `yaml:"audience"`
+	Algorithms   []string `yaml:"algorithms"`
+	// LeewayText is the clock skew allowed on exp, nbf and iat ("30s");
+	// Leeway is its value after Load.
+	LeewayText string        `yaml:"leeway"`
+	Leeway     time.Duration `yaml:"-"`
+}
+
+// Application is a workload that calls or is called, identified by
+// cluster:namespace:name.
+type Application struct {
+	Name      string `yaml:"name"`
+	Namespace string `yaml:"namespace"`
+	Cluster   string `yaml:"cluster"` // the top-level cluster when empty
+	// The application's public keys, at most one of: inline, a file (relative
+	// to the configuration file) or a URL.
+	JWKS         any          `yaml:"jwks"`
+	JWKSFile     string       `yaml:"jwksFile"`
+	JWKSURI      string       `yaml:"jwksUri"`
+	AccessPolicy AccessPolicy `yaml:"accessPolicy"`
+
+	// Keys is the parsed inline or file key set; nil otherwise.
+	Keys *authz.KeySet `yaml:"-"`
+}
+
+// ID returns the application id, cluster:namespace:name.
+func (a *Application) ID() string { return a.Cluster + ":" + a.Namespace + ":" + a.Name }
+
+// AccessPolicy says who may call an application.
+type AccessPolicy struct {
+	Inbound Inbound `yaml:"inbound"`
+}
+
+// Inbound lists the applications allowed to call.
+type Inbound struct {
+	Rules []Rule `yaml:"rules"`
+}
+
+// Rule allows one calling application. After Load, Namespace and Cluster
+// are filled in: a rule with only application means the target's own
+// namespace and cluster; with namespace, the target's cluster.
+type Rule struct {
+	Application string `yaml:"application"`
+	Namespace   string `yaml:"namespace"`
+	Cluster     string `yaml:"cluster"`
+}
+
+// ID returns the id of the application the rule allows.
+func (r Rule) ID() string { return r.Cluster + ":" + r.Namespace + ":" + r.Application }
+
+// Validation tunes the validation engine.
+type Validation struct {
+	// MaxTokenSize caps tokens, in bytes (default 16384).
+	MaxTokenSize int `yaml:"maxTokenSize"`
+	// CacheSize bounds the verified-token cache (default 100000; -1 disables it).
+	CacheSize int `yaml:"cacheSize"`
+}
+
+// LoadFile reads and validates a configuration file.
+func LoadFile(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Load(data, filepath.Dir(path))
+}
+
+// Load decodes and validates a configuration. Relative file names in it are
+// resolved against dir. Unknown fields, duplicate keys, bad durations or
+// URLs, duplicate ids and names, and incomplete rules are rejected; the error
+// names every offending field with its line.
+func Load(data []byte, dir string) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalWithOptions(data, &c, yaml.Strict()); err != nil {
+		return nil, decodeError(err)
+	}
+	if err := c.validate(data, dir); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// decodeError turns a YAML error into one line: "line 3: unknown field ...".
+func decodeError(err error) error {
+	var ye yaml.Error
+	if errors.As(err, &ye) {
+		if tok := ye.GetToken(); tok != nil && tok.Position != nil {
+			return fmt.Errorf("line %d: %s", tok.Position.Line, ye.GetMessage())
+		}
+	}
+	msg := yaml.FormatError(err, false, false)
+	return errors.New(strings.TrimSpace(msg))
+}
+
+// keySetFromYAML converts an inline key set (a YAML or JSON object) to JSON
+// and parses it.
+func keySetFromYAML(v any) (*authz.KeySet, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	set, _, err := authz.ParseKeySet(b)
+	return set, err
+}

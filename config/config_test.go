@@ -1,0 +1,113 @@
+package config_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/deploy/examples"
+)
+
+func TestExamplesLoad(t *testing.T) {
+	c, err := config.LoadFile("../deploy/examples/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.IdentityProviders[0].Leeway; got != 30*time.Second {
+		t.Fatalf("leeway %v", got)
+	}
+	b := c.Applications[0]
+	if b.ID() != "prod-gcp:team-b:app-b" || b.Keys == nil || b.Keys.Len() != 0 {
+		t.Fatalf("app-b: %s, keys %v", b.ID(), b.Keys)
+	}
+	var ids []string
+	for _, r := range b.AccessPolicy.Inbound.Rules {
+		ids = append(ids, r.ID())
+	}
+	want := "prod-gcp:team-b:app-1 prod-gcp:team-a:app-2 dev-gcp:team-b:app-3"
+	if strings.Join(ids, " ") != want {
+		t.Fatalf("rules resolve to %v, want %s", ids, want)
+	}
+
+	d, err := config.Load(examples.Development, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Listen.GRPC != "127.0.0.1:9000" || len(d.Applications) != 3 {
+		t.Fatalf("development default: %+v", d)
+	}
+}
+
+const base = `issuer: http://127.0.0.1:8080
+cluster: dev-gcp
+`
+
+func TestLoadRejects(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string // each must appear in the error
+	}{
+		{"unknown top-level field", base + "issuers: []\n", []string{"line 3", "issuers"}},
+		{"unknown nested field", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    audiences: [x]\n", []string{"line 7", "audiences"}},
+		{"duplicate key", base + "cluster: prod\n", []string{"line 3", "cluster"}},
+		{"bad duration", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    leeway: 30\n", []string{"line 7", "duration"}},
+		{"bad issuer", "issuer: 127.0.0.1:8080\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not an absolute http(s) URL"}},
+		{"missing cluster", "issuer: http://127.0.0.1:8080\n", []string{"cluster: is required"}},
+		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
+		{"provider without keys", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n", []string{"line 4", "identityProviders[0]: needs wellKnownUrl or jwksUri"}},
+		{"provider with both", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    wellKnownUrl: https://a.example/.well-known/openid-configuration\n", []string{"has both"}},
+		{"bad jwksUri", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: file:///etc/passwd\n", []string{"line 6", "identityProviders[0].jwksUri"}},
+		{"duplicate provider", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n  - name: a\n    issuer: https://b.example/\n    jwksUri: https://b.example/jwks\n", []string{"line 7", "identityProviders[1].name", "already"}},
+		{"duplicate issuer", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n  - name: b\n    issuer: https://a.example/\n    jwksUri: https://b.example/jwks\n", []string{"identityProviders[1].issuer"}},
+		{"reserved provider name", base + "identityProviders:\n  - name: tokenx\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n", []string{"reserved"}},
+		{"HMAC algorithm", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    algorithms: [HS256]\n", []string{"line 7", "algorithms[0]", "HS256"}},
+		{"none algorithm", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    algorithms: [none]\n", []string{"not supported"}},
+		{"duplicate application", base + "applications:\n  - name: a\n    namespace: n\n  - name: a\n    namespace: n\n    cluster: dev-gcp\n", []string{"line 6", "applications[1]", "dev-gcp:n:a", "already used"}},
+		{"application without namespace", base + "applications:\n  - name: a\n", []string{"applications[0].namespace: is required"}},
+		{"bad application name", base + "applications:\n  - name: App_1\n    namespace: n\n", []string{"line 4", "applications[0].name", "not a valid name"}},
+		{"rule without application", base + "applications:\n  - name: a\n    namespace: n\n    accessPolicy:\n      inbound:\n        rules:\n          - namespace: m\n", []string{"line 9", "rules[0].application: is required"}},
+		{"rule with cluster only", base + "applications:\n  - name: a\n    namespace: n\n    accessPolicy:\n      inbound:\n        rules:\n          - application: b\n            cluster: prod\n", []string{"rules[0].namespace: is required when cluster"}},
+		{"private key in jwks", base + "applications:\n  - name: a\n    namespace: n\n    jwks: " + privateJWKS + "\n", []string{"line 6", "applications[0].jwks", "private key"}},
+		{"two key sources", base + "applications:\n  - name: a\n    namespace: n\n    jwks: {\"keys\": []}\n    jwksUri: https://a.example/jwks\n", []string{"at most one"}},
+		{"missing jwksFile", base + "applications:\n  - name: a\n    namespace: n\n    jwksFile: nope.json\n", []string{"line 6", "jwksFile"}},
+		{"not YAML", "issuer: [\n", []string{"line"}},
+		{"several errors at once", "issuer: x\ncluster: Dev\n", []string{"line 1", "line 2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load([]byte(tt.yaml), t.TempDir())
+			if err == nil {
+				t.Fatal("loaded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+const privateJWKS = `{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","d":"jpsQnnGQmL-YBIffH1136cLyG9V3L4HE5_VmFdqXDO0"}]}`
+
+func TestJWKSFileRelativeToConfig(t *testing.T) {
+	dir := t.TempDir()
+	pub := `{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}`
+	if err := os.WriteFile(filepath.Join(dir, "app.jwks"), []byte(pub), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := base + "applications:\n  - name: a\n    namespace: n\n    jwksFile: app.jwks\n"
+	if err := os.WriteFile(filepath.Join(dir, "vakt.yaml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.LoadFile(filepath.Join(dir, "vakt.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Applications[0].Keys.Lookup("k"); !ok {
+		t.Fatal("key k not loaded")
+	}
+}

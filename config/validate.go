@@ -1,0 +1,273 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+
+	"github.com/vakt-dev/vakt/authz"
+)
+
+// FieldError is one problem in a configuration.
+type FieldError struct {
+	Path string // e.g. applications[1].accessPolicy.inbound.rules[0].application
+	Line int    // 0 when unknown
+	Msg  string
+}
+
+func (e *FieldError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", e.Line, e.Path, e.Msg)
+	}
+	return e.Path + ": " + e.Msg
+}
+
+// Errors is every problem found in a configuration, one per line.
+type Errors []*FieldError
+
+func (es Errors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Names of applications, namespaces and clusters: RFC 1123 labels, as in
+// Kubernetes.
+var label = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+type validator struct {
+	file *ast.File
+	errs Errors
+}
+
+func (v *validator) fail(path, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Path: path, Line: v.line(path), Msg: fmt.Sprintf(format, args...)})
+}
+
+// line finds the line of path in the YAML, or of its nearest present parent.
+func (v *validator) line(path string) int {
+	for p := path; p != "" && v.file != nil; {
+		if yp, err := yaml.PathString("$." + p); err == nil {
+			if n, err := yp.FilterFile(v.file); err == nil && n != nil {
+				if tok := n.GetToken(); tok != nil && tok.Position != nil {
+					return tok.Position.Line
+				}
+			}
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return 0
+}
+
+func (c *Config) validate(data []byte, dir string) error {
+	v := &validator{}
+	if f, err := parser.ParseBytes(data, 0); err == nil {
+		v.file = f
+	}
+
+	if err := checkURL(c.Issuer); err != nil {
+		v.fail("issuer", "%v", err)
+	}
+	if c.Cluster == "" {
+		v.fail("cluster", "is required")
+	} else if !label.MatchString(c.Cluster) {
+		v.fail("cluster", "%q is not a valid name (lowercase letters, digits and '-')", c.Cluster)
+	}
+	if c.Listen.GRPC == "" {
+		c.Listen.GRPC = DefaultGRPCAddress
+	}
+	if c.Listen.HTTP == "" {
+		c.Listen.HTTP = DefaultHTTPAddress
+	}
+	for name, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			v.fail(name, "%q is not host:port", addr)
+		}
+	}
+	if c.Validation.MaxTokenSize < 0 {
+		v.fail("validation.maxTokenSize", "must not be negative")
+	}
+	if c.Validation.CacheSize < -1 {
+		v.fail("validation.cacheSize", "must be -1 (off), 0 (default) or a size")
+	}
+
+	names := map[string]int{}
+	issuers := map[string]string{c.Issuer: "vakt itself"}
+	for i := range c.IdentityProviders {
+		p := &c.IdentityProviders[i]
+		at := fmt.Sprintf("identityProviders[%d]", i)
+		switch {
+		case p.Name == "":
+			v.fail(at+".name", "is required")
+		case p.Name == ProviderTokenX || p.Name == ProviderVakt:
+			v.fail(at+".name", "%q is reserved for tokens vakt issues", p.Name)
+		default:
+			if j, dup := names[p.Name]; dup {
+				v.fail(at+".name", "%q is already the name of identityProviders[%d]", p.Name, j)
+			}
+			names[p.Name] = i
+		}
+		if err := checkURL(p.Issuer); err != nil {
+			v.fail(at+".issuer", "%v", err)
+		} else if other, dup := issuers[p.Issuer]; dup {
+			v.fail(at+".issuer", "%q is already the issuer of %s", p.Issuer, other)
+		} else {
+			issuers[p.Issuer] = "identity provider " + p.Name
+		}
+		switch {
+		case p.WellKnownURL == "" && p.JWKSURI == "":
+			v.fail(at, "needs wellKnownUrl or jwksUri")
+		case p.WellKnownURL != "" && p.JWKSURI != "":
+			v.fail(at, "has both wellKnownUrl and jwksUri; give one")
+		case p.WellKnownURL != "":
+			if err := checkURL(p.WellKnownURL); err != nil {
+				v.fail(at+".wellKnownUrl", "%v", err)
+			}
+		default:
+			if err := checkURL(p.JWKSURI); err != nil {
+				v.fail(at+".jwksUri", "%v", err)
+			}
+		}
+		for j, a := range p.Audience {
+			if a == "" {
+				v.fail(fmt.Sprintf("%s.audience[%d]", at, j), "is empty")
+			}
+		}
+		for j, a := range p.Algorithms {
+			if !authz.SupportedAlgorithm(a) {
+				v.fail(fmt.Sprintf("%s.algorithms[%d]", at, j), "%q is not supported (one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)", a)
+			}
+		}
+		if p.LeewayText != "" {
+			d, err := time.ParseDuration(p.LeewayText)
+			switch {
+			case err != nil:
+				v.fail(at+".leeway", "%q is not a duration (write e.g. 30s or 2m)", p.LeewayText)
+			case d < 0 || d > 10*time.Minute:
+				v.fail(at+".leeway", "must be between 0s and 10m")
+			default:
+				p.Leeway = d
+			}
+		}
+	}
+
+	ids := map[string]int{}
+	for i := range c.Applications {
+		a := &c.Applications[i]
+		at := fmt.Sprintf("applications[%d]", i)
+		if a.Cluster == "" {
+			a.Cluster = c.Cluster
+		}
+		v.name(at+".name", a.Name, true)
+		v.name(at+".namespace", a.Namespace, true)
+		v.name(at+".cluster", a.Cluster, false)
+		if a.Name != "" && a.Namespace != "" {
+			if j, dup := ids[a.ID()]; dup {
+				v.fail(at, "application id %s is already used by applications[%d]", a.ID(), j)
+			}
+			ids[a.ID()] = i
+		}
+		v.keys(at, a, dir)
+		for j := range a.AccessPolicy.Inbound.Rules {
+			r := &a.AccessPolicy.Inbound.Rules[j]
+			rat := fmt.Sprintf("%s.accessPolicy.inbound.rules[%d]", at, j)
+			v.name(rat+".application", r.Application, true)
+			if r.Cluster != "" && r.Namespace == "" {
+				v.fail(rat+".namespace", "is required when cluster is given")
+			}
+			if r.Namespace == "" {
+				r.Namespace = a.Namespace
+			} else {
+				v.name(rat+".namespace", r.Namespace, false)
+			}
+			if r.Cluster == "" {
+				r.Cluster = a.Cluster
+			} else {
+				v.name(rat+".cluster", r.Cluster, false)
+			}
+		}
+	}
+	if len(v.errs) > 0 {
+		return v.errs
+	}
+	return nil
+}
+
+func (v *validator) name(path, s string, required bool) {
+	switch {
+	case s == "" && required:
+		v.fail(path, "is required")
+	case s != "" && !label.MatchString(s):
+		v.fail(path, "%q is not a valid name (lowercase letters, digits and '-', at most 63)", s)
+	}
+}
+
+func (v *validator) keys(at string, a *Application, dir string) {
+	given := 0
+	for _, set := range []bool{a.JWKS != nil, a.JWKSFile != "", a.JWKSURI != ""} {
+		if set {
+			given++
+		}
+	}
+	if given > 1 {
+		v.fail(at, "give at most one of jwks, jwksFile and jwksUri")
+		return
+	}
+	switch {
+	case a.JWKS != nil:
+		set, err := keySetFromYAML(a.JWKS)
+		if err != nil {
+			v.fail(at+".jwks", "%v", err)
+			return
+		}
+		a.Keys = set
+	case a.JWKSFile != "":
+		path := a.JWKSFile
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(dir, path)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			v.fail(at+".jwksFile", "%v", errors.Unwrap(err))
+			return
+		}
+		set, _, err := authz.ParseKeySet(data)
+		if err != nil {
+			v.fail(at+".jwksFile", "%s: %v", a.JWKSFile, err)
+			return
+		}
+		a.Keys = set
+	case a.JWKSURI != "":
+		if err := checkURL(a.JWKSURI); err != nil {
+			v.fail(at+".jwksUri", "%v", err)
+		}
+	}
+}
+
+// checkURL accepts an absolute http or https URL without fragment.
+func checkURL(s string) error {
+	if s == "" {
+		return errors.New("is required")
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%q is not an absolute http(s) URL", s)
+	}
+	return nil
+}

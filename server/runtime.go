@@ -1,0 +1,120 @@
+// Package server holds vakt's thin adapters: the gRPC services, the HTTP
+// endpoints, health and wiring. It decides nothing itself: requests become
+// plain Go values for the engine, and the engine's answers become responses.
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/vakt-dev/vakt/authz"
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+)
+
+// Runtime is everything a request reads, built from one configuration
+// snapshot. It is never modified; a reload builds a new one.
+type Runtime struct {
+	Config    *config.Config
+	Validator *authz.Validator
+}
+
+// Options are what a Runtime needs besides the configuration.
+type Options struct {
+	Logger *slog.Logger
+	// SigningKeys verify tokens vakt issued ("tokenx"). Required.
+	SigningKeys []*exchange.SigningKey
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// NewRuntime builds the engine for cfg. Remote key sets start fetching in
+// the background and stop when ctx ends; an identity provider that is down
+// does not stop vakt from starting (its tokens are rejected with a clear
+// error until its keys arrive).
+func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	var providers []*authz.Provider
+	for _, ip := range cfg.IdentityProviders {
+		keys, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{
+			Name:         ip.Name,
+			WellKnownURL: ip.WellKnownURL,
+			JWKSURI:      ip.JWKSURI,
+			Issuer:       ip.Issuer,
+			Logger:       log,
+			Now:          opts.Now,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("identity provider %s: %w", ip.Name, err)
+		}
+		p, err := authz.NewProvider(authz.ProviderConfig{
+			Name:       ip.Name,
+			Issuer:     ip.Issuer,
+			Audiences:  ip.Audience,
+			Algorithms: ip.Algorithms,
+			Leeway:     ip.Leeway,
+			Keys:       keys,
+		})
+		if err != nil {
+			return nil, err
+		}
+		providers = append(providers, p)
+		go keys.Run(ctx)
+	}
+
+	own, err := ownProvider(cfg, opts.SigningKeys)
+	if err != nil {
+		return nil, err
+	}
+	providers = append(providers, own)
+	v, err := authz.NewValidator(authz.ValidatorConfig{
+		Providers:    providers,
+		Aliases:      map[string]string{config.ProviderVakt: config.ProviderTokenX},
+		MaxTokenSize: cfg.Validation.MaxTokenSize,
+		CacheSize:    cfg.Validation.CacheSize,
+		Now:          opts.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{Config: cfg, Validator: v}, nil
+}
+
+// ownProvider validates tokens vakt issued: vakt's issuer, its signing keys,
+// and an audience that must be a registered application.
+func ownProvider(cfg *config.Config, signing []*exchange.SigningKey) (*authz.Provider, error) {
+	if len(signing) == 0 {
+		return nil, fmt.Errorf("no signing keys")
+	}
+	keys := make([]*authz.Key, 0, len(signing))
+	algs := make([]string, 0, len(signing))
+	for _, sk := range signing {
+		k, err := sk.VerificationKey()
+		if err != nil {
+			return nil, fmt.Errorf("signing key %s: %w", sk.ID, err)
+		}
+		keys = append(keys, k)
+		algs = append(algs, sk.Alg)
+	}
+	set, err := authz.NewKeySet(keys...)
+	if err != nil {
+		return nil, err
+	}
+	apps := make([]string, 0, len(cfg.Applications))
+	for i := range cfg.Applications {
+		apps = append(apps, cfg.Applications[i].ID())
+	}
+	return authz.NewProvider(authz.ProviderConfig{
+		Name:            config.ProviderTokenX,
+		Issuer:          cfg.Issuer,
+		Audiences:       apps,
+		RequireAudience: true,
+		Algorithms:      algs,
+		Keys:            authz.StaticKeys{Set: set},
+	})
+}

@@ -1,0 +1,313 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
+	"github.com/vakt-dev/vakt/internal/idptest"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type env struct {
+	idp     *idptest.Issuer
+	signing *exchange.SigningKey
+	cfg     *config.Config
+	cur     *Current
+	client  vaktv1.IntrospectionServiceClient
+	conn    *grpc.ClientConn
+	http    *httptest.Server
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{idp: idptest.NewIssuer(t, "RS256")}
+	yaml := `issuer: http://127.0.0.1:8080
+cluster: dev-gcp
+identityProviders:
+  - name: idporten
+    issuer: ` + e.idp.URL + `
+    wellKnownUrl: ` + e.idp.WellKnownURL() + `
+    audience: [my-api]
+applications:
+  - name: app-b
+    namespace: team-b
+`
+	cfg, err := config.Load([]byte(yaml), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cfg = cfg
+	if e.signing, err = exchange.GenerateSigningKey("ES256"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, SigningKeys: []*exchange.SigningKey{e.signing}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cur = &Current{}
+	e.cur.Store(rt)
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, hs := NewGRPCServer(e.cur, quiet)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	e.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.conn.Close() })
+	e.client = vaktv1.NewIntrospectionServiceClient(e.conn)
+	e.http = httptest.NewServer(NewHTTPHandler(e.cur, quiet))
+	t.Cleanup(e.http.Close)
+	return e
+}
+
+// ownToken signs claims with vakt's signing key, as vakt will mint them.
+func (e *env) ownToken(t *testing.T, claims map[string]any) string {
+	k := &idptest.Key{ID: e.signing.ID, Alg: e.signing.Alg, Private: e.signing.Private}
+	return idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, claims)
+}
+
+func TestIntrospectGRPC(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now()
+	valid := e.idp.Claims(now, "my-api")
+	valid["amr"] = []string{"BankID"}
+	own := map[string]any{"iss": "http://127.0.0.1:8080", "sub": "user-1", "aud": "dev-gcp:team-b:app-b", "exp": now.Add(time.Minute).Unix(), "client_id": "dev-gcp:team-a:app-1"}
+	tests := []struct {
+		name, provider, token string
+		active                bool
+		errMsg                string
+		code                  codes.Code
+	}{
+		{name: "valid", provider: "idporten", token: e.idp.Token(valid), active: true},
+		{name: "expired", provider: "idporten", token: e.idp.Token(with(valid, "exp", now.Add(-time.Hour).Unix())), errMsg: "token is expired"},
+		{name: "wrong audience", provider: "idporten", token: e.idp.Token(with(valid, "aud", "other")), errMsg: "token audience is invalid"},
+		{name: "garbage", provider: "idporten", token: "not a token", errMsg: "token is malformed: expected three dot-separated segments"},
+		{name: "unknown provider", provider: "azure", token: e.idp.Token(valid), errMsg: `identity provider "azure" is not configured`},
+		{name: "tokenx", provider: "tokenx", token: e.ownToken(t, own), active: true},
+		{name: "vakt alias", provider: "vakt", token: e.ownToken(t, own), active: true},
+		{name: "tokenx for an unregistered audience", provider: "tokenx", token: e.ownToken(t, with(own, "aud", "dev-gcp:team-x:nobody")), errMsg: "token audience is invalid"},
+		{name: "idporten token as tokenx", provider: "tokenx", token: e.idp.Token(valid), errMsg: `token algorithm is not allowed: "RS256"`},
+		{name: "tokenx token as idporten", provider: "idporten", token: e.ownToken(t, own), errMsg: "token issuer is not trusted"},
+		{name: "no token", provider: "idporten", code: codes.InvalidArgument},
+		{name: "no provider", token: "x", code: codes.InvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := e.client.Introspect(context.Background(), &vaktv1.IntrospectRequest{IdentityProvider: tt.provider, Token: tt.token})
+			if tt.code != codes.OK {
+				if status.Code(err) != tt.code {
+					t.Fatalf("got %v, want %v", err, tt.code)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Active != tt.active || res.Error != tt.errMsg {
+				t.Fatalf("active %v error %q, want %v %q", res.Active, res.Error, tt.active, tt.errMsg)
+			}
+			if tt.active && res.Claims.Fields["sub"].GetStringValue() != "user-1" {
+				t.Fatalf("claims %v", res.Claims)
+			}
+			if !tt.active && res.Claims != nil {
+				t.Fatal("claims on an inactive answer")
+			}
+		})
+	}
+
+	// The claims keep their JSON types.
+	res, err := e.client.Introspect(context.Background(), &vaktv1.IntrospectRequest{IdentityProvider: "idporten", Token: e.idp.Token(valid)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Claims.Fields["exp"].GetNumberValue(); got != float64(valid["exp"].(int64)) {
+		t.Fatalf("exp %v", got)
+	}
+	if got := res.Claims.Fields["amr"].GetListValue().GetValues()[0].GetStringValue(); got != "BankID" {
+		t.Fatalf("amr %v", got)
+	}
+
+	hc, err := healthpb.NewHealthClient(e.conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || hc.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", hc, err)
+	}
+}
+
+func with(m map[string]any, k string, v any) map[string]any {
+	out := map[string]any{}
+	for kk, vv := range m {
+		out[kk] = vv
+	}
+	out[k] = v
+	return out
+}
+
+func TestIntrospectHTTP(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now()
+	claims := e.idp.Claims(now, "my-api")
+	// A claim that a float64 would round, and one named like the answer's field.
+	payload := strings.Replace(mustJSON(t, claims), `"sub"`, `"big":12345678901234567891,"active":"no","sub"`, 1)
+	k := e.idp.Key()
+	token := idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID}, payload)
+	expired := e.idp.Token(with(claims, "exp", now.Add(-time.Hour).Unix()))
+
+	post := func(ct, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, e.http.URL+"/api/v1/introspect", strings.NewReader(body))
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	jsonBody := func(p, tok string) string { return mustJSON(t, map[string]string{"identity_provider": p, "token": tok}) }
+	form := func(p, tok string) string { return url.Values{"identity_provider": {p}, "token": {tok}}.Encode() }
+
+	tests := []struct {
+		name, ct, body string
+		status         int
+		want           string // exact body, or a substring when prefixed with ~
+	}{
+		{"json valid", "application/json", jsonBody("idporten", token), 200, `~"big":12345678901234567891`},
+		{"json valid, charset", "application/json; charset=utf-8", jsonBody("idporten", token), 200, `~"active":true`},
+		{"form valid", "application/x-www-form-urlencoded", form("idporten", token), 200, `~"sub":"user-1"`},
+		{"expired", "application/json", jsonBody("idporten", expired), 200, `{"active":false,"error":"token is expired"}`},
+		{"unknown provider", "application/x-www-form-urlencoded", form("nope", token), 200, `{"active":false,"error":"identity provider \"nope\" is not configured"}`},
+		{"missing token", "application/json", `{"identity_provider":"idporten"}`, 400, `~"error":"invalid_request"`},
+		{"token not a string", "application/json", `{"identity_provider":"idporten","token":5}`, 400, `~invalid_request`},
+		{"not JSON", "application/json", `{"identity_provider":`, 400, `~invalid_request`},
+		{"two objects", "application/json", jsonBody("idporten", token) + "{}", 400, `~invalid_request`},
+		{"JSON array", "application/json", `[]`, 400, `~invalid_request`},
+		{"bad form", "application/x-www-form-urlencoded", "token=%zz", 400, `~invalid_request`},
+		{"token twice", "application/x-www-form-urlencoded", form("idporten", token) + "&token=x", 400, `~given more than once`},
+		{"text/plain", "text/plain", jsonBody("idporten", token), 415, `~Content-Type`},
+		{"no content type", "", jsonBody("idporten", token), 415, `~Content-Type`},
+		{"bad content type", "application/json; =", jsonBody("idporten", token), 415, `~Content-Type`},
+		{"too large", "application/json", `{"identity_provider":"idporten","token":"` + strings.Repeat("a", 65<<10) + `"}`, 413, `~64 KiB`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, body := post(tt.ct, tt.body)
+			if st != tt.status {
+				t.Fatalf("status %d, want %d (%s)", st, tt.status, body)
+			}
+			if sub, ok := strings.CutPrefix(tt.want, "~"); ok {
+				if !strings.Contains(body, sub) {
+					t.Fatalf("body %s lacks %s", body, sub)
+				}
+			} else if body != tt.want {
+				t.Fatalf("body %s, want %s", body, tt.want)
+			}
+		})
+	}
+
+	// Active answers carry every claim verbatim, and active is vakt's own.
+	_, body := post("application/json", jsonBody("idporten", token))
+	var got map[string]any
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["active"] != true || got["iss"] != e.idp.URL || got["aud"] != "my-api" || got["jti"] != claims["jti"] {
+		t.Fatalf("answer %s", body)
+	}
+	// The cached claims were not changed by the answer: a second call agrees.
+	_, again := post("application/json", jsonBody("idporten", token))
+	if again != body {
+		t.Fatalf("second answer differs:\n%s\n%s", body, again)
+	}
+
+	resp, err := http.Get(e.http.URL + "/api/v1/introspect")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+	resp, err = http.Get(e.http.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz: %d", resp.StatusCode)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestServeStopsGracefully(t *testing.T) {
+	e := newEnv(t)
+	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, e.cur, ls, quiet) }()
+	url := "http://" + ls.HTTP.Addr().String() + "/healthz"
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server did not come up")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(shutdownGrace + 5*time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+	if _, err := http.Get(url); err == nil {
+		t.Fatal("still serving after shutdown")
+	}
+}
