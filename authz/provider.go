@@ -20,16 +20,16 @@ type KeySource interface {
 // ProviderConfig describes an identity provider: whose tokens, verified with
 // which keys, for which audiences.
 type ProviderConfig struct {
-	Name       string
-	Issuer     string        // compared to iss exactly
-	Audiences  []string      // when set, aud must contain one of them
+	Name      string
+	Issuer    string   // compared to iss exactly
+	Audiences []string // when set, aud must contain one of them
 	// RequireAudience makes an empty Audiences reject every token instead of
 	// skipping the audience check, for providers whose audiences come from
 	// a list that may be empty (vakt's own tokens: the registered applications).
 	RequireAudience bool
-	Algorithms []string      // allowlist; DefaultAlgorithms when empty
-	Leeway     time.Duration // clock skew allowed on exp, nbf and iat
-	Keys       KeySource     // this issuer's keys, and no one else's
+	Algorithms      []string      // allowlist; DefaultAlgorithms when empty
+	Leeway          time.Duration // clock skew allowed on exp, nbf and iat
+	Keys            KeySource     // this issuer's keys, and no one else's
 }
 
 // Provider verifies tokens of one issuer.

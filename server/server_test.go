@@ -37,7 +37,7 @@ type env struct {
 	http    *httptest.Server
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{idp: idptest.NewIssuer(t, "RS256")}
 	yaml := `issuer: http://127.0.0.1:8080
@@ -88,7 +88,7 @@ applications:
 }
 
 // ownToken signs claims with vakt's signing key, as vakt will mint them.
-func (e *env) ownToken(t *testing.T, claims map[string]any) string {
+func (e *env) ownToken(t testing.TB, claims map[string]any) string {
 	k := &idptest.Key{ID: e.signing.ID, Alg: e.signing.Alg, Private: e.signing.Private}
 	return idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, claims)
 }
@@ -193,7 +193,9 @@ func TestIntrospectHTTP(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, strings.TrimSpace(string(b))
 	}
-	jsonBody := func(p, tok string) string { return mustJSON(t, map[string]string{"identity_provider": p, "token": tok}) }
+	jsonBody := func(p, tok string) string {
+		return mustJSON(t, map[string]string{"identity_provider": p, "token": tok})
+	}
 	form := func(p, tok string) string { return url.Values{"identity_provider": {p}, "token": {tok}}.Encode() }
 
 	tests := []struct {

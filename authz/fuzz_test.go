@@ -1,0 +1,130 @@
+package authz
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vakt-dev/vakt/internal/idptest"
+)
+
+// FuzzParseCompact: the structural parser never panics, every rejection
+// wraps a sentinel, and what it accepts has three segments and an alg.
+func FuzzParseCompact(f *testing.F) {
+	for _, s := range []string{
+		"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+		"eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.",
+		"a.b.c.d.e", "{}", "", "...", "eyJ9.e30.e30",
+		"eyJhbGciOiJSUzI1NiIsImFsZyI6IlJTMjU2In0.e30.c2ln",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, tok string) {
+		pt, err := parseCompact(tok, DefaultMaxTokenSize)
+		if err != nil {
+			for _, s := range []error{ErrMalformed, ErrTooLarge, ErrUnsupported, ErrAlgorithmNotAllowed, ErrHeaderNotAllowed, ErrSignatureInvalid} {
+				if errors.Is(err, s) {
+					return
+				}
+			}
+			t.Fatalf("error without a sentinel: %v", err)
+		}
+		if pt.alg == "" || strings.Count(tok, ".") != 2 || !strings.HasPrefix(tok, pt.signingInput+".") {
+			t.Fatalf("accepted %q as %+v", tok, pt)
+		}
+		// A payload it accepts is a JSON object decodeObject can read.
+		_, _ = parseClaims(pt.payload)
+	})
+}
+
+// FuzzDuplicateName compares the scanner with encoding/json's token stream.
+func FuzzDuplicateName(f *testing.F) {
+	for _, s := range []string{`{"a":1,"a":2}`, `{"a":{"b":1,"b":2}}`, `{"a":[{"b":1},{"b":1}]}`, `{"\u0061":1,"a":2}`, `{"a\"":1,"a":2}`, `[{"x":"{\"x\":1}"}]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if !json.Valid(data) {
+			return
+		}
+		name, dup := duplicateName(data)
+		wantName, wantDup := referenceDuplicate(data)
+		if dup != wantDup || (dup && name != wantName) {
+			t.Fatalf("%s: got %q %v, want %q %v", data, name, dup, wantName, wantDup)
+		}
+	})
+}
+
+// referenceDuplicate finds the first repeated member name with json.Decoder.
+func referenceDuplicate(data []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	type frame struct {
+		obj       bool
+		names     map[string]bool
+		expectKey bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{':
+				if top != nil && top.obj {
+					top.expectKey = true
+				}
+				stack = append(stack, &frame{obj: true, names: map[string]bool{}, expectKey: true})
+			case '[':
+				if top != nil && top.obj {
+					top.expectKey = true
+				}
+				stack = append(stack, &frame{})
+			default:
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		}
+		if top != nil && top.obj {
+			if top.expectKey {
+				k := tok.(string)
+				if top.names[k] {
+					return k, true
+				}
+				top.names[k] = true
+				top.expectKey = false
+			} else {
+				top.expectKey = true
+			}
+		}
+	}
+}
+
+// FuzzValidate runs whole validations on mutated tokens against a real key:
+// no panic, and nothing but the seed itself is ever accepted unchanged.
+func FuzzValidate(f *testing.F) {
+	k := idptest.NewKey(f, "k1", "ES256")
+	p, _ := staticProvider(f, "a", "https://a.example", k)
+	now := time.Unix(1_800_000_000, 0)
+	v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, CacheSize: -1, Now: func() time.Time { return now }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	good := token(f, k, "https://a.example", now.Add(time.Hour))
+	f.Add(good)
+	f.Add(strings.Replace(good, ".", "..", 1))
+	f.Fuzz(func(t *testing.T, tok string) {
+		c, err := v.Validate(context.Background(), "a", tok)
+		if err == nil && c.Issuer != "https://a.example" {
+			t.Fatalf("accepted a token of issuer %q", c.Issuer)
+		}
+	})
+}
