@@ -7,9 +7,10 @@ import (
 // DefaultCacheSize bounds the verified-token cache.
 const DefaultCacheSize = 100_000
 
-// tokenCache maps sha256(token) to the claims of a token that passed every
-// check. It holds no tokens, only their digests, so a memory dump yields no
-// credential. Failures are never stored. An entry lives until the token's
+// tokenCache maps the SHA-256 of a token's signature to the claims of a
+// token that passed every check, with the token's signed part (header and
+// payload) for an exact comparison on lookup. It holds no whole token, so a
+// memory dump yields no credential. Failures are never stored. An entry lives until the token's
 // exp at most: callers re-check exp and nbf on every hit and drop what has
 // expired; a full shard evicts expired entries first, then arbitrary ones.
 type tokenCache struct {
@@ -25,6 +26,7 @@ type cacheShard struct {
 
 type cacheEntry struct {
 	provider *Provider
+	signed   string // header.payload of the verified token
 	claims   *Claims
 }
 

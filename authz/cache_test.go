@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,9 +85,43 @@ func TestCacheHitSkipsVerification(t *testing.T) {
 	if _, err := v.Validate(ctx, "a", tok); !errors.Is(err, ErrExpired) {
 		t.Fatalf("after exp: %v", err)
 	}
-	key := sha256.Sum256([]byte(tok))
-	if _, ok := v.cache.get(&key); ok {
+	if v.cache.len() != 0 {
 		t.Fatal("expired entry still cached")
+	}
+}
+
+// A token that reuses a cached token's signature with another header or
+// payload is not a hit: it is verified, and fails.
+func TestCacheHitNeedsTheWholeToken(t *testing.T) {
+	for _, alg := range []string{"ES256", "RS256", "EdDSA"} {
+		t.Run(alg, func(t *testing.T) {
+			k := idptest.NewKey(t, "k1", alg)
+			p, keys := staticProvider(t, "a", "https://a.example", k)
+			v, _ := NewValidator(ValidatorConfig{Providers: []*Provider{p}})
+			ctx := context.Background()
+			exp := time.Now().Add(time.Hour)
+			tok := token(t, k, "https://a.example", exp)
+			if _, err := v.Validate(ctx, "a", tok); err != nil {
+				t.Fatal(err)
+			}
+			parts := strings.Split(tok, ".")
+			forgedPayload := idptest.Segment(t, map[string]any{"iss": "https://a.example", "sub": "admin", "exp": exp.Unix()})
+			for _, forged := range []string{
+				parts[0] + "." + forgedPayload + "." + parts[2],
+				idptest.Segment(t, map[string]any{"alg": alg, "kid": "k1", "x": 1}) + "." + parts[1] + "." + parts[2],
+			} {
+				if _, err := v.Validate(ctx, "a", forged); !errors.Is(err, ErrSignatureInvalid) {
+					t.Fatalf("forged token: %v", err)
+				}
+			}
+			if n := keys.n.Load(); n != 3 {
+				t.Fatalf("%d verifications, want 3 (forgeries must not hit)", n)
+			}
+			// The genuine token still hits.
+			if c, err := v.Validate(ctx, "a", tok); err != nil || c.Subject != "user-1" || keys.n.Load() != 3 {
+				t.Fatalf("genuine token after forgeries: %v", err)
+			}
+		})
 	}
 }
 

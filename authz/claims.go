@@ -34,12 +34,11 @@ type Claims struct {
 // not a NumericDate); iss and sub must be strings; aud a string or an array
 // of strings.
 func parseClaims(payload []byte) (*Claims, error) {
-	var raw map[string]any
-	if err := decodeObject(payload, &raw, "payload"); err != nil {
-		return nil, err
+	raw, err := parseJSONObject(payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
 	c := &Claims{Raw: raw}
-	var err error
 	if c.Issuer, err = stringClaim(raw, "iss"); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -41,19 +43,43 @@ func FuzzParseCompact(f *testing.F) {
 	})
 }
 
-// FuzzDuplicateName compares the scanner with encoding/json's token stream.
-func FuzzDuplicateName(f *testing.F) {
-	for _, s := range []string{`{"a":1,"a":2}`, `{"a":{"b":1,"b":2}}`, `{"a":[{"b":1},{"b":1}]}`, `{"\u0061":1,"a":2}`, `{"a\"":1,"a":2}`, `[{"x":"{\"x\":1}"}]`} {
+// FuzzParseJSONObject compares the strict parser with encoding/json: on
+// input encoding/json reads as an object without repeated names (and not
+// nested absurdly deep) both give the same value; everything else the strict
+// parser rejects.
+func FuzzParseJSONObject(f *testing.F) {
+	for _, s := range []string{
+		`{"a":1,"a":2}`, `{"a":{"b":1,"b":2}}`, `{"a":[{"b":1},{"b":1}]}`, `{"\u0061":1,"a":2}`,
+		`{"a\"":1,"a":2}`, `{"x":"{\"x\":1}"}`, `{"s":"\ud83d\ude00 \ud800 \u00e9\n"}`, `{"n":-0.5e+10,"t":true,"f":false,"z":null}`,
+		`{"a":01}`, `{"a":1.}`, "{\"a\":\"\xff\"}", ` {"a":[]} `, `{"a":1}x`, `[1]`,
+	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if !json.Valid(data) {
-			return
+		got, err := parseJSONObject(data)
+		var want map[string]any
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.UseNumber()
+		werr := dec.Decode(&want)
+		if werr == nil {
+			if _, terr := dec.Token(); terr != io.EOF {
+				werr = errors.New("trailing data")
+			}
 		}
-		name, dup := duplicateName(data)
-		wantName, wantDup := referenceDuplicate(data)
-		if dup != wantDup || (dup && name != wantName) {
-			t.Fatalf("%s: got %q %v, want %q %v", data, name, dup, wantName, wantDup)
+		if werr == nil && bytes.TrimSpace(data)[0] != '{' {
+			werr = errors.New("not an object")
+		}
+		_, dup := referenceDuplicate(data)
+		switch {
+		case werr != nil || dup:
+			if err == nil {
+				t.Fatalf("%q: accepted, encoding/json: %v, duplicate: %v", data, werr, dup)
+			}
+		case errors.Is(err, errJSONDepth):
+		case err != nil:
+			t.Fatalf("%q: rejected valid object: %v", data, err)
+		case !reflect.DeepEqual(got, want):
+			t.Fatalf("%q: got %#v, encoding/json %#v", data, got, want)
 		}
 	})
 }

@@ -1,9 +1,7 @@
 package authz
 
 import (
-	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"strings"
 )
@@ -76,9 +74,9 @@ func parseCompact(token string, maxSize int) (*parsedToken, error) {
 	}
 	// A map, not a struct: encoding/json matches struct fields without regard
 	// to case, and "KID" is not "kid".
-	var h map[string]json.RawMessage
-	if err := decodeObject(hdrJSON, &h, "header"); err != nil {
-		return nil, err
+	h, err := parseJSONObject(hdrJSON)
+	if err != nil {
+		return nil, fmt.Errorf("%w: header %v", ErrMalformed, err)
 	}
 	if _, ok := h["enc"]; ok {
 		return nil, fmt.Errorf("%w: encrypted tokens (JWE)", ErrUnsupported)
@@ -123,14 +121,16 @@ func parseCompact(token string, maxSize int) (*parsedToken, error) {
 }
 
 // headerString reads an optional string member of the header.
-func headerString(h map[string]json.RawMessage, name string, dst *string) error {
+func headerString(h map[string]any, name string, dst *string) error {
 	raw, ok := h[name]
 	if !ok {
 		return nil
 	}
-	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, dst) != nil {
+	s, ok := raw.(string)
+	if !ok {
 		return fmt.Errorf("%w: header %s is not a string", ErrMalformed, name)
 	}
+	*dst = s
 	return nil
 }
 
@@ -154,25 +154,4 @@ func decodeSegment(seg, what string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s is not canonical base64url", ErrMalformed, what)
 	}
 	return out, nil
-}
-
-// decodeObject decodes one JSON object into v, rejecting anything else,
-// trailing data and repeated member names at any depth.
-func decodeObject(data []byte, v any, what string) error {
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 || data[0] != '{' {
-		return fmt.Errorf("%w: %s is not a JSON object", ErrMalformed, what)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %s is not valid JSON", ErrMalformed, what)
-	}
-	if dec.InputOffset() != int64(len(data)) {
-		return fmt.Errorf("%w: %s has data after the JSON object", ErrMalformed, what)
-	}
-	if name, dup := duplicateName(data); dup {
-		return fmt.Errorf("%w: %s repeats member %q", ErrMalformed, what, name)
-	}
-	return nil
 }

@@ -1,0 +1,309 @@
+package authz
+
+import (
+	"encoding/json"
+	"errors"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// maxJSONDepth bounds nesting in a token's header or payload. Real claims
+// nest two or three levels; the bound keeps hostile input from recursing deep.
+const maxJSONDepth = 32
+
+var (
+	errJSONSyntax    = errors.New("not valid JSON")
+	errJSONDuplicate = errors.New("repeats a member name")
+	errJSONDepth     = errors.New("nests too deep")
+	errJSONNotObject = errors.New("is not a JSON object")
+)
+
+// parseJSONObject parses data, which must be exactly one JSON object
+// (RFC 8259), into the values encoding/json would produce with UseNumber:
+// map[string]any, []any, string, json.Number, bool and nil. Unlike
+// encoding/json it rejects a member name repeated within one object, at any
+// depth (RFC 7515 §5.2, RFC 7519 §4: two parsers must not read different
+// claims from one token), and nesting deeper than maxJSONDepth. Invalid UTF-8
+// and lone surrogates become U+FFFD, as with encoding/json.
+func parseJSONObject(data []byte) (map[string]any, error) {
+	p := jsonParser{data: data}
+	p.skipSpace()
+	if p.i >= len(p.data) || p.data[p.i] != '{' {
+		return nil, errJSONNotObject
+	}
+	v, err := p.object(0)
+	if err != nil {
+		return nil, err
+	}
+	p.skipSpace()
+	if p.i != len(p.data) {
+		return nil, errJSONSyntax
+	}
+	return v, nil
+}
+
+type jsonParser struct {
+	data []byte
+	i    int
+}
+
+func (p *jsonParser) skipSpace() {
+	for p.i < len(p.data) {
+		switch p.data[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+func (p *jsonParser) value(depth int) (any, error) {
+	p.skipSpace()
+	if p.i >= len(p.data) {
+		return nil, errJSONSyntax
+	}
+	switch c := p.data[p.i]; {
+	case c == '{':
+		return p.object(depth + 1)
+	case c == '[':
+		return p.array(depth + 1)
+	case c == '"':
+		return p.string()
+	case c == '-' || '0' <= c && c <= '9':
+		return p.number()
+	default:
+		for _, lit := range [...]struct {
+			text string
+			v    any
+		}{{"true", true}, {"false", false}, {"null", nil}} {
+			if len(p.data)-p.i >= len(lit.text) && string(p.data[p.i:p.i+len(lit.text)]) == lit.text {
+				p.i += len(lit.text)
+				return lit.v, nil
+			}
+		}
+		return nil, errJSONSyntax
+	}
+}
+
+func (p *jsonParser) object(depth int) (map[string]any, error) {
+	if depth > maxJSONDepth {
+		return nil, errJSONDepth
+	}
+	p.i++ // '{'
+	m := make(map[string]any, 16)
+	p.skipSpace()
+	if p.i < len(p.data) && p.data[p.i] == '}' {
+		p.i++
+		return m, nil
+	}
+	for {
+		p.skipSpace()
+		if p.i >= len(p.data) || p.data[p.i] != '"' {
+			return nil, errJSONSyntax
+		}
+		name, err := p.string()
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := m[name]; dup {
+			return nil, errJSONDuplicate
+		}
+		p.skipSpace()
+		if p.i >= len(p.data) || p.data[p.i] != ':' {
+			return nil, errJSONSyntax
+		}
+		p.i++
+		v, err := p.value(depth)
+		if err != nil {
+			return nil, err
+		}
+		m[name] = v
+		p.skipSpace()
+		if p.i >= len(p.data) {
+			return nil, errJSONSyntax
+		}
+		switch p.data[p.i] {
+		case ',':
+			p.i++
+		case '}':
+			p.i++
+			return m, nil
+		default:
+			return nil, errJSONSyntax
+		}
+	}
+}
+
+func (p *jsonParser) array(depth int) ([]any, error) {
+	if depth > maxJSONDepth {
+		return nil, errJSONDepth
+	}
+	p.i++ // '['
+	a := []any{}
+	p.skipSpace()
+	if p.i < len(p.data) && p.data[p.i] == ']' {
+		p.i++
+		return a, nil
+	}
+	for {
+		v, err := p.value(depth)
+		if err != nil {
+			return nil, err
+		}
+		a = append(a, v)
+		p.skipSpace()
+		if p.i >= len(p.data) {
+			return nil, errJSONSyntax
+		}
+		switch p.data[p.i] {
+		case ',':
+			p.i++
+		case ']':
+			p.i++
+			return a, nil
+		default:
+			return nil, errJSONSyntax
+		}
+	}
+}
+
+// string reads a string literal starting at the opening quote.
+func (p *jsonParser) string() (string, error) {
+	start := p.i + 1
+	// Fast path: printable ASCII without escapes, the shape of nearly every
+	// claim, is copied once.
+	for j := start; j < len(p.data); j++ {
+		c := p.data[j]
+		if c == '"' {
+			p.i = j + 1
+			return string(p.data[start:j]), nil
+		}
+		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			break
+		}
+	}
+	var buf []byte
+	for j := start; j < len(p.data); {
+		c := p.data[j]
+		switch {
+		case c == '"':
+			p.i = j + 1
+			return string(buf), nil
+		case c < 0x20:
+			return "", errJSONSyntax
+		case c == '\\':
+			if j+1 >= len(p.data) {
+				return "", errJSONSyntax
+			}
+			switch e := p.data[j+1]; e {
+			case '"', '\\', '/':
+				buf = append(buf, e)
+				j += 2
+			case 'b':
+				buf, j = append(buf, '\b'), j+2
+			case 'f':
+				buf, j = append(buf, '\f'), j+2
+			case 'n':
+				buf, j = append(buf, '\n'), j+2
+			case 'r':
+				buf, j = append(buf, '\r'), j+2
+			case 't':
+				buf, j = append(buf, '\t'), j+2
+			case 'u':
+				r, ok := hex4(p.data, j+2)
+				if !ok {
+					return "", errJSONSyntax
+				}
+				j += 6
+				if utf16.IsSurrogate(r) {
+					r2, ok := rune(-1), false
+					if j+1 < len(p.data) && p.data[j] == '\\' && p.data[j+1] == 'u' {
+						r2, ok = hex4(p.data, j+2)
+					}
+					if dec := utf16.DecodeRune(r, r2); ok && dec != utf8.RuneError {
+						r = dec
+						j += 6
+					} else {
+						r = utf8.RuneError
+					}
+				}
+				buf = utf8.AppendRune(buf, r)
+			default:
+				return "", errJSONSyntax
+			}
+		case c < utf8.RuneSelf:
+			buf = append(buf, c)
+			j++
+		default:
+			r, size := utf8.DecodeRune(p.data[j:])
+			buf = utf8.AppendRune(buf, r) // RuneError for invalid bytes
+			j += size
+		}
+	}
+	return "", errJSONSyntax
+}
+
+func hex4(b []byte, at int) (rune, bool) {
+	if at+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[at : at+4] {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(c)
+	}
+	return r, true
+}
+
+// number reads -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?.
+func (p *jsonParser) number() (json.Number, error) {
+	start := p.i
+	d := p.data
+	i := p.i
+	if d[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(d) && d[i] == '0':
+		i++
+	case i < len(d) && '1' <= d[i] && d[i] <= '9':
+		for i < len(d) && '0' <= d[i] && d[i] <= '9' {
+			i++
+		}
+	default:
+		return "", errJSONSyntax
+	}
+	if i < len(d) && d[i] == '.' {
+		i++
+		if i >= len(d) || d[i] < '0' || d[i] > '9' {
+			return "", errJSONSyntax
+		}
+		for i < len(d) && '0' <= d[i] && d[i] <= '9' {
+			i++
+		}
+	}
+	if i < len(d) && (d[i] == 'e' || d[i] == 'E') {
+		i++
+		if i < len(d) && (d[i] == '+' || d[i] == '-') {
+			i++
+		}
+		if i >= len(d) || d[i] < '0' || d[i] > '9' {
+			return "", errJSONSyntax
+		}
+		for i < len(d) && '0' <= d[i] && d[i] <= '9' {
+			i++
+		}
+	}
+	p.i = i
+	return json.Number(d[start:i]), nil
+}
