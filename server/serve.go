@@ -61,7 +61,7 @@ func Serve(ctx context.Context, cur *Current, ls *Listeners, log *slog.Logger) e
 	case err = <-errs:
 		log.Error("server stopped", "error", err)
 	}
-	log.Info("shutting down", "grace", shutdownGrace)
+	log.Info("shutting down", "grace", shutdownGrace.String())
 	hs.Shutdown()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
