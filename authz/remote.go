@@ -71,6 +71,7 @@ type RemoteKeys struct {
 	client *http.Client
 	log    *slog.Logger
 	now    func() time.Time
+	after  func(time.Duration) <-chan time.Time // time.After; tests replace it
 
 	state atomic.Pointer[remoteState]
 
@@ -111,6 +112,7 @@ func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
 	if r.now == nil {
 		r.now = time.Now
 	}
+	r.after = time.After
 	return r, nil
 }
 
@@ -156,12 +158,10 @@ func (r *RemoteKeys) Run(ctx context.Context) {
 				wait = st.maxAge
 			}
 		}
-		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
-		case <-t.C:
+		case <-r.after(wait):
 		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -156,17 +155,17 @@ func TestValidateRejections(t *testing.T) {
 		{name: "header not JSON", token: idptest.Segment(t, `{alg:RS256}`) + "." + parts[1] + "." + parts[2], want: authz.ErrMalformed},
 		{name: "header with trailing data", token: idptest.Sign(t, key, "RS256", `{"alg":"RS256","kid":"key-1"}{}`, payload), want: authz.ErrMalformed},
 		{name: "duplicate alg", token: idptest.Sign(t, key, "RS256", `{"alg":"HS256","alg":"RS256","kid":"key-1"}`, payload), want: authz.ErrMalformed},
-		{name: "duplicate sub", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(mustJSON(t, payload), `"sub":"user-1"`, `"sub":"user-1","sub":"admin"`, 1)), want: authz.ErrMalformed},
-		{name: "duplicate sub, escaped", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(mustJSON(t, payload), `"sub":"user-1"`, `"sub":"user-1","s\u0075b":"admin"`, 1)), want: authz.ErrMalformed},
-		{name: "duplicate nested", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(mustJSON(t, with(payload, "x", map[string]any{"a": 1})), `"a":1`, `"a":1,"a":2`, 1)), want: authz.ErrMalformed},
+		{name: "duplicate sub", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"sub":"user-1"`, `"sub":"user-1","sub":"admin"`, 1)), want: authz.ErrMalformed},
+		{name: "duplicate sub, escaped", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"sub":"user-1"`, `"sub":"user-1","s\u0075b":"admin"`, 1)), want: authz.ErrMalformed},
+		{name: "duplicate nested", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, with(payload, "x", map[string]any{"a": 1})), `"a":1`, `"a":1,"a":2`, 1)), want: authz.ErrMalformed},
 		{name: "payload is an array", token: idptest.Sign(t, key, "RS256", hdr, `[1]`), want: authz.ErrMalformed},
 		{name: "oversize", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "pad", strings.Repeat("x", 16<<10))), want: authz.ErrTooLarge},
 		{name: "exp a numeric string", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "exp", fmt.Sprint(now.Add(time.Hour).Unix()))), want: authz.ErrClaimInvalid},
 		{name: "exp missing", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "exp", nil)), want: authz.ErrClaimInvalid},
 		{name: "exp 0", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "exp", 0)), want: authz.ErrExpired, wantMsg: "token is expired"},
-		{name: "exp null", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(mustJSON(t, payload), `"exp":`, `"exp":null,"x":`, 1)), want: authz.ErrClaimInvalid},
-		{name: "exp out of range", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(mustJSON(t, payload), `"exp":`, `"exp":1e400,"x":`, 1)), want: authz.ErrClaimInvalid},
-		{name: "exp far future", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(mustJSON(t, payload), `"exp":`, `"exp":1e300,"x":`, 1))},
+		{name: "exp null", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"exp":null,"x":`, 1)), want: authz.ErrClaimInvalid},
+		{name: "exp out of range", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"exp":1e400,"x":`, 1)), want: authz.ErrClaimInvalid},
+		{name: "exp far future", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"exp":1e300,"x":`, 1))},
 		{name: "expired", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "exp", now.Add(-time.Minute).Unix())), want: authz.ErrExpired, wantMsg: "token is expired"},
 		{name: "expiring now", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "exp", now.Unix())), want: authz.ErrExpired},
 		{name: "not valid yet", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "nbf", now.Add(time.Minute).Unix())), want: authz.ErrNotYetValid, wantMsg: "token is not valid yet"},
@@ -226,14 +225,6 @@ func nonCanonical(t *testing.T, seg string) string {
 	return seg[:len(seg)-1] + string(alphabet[last|1])
 }
 
-func mustJSON(t *testing.T, v any) string {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
 
 func TestValidateAlgorithms(t *testing.T) {
 	for _, alg := range []string{"RS256", "PS256", "ES256", "EdDSA", "RS512", "ES384"} {

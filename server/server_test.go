@@ -174,7 +174,7 @@ func TestIntrospectHTTP(t *testing.T) {
 	now := time.Now()
 	claims := e.idp.Claims(now, "my-api")
 	// A claim that a float64 would round, and one named like the answer's field.
-	payload := strings.Replace(mustJSON(t, claims), `"sub"`, `"big":12345678901234567891,"active":"no","sub"`, 1)
+	payload := strings.Replace(idptest.JSON(t, claims), `"sub"`, `"big":12345678901234567891,"active":"no","sub"`, 1)
 	k := e.idp.Key()
 	token := idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID}, payload)
 	expired := e.idp.Token(with(claims, "exp", now.Add(-time.Hour).Unix()))
@@ -194,7 +194,7 @@ func TestIntrospectHTTP(t *testing.T) {
 		return resp.StatusCode, strings.TrimSpace(string(b))
 	}
 	jsonBody := func(p, tok string) string {
-		return mustJSON(t, map[string]string{"identity_provider": p, "token": tok})
+		return idptest.JSON(t, map[string]string{"identity_provider": p, "token": tok})
 	}
 	form := func(p, tok string) string { return url.Values{"identity_provider": {p}, "token": {tok}}.Encode() }
 
@@ -269,14 +269,6 @@ func TestIntrospectHTTP(t *testing.T) {
 	}
 }
 
-func mustJSON(t *testing.T, v any) string {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
 
 func TestServeStopsGracefully(t *testing.T) {
 	e := newEnv(t)
@@ -311,5 +303,57 @@ func TestServeStopsGracefully(t *testing.T) {
 	}
 	if _, err := http.Get(url); err == nil {
 		t.Fatal("still serving after shutdown")
+	}
+}
+
+func TestStartsWithAProviderDown(t *testing.T) {
+	up := idptest.NewIssuer(t, "ES256")
+	down := idptest.NewIssuer(t, "ES256")
+	down.SetDown(true)
+	yaml := `issuer: http://127.0.0.1:8080
+cluster: dev-gcp
+identityProviders:
+  - name: up
+    issuer: ` + up.URL + `
+    jwksUri: ` + up.JWKSURI() + `
+  - name: down
+    issuer: ` + down.URL + `
+    wellKnownUrl: ` + down.WellKnownURL() + `
+  - name: nowhere
+    issuer: https://nowhere.example/
+    jwksUri: http://127.0.0.1:1/jwks
+`
+	cfg, err := config.Load([]byte(yaml), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateSigningKey("ES256")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, SigningKeys: []*exchange.SigningKey{key}})
+	if err != nil {
+		t.Fatalf("vakt must start with providers down: %v", err)
+	}
+	now := time.Now()
+	for _, tt := range []struct {
+		provider, token, want string
+	}{
+		{"down", down.Token(down.Claims(now, "x")), "signing keys are not available for identity provider down: GET " + down.WellKnownURL() + ": status 503 Service Unavailable"},
+		{"nowhere", down.Token(with(down.Claims(now, "x"), "iss", "https://nowhere.example/")), "signing keys are not available for identity provider nowhere: "},
+		{"up", up.Token(up.Claims(now, "x")), ""},
+	} {
+		res, err := rt.introspect(ctx, tt.provider, tt.token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.want == "" {
+			if !res.Active {
+				t.Fatalf("%s: %s", tt.provider, res.Error)
+			}
+			continue
+		}
+		if res.Active || !strings.HasPrefix(res.Error, tt.want) {
+			t.Fatalf("%s: active %v, error %q, want prefix %q", tt.provider, res.Active, res.Error, tt.want)
+		}
 	}
 }
