@@ -225,7 +225,6 @@ func nonCanonical(t *testing.T, seg string) string {
 	return seg[:len(seg)-1] + string(alphabet[last|1])
 }
 
-
 func TestValidateAlgorithms(t *testing.T) {
 	for _, alg := range []string{"RS256", "PS256", "ES256", "EdDSA", "RS512", "ES384"} {
 		t.Run(alg, func(t *testing.T) {

@@ -269,7 +269,6 @@ func TestIntrospectHTTP(t *testing.T) {
 	}
 }
 
-
 func TestServeStopsGracefully(t *testing.T) {
 	e := newEnv(t)
 	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
