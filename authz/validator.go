@@ -33,6 +33,7 @@ type ValidatorConfig struct {
 // at once.
 type Validator struct {
 	providers map[string]*Provider
+	byIssuer  map[string]*Provider
 	maxSize   int
 	cache     *tokenCache
 	now       func() time.Time
@@ -42,6 +43,7 @@ type Validator struct {
 func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 	v := &Validator{
 		providers: make(map[string]*Provider, len(cfg.Providers)+len(cfg.Aliases)),
+		byIssuer:  make(map[string]*Provider, len(cfg.Providers)),
 		maxSize:   cfg.MaxTokenSize,
 		now:       cfg.Now,
 	}
@@ -50,6 +52,10 @@ func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 			return nil, fmt.Errorf("identity provider %q is configured twice", p.name)
 		}
 		v.providers[p.name] = p
+		if _, dup := v.byIssuer[p.issuer]; dup {
+			return nil, fmt.Errorf("issuer %q belongs to two identity providers", p.issuer)
+		}
+		v.byIssuer[p.issuer] = p
 	}
 	for alias, name := range cfg.Aliases {
 		p, ok := v.providers[name]
@@ -90,36 +96,89 @@ func (v *Validator) Validate(ctx context.Context, provider, token string) (*Clai
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownProvider, provider)
 	}
+	return v.validate(ctx, p, token)
+}
+
+// ValidateByIssuer checks token against the provider whose issuer is the
+// token's iss, for callers that accept tokens of every configured provider.
+// It returns the provider too. A token whose iss no provider has is
+// ErrIssuerNotTrusted.
+func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
+	if len(token) > v.maxSize {
+		return nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
+	}
+	if v.cache != nil {
+		if c, p, ok, err := v.cached(token, nil); ok {
+			return c, p, err
+		}
+	}
+	// Read iss before verifying, only to choose whose keys verify.
+	pt, err := parseCompact(token, v.maxSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := parseClaims(pt.payload)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, ok := v.byIssuer[c.Issuer]
+	if !ok {
+		return nil, nil, ErrIssuerNotTrusted
+	}
+	c, err = v.validate(ctx, p, token)
+	return c, p, err
+}
+
+func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*Claims, error) {
 	if len(token) > v.maxSize {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
 	}
-	now := v.now()
 	if v.cache == nil {
-		return p.verify(ctx, token, now, v.maxSize)
+		return p.verify(ctx, token, v.now(), v.maxSize)
 	}
-	// The cache is keyed by the SHA-256 of the signature segment, and an
-	// entry keeps the signed part (header.payload) it was verified with; a
-	// hit needs both to match, so only a byte-identical token hits. Hashing
-	// the signature instead of the whole token keeps a hit cheap (86 bytes
-	// for ES256 rather than the whole token) while the cache still holds no
-	// credential: the signature is kept only as a digest.
-	dot := strings.LastIndexByte(token, '.')
-	signed, sig := token[:max(dot, 0)], token[dot+1:]
-	key := sha256.Sum256(unsafe.Slice(unsafe.StringData(sig), len(sig)))
-	if e, ok := v.cache.get(&key); ok && e.provider == p && e.signed == signed {
-		if err := e.claims.checkTimes(now, p.leeway); err != nil {
-			if errors.Is(err, ErrExpired) {
-				v.cache.remove(&key)
-			}
-			return nil, err
-		}
-		return e.claims, nil
+	if c, _, ok, err := v.cached(token, p); ok {
+		return c, err
 	}
+	now := v.now()
 	c, err := p.verify(ctx, token, now, v.maxSize)
 	if err != nil {
 		return nil, err
 	}
-	// Clone: signed points into the caller's buffer, which must not be kept.
-	v.cache.put(&key, cacheEntry{provider: p, signed: strings.Clone(signed), claims: c}, unixSeconds(now))
+	dot := strings.LastIndexByte(token, '.')
+	key := signatureKey(token[dot+1:])
+	// Clone: the token points into the caller's buffer, which must not be kept.
+	v.cache.put(&key, cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}, unixSeconds(now))
 	return c, nil
+}
+
+// cached looks token up. The cache is keyed by the SHA-256 of the signature
+// segment, and an entry keeps the signed part (header.payload) it was
+// verified with; a hit needs both to match, so only a byte-identical token
+// hits. Hashing the signature instead of the whole token keeps a hit cheap
+// (86 bytes for ES256 rather than the whole token) while the cache still
+// holds no credential: the signature is kept only as a digest. With want
+// set, an entry of another provider is a miss. ok reports a hit; err is set
+// when the hit has expired since (exp and nbf are re-checked on every hit).
+func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider, ok bool, err error) {
+	dot := strings.LastIndexByte(token, '.')
+	if dot < 0 {
+		return nil, nil, false, nil
+	}
+	key := signatureKey(token[dot+1:])
+	e, hit := v.cache.get(&key)
+	if !hit || (want != nil && e.provider != want) || e.signed != token[:dot] {
+		return nil, nil, false, nil
+	}
+	if err := e.claims.checkTimes(v.now(), e.provider.leeway); err != nil {
+		if errors.Is(err, ErrExpired) {
+			v.cache.remove(&key)
+		}
+		return nil, nil, true, err
+	}
+	return e.claims, e.provider, true, nil
+}
+
+// signatureKey hashes the signature in place: a conversion would copy it.
+func signatureKey(sig string) [32]byte {
+	return sha256.Sum256(unsafe.Slice(unsafe.StringData(sig), len(sig)))
 }

@@ -396,3 +396,31 @@ func TestRunFetchesAndStops(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestValidateByIssuer(t *testing.T) {
+	s := newSetup(t, "ES256", nil)
+	ctx := context.Background()
+	now := s.clock.Now()
+	first := s.iss.Token(s.claims())
+	for _, tt := range []struct {
+		name, token, provider string
+		want                  error
+	}{
+		{"first provider", first, "idp", nil},
+		{"first provider, from the cache", first, "idp", nil},
+		{"second provider", s.other.Token(s.other.Claims(now, "my-api")), "other", nil},
+		{"unknown issuer", s.iss.Token(with(s.claims(), "iss", "https://elsewhere.example/")), "", authz.ErrIssuerNotTrusted},
+		{"our iss, other's key", idptest.Sign(t, s.other.Key(), "RS256", map[string]any{"alg": "RS256", "kid": s.other.Key().ID}, s.claims()), "", authz.ErrAlgorithmNotAllowed},
+		{"malformed", "x.y", "", authz.ErrMalformed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, p, err := s.v.ValidateByIssuer(ctx, tt.token)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+			if tt.want == nil && (p.Name() != tt.provider || c.Issuer != p.Issuer()) {
+				t.Fatalf("provider %s, iss %s", p.Name(), c.Issuer)
+			}
+		})
+	}
+}

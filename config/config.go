@@ -39,6 +39,36 @@ type Config struct {
 	IdentityProviders []IdentityProvider `yaml:"identityProviders"`
 	Applications      []Application      `yaml:"applications"`
 	Validation        Validation         `yaml:"validation"`
+	Signing           Signing            `yaml:"signing"`
+	Replay            Replay             `yaml:"replay"`
+}
+
+// Signing configures the tokens vakt issues.
+type Signing struct {
+	// KeysFile is a private JWK Set (relative to the configuration file);
+	// every key in it is published, the first one signs. Without it, vakt
+	// generates one key of Algorithm at start.
+	KeysFile string `yaml:"keysFile"`
+	// Algorithm of a generated key: RS256 (default), ES256 or EdDSA.
+	Algorithm string `yaml:"algorithm"`
+	// TokenLifetimeText is how long issued tokens live ("15m", the default);
+	// TokenLifetime is its value after Load.
+	TokenLifetimeText string        `yaml:"tokenLifetime"`
+	TokenLifetime     time.Duration `yaml:"-"`
+}
+
+// Replay configures where client assertion ids are remembered: in memory
+// (the default, for one replica) or in Redis, shared by every replica.
+type Replay struct {
+	Redis *Redis `yaml:"redis"`
+}
+
+// Redis locates a Redis server.
+type Redis struct {
+	Address  string `yaml:"address"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	DB       int    `yaml:"db"`
 }
 
 // Listen holds the listen addresses.

@@ -107,6 +107,37 @@ func (c *Config) validate(data []byte, dir string) error {
 		v.fail("validation.cacheSize", "must be -1 (off), 0 (default) or a size")
 	}
 
+	switch c.Signing.Algorithm {
+	case "":
+		c.Signing.Algorithm = "RS256"
+	case "RS256", "ES256", "EdDSA":
+	default:
+		v.fail("signing.algorithm", "%q is not RS256, ES256 or EdDSA", c.Signing.Algorithm)
+	}
+	c.Signing.TokenLifetime = 15 * time.Minute
+	if c.Signing.TokenLifetimeText != "" {
+		d, err := time.ParseDuration(c.Signing.TokenLifetimeText)
+		switch {
+		case err != nil:
+			v.fail("signing.tokenLifetime", "%q is not a duration (write e.g. 15m)", c.Signing.TokenLifetimeText)
+		case d < time.Minute || d > 24*time.Hour:
+			v.fail("signing.tokenLifetime", "must be between 1m and 24h")
+		default:
+			c.Signing.TokenLifetime = d
+		}
+	}
+	if c.Signing.KeysFile != "" && !filepath.IsAbs(c.Signing.KeysFile) {
+		c.Signing.KeysFile = filepath.Join(dir, c.Signing.KeysFile)
+	}
+	if r := c.Replay.Redis; r != nil {
+		if _, _, err := net.SplitHostPort(r.Address); err != nil {
+			v.fail("replay.redis.address", "%q is not host:port", r.Address)
+		}
+		if r.DB < 0 {
+			v.fail("replay.redis.db", "must not be negative")
+		}
+	}
+
 	names := map[string]int{}
 	issuers := map[string]string{c.Issuer: "vakt itself"}
 	for i := range c.IdentityProviders {

@@ -42,6 +42,7 @@ func NewGRPCServer(cur *Current, log *slog.Logger) (*grpc.Server, *health.Server
 		grpc.ChainUnaryInterceptor(recoverUnary(log)),
 	)
 	vaktv1.RegisterIntrospectionServiceServer(s, &introspectionService{cur: cur})
+	vaktv1.RegisterTokenExchangeServiceServer(s, &exchangeService{cur: cur})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)

@@ -17,10 +17,25 @@ const maxIntrospectBody = 64 << 10
 
 // NewHTTPHandler returns vakt's HTTP endpoints:
 //   - POST /api/v1/introspect: the NAIS introspection contract;
+//   - POST /token: RFC 8693 token exchange;
+//   - GET /jwks: the public keys of the tokens vakt issues;
+//   - GET /.well-known/oauth-authorization-server and
+//     /.well-known/openid-configuration: RFC 8414 metadata;
 //   - GET /healthz: 200 while the server runs.
 func NewHTTPHandler(cur *Current, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST /api/v1/introspect", &introspectHandler{cur: cur, log: log})
+	mux.Handle("POST /token", &tokenHandler{cur: cur})
+	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		w.Header().Set("Cache-Control", "public, max-age=300")
+		_, _ = w.Write(cur.Load().Signer.JWKS())
+	})
+	wellKnown := func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, metadata(cur.Load()))
+	}
+	mux.HandleFunc("GET /.well-known/oauth-authorization-server", wellKnown)
+	mux.HandleFunc("GET /.well-known/openid-configuration", wellKnown)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -19,13 +19,18 @@ import (
 type Runtime struct {
 	Config    *config.Config
 	Validator *authz.Validator
+	Policy    *authz.Policy
+	Signer    *exchange.Signer
+	Authority *exchange.Authority
 }
 
 // Options are what a Runtime needs besides the configuration.
 type Options struct {
 	Logger *slog.Logger
-	// SigningKeys verify tokens vakt issued ("tokenx"). Required.
-	SigningKeys []*exchange.SigningKey
+	// Signer signs the tokens vakt issues; its keys verify them ("tokenx").
+	Signer *exchange.Signer
+	// Replay remembers client assertion ids. It outlives configurations.
+	Replay exchange.ReplayStore
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -67,7 +72,10 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		go keys.Run(ctx)
 	}
 
-	own, err := ownProvider(cfg, opts.SigningKeys)
+	if opts.Signer == nil || opts.Replay == nil {
+		return nil, fmt.Errorf("a runtime needs a signer and a replay store")
+	}
+	own, err := ownProvider(cfg, opts.Signer.Keys())
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +90,48 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{Config: cfg, Validator: v}, nil
+
+	apps := make([]authz.ApplicationPolicy, 0, len(cfg.Applications))
+	clients := make(map[string]authz.KeySource)
+	for i := range cfg.Applications {
+		a := &cfg.Applications[i]
+		ap := authz.ApplicationPolicy{ID: a.ID()}
+		for _, r := range a.AccessPolicy.Inbound.Rules {
+			ap.Inbound = append(ap.Inbound, r.ID())
+		}
+		apps = append(apps, ap)
+		switch {
+		case a.Keys != nil && a.Keys.Len() > 0:
+			clients[a.ID()] = authz.StaticKeys{Set: a.Keys}
+		case a.JWKSURI != "":
+			keys, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: a.ID(), JWKSURI: a.JWKSURI, Issuer: a.ID(), Logger: log, Now: opts.Now})
+			if err != nil {
+				return nil, fmt.Errorf("application %s: %w", a.ID(), err)
+			}
+			clients[a.ID()] = keys
+			go keys.Run(ctx)
+		}
+	}
+	policy, err := authz.NewPolicy(apps)
+	if err != nil {
+		return nil, err
+	}
+	authority, err := exchange.NewAuthority(exchange.AuthorityConfig{
+		Issuer:        cfg.Issuer,
+		Subjects:      v,
+		OwnProvider:   config.ProviderTokenX,
+		Clients:       clients,
+		Policy:        policy,
+		Signer:        opts.Signer,
+		Replay:        opts.Replay,
+		TokenLifetime: cfg.Signing.TokenLifetime,
+		Now:           opts.Now,
+		Logger:        log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{Config: cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority}, nil
 }
 
 // ownProvider validates tokens vakt issued: vakt's issuer, its signing keys,

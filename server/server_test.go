@@ -61,7 +61,11 @@ applications:
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, SigningKeys: []*exchange.SigningKey{e.signing}})
+	signer, err := exchange.NewSigner(e.signing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(0, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +333,8 @@ identityProviders:
 	key, _ := exchange.GenerateSigningKey("ES256")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, SigningKeys: []*exchange.SigningKey{key}})
+	signer, _ := exchange.NewSigner(key)
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(0, nil)})
 	if err != nil {
 		t.Fatalf("vakt must start with providers down: %v", err)
 	}

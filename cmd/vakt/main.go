@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/deploy/examples"
 	"github.com/vakt-dev/vakt/exchange"
@@ -92,16 +94,23 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 
-	key, err := exchange.GenerateSigningKey("RS256")
+	signer, err := newSigner(cfg, log)
 	if err != nil {
-		log.Error("cannot make a signing key", "error", err)
+		log.Error("signing keys", "error", err)
 		return 1
 	}
-	log.Warn("signing with an ephemeral key: tokens vakt issues will not verify after a restart", "kid", key.ID)
+	var replay exchange.ReplayStore = exchange.NewMemoryReplay(0, nil)
+	if r := cfg.Replay.Redis; r != nil {
+		redis.SetLogger(exchange.RedisLogger{Log: log})
+		rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Password, DB: r.DB}, nil)
+		defer rr.Close()
+		replay = rr
+		log.Info("client assertion ids are kept in Redis", "address", r.Address)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	rt, err := server.NewRuntime(ctx, cfg, server.Options{Logger: log, SigningKeys: []*exchange.SigningKey{key}})
+	rt, err := server.NewRuntime(ctx, cfg, server.Options{Logger: log, Signer: signer, Replay: replay})
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
@@ -119,6 +128,24 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// newSigner loads signing.keysFile, or generates one key when there is none.
+func newSigner(cfg *config.Config, log *slog.Logger) (*exchange.Signer, error) {
+	if cfg.Signing.KeysFile != "" {
+		keys, err := exchange.LoadKeysFile(cfg.Signing.KeysFile)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("signing keys loaded", "file", cfg.Signing.KeysFile, "keys", len(keys), "signing_kid", keys[0].ID)
+		return exchange.NewSigner(keys...)
+	}
+	key, err := exchange.GenerateSigningKey(cfg.Signing.Algorithm)
+	if err != nil {
+		return nil, err
+	}
+	log.Warn("no signing.keysFile: signing with a key generated at start; tokens vakt issues will not verify after a restart", "kid", key.ID, "alg", key.Alg)
+	return exchange.NewSigner(key)
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

@@ -1,0 +1,266 @@
+package exchange
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vakt-dev/vakt/authz"
+)
+
+// The RFC 8693 and RFC 7523 values vakt accepts.
+const (
+	GrantTypeTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+	ClientAssertionTypeJWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	TokenTypeJWT           = "urn:ietf:params:oauth:token-type:jwt"
+	TokenTypeAccessToken   = "urn:ietf:params:oauth:token-type:access_token"
+	DefaultTokenLifetime   = 15 * time.Minute
+	MaxAssertionLifetime   = 120 * time.Second
+	assertionLeeway        = 10 * time.Second
+	issuedTokenType        = "at+jwt" // RFC 9068
+	maxAudienceInMessage   = 200
+)
+
+// AssertionAlgorithms are the algorithms a client assertion may use.
+var AssertionAlgorithms = []string{"RS256", "PS256", "ES256", "EdDSA"}
+
+// Request is a token exchange request (RFC 8693 §2.1, RFC 7523 §2.2).
+type Request struct {
+	GrantType           string
+	ClientAssertionType string
+	ClientAssertion     string
+	SubjectTokenType    string
+	SubjectToken        string
+	Audience            string
+}
+
+// Response is an issued token (RFC 8693 §2.2.1).
+type Response struct {
+	AccessToken     string
+	IssuedTokenType string
+	TokenType       string
+	ExpiresIn       int64
+}
+
+// AuthorityConfig configures an Authority.
+type AuthorityConfig struct {
+	// Issuer is vakt's issuer; the token endpoint is Issuer + "/token".
+	Issuer string
+	// Subjects validates subject tokens: the configured identity providers
+	// and vakt's own tokens.
+	Subjects *authz.Validator
+	// OwnProvider is the name under which Subjects knows vakt's own tokens.
+	OwnProvider string
+	// Clients maps each registered application id that has keys to them.
+	Clients map[string]authz.KeySource
+	Policy  *authz.Policy
+	Signer  *Signer
+	Replay  ReplayStore
+	// TokenLifetime of issued tokens; DefaultTokenLifetime when zero.
+	TokenLifetime time.Duration
+	Now           func() time.Time
+	Logger        *slog.Logger
+}
+
+// Authority is vakt's token exchange: it authenticates the client by its
+// assertion, validates the subject token, checks the target's access policy
+// and mints a token for the target. It is immutable.
+type Authority struct {
+	cfg           AuthorityConfig
+	tokenEndpoint string
+	assertions    *authz.Validator
+	log           *slog.Logger
+}
+
+// NewAuthority builds an Authority.
+func NewAuthority(cfg AuthorityConfig) (*Authority, error) {
+	if cfg.Issuer == "" || cfg.Subjects == nil || cfg.Policy == nil || cfg.Signer == nil || cfg.Replay == nil {
+		return nil, errors.New("authority needs an issuer, a subject validator, a policy, a signer and a replay store")
+	}
+	if cfg.TokenLifetime <= 0 {
+		cfg.TokenLifetime = DefaultTokenLifetime
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	a := &Authority{cfg: cfg, tokenEndpoint: TokenEndpoint(cfg.Issuer), log: cfg.Logger}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	// Each client is an "identity provider" whose issuer is its own id and
+	// whose keys are its own: an assertion is verified against the keys of
+	// the client it names, and no other's.
+	providers := make([]*authz.Provider, 0, len(cfg.Clients))
+	for _, id := range slices.Sorted(maps.Keys(cfg.Clients)) {
+		p, err := authz.NewProvider(authz.ProviderConfig{
+			Name:       id,
+			Issuer:     id,
+			Audiences:  []string{a.tokenEndpoint, cfg.Issuer},
+			Algorithms: AssertionAlgorithms,
+			Leeway:     assertionLeeway,
+			Keys:       cfg.Clients[id],
+		})
+		if err != nil {
+			return nil, err
+		}
+		providers = append(providers, p)
+	}
+	v, err := authz.NewValidator(authz.ValidatorConfig{Providers: providers, CacheSize: -1, Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
+	a.assertions = v
+	return a, nil
+}
+
+// TokenEndpoint is the token endpoint of an issuer.
+func TokenEndpoint(issuer string) string {
+	for len(issuer) > 0 && issuer[len(issuer)-1] == '/' {
+		issuer = issuer[:len(issuer)-1]
+	}
+	return issuer + "/token"
+}
+
+// TokenEndpoint returns this authority's token endpoint.
+func (a *Authority) TokenEndpoint() string { return a.tokenEndpoint }
+
+// Exchange performs a token exchange. Every refusal is an *Error.
+func (a *Authority) Exchange(ctx context.Context, req Request) (*Response, error) {
+	client, target := "", req.Audience
+	res, err := a.exchange(ctx, req, &client)
+	if err != nil {
+		e := AsError(err)
+		a.log.Info("token exchange refused", "client_id", client, "audience", truncate(target), "error", e.Code, "reason", e.Description, "cause", e.Err)
+		return nil, e
+	}
+	a.log.Debug("token exchanged", "client_id", client, "audience", target)
+	return res, nil
+}
+
+func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string) (*Response, error) {
+	switch {
+	case req.GrantType == "":
+		return nil, refuse(CodeInvalidRequest, "grant_type is required", nil)
+	case req.GrantType != GrantTypeTokenExchange:
+		return nil, refuse(CodeUnsupportedGrantType, "grant_type must be "+GrantTypeTokenExchange, nil)
+	case req.ClientAssertionType != ClientAssertionTypeJWT:
+		return nil, refuse(CodeInvalidRequest, "client_assertion_type must be "+ClientAssertionTypeJWT, nil)
+	case req.ClientAssertion == "":
+		return nil, refuse(CodeInvalidRequest, "client_assertion is required", nil)
+	case req.SubjectTokenType != TokenTypeJWT:
+		return nil, refuse(CodeInvalidRequest, "subject_token_type must be "+TokenTypeJWT, nil)
+	case req.SubjectToken == "":
+		return nil, refuse(CodeInvalidRequest, "subject_token is required", nil)
+	case req.Audience == "":
+		return nil, refuse(CodeInvalidRequest, "audience is required", nil)
+	}
+	now := a.cfg.Now()
+
+	client, err := a.authenticate(ctx, req.ClientAssertion, now)
+	*clientOut = client
+	if err != nil {
+		return nil, err
+	}
+
+	subject, provider, err := a.cfg.Subjects.ValidateByIssuer(ctx, req.SubjectToken)
+	if err != nil {
+		return nil, refuse(CodeInvalidRequest, "invalid subject_token: "+err.Error(), err)
+	}
+	// A token vakt issued may be exchanged only by the application it was
+	// issued to.
+	if provider.Name() == a.cfg.OwnProvider && !slices.Contains(subject.Audience, client) {
+		return nil, refuse(CodeInvalidRequest, "invalid subject_token: "+authz.ErrAudienceInvalid.Error(), authz.ErrAudienceInvalid)
+	}
+
+	// Unknown and forbidden targets get one answer, so that clients cannot
+	// probe which applications exist; the log tells them apart.
+	if err := a.cfg.Policy.MayCall(client, req.Audience); err != nil {
+		return nil, refuse(CodeInvalidTarget, "token exchange audience "+truncate(req.Audience)+" is invalid", err)
+	}
+
+	claims := make(map[string]any, len(subject.Raw)+4)
+	maps.Copy(claims, subject.Raw)
+	idp := subject.Issuer
+	if s, ok := subject.Raw["idp"].(string); ok && s != "" {
+		idp = s // a chain keeps the original identity provider
+	}
+	exp := now.Add(a.cfg.TokenLifetime)
+	claims["iss"] = a.cfg.Issuer
+	claims["aud"] = req.Audience
+	claims["client_id"] = client
+	claims["idp"] = idp
+	claims["iat"] = now.Unix()
+	claims["nbf"] = now.Unix()
+	claims["exp"] = exp.Unix()
+	claims["jti"] = uuid.NewString()
+	tok, err := a.cfg.Signer.Sign(issuedTokenType, claims)
+	if err != nil {
+		return nil, refuse(CodeServerError, "internal error", err)
+	}
+	return &Response{
+		AccessToken:     tok,
+		IssuedTokenType: TokenTypeAccessToken,
+		TokenType:       "Bearer",
+		ExpiresIn:       exp.Unix() - now.Unix(),
+	}, nil
+}
+
+// authenticate verifies a client assertion (RFC 7523 §3) and records its jti,
+// returning the client id:
+//   - signed by a key of the client it names in iss (RS256, PS256, ES256 or
+//     EdDSA, matching the key), and sub equal to iss;
+//   - aud exactly the token endpoint or the issuer: one value, or an array
+//     holding only that;
+//   - exp present, at most 120 s after iat and after now; iat not in the
+//     future; nbf respected;
+//   - jti present and never seen before from this client while it could
+//     still be replayed.
+func (a *Authority) authenticate(ctx context.Context, assertion string, now time.Time) (string, error) {
+	c, p, err := a.assertions.ValidateByIssuer(ctx, assertion)
+	if err != nil {
+		if errors.Is(err, authz.ErrIssuerNotTrusted) {
+			return "", refuse(CodeInvalidClient, "client is not registered, or has no keys", err)
+		}
+		return "", refuse(CodeInvalidClient, "client assertion is invalid: "+err.Error(), err)
+	}
+	client := p.Name()
+	bad := func(why string) (string, error) {
+		return client, refuse(CodeInvalidClient, "client assertion is invalid: "+why, nil)
+	}
+	if c.Subject != client {
+		return bad("sub must equal iss")
+	}
+	if len(c.Audience) != 1 {
+		return bad("aud must be the token endpoint alone")
+	}
+	if c.IssuedAt.IsZero() {
+		return bad("iat is required")
+	}
+	if c.ExpiresAt.Sub(c.IssuedAt) > MaxAssertionLifetime || c.ExpiresAt.Sub(now) > MaxAssertionLifetime+assertionLeeway {
+		return bad("exp must be at most 120 seconds after iat and now")
+	}
+	jti, _ := c.Raw["jti"].(string)
+	if jti == "" {
+		return bad("jti is required")
+	}
+	fresh, err := a.cfg.Replay.Claim(ctx, client+"\x00"+jti, c.ExpiresAt.Add(assertionLeeway))
+	if err != nil {
+		return client, refuse(CodeTemporarilyUnavailable, "replay protection is unavailable; try again later", err)
+	}
+	if !fresh {
+		return bad("jti has been used before")
+	}
+	return client, nil
+}
+
+func truncate(s string) string {
+	if len(s) > maxAudienceInMessage {
+		return s[:maxAudienceInMessage] + "…"
+	}
+	return s
+}

@@ -1,0 +1,487 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
+	"github.com/vakt-dev/vakt/internal/idptest"
+)
+
+const (
+	app1 = "dev-gcp:team-a:app-1"
+	app2 = "dev-gcp:team-a:app-2" // registered, no keys
+	app3 = "dev-gcp:team-c:app-3" // has keys, no rule allows it
+	appB = "dev-gcp:team-b:app-b"
+)
+
+// xenv is vakt serving on loopback, as a token exchange authority.
+type xenv struct {
+	issuer    string // vakt's, = its HTTP base URL
+	idp       *idptest.Issuer
+	keys      map[string]*idptest.Key // client keys by application id
+	cur       *Current
+	grpc      vaktv1.TokenExchangeServiceClient
+	introspec vaktv1.IntrospectionServiceClient
+	jti       atomic.Int64
+}
+
+func newExchangeEnv(t *testing.T, replay exchange.ReplayStore) *xenv {
+	t.Helper()
+	e := &xenv{idp: idptest.NewIssuer(t, "RS256"), keys: map[string]*idptest.Key{}}
+	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.issuer = "http://" + ls.HTTP.Addr().String()
+	jwks := func(id, alg string) string {
+		k := idptest.NewKey(t, "client-key-1", alg)
+		e.keys[id] = k
+		return idptest.JSON(t, map[string]any{"keys": []any{k.JWK(t)}})
+	}
+	yaml := `issuer: ` + e.issuer + `
+cluster: dev-gcp
+identityProviders:
+  - name: idporten
+    issuer: ` + e.idp.URL + `
+    jwksUri: ` + e.idp.JWKSURI() + `
+applications:
+  - name: app-1
+    namespace: team-a
+    jwks: ` + jwks(app1, "RS256") + `
+  - name: app-2
+    namespace: team-a
+  - name: app-3
+    namespace: team-c
+    jwks: ` + jwks(app3, "ES256") + `
+  - name: app-b
+    namespace: team-b
+    accessPolicy:
+      inbound:
+        rules:
+          - application: app-1
+            namespace: team-a
+`
+	cfg, err := config.Load([]byte(yaml), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateSigningKey("ES256")
+	signer, _ := exchange.NewSigner(key)
+	if replay == nil {
+		replay = exchange.NewMemoryReplay(0, nil)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: replay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cur = &Current{}
+	e.cur.Store(rt)
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, e.cur, ls, quiet) }()
+	t.Cleanup(func() { cancel(); <-done })
+	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.grpc = vaktv1.NewTokenExchangeServiceClient(conn)
+	e.introspec = vaktv1.NewIntrospectionServiceClient(conn)
+	return e
+}
+
+// assertion builds a client assertion as NAIS tells applications to.
+func (e *xenv) assertion(t *testing.T, client string, edit func(h, c map[string]any)) string {
+	k := e.keys[client]
+	if k == nil {
+		k = e.keys[app1] // a client without keys signs with someone's
+	}
+	now := time.Now()
+	h := map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "JWT"}
+	c := map[string]any{
+		"iss": client, "sub": client, "aud": e.issuer + "/token",
+		"jti": fmt.Sprintf("jti-%d-%d", now.UnixNano(), e.jti.Add(1)),
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(30 * time.Second).Unix(),
+	}
+	if edit != nil {
+		edit(h, c)
+	}
+	return idptest.Sign(t, k, k.Alg, h, c)
+}
+
+func (e *xenv) request(t *testing.T, edit func(r *exchange.Request)) exchange.Request {
+	r := exchange.Request{
+		GrantType:           exchange.GrantTypeTokenExchange,
+		ClientAssertionType: exchange.ClientAssertionTypeJWT,
+		ClientAssertion:     e.assertion(t, app1, nil),
+		SubjectTokenType:    exchange.TokenTypeJWT,
+		SubjectToken:        e.idp.Token(e.idp.Claims(time.Now(), "")),
+		Audience:            appB,
+	}
+	if edit != nil {
+		edit(&r)
+	}
+	return r
+}
+
+// outcome is what a transport answered: a token, or an OAuth error.
+type outcome struct {
+	token, code, description string
+	expiresIn                int64
+}
+
+func (e *xenv) viaGRPC(t *testing.T, r exchange.Request) outcome {
+	res, err := e.grpc.Exchange(context.Background(), &vaktv1.ExchangeRequest{
+		GrantType: r.GrantType, ClientAssertionType: r.ClientAssertionType, ClientAssertion: r.ClientAssertion,
+		SubjectTokenType: r.SubjectTokenType, SubjectToken: r.SubjectToken, Audience: r.Audience,
+	})
+	if err != nil {
+		st := status.Convert(err)
+		for _, d := range st.Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok {
+				return outcome{code: info.Reason, description: st.Message()}
+			}
+		}
+		t.Fatalf("gRPC error without ErrorInfo: %v", err)
+	}
+	if res.TokenType != "Bearer" || res.IssuedTokenType != exchange.TokenTypeAccessToken {
+		t.Fatalf("response %v", res)
+	}
+	return outcome{token: res.AccessToken, expiresIn: res.ExpiresIn}
+}
+
+func (e *xenv) viaHTTP(t *testing.T, r exchange.Request) outcome {
+	form := url.Values{}
+	for k, v := range map[string]string{
+		"grant_type": r.GrantType, "client_assertion_type": r.ClientAssertionType, "client_assertion": r.ClientAssertion,
+		"subject_token_type": r.SubjectTokenType, "subject_token": r.SubjectToken, "audience": r.Audience,
+	} {
+		if v != "" {
+			form.Set(k, v)
+		}
+	}
+	resp, err := http.PostForm(e.issuer+"/token", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	if resp.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("Cache-Control %q", resp.Header.Get("Cache-Control"))
+	}
+	if resp.StatusCode != http.StatusOK {
+		code, _ := body["error"].(string)
+		if want := oauthHTTPStatus(code); resp.StatusCode != want {
+			t.Fatalf("status %d for %s, want %d", resp.StatusCode, code, want)
+		}
+		desc, _ := body["error_description"].(string)
+		return outcome{code: code, description: desc}
+	}
+	if body["token_type"] != "Bearer" || body["issued_token_type"] != exchange.TokenTypeAccessToken {
+		t.Fatalf("response %v", body)
+	}
+	tok, _ := body["access_token"].(string)
+	exp, _ := body["expires_in"].(float64)
+	return outcome{token: tok, expiresIn: int64(exp)}
+}
+
+func TestExchange(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	now := time.Now()
+	replayed := e.assertion(t, app1, nil)
+	own := func(aud string) string { // a token vakt issued to aud
+		k := e.cur.Load().Signer.Keys()[0]
+		ik := &idptest.Key{ID: k.ID, Alg: k.Alg, Private: k.Private}
+		return idptest.Sign(t, ik, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, map[string]any{
+			"iss": e.issuer, "sub": "user-1", "aud": aud, "idp": "https://idporten.example/", "exp": now.Add(time.Minute).Unix(),
+		})
+	}
+	hs256 := idptest.Segment(t, `{"alg":"HS256","kid":"client-key-1"}`) + "." + idptest.Segment(t, map[string]any{"iss": app1, "sub": app1, "exp": now.Add(time.Minute).Unix()}) + ".c2ln"
+	tests := []struct {
+		name string
+		edit func(r *exchange.Request)
+		code string
+		desc string // prefix
+	}{
+		{name: "valid"},
+		{name: "assertion aud is the issuer", edit: func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["aud"] = e.issuer })
+		}},
+		{name: "assertion aud an array of one", edit: func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["aud"] = []string{e.issuer + "/token"} })
+		}},
+		{name: "vakt's own token issued to the caller", edit: func(r *exchange.Request) { r.SubjectToken = own(app1) }},
+		{"no grant_type", func(r *exchange.Request) { r.GrantType = "" }, "invalid_request", "grant_type is required"},
+		{"other grant_type", func(r *exchange.Request) { r.GrantType = "client_credentials" }, "unsupported_grant_type", "grant_type must be"},
+		{"other client_assertion_type", func(r *exchange.Request) { r.ClientAssertionType = "urn:x" }, "invalid_request", "client_assertion_type must be"},
+		{"no client_assertion", func(r *exchange.Request) { r.ClientAssertion = "" }, "invalid_request", "client_assertion is required"},
+		{"other subject_token_type", func(r *exchange.Request) { r.SubjectTokenType = exchange.TokenTypeAccessToken }, "invalid_request", "subject_token_type must be"},
+		{"no subject_token", func(r *exchange.Request) { r.SubjectToken = "" }, "invalid_request", "subject_token is required"},
+		{"no audience", func(r *exchange.Request) { r.Audience = "" }, "invalid_request", "audience is required"},
+		{"assertion garbage", func(r *exchange.Request) { r.ClientAssertion = "garbage" }, "invalid_client", "client assertion is invalid: token is malformed"},
+		{"unknown client", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, "dev-gcp:team-x:nobody", nil)
+		}, "invalid_client", "client is not registered"},
+		{"client without keys", func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app2, nil) }, "invalid_client", "client is not registered, or has no keys"},
+		{"signed with another client's key", func(r *exchange.Request) {
+			k := e.keys[app3]
+			a := e.assertion(t, app1, nil)
+			r.ClientAssertion = idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID}, strings.Split(a, ".")[1])
+		}, "invalid_client", "client assertion is invalid"},
+		{"HS256", func(r *exchange.Request) { r.ClientAssertion = hs256 }, "invalid_client", "client assertion is invalid: token algorithm is not allowed"},
+		{"sub is not iss", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["sub"] = app3 })
+		}, "invalid_client", "client assertion is invalid: sub must equal iss"},
+		{"aud elsewhere", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["aud"] = "https://tokenx.example/token" })
+		}, "invalid_client", "client assertion is invalid: token audience is invalid"},
+		{"aud with another value", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["aud"] = []string{e.issuer + "/token", "https://x"} })
+		}, "invalid_client", "client assertion is invalid: aud must be the token endpoint alone"},
+		{"exp too far", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["exp"] = now.Add(10 * time.Minute).Unix() })
+		}, "invalid_client", "client assertion is invalid: exp must be at most 120 seconds"},
+		{"no exp", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { delete(c, "exp") })
+		}, "invalid_client", "client assertion is invalid: token claim is invalid: exp is required"},
+		{"expired", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) {
+				c["iat"], c["nbf"], c["exp"] = now.Add(-time.Minute).Unix(), now.Add(-time.Minute).Unix(), now.Add(-30*time.Second).Unix()
+			})
+		}, "invalid_client", "client assertion is invalid: token is expired"},
+		{"iat in the future", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["iat"] = now.Add(time.Minute).Unix() })
+		}, "invalid_client", "client assertion is invalid: token is not valid yet"},
+		{"no iat", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { delete(c, "iat") })
+		}, "invalid_client", "client assertion is invalid: iat is required"},
+		{"no jti", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { delete(c, "jti") })
+		}, "invalid_client", "client assertion is invalid: jti is required"},
+		{"subject token expired", func(r *exchange.Request) {
+			r.SubjectToken = e.idp.Token(map[string]any{"iss": e.idp.URL, "sub": "u", "exp": now.Add(-time.Hour).Unix()})
+		}, "invalid_request", "invalid subject_token: token is expired"},
+		{"subject token of an unknown issuer", func(r *exchange.Request) {
+			r.SubjectToken = e.idp.Token(map[string]any{"iss": "https://evil.example", "sub": "u", "exp": now.Add(time.Hour).Unix()})
+		}, "invalid_request", "invalid subject_token: token issuer is not trusted"},
+		{"vakt's own token issued to another application", func(r *exchange.Request) { r.SubjectToken = own(appB) }, "invalid_request", "invalid subject_token: token audience is invalid"},
+		{"unknown target", func(r *exchange.Request) { r.Audience = "dev-gcp:team-b:nobody" }, "invalid_target", "token exchange audience dev-gcp:team-b:nobody is invalid"},
+		{"target does not allow the client", func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app3, nil)
+		}, "invalid_target", "token exchange audience " + appB + " is invalid"},
+		{"target is the client itself", func(r *exchange.Request) { r.Audience = app1 }, "invalid_target", "token exchange audience " + app1 + " is invalid"},
+	}
+	transports := map[string]func(*testing.T, exchange.Request) outcome{"grpc": e.viaGRPC, "http": e.viaHTTP}
+	for _, tt := range tests {
+		for tn, do := range transports {
+			t.Run(tt.name+"/"+tn, func(t *testing.T) {
+				got := do(t, e.request(t, tt.edit))
+				if tt.code == "" {
+					if got.code != "" {
+						t.Fatalf("refused: %s: %s", got.code, got.description)
+					}
+					e.checkIssued(t, got, app1, appB)
+					return
+				}
+				if got.code != tt.code || !strings.HasPrefix(got.description, tt.desc) {
+					t.Fatalf("got %s %q, want %s %q…", got.code, got.description, tt.code, tt.desc)
+				}
+			})
+		}
+	}
+
+	// Replay: an assertion is accepted once, over either transport.
+	first := e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = replayed }))
+	again := e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = replayed }))
+	if first.code != "" || again.code != "invalid_client" || again.description != "client assertion is invalid: jti has been used before" {
+		t.Fatalf("replay: first %+v, again %+v", first, again)
+	}
+}
+
+// checkIssued verifies an issued token: Introspect as tokenx accepts it and
+// its claims are the subject's plus vakt's.
+func (e *xenv) checkIssued(t *testing.T, got outcome, client, target string) map[string]any {
+	t.Helper()
+	if got.expiresIn != 900 {
+		t.Fatalf("expires_in %d", got.expiresIn)
+	}
+	res, err := e.introspec.Introspect(context.Background(), &vaktv1.IntrospectRequest{IdentityProvider: "tokenx", Token: got.token})
+	if err != nil || !res.Active {
+		t.Fatalf("issued token does not introspect: %v %v", err, res.GetError())
+	}
+	c := res.Claims.AsMap()
+	if c["iss"] != e.issuer || c["aud"] != target || c["client_id"] != client || c["sub"] != "user-1" || c["jti"] == "" {
+		t.Fatalf("claims %v", c)
+	}
+	if c["idp"] != e.idp.URL && c["idp"] != "https://idporten.example/" {
+		t.Fatalf("idp %v", c["idp"])
+	}
+	if exp, iat := c["exp"].(float64), c["iat"].(float64); exp-iat != 900 || c["nbf"] != c["iat"] {
+		t.Fatalf("times %v", c)
+	}
+	hdr, _ := idptestHeader(got.token)
+	if hdr["typ"] != "at+jwt" || hdr["kid"] != e.cur.Load().Signer.Keys()[0].ID {
+		t.Fatalf("header %v", hdr)
+	}
+	return c
+}
+
+func idptestHeader(tok string) (map[string]any, error) {
+	seg, _, _ := strings.Cut(tok, ".")
+	b, err := b64url(seg)
+	if err != nil {
+		return nil, err
+	}
+	var h map[string]any
+	return h, json.Unmarshal(b, &h)
+}
+
+// A chain keeps the first identity provider: idp is not overwritten.
+func TestExchangeChainKeepsIdp(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	first := e.viaGRPC(t, e.request(t, nil))
+	if first.code != "" {
+		t.Fatal(first.description)
+	}
+	c := e.checkIssued(t, first, app1, appB)
+	if c["idp"] != e.idp.URL {
+		t.Fatalf("idp %v, want %s", c["idp"], e.idp.URL)
+	}
+}
+
+func TestExchangeReplayStoreDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens here now
+	rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: addr}, nil)
+	defer rr.Close()
+	e := newExchangeEnv(t, rr)
+	for tn, do := range map[string]func(*testing.T, exchange.Request) outcome{"grpc": e.viaGRPC, "http": e.viaHTTP} {
+		got := do(t, e.request(t, nil))
+		if got.code != "temporarily_unavailable" {
+			t.Fatalf("%s: %+v", tn, got)
+		}
+	}
+}
+
+func TestMetadataAndJWKS(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	get := func(path string) map[string]any {
+		resp, err := http.Get(e.issuer + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var m map[string]any
+		if resp.StatusCode != 200 || json.Unmarshal(b, &m) != nil {
+			t.Fatalf("%s: %d %s", path, resp.StatusCode, b)
+		}
+		return m
+	}
+	for _, p := range []string{"/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"} {
+		m := get(p)
+		if m["issuer"] != e.issuer || m["token_endpoint"] != e.issuer+"/token" || m["jwks_uri"] != e.issuer+"/jwks" {
+			t.Fatalf("%s: %v", p, m)
+		}
+		if fmt.Sprint(m["token_endpoint_auth_methods_supported"]) != "[private_key_jwt]" ||
+			fmt.Sprint(m["grant_types_supported"]) != "["+exchange.GrantTypeTokenExchange+"]" ||
+			fmt.Sprint(m["token_endpoint_auth_signing_alg_values_supported"]) != "[RS256 PS256 ES256 EdDSA]" {
+			t.Fatalf("%s: %v", p, m)
+		}
+	}
+	jwks := get("/jwks")
+	keys := jwks["keys"].([]any)
+	if len(keys) != 1 {
+		t.Fatalf("jwks %v", jwks)
+	}
+	for _, k := range keys {
+		for _, private := range []string{"d", "p", "q", "dp", "dq", "qi", "k"} {
+			if _, ok := k.(map[string]any)[private]; ok {
+				t.Fatalf("jwks publishes private member %q", private)
+			}
+		}
+	}
+}
+
+// go-oidc, a verifier no one here wrote, verifies an issued token through
+// vakt's discovery document and JWKS.
+func TestIssuedTokenVerifiesWithGoOIDC(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	got := e.viaHTTP(t, e.request(t, nil))
+	if got.code != "" {
+		t.Fatal(got.description)
+	}
+	ctx := context.Background()
+	p, err := oidc.NewProvider(ctx, e.issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := p.Verifier(&oidc.Config{ClientID: appB}).Verify(ctx, got.token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Subject != "user-1" || tok.Issuer != e.issuer {
+		t.Fatalf("token %+v", tok)
+	}
+	if _, err := p.Verifier(&oidc.Config{ClientID: app1}).Verify(ctx, got.token); err == nil {
+		t.Fatal("verified for the wrong audience")
+	}
+}
+
+func TestTokenEndpointRequestErrors(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	post := func(ct, body, query string) (int, map[string]any) {
+		req, _ := http.NewRequest(http.MethodPost, e.issuer+"/token"+query, strings.NewReader(body))
+		req.Header.Set("Content-Type", ct)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	for _, tt := range []struct {
+		name, ct, body, query, desc string
+	}{
+		{"JSON body", "application/json", `{"grant_type":"x"}`, "", "Content-Type must be"},
+		{"parameter twice", "application/x-www-form-urlencoded", "grant_type=a&grant_type=b", "", "grant_type is given more than once"},
+		{"bad encoding", "application/x-www-form-urlencoded", "grant_type=%zz", "", "request body is not valid form encoding"},
+		{"parameters in the URL", "application/x-www-form-urlencoded", "grant_type=a", "?subject_token=x", "parameters belong in the body"},
+		{"too large", "application/x-www-form-urlencoded", "subject_token=" + strings.Repeat("a", 70<<10), "", "request body is larger than 64 KiB"},
+	} {
+		st, m := post(tt.ct, tt.body, tt.query)
+		if st != 400 || m["error"] != "invalid_request" || !strings.HasPrefix(fmt.Sprint(m["error_description"]), tt.desc) {
+			t.Errorf("%s: %d %v", tt.name, st, m)
+		}
+	}
+}
+
+func b64url(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
