@@ -26,6 +26,9 @@ const usage = `vakt: authorization for a service mesh
 Usage:
   vakt serve [--config FILE] [--log-level debug|info|warn|error] [--log-format json|text]
   vakt check-config FILE
+  vakt keys generate [--alg RS256|ES256|EdDSA] [--add FILE]
+  vakt keys promote FILE KID
+  vakt keys retire FILE KID
 
 Without --config, serve runs on the embedded development default
 (deploy/examples/vakt.yaml) with an ephemeral signing key.
@@ -45,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "check-config":
 		return checkConfig(args[1:], stdout, stderr)
+	case "keys":
+		return keys(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -82,41 +87,41 @@ func serve(args []string, stderr io.Writer) int {
 		return 2
 	}
 
-	var cfg *config.Config
-	if *cfgPath == "" {
-		cfg, err = config.Load(examples.Development, ".")
-		log.Warn("running on the embedded development configuration (deploy/examples/vakt.yaml): example applications, an ephemeral signing key; not for production")
-	} else {
-		cfg, err = config.LoadFile(*cfgPath)
-	}
+	loader := &server.Loader{ConfigPath: *cfgPath, Default: examples.Development, Logger: log}
+	cfg, err := loader.Config()
 	if err != nil {
 		log.Error("configuration is invalid", "file", *cfgPath, "error", err)
 		return 1
 	}
-
-	signer, err := newSigner(cfg, log)
-	if err != nil {
-		log.Error("signing keys", "error", err)
-		return 1
+	if *cfgPath == "" {
+		log.Warn("running on the embedded development configuration (deploy/examples/vakt.yaml): example applications, an ephemeral signing key; not for production")
 	}
-	var replay exchange.ReplayStore = exchange.NewMemoryReplay(0, nil)
+	if cfg.Signing.KeysFile == "" {
+		if loader.Ephemeral, err = newEphemeralSigner(cfg, log); err != nil {
+			log.Error("signing keys", "error", err)
+			return 1
+		}
+	}
+	loader.Replay = exchange.NewMemoryReplay(0, nil)
 	if r := cfg.Replay.Redis; r != nil {
 		redis.SetLogger(exchange.RedisLogger{Log: log})
 		rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Password, DB: r.DB}, nil)
 		defer rr.Close()
-		replay = rr
+		loader.Replay = rr
 		log.Info("client assertion ids are kept in Redis", "address", r.Address)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	rt, err := server.NewRuntime(ctx, cfg, server.Options{Logger: log, Signer: signer, Replay: replay})
-	if err != nil {
+	var cur server.Current
+	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Files: loader.Files(cfg), Logger: log}
+	if err := reloader.Start(ctx); err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	var cur server.Current
-	cur.Store(rt)
+	if _, err := reloader.Watch(ctx); err != nil {
+		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
+	}
 	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP)
 	if err != nil {
 		log.Error("cannot listen", "error", err)
@@ -130,16 +135,9 @@ func serve(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// newSigner loads signing.keysFile, or generates one key when there is none.
-func newSigner(cfg *config.Config, log *slog.Logger) (*exchange.Signer, error) {
-	if cfg.Signing.KeysFile != "" {
-		keys, err := exchange.LoadKeysFile(cfg.Signing.KeysFile)
-		if err != nil {
-			return nil, err
-		}
-		log.Info("signing keys loaded", "file", cfg.Signing.KeysFile, "keys", len(keys), "signing_kid", keys[0].ID)
-		return exchange.NewSigner(keys...)
-	}
+// newEphemeralSigner generates the one key vakt signs with when
+// configured with no keys file.
+func newEphemeralSigner(cfg *config.Config, log *slog.Logger) (*exchange.Signer, error) {
 	key, err := exchange.GenerateSigningKey(cfg.Signing.Algorithm)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vakt-dev/vakt/exchange"
 )
 
 func TestRun(t *testing.T) {
@@ -47,5 +49,61 @@ func TestRun(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestKeysCommands(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "keys.json")
+	var out, errb bytes.Buffer
+	if code := run([]string{"keys", "generate", "--alg", "ES256"}, &out, &errb); code != 0 {
+		t.Fatalf("generate: %s", errb.String())
+	}
+	if err := os.WriteFile(file, out.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kids := func() []string {
+		ks, err := exchange.LoadKeysFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, k := range ks {
+			ids = append(ids, k.ID)
+		}
+		return ids
+	}
+	first := kids()[0]
+	if code := run([]string{"keys", "generate", "--alg", "EdDSA", "--add", file}, &out, &errb); code != 0 {
+		t.Fatalf("add: %s", errb.String())
+	}
+	second := kids()[1]
+	if got := kids(); len(got) != 2 || got[0] != first {
+		t.Fatalf("after add: %v", got)
+	}
+	if code := run([]string{"keys", "retire", file, first}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "promote another key first") {
+		t.Fatalf("retiring the signing key: %d %s", code, errb.String())
+	}
+	if code := run([]string{"keys", "promote", file, second}, &out, &errb); code != 0 {
+		t.Fatalf("promote: %s", errb.String())
+	}
+	if got := kids(); got[0] != second || got[1] != first {
+		t.Fatalf("after promote: %v", got)
+	}
+	if code := run([]string{"keys", "retire", file, first}, &out, &errb); code != 0 {
+		t.Fatalf("retire: %s", errb.String())
+	}
+	if got := kids(); len(got) != 1 || got[0] != second {
+		t.Fatalf("after retire: %v", got)
+	}
+	st, err := os.Stat(file)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("keys file mode %v %v", st.Mode(), err)
+	}
+	if code := run([]string{"keys", "promote", file, "nope"}, &out, &errb); code != 1 {
+		t.Fatal("promoting an unknown kid succeeded")
+	}
+	if code := run([]string{"keys", "generate", "--alg", "HS256"}, &out, &errb); code != 1 {
+		t.Fatal("HS256 key generated")
 	}
 }

@@ -1,0 +1,66 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+)
+
+// Loader builds runtimes from a configuration file and the signing keys
+// file it names: at start, and again on every reload.
+type Loader struct {
+	// ConfigPath is the configuration file; Default is used when it is "".
+	ConfigPath string
+	Default    []byte
+	// Ephemeral signs when the configuration names no keys file. It is made
+	// once, so that a reload does not orphan the tokens already issued.
+	Ephemeral *exchange.Signer
+	Replay    exchange.ReplayStore
+	Logger    *slog.Logger
+}
+
+// Config loads and validates the configuration.
+func (l *Loader) Config() (*config.Config, error) {
+	if l.ConfigPath == "" {
+		return config.Load(l.Default, ".")
+	}
+	return config.LoadFile(l.ConfigPath)
+}
+
+// Files are the files whose change calls for a reload.
+func (l *Loader) Files(cfg *config.Config) []string {
+	if l.ConfigPath == "" {
+		return nil
+	}
+	files := []string{l.ConfigPath}
+	if cfg.Signing.KeysFile != "" {
+		files = append(files, cfg.Signing.KeysFile)
+	}
+	return files
+}
+
+// Build loads the configuration and keys and builds a runtime.
+func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
+	cfg, err := l.Config()
+	if err != nil {
+		return nil, err
+	}
+	signer := l.Ephemeral
+	if cfg.Signing.KeysFile != "" {
+		keys, err := exchange.LoadKeysFile(cfg.Signing.KeysFile)
+		if err != nil {
+			return nil, fmt.Errorf("signing.keysFile: %w", err)
+		}
+		if signer, err = exchange.NewSigner(keys...); err != nil {
+			return nil, fmt.Errorf("signing.keysFile: %w", err)
+		}
+		l.Logger.Info("signing keys loaded", "file", cfg.Signing.KeysFile, "published", len(keys), "signing_kid", keys[0].ID)
+	} else if signer == nil {
+		return nil, errors.New("the configuration names no signing.keysFile, and vakt started with one; restart to sign with a generated key")
+	}
+	return NewRuntime(ctx, cfg, Options{Logger: l.Logger, Signer: signer, Replay: l.Replay})
+}

@@ -1,0 +1,129 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Reloader rebuilds the runtime when its files change or on SIGHUP. A
+// rebuild that fails leaves the runtime in force untouched, logs why and
+// counts the failure; requests never see a half-built runtime, since the
+// swap is one atomic store.
+type Reloader struct {
+	Current *Current
+	// Build makes a new runtime; its context lives as long as the runtime
+	// is in force (background key fetches stop when it is replaced).
+	Build func(ctx context.Context) (*Runtime, error)
+	// Files whose change triggers a rebuild.
+	Files  []string
+	Logger *slog.Logger
+	// OnResult, when set, is told of every reload's outcome (for metrics).
+	OnResult func(err error)
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+}
+
+// Start builds and installs the first runtime.
+func (r *Reloader) Start(ctx context.Context) error {
+	rctx, cancel := context.WithCancel(ctx)
+	rt, err := r.Build(rctx)
+	if err != nil {
+		cancel()
+		return err
+	}
+	r.cancel = cancel
+	r.Current.Store(rt)
+	return nil
+}
+
+// Reload builds a new runtime and swaps it in, or keeps the old one.
+func (r *Reloader) Reload(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rctx, cancel := context.WithCancel(ctx)
+	rt, err := r.Build(rctx)
+	if r.OnResult != nil {
+		r.OnResult(err)
+	}
+	if err != nil {
+		cancel()
+		r.Logger.Error("reload refused; the running configuration stays in force", "error", err)
+		return err
+	}
+	r.Current.Store(rt)
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.cancel = cancel
+	r.Logger.Info("reloaded")
+	return nil
+}
+
+// Watch reloads on SIGHUP and when a watched file changes, until ctx ends.
+// The watches and the signal handler are in place when Watch returns; the
+// loop runs in a goroutine, and the returned channel closes when it ends.
+// It watches the files' directories, so that editors' and Kubernetes'
+// replace-by-rename updates are seen; bursts of events become one reload.
+func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	watched := map[string]bool{}
+	names := map[string]bool{}
+	for _, f := range r.Files {
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			w.Close()
+			return nil, err
+		}
+		names[abs] = true
+		dir := filepath.Dir(abs)
+		if !watched[dir] {
+			if err := w.Add(dir); err != nil {
+				w.Close()
+				return nil, err
+			}
+			watched[dir] = true
+		}
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer w.Close()
+		defer signal.Stop(hup)
+		const settle = 200 * time.Millisecond
+		var pending <-chan time.Time
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				r.Logger.Info("SIGHUP: reloading")
+				_ = r.Reload(ctx)
+			case ev := <-w.Events:
+				// Kubernetes swaps a ..data symlink; editors rename temp files.
+				if names[ev.Name] || filepath.Base(ev.Name) == "..data" {
+					pending = time.After(settle)
+				}
+			case err := <-w.Errors:
+				r.Logger.Warn("file watch", "error", err)
+			case <-pending:
+				pending = nil
+				_ = r.Reload(ctx)
+			}
+		}
+	}()
+	return done, nil
+}
