@@ -3,6 +3,8 @@ package exchange
 import (
 	"context"
 	"crypto/rand"
+	"io"
+	"log/slog"
 	"testing"
 
 	"github.com/lestrrat-go/jwx/v3/jws/jwsbb"
@@ -44,3 +46,5 @@ func TestGenerateSigningKey(t *testing.T) {
 		t.Fatal("HS256 accepted")
 	}
 }
+
+var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
