@@ -135,7 +135,7 @@ func (a *Authority) Exchange(ctx context.Context, req Request) (*Response, error
 	res, err := a.exchange(ctx, req, &client)
 	if err != nil {
 		e := AsError(err)
-		a.log.Info("token exchange refused", "client_id", client, "audience", truncate(target), "error", e.Code, "reason", e.Description, "cause", e.Err)
+		a.log.Info("token exchange refused", "client_id", client, "audience", truncate(target), "error", e.Code, "reason", e.Reason, "description", e.Description, "cause", e.Err)
 		return nil, e
 	}
 	a.log.Debug("token exchanged", "client_id", client, "audience", target)
@@ -145,19 +145,19 @@ func (a *Authority) Exchange(ctx context.Context, req Request) (*Response, error
 func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string) (*Response, error) {
 	switch {
 	case req.GrantType == "":
-		return nil, refuse(CodeInvalidRequest, "grant_type is required", nil)
+		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "grant_type is required", nil)
 	case req.GrantType != GrantTypeTokenExchange:
-		return nil, refuse(CodeUnsupportedGrantType, "grant_type must be "+GrantTypeTokenExchange, nil)
+		return nil, refuse(CodeUnsupportedGrantType, ReasonBadRequest, "grant_type must be "+GrantTypeTokenExchange, nil)
 	case req.ClientAssertionType != ClientAssertionTypeJWT:
-		return nil, refuse(CodeInvalidRequest, "client_assertion_type must be "+ClientAssertionTypeJWT, nil)
+		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "client_assertion_type must be "+ClientAssertionTypeJWT, nil)
 	case req.ClientAssertion == "":
-		return nil, refuse(CodeInvalidRequest, "client_assertion is required", nil)
+		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "client_assertion is required", nil)
 	case req.SubjectTokenType != TokenTypeJWT:
-		return nil, refuse(CodeInvalidRequest, "subject_token_type must be "+TokenTypeJWT, nil)
+		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "subject_token_type must be "+TokenTypeJWT, nil)
 	case req.SubjectToken == "":
-		return nil, refuse(CodeInvalidRequest, "subject_token is required", nil)
+		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "subject_token is required", nil)
 	case req.Audience == "":
-		return nil, refuse(CodeInvalidRequest, "audience is required", nil)
+		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "audience is required", nil)
 	}
 	now := a.cfg.Now()
 
@@ -169,18 +169,22 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 
 	subject, provider, err := a.cfg.Subjects.ValidateByIssuer(ctx, req.SubjectToken)
 	if err != nil {
-		return nil, refuse(CodeInvalidRequest, "invalid subject_token: "+err.Error(), err)
+		return nil, refuse(CodeInvalidRequest, ReasonBadSubjectToken, "invalid subject_token: "+err.Error(), err)
 	}
 	// A token vakt issued may be exchanged only by the application it was
 	// issued to.
 	if provider.Name() == a.cfg.OwnProvider && !slices.Contains(subject.Audience, client) {
-		return nil, refuse(CodeInvalidRequest, "invalid subject_token: "+authz.ErrAudienceInvalid.Error(), authz.ErrAudienceInvalid)
+		return nil, refuse(CodeInvalidRequest, ReasonBadSubjectToken, "invalid subject_token: "+authz.ErrAudienceInvalid.Error(), authz.ErrAudienceInvalid)
 	}
 
 	// Unknown and forbidden targets get one answer, so that clients cannot
 	// probe which applications exist; the log tells them apart.
 	if err := a.cfg.Policy.MayCall(client, req.Audience); err != nil {
-		return nil, refuse(CodeInvalidTarget, "token exchange audience "+truncate(req.Audience)+" is invalid", err)
+		reason := ReasonAccessDenied
+		if errors.Is(err, authz.ErrApplicationUnknown) {
+			reason = ReasonUnknownTarget
+		}
+		return nil, refuse(CodeInvalidTarget, reason, "token exchange audience "+truncate(req.Audience)+" is invalid", err)
 	}
 
 	claims := make(map[string]any, len(subject.Raw)+4)
@@ -200,7 +204,7 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 	claims["jti"] = uuid.NewString()
 	tok, err := a.cfg.Signer.Sign(issuedTokenType, claims)
 	if err != nil {
-		return nil, refuse(CodeServerError, "internal error", err)
+		return nil, refuse(CodeServerError, ReasonInternal, "internal error", err)
 	}
 	return &Response{
 		AccessToken:     tok,
@@ -224,13 +228,13 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	c, p, err := a.assertions.ValidateByIssuer(ctx, assertion)
 	if err != nil {
 		if errors.Is(err, authz.ErrIssuerNotTrusted) {
-			return "", refuse(CodeInvalidClient, "client is not registered, or has no keys", err)
+			return "", refuse(CodeInvalidClient, ReasonUnknownClient, "client is not registered, or has no keys", err)
 		}
-		return "", refuse(CodeInvalidClient, "client assertion is invalid: "+err.Error(), err)
+		return "", refuse(CodeInvalidClient, ReasonBadAssertion, "client assertion is invalid: "+err.Error(), err)
 	}
 	client := p.Name()
 	bad := func(why string) (string, error) {
-		return client, refuse(CodeInvalidClient, "client assertion is invalid: "+why, nil)
+		return client, refuse(CodeInvalidClient, ReasonBadAssertion, "client assertion is invalid: "+why, nil)
 	}
 	if c.Subject != client {
 		return bad("sub must equal iss")
@@ -250,10 +254,10 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	}
 	fresh, err := a.cfg.Replay.Claim(ctx, client+"\x00"+jti, c.ExpiresAt.Add(assertionLeeway))
 	if err != nil {
-		return client, refuse(CodeTemporarilyUnavailable, "replay protection is unavailable; try again later", err)
+		return client, refuse(CodeTemporarilyUnavailable, ReasonReplayStore, "replay protection is unavailable; try again later", err)
 	}
 	if !fresh {
-		return bad("jti has been used before")
+		return client, refuse(CodeInvalidClient, ReasonReplayed, "client assertion is invalid: jti has been used before", nil)
 	}
 	return client, nil
 }

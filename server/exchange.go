@@ -19,11 +19,12 @@ const maxTokenRequestBody = 64 << 10
 
 type exchangeService struct {
 	vaktv1.UnimplementedTokenExchangeServiceServer
-	cur *Current
+	cur     *Current
+	metrics *Metrics
 }
 
 func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
-	res, err := s.cur.Load().Authority.Exchange(ctx, exchange.Request{
+	res, err := s.metrics.exchange(ctx, s.cur, exchange.Request{
 		GrantType:           req.GetGrantType(),
 		ClientAssertionType: req.GetClientAssertionType(),
 		ClientAssertion:     req.GetClientAssertion(),
@@ -32,7 +33,7 @@ func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequ
 		Audience:            req.GetAudience(),
 	})
 	if err != nil {
-		return nil, oauthGRPCError(exchange.AsError(err))
+		return nil, oauthGRPCError(err)
 	}
 	return &vaktv1.ExchangeResponse{
 		AccessToken:     res.AccessToken,
@@ -43,7 +44,10 @@ func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequ
 }
 
 // tokenHandler is POST /token: RFC 8693 §2.1, form-encoded.
-type tokenHandler struct{ cur *Current }
+type tokenHandler struct {
+	cur     *Current
+	metrics *Metrics
+}
 
 func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	form, rerr := readTokenForm(w, r)
@@ -51,7 +55,7 @@ func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeOAuthError(w, rerr)
 		return
 	}
-	res, err := h.cur.Load().Authority.Exchange(r.Context(), exchange.Request{
+	res, err := h.metrics.exchange(r.Context(), h.cur, exchange.Request{
 		GrantType:           form.Get("grant_type"),
 		ClientAssertionType: form.Get("client_assertion_type"),
 		ClientAssertion:     form.Get("client_assertion"),
@@ -60,7 +64,7 @@ func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Audience:            form.Get("audience"),
 	})
 	if err != nil {
-		writeOAuthError(w, exchange.AsError(err))
+		writeOAuthError(w, err)
 		return
 	}
 	w.Header().Set("Pragma", "no-cache")

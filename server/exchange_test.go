@@ -41,12 +41,13 @@ type xenv struct {
 	cur       *Current
 	grpc      vaktv1.TokenExchangeServiceClient
 	introspec vaktv1.IntrospectionServiceClient
+	metrics   *Metrics
 	jti       atomic.Int64
 }
 
 func newExchangeEnv(t *testing.T, replay exchange.ReplayStore) *xenv {
 	t.Helper()
-	e := &xenv{idp: idptest.NewIssuer(t, "RS256"), keys: map[string]*idptest.Key{}}
+	e := &xenv{idp: idptest.NewIssuer(t, "RS256"), keys: map[string]*idptest.Key{}, metrics: NewMetrics()}
 	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +98,7 @@ applications:
 	e.cur = &Current{}
 	e.cur.Store(rt)
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, e.cur, ls, quiet) }()
+	go func() { done <- Serve(ctx, e.cur, e.metrics, ls, quiet) }()
 	t.Cleanup(func() { cancel(); <-done })
 	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -485,3 +486,30 @@ func TestTokenEndpointRequestErrors(t *testing.T) {
 }
 
 func b64url(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
+
+// Refusals are counted by OAuth code and by a reason that tells apart what
+// the client is told alike.
+func TestExchangeMetrics(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	e.viaGRPC(t, e.request(t, nil))
+	e.viaHTTP(t, e.request(t, nil))
+	e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.Audience = "dev-gcp:team-b:nobody" }))
+	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app3, nil) }))
+	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = "x" }))
+	resp, err := http.Get(e.issuer + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`vakt_token_exchanges_total{reason="",result="ok"} 2`,
+		`vakt_token_exchanges_total{reason="unknown_target",result="invalid_target"} 1`,
+		`vakt_token_exchanges_total{reason="access_denied",result="invalid_target"} 1`,
+		`vakt_token_exchanges_total{reason="bad_assertion",result="invalid_client"} 1`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

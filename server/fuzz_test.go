@@ -19,7 +19,7 @@ func FuzzIntrospectBody(f *testing.F) {
 		f.Add("application/x-www-form-urlencoded", s)
 	}
 	e := newEnv(f)
-	h := NewHTTPHandler(e.cur, quiet)
+	h := NewHTTPHandler(e.cur, nil, quiet)
 	f.Fuzz(func(t *testing.T, ct, body string) {
 		req := httptest.NewRequest(http.MethodPost, "/api/v1/introspect", strings.NewReader(body))
 		req.Header.Set("Content-Type", ct)
@@ -47,7 +47,7 @@ func FuzzTokenEndpoint(f *testing.F) {
 	}
 	f.Add("application/json", `{"grant_type":"x"}`)
 	e := newEnv(f)
-	h := NewHTTPHandler(e.cur, quiet)
+	h := NewHTTPHandler(e.cur, nil, quiet)
 	f.Fuzz(func(t *testing.T, ct, body string) {
 		req := httptest.NewRequest(http.MethodPost, "/token", strings.NewReader(body))
 		req.Header.Set("Content-Type", ct)

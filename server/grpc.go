@@ -36,13 +36,13 @@ func (c *Current) Store(rt *Runtime) { c.p.Store(rt) }
 
 // NewGRPCServer returns a gRPC server with Introspect, grpc.health.v1 and
 // server reflection registered. Panics in handlers become Internal errors.
-func NewGRPCServer(cur *Current, log *slog.Logger) (*grpc.Server, *health.Server) {
+func NewGRPCServer(cur *Current, m *Metrics, log *slog.Logger) (*grpc.Server, *health.Server) {
 	s := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
 		grpc.ChainUnaryInterceptor(recoverUnary(log)),
 	)
-	vaktv1.RegisterIntrospectionServiceServer(s, &introspectionService{cur: cur})
-	vaktv1.RegisterTokenExchangeServiceServer(s, &exchangeService{cur: cur})
+	vaktv1.RegisterIntrospectionServiceServer(s, &introspectionService{cur: cur, metrics: m})
+	vaktv1.RegisterTokenExchangeServiceServer(s, &exchangeService{cur: cur, metrics: m})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)
@@ -63,7 +63,8 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 
 type introspectionService struct {
 	vaktv1.UnimplementedIntrospectionServiceServer
-	cur *Current
+	cur     *Current
+	metrics *Metrics
 }
 
 func (s *introspectionService) Introspect(ctx context.Context, req *vaktv1.IntrospectRequest) (*vaktv1.IntrospectResponse, error) {
@@ -71,6 +72,7 @@ func (s *introspectionService) Introspect(ctx context.Context, req *vaktv1.Intro
 	if err != nil {
 		return nil, grpcRequestError(err)
 	}
+	s.metrics.introspected(res.Active)
 	out := &vaktv1.IntrospectResponse{Active: res.Active, Error: res.Error}
 	if res.Active {
 		claims, err := claimsStruct(res.Claims)

@@ -21,11 +21,15 @@ const maxIntrospectBody = 64 << 10
 //   - GET /jwks: the public keys of the tokens vakt issues;
 //   - GET /.well-known/oauth-authorization-server and
 //     /.well-known/openid-configuration: RFC 8414 metadata;
+//   - GET /metrics: Prometheus metrics, when m is not nil;
 //   - GET /healthz: 200 while the server runs.
-func NewHTTPHandler(cur *Current, log *slog.Logger) http.Handler {
+func NewHTTPHandler(cur *Current, m *Metrics, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("POST /api/v1/introspect", &introspectHandler{cur: cur, log: log})
-	mux.Handle("POST /token", &tokenHandler{cur: cur})
+	mux.Handle("POST /api/v1/introspect", &introspectHandler{cur: cur, metrics: m, log: log})
+	mux.Handle("POST /token", &tokenHandler{cur: cur, metrics: m})
+	if m != nil {
+		mux.Handle("GET /metrics", m.Handler())
+	}
 	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/jwk-set+json")
 		w.Header().Set("Cache-Control", "public, max-age=300")
@@ -43,8 +47,9 @@ func NewHTTPHandler(cur *Current, log *slog.Logger) http.Handler {
 }
 
 type introspectHandler struct {
-	cur *Current
-	log *slog.Logger
+	cur     *Current
+	metrics *Metrics
+	log     *slog.Logger
 }
 
 // requestError is an HTTP request that cannot be answered: the status and an
@@ -68,6 +73,7 @@ func (h *introspectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": err.Error()})
 		return
 	}
+	h.metrics.introspected(res.Active)
 	// "The response is always a HTTP 200 OK response with a JSON body."
 	if !res.Active {
 		writeJSON(w, http.StatusOK, map[string]any{"active": false, "error": res.Error})

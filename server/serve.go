@@ -37,10 +37,10 @@ func Listen(grpcAddr, httpAddr string) (*Listeners, error) {
 
 // Serve serves gRPC and HTTP on ls until ctx ends, then stops gracefully:
 // health turns NOT_SERVING, in-flight requests get shutdownGrace to finish.
-func Serve(ctx context.Context, cur *Current, ls *Listeners, log *slog.Logger) error {
-	gs, hs := NewGRPCServer(cur, log)
+func Serve(ctx context.Context, cur *Current, m *Metrics, ls *Listeners, log *slog.Logger) error {
+	gs, hs := NewGRPCServer(cur, m, log)
 	httpSrv := &http.Server{
-		Handler:           NewHTTPHandler(cur, log),
+		Handler:           NewHTTPHandler(cur, m, log),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      15 * time.Second,

@@ -35,6 +35,7 @@ type env struct {
 	client  vaktv1.IntrospectionServiceClient
 	conn    *grpc.ClientConn
 	http    *httptest.Server
+	metrics *Metrics
 }
 
 func newEnv(t testing.TB) *env {
@@ -76,7 +77,7 @@ applications:
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, hs := NewGRPCServer(e.cur, quiet)
+	gs, hs := NewGRPCServer(e.cur, nil, quiet)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
@@ -86,7 +87,7 @@ applications:
 	}
 	t.Cleanup(func() { e.conn.Close() })
 	e.client = vaktv1.NewIntrospectionServiceClient(e.conn)
-	e.http = httptest.NewServer(NewHTTPHandler(e.cur, quiet))
+	e.http = httptest.NewServer(NewHTTPHandler(e.cur, nil, quiet))
 	t.Cleanup(e.http.Close)
 	return e
 }
@@ -281,7 +282,7 @@ func TestServeStopsGracefully(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, e.cur, ls, quiet) }()
+	go func() { done <- Serve(ctx, e.cur, e.metrics, ls, quiet) }()
 	url := "http://" + ls.HTTP.Addr().String() + "/healthz"
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -114,7 +114,8 @@ func serve(args []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var cur server.Current
-	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Files: loader.Files(cfg), Logger: log}
+	metrics := server.NewMetrics()
+	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Files: loader.Files(cfg), Logger: log, OnResult: metrics.Reloaded}
 	if err := reloader.Start(ctx); err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
@@ -127,7 +128,7 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("cannot listen", "error", err)
 		return 1
 	}
-	if err := server.Serve(ctx, &cur, ls, log); err != nil {
+	if err := server.Serve(ctx, &cur, metrics, ls, log); err != nil {
 		log.Error("stopped with an error", "error", err)
 		return 1
 	}
