@@ -513,3 +513,39 @@ func TestExchangeMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A client whose keys are published at a URL (jwksUri): vakt fetches them
+// and verifies its assertions with them, and with nothing else.
+func TestExchangeClientKeysFromURL(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	published := idptest.NewIssuer(t, "ES256") // serves the client's JWKS
+	yaml := exchangeYAML(t, e) + `  - name: app-4
+    namespace: team-a
+    jwksUri: ` + published.JWKSURI() + `
+`
+	yaml = strings.Replace(yaml, "          - application: app-1\n            namespace: team-a\n",
+		"          - application: app-1\n            namespace: team-a\n          - application: app-4\n            namespace: team-a\n", 1)
+	cfg, err := config.Load([]byte(yaml), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.cur.Load().Signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cur.Store(rt)
+	const app4 = "dev-gcp:team-a:app-4"
+	e.keys[app4] = published.Key()
+	got := e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app4, nil) }))
+	if got.code != "" {
+		t.Fatalf("client with jwksUri: %s %s", got.code, got.description)
+	}
+	e.checkIssued(t, got, app4, appB)
+	// Another key, not published: refused.
+	e.keys[app4] = idptest.NewKey(t, published.Key().ID, "ES256")
+	if got := e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app4, nil) })); got.code != "invalid_client" {
+		t.Fatalf("unpublished key: %+v", got)
+	}
+}
