@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -24,6 +26,12 @@ type Claims struct {
 	// Raw holds every claim as the token carries it, numbers as json.Number
 	// so that they are copied verbatim.
 	Raw map[string]any
+
+	// Scopes are the token's scopes, from scope (a space-separated string),
+	// scp (a string or an array) and permissions (an array), as identity
+	// providers differ. ScopeText joins them with spaces.
+	Scopes    []string
+	ScopeText string
 
 	exp float64 // seconds since the epoch, as in the token
 	nbf float64 // zero when absent
@@ -65,7 +73,40 @@ func parseClaims(payload []byte) (*Claims, error) {
 	} else if ok {
 		c.IssuedAt = toTime(iat)
 	}
+	c.Scopes = scopes(raw)
+	c.ScopeText = strings.Join(c.Scopes, " ")
 	return c, nil
+}
+
+// HasScope reports whether the token grants scope.
+func (c *Claims) HasScope(scope string) bool { return slices.Contains(c.Scopes, scope) }
+
+func scopes(raw map[string]any) []string {
+	var out []string
+	add := func(s string) {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, name := range [...]string{"scope", "scp", "permissions"} {
+		switch v := raw[name].(type) {
+		case string:
+			if name == "permissions" {
+				add(v)
+				continue
+			}
+			for _, s := range strings.Fields(v) {
+				add(s)
+			}
+		case []any:
+			for _, e := range v {
+				if s, ok := e.(string); ok {
+					add(s)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // checkTimes applies exp and nbf at now with leeway. exp: 0 is long expired.

@@ -3,6 +3,8 @@ package authz
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 )
 
 // Rejections by the access policy.
@@ -11,32 +13,116 @@ var (
 	ErrAccessDenied       = errors.New("caller is not allowed by the application's access policy")
 )
 
-// ApplicationPolicy is one application's inbound rules, as application ids
-// (cluster:namespace:name) that may call it.
+// ApplicationPolicy is what vakt enforces for one application.
 type ApplicationPolicy struct {
-	ID      string
+	ID string
+	// Inbound lists the application ids (cluster:namespace:name) that may
+	// call it.
 	Inbound []string
+	// Hosts are the request hosts (without port) that name it in Check.
+	Hosts []string
+	// Routes, matched in order, first match wins. With routes, a request
+	// matching none is denied; without, any path is allowed.
+	Routes []Route
+	// Authentication lists the external identity providers whose tokens it
+	// accepts in Check, besides tokens vakt issued for it.
+	Authentication []Authentication
+	// ForwardClaims are claims copied into request headers on allow.
+	ForwardClaims []ClaimHeader
+	// StripAuthorization removes the Authorization header on allow.
+	StripAuthorization bool
 }
 
-// Policy answers who may call whom. It is immutable.
+// Route is a set of requests and what they need.
+type Route struct {
+	Methods    []string // any method when empty
+	Path       string   // exact match, or
+	PathPrefix string   // prefix match
+	Scopes     []string // every one required
+	Public     bool     // no token needed
+}
+
+func (r *Route) matches(method, path string) bool {
+	if len(r.Methods) > 0 && !slices.Contains(r.Methods, method) {
+		return false
+	}
+	if r.Path != "" {
+		return path == r.Path
+	}
+	return strings.HasPrefix(path, r.PathPrefix)
+}
+
+// Authentication accepts tokens of an identity provider, when Audience (if
+// set) is in their aud.
+type Authentication struct {
+	Provider string
+	Audience string
+}
+
+// ClaimHeader forwards a claim as a request header.
+type ClaimHeader struct {
+	Claim  string
+	Header string
+}
+
+// Application is a registered application as the policy sees it.
+type Application struct {
+	ApplicationPolicy
+	allowed map[string]struct{}
+}
+
+// Policy answers who may call whom, and what a request to an application
+// needs. It is immutable.
 type Policy struct {
-	apps map[string]map[string]struct{}
+	apps   map[string]*Application
+	byHost map[string]*Application
 }
 
-// NewPolicy builds a policy; application ids must be unique.
+// NewPolicy builds a policy; application ids and hosts must be unique.
 func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
-	p := &Policy{apps: make(map[string]map[string]struct{}, len(apps))}
+	p := &Policy{apps: make(map[string]*Application, len(apps)), byHost: map[string]*Application{}}
 	for _, a := range apps {
 		if _, dup := p.apps[a.ID]; dup {
 			return nil, fmt.Errorf("application %s appears twice", a.ID)
 		}
-		allowed := make(map[string]struct{}, len(a.Inbound))
+		app := &Application{ApplicationPolicy: a, allowed: make(map[string]struct{}, len(a.Inbound))}
 		for _, id := range a.Inbound {
-			allowed[id] = struct{}{}
+			app.allowed[id] = struct{}{}
 		}
-		p.apps[a.ID] = allowed
+		for _, h := range a.Hosts {
+			h = strings.ToLower(h)
+			if other, dup := p.byHost[h]; dup {
+				return nil, fmt.Errorf("host %s belongs to both %s and %s", h, other.ID, a.ID)
+			}
+			p.byHost[h] = app
+		}
+		p.apps[a.ID] = app
 	}
 	return p, nil
+}
+
+// Application returns the registered application with id.
+func (p *Policy) Application(id string) (*Application, bool) {
+	a, ok := p.apps[id]
+	return a, ok
+}
+
+// ApplicationByHost returns the application that lists host (no port).
+func (p *Policy) ApplicationByHost(host string) (*Application, bool) {
+	a, ok := p.byHost[host]
+	if !ok && hasUpper(host) {
+		a, ok = p.byHost[strings.ToLower(host)]
+	}
+	return a, ok
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
 }
 
 // Registered reports whether id is a registered application.
@@ -48,12 +134,18 @@ func (p *Policy) Registered(id string) bool {
 // MayCall returns nil when target is registered and its inbound rules allow
 // caller, ErrApplicationUnknown or ErrAccessDenied otherwise.
 func (p *Policy) MayCall(caller, target string) error {
-	allowed, ok := p.apps[target]
+	app, ok := p.apps[target]
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrApplicationUnknown, target)
 	}
-	if _, ok := allowed[caller]; !ok {
+	if !app.Allows(caller) {
 		return fmt.Errorf("%w: %s may not call %s", ErrAccessDenied, caller, target)
 	}
 	return nil
+}
+
+// Allows reports whether the inbound rules allow caller.
+func (a *Application) Allows(caller string) bool {
+	_, ok := a.allowed[caller]
+	return ok
 }

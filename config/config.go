@@ -103,6 +103,21 @@ type Application struct {
 	JWKSFile     string       `yaml:"jwksFile"`
 	JWKSURI      string       `yaml:"jwksUri"`
 	AccessPolicy AccessPolicy `yaml:"accessPolicy"`
+	// Hosts are the request hosts (without port) that name the application
+	// in Check when Envoy's configuration does not.
+	Hosts []string `yaml:"hosts"`
+	// Routes, matched in order; the first match decides. With routes, a
+	// request matching none is denied.
+	Routes []Route `yaml:"routes"`
+	// Authentication lists external identity providers whose tokens the
+	// application accepts directly in Check (vakt's own tokens for it are
+	// always accepted).
+	Authentication []Authentication `yaml:"authentication"`
+	// ForwardClaims copies claims into request headers on allow; header
+	// names start with x-vakt-, so that a client can never send them itself.
+	ForwardClaims []ForwardClaim `yaml:"forwardClaims"`
+	// StripAuthorization removes the Authorization header on allow.
+	StripAuthorization bool `yaml:"stripAuthorization"`
 
 	// Keys is the parsed inline or file key set; nil otherwise.
 	Keys *authz.KeySet `yaml:"-"`
@@ -129,6 +144,30 @@ type Rule struct {
 	Namespace   string `yaml:"namespace"`
 	Cluster     string `yaml:"cluster"`
 }
+
+// Route is a set of requests to an application and what they need.
+type Route struct {
+	Methods    []string `yaml:"methods"`    // any when empty
+	Path       string   `yaml:"path"`       // exact, or
+	PathPrefix string   `yaml:"pathPrefix"` // prefix
+	Scopes     []string `yaml:"scopes"`     // every one required
+	Public     bool     `yaml:"public"`     // no token needed
+}
+
+// Authentication accepts an identity provider's tokens for an application.
+type Authentication struct {
+	IdentityProvider string `yaml:"identityProvider"`
+	Audience         string `yaml:"audience"` // when set, aud must contain it
+}
+
+// ForwardClaim copies a claim into a request header.
+type ForwardClaim struct {
+	Claim  string `yaml:"claim"`
+	Header string `yaml:"header"`
+}
+
+// Headers vakt sets on allowed requests; forwardClaims may not reuse them.
+var IdentityHeaders = []string{"x-vakt-subject", "x-vakt-client-id", "x-vakt-identity-provider", "x-vakt-scope"}
 
 // ID returns the id of the application the rule allows.
 func (r Rule) ID() string { return r.Cluster + ":" + r.Namespace + ":" + r.Application }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -199,6 +200,7 @@ func (c *Config) validate(data []byte, dir string) error {
 	}
 
 	ids := map[string]int{}
+	hosts := map[string]string{}
 	for i := range c.Applications {
 		a := &c.Applications[i]
 		at := fmt.Sprintf("applications[%d]", i)
@@ -215,6 +217,7 @@ func (c *Config) validate(data []byte, dir string) error {
 			ids[a.ID()] = i
 		}
 		v.keys(at, a, dir)
+		v.check(at, a, names, hosts)
 		for j := range a.AccessPolicy.Inbound.Rules {
 			r := &a.AccessPolicy.Inbound.Rules[j]
 			rat := fmt.Sprintf("%s.accessPolicy.inbound.rules[%d]", at, j)
@@ -238,6 +241,79 @@ func (c *Config) validate(data []byte, dir string) error {
 		return v.errs
 	}
 	return nil
+}
+
+var (
+	hostname    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+	method      = regexp.MustCompile(`^[A-Z]+$`)
+	headerName  = regexp.MustCompile(`^x-vakt-[a-z0-9-]+$`)
+	scopeString = regexp.MustCompile(`^[\x21\x23-\x5b\x5d-\x7e]+$`) // RFC 6749 scope-token
+)
+
+// check validates what Check reads: hosts, routes, authentication and
+// forwarded claims.
+func (v *validator) check(at string, a *Application, providers map[string]int, hosts map[string]string) {
+	for j, h := range a.Hosts {
+		p := fmt.Sprintf("%s.hosts[%d]", at, j)
+		switch {
+		case !hostname.MatchString(h):
+			v.fail(p, "%q is not a lowercase host name without port", h)
+		case hosts[h] != "":
+			v.fail(p, "%q already belongs to %s", h, hosts[h])
+		default:
+			hosts[h] = a.ID()
+		}
+	}
+	for j, r := range a.Routes {
+		p := fmt.Sprintf("%s.routes[%d]", at, j)
+		switch {
+		case (r.Path == "") == (r.PathPrefix == ""):
+			v.fail(p, "give exactly one of path and pathPrefix")
+		case r.Path != "" && r.Path[0] != '/':
+			v.fail(p+".path", "%q must start with /", r.Path)
+		case r.PathPrefix != "" && r.PathPrefix[0] != '/':
+			v.fail(p+".pathPrefix", "%q must start with /", r.PathPrefix)
+		}
+		for _, pth := range []string{r.Path, r.PathPrefix} {
+			if pth != "" {
+				if n, err := authz.NormalizePath(pth); err != nil || n != pth {
+					v.fail(p, "%q is not a normalized path (no query, encoding, dot segments or backslashes)", pth)
+				}
+			}
+		}
+		for k, m := range r.Methods {
+			if !method.MatchString(m) {
+				v.fail(fmt.Sprintf("%s.methods[%d]", p, k), "%q is not an upper-case HTTP method", m)
+			}
+		}
+		if r.Public && len(r.Scopes) > 0 {
+			v.fail(p, "a public route needs no token, so it cannot require scopes")
+		}
+		for k, sc := range r.Scopes {
+			if !scopeString.MatchString(sc) {
+				v.fail(fmt.Sprintf("%s.scopes[%d]", p, k), "%q is not a scope (no spaces, quotes or backslashes)", sc)
+			}
+		}
+	}
+	for j, au := range a.Authentication {
+		p := fmt.Sprintf("%s.authentication[%d].identityProvider", at, j)
+		if _, ok := providers[au.IdentityProvider]; !ok {
+			v.fail(p, "%q is not a configured identity provider (vakt's own tokens need no entry)", au.IdentityProvider)
+		}
+	}
+	seen := map[string]bool{}
+	for j, fc := range a.ForwardClaims {
+		p := fmt.Sprintf("%s.forwardClaims[%d]", at, j)
+		switch {
+		case fc.Claim == "":
+			v.fail(p+".claim", "is required")
+		case !headerName.MatchString(fc.Header):
+			v.fail(p+".header", "%q must be a lowercase header name starting with x-vakt-", fc.Header)
+		case slices.Contains(IdentityHeaders, fc.Header) || seen[fc.Header]:
+			v.fail(p+".header", "%q is already set by vakt or another claim", fc.Header)
+		}
+		seen[fc.Header] = true
+	}
 }
 
 func (v *validator) name(path, s string, required bool) {

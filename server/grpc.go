@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 )
 
@@ -43,6 +45,7 @@ func NewGRPCServer(cur *Current, m *Metrics, log *slog.Logger) (*grpc.Server, *h
 	)
 	vaktv1.RegisterIntrospectionServiceServer(s, &introspectionService{cur: cur, metrics: m})
 	vaktv1.RegisterTokenExchangeServiceServer(s, &exchangeService{cur: cur, metrics: m})
+	authv3.RegisterAuthorizationServer(s, &authorizationService{cur: cur})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)

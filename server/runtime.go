@@ -22,6 +22,7 @@ type Runtime struct {
 	Policy    *authz.Policy
 	Signer    *exchange.Signer
 	Authority *exchange.Authority
+	Checker   *authz.Checker
 }
 
 // Options are what a Runtime needs besides the configuration.
@@ -95,9 +96,18 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	clients := make(map[string]authz.KeySource)
 	for i := range cfg.Applications {
 		a := &cfg.Applications[i]
-		ap := authz.ApplicationPolicy{ID: a.ID()}
+		ap := authz.ApplicationPolicy{ID: a.ID(), Hosts: a.Hosts, StripAuthorization: a.StripAuthorization}
 		for _, r := range a.AccessPolicy.Inbound.Rules {
 			ap.Inbound = append(ap.Inbound, r.ID())
+		}
+		for _, r := range a.Routes {
+			ap.Routes = append(ap.Routes, authz.Route{Methods: r.Methods, Path: r.Path, PathPrefix: r.PathPrefix, Scopes: r.Scopes, Public: r.Public})
+		}
+		for _, au := range a.Authentication {
+			ap.Authentication = append(ap.Authentication, authz.Authentication{Provider: au.IdentityProvider, Audience: au.Audience})
+		}
+		for _, fc := range a.ForwardClaims {
+			ap.ForwardClaims = append(ap.ForwardClaims, authz.ClaimHeader{Claim: fc.Claim, Header: fc.Header})
 		}
 		apps = append(apps, ap)
 		switch {
@@ -131,7 +141,10 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	if err != nil {
 		return nil, err
 	}
-	return &Runtime{Config: cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority}, nil
+	return &Runtime{
+		Config: cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
+		Checker: &authz.Checker{Validator: v, Own: config.ProviderTokenX},
+	}, nil
 }
 
 // ownProvider validates tokens vakt issued: vakt's issuer, its signing keys,

@@ -1,0 +1,261 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/vakt-dev/vakt/authz"
+)
+
+// ContextExtensionApp is the key of Envoy's check_settings.context_extensions
+// that names the application a route leads to (an id cluster:namespace:name).
+// deploy/envoy/envoy.yaml writes it; a test holds the two together.
+const ContextExtensionApp = "vakt_app"
+
+// Identity headers set on allowed requests. A client's own x-vakt-* headers
+// are always removed, so these cannot be forged.
+const (
+	HeaderSubject          = "x-vakt-subject"
+	HeaderClientID         = "x-vakt-client-id"
+	HeaderIdentityProvider = "x-vakt-identity-provider"
+	HeaderScope            = "x-vakt-scope"
+	headerPrefix           = "x-vakt-"
+	metadataNamespace      = "vakt"
+)
+
+type authorizationService struct {
+	authv3.UnimplementedAuthorizationServer
+	cur *Current
+}
+
+// Check answers Envoy's ext_authz: request → application → decision →
+// response. A denial is an answer (status OK on the RPC); only vakt's own
+// failures are RPC errors, so Envoy's status_on_error tells an outage from
+// a refusal.
+func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	rt := s.cur.Load()
+	httpReq := req.GetAttributes().GetRequest().GetHttp()
+	if httpReq == nil {
+		return denied(authz.Decision{Status: 403, Description: "the check request carries no HTTP request"}, "", false), nil
+	}
+	headers := httpReq.GetHeaders()
+	grpcCall := strings.HasPrefix(headers["content-type"], "application/grpc")
+	app, ok := findApplication(rt, req.GetAttributes())
+	if !ok {
+		return denied(authz.NoApplication(), "", grpcCall), nil
+	}
+	path := httpReq.GetPath()
+	if path == "" {
+		path = headers[":path"]
+	}
+	method := httpReq.GetMethod()
+	if method == "" {
+		method = headers[":method"]
+	}
+	d := rt.Checker.Check(ctx, authz.CheckRequest{App: app, Method: method, Path: path, Authorization: headers["authorization"]})
+	if !d.Allow {
+		return denied(d, app.ID, grpcCall), nil
+	}
+	return allowed(d, app, headers), nil
+}
+
+// findApplication names the application being called, first that applies:
+// the context extension Envoy's route sets, the destination principal of an
+// Istio mesh (spiffe://<trust domain>/ns/<namespace>/sa/<name>, in vakt's
+// cluster), the request's host.
+func findApplication(rt *Runtime, attrs *authv3.AttributeContext) (*authz.Application, bool) {
+	if id := attrs.GetContextExtensions()[ContextExtensionApp]; id != "" {
+		return rt.Policy.Application(id)
+	}
+	if ns, sa, ok := spiffeWorkload(attrs.GetDestination().GetPrincipal()); ok {
+		return rt.Policy.Application(rt.Config.Cluster + ":" + ns + ":" + sa)
+	}
+	host := attrs.GetRequest().GetHttp().GetHost()
+	if host == "" {
+		return nil, false
+	}
+	if h, _, ok := strings.Cut(host, ":"); ok && !strings.HasPrefix(host, "[") {
+		host = h
+	}
+	return rt.Policy.ApplicationByHost(host)
+}
+
+func spiffeWorkload(principal string) (ns, sa string, ok bool) {
+	rest, ok := strings.CutPrefix(principal, "spiffe://")
+	if !ok {
+		return "", "", false
+	}
+	_, path, ok := strings.Cut(rest, "/")
+	if !ok {
+		return "", "", false
+	}
+	parts := strings.Split(path, "/")
+	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" {
+		return "", "", false
+	}
+	return parts[1], parts[3], true
+}
+
+func allowed(d authz.Decision, app *authz.Application, reqHeaders map[string]string) *authv3.CheckResponse {
+	ok := &authv3.OkHttpResponse{}
+	set := func(name, value string) {
+		if value != "" {
+			ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: name, Value: value},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			})
+		}
+	}
+	if c := d.Claims; c != nil {
+		set(HeaderSubject, c.Subject)
+		set(HeaderClientID, d.Caller)
+		idp, _ := c.Raw["idp"].(string)
+		if idp == "" {
+			idp = c.Issuer
+		}
+		set(HeaderIdentityProvider, idp)
+		set(HeaderScope, c.ScopeText)
+		for _, fc := range app.ForwardClaims {
+			set(fc.Header, claimString(c.Raw[fc.Claim]))
+		}
+	}
+	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
+	// list only the client's x-vakt-* headers vakt does not set itself.
+	for name := range reqHeaders {
+		if strings.HasPrefix(name, headerPrefix) && !setsHeader(ok.Headers, name) {
+			ok.HeadersToRemove = append(ok.HeadersToRemove, name)
+		}
+	}
+	if app.StripAuthorization && d.Claims != nil {
+		ok.HeadersToRemove = append(ok.HeadersToRemove, "authorization")
+	}
+	res := &authv3.CheckResponse{
+		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+	}
+	if d.Claims != nil {
+		if claims, err := claimsStruct(d.Claims.Raw); err == nil {
+			res.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+				metadataNamespace: structpb.NewStructValue(claims),
+			}}
+		}
+	}
+	return res
+}
+
+func setsHeader(hs []*corev3.HeaderValueOption, name string) bool {
+	for _, h := range hs {
+		if h.GetHeader().GetKey() == name {
+			return true
+		}
+	}
+	return false
+}
+
+// claimString renders a claim as a header value: strings as they are,
+// anything else as JSON.
+func claimString(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case json.Number:
+		return x.String()
+	default:
+		b, err := json.Marshal(x)
+		if err != nil {
+			return ""
+		}
+		return string(b)
+	}
+}
+
+// denied builds an RFC 6750 denial: the status, WWW-Authenticate on 401
+// and on bearer errors, a JSON body, and for gRPC requests grpc-status and
+// grpc-message, as gRPC clients otherwise see an HTTP status where they
+// expect a gRPC one.
+func denied(d authz.Decision, realm string, grpcCall bool) *authv3.CheckResponse {
+	var headers []*corev3.HeaderValueOption
+	add := func(k, v string) {
+		headers = append(headers, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: k, Value: v},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		})
+	}
+	switch {
+	case d.Status == 401 && d.Error == "":
+		add("www-authenticate", `Bearer realm="`+quotable(realm)+`"`)
+	case d.Error == authz.CheckInvalidToken || d.Error == authz.CheckInvalidRequest:
+		add("www-authenticate", `Bearer realm="`+quotable(realm)+`", error="`+d.Error+`", error_description="`+quotable(d.Description)+`"`)
+	case d.Error == authz.CheckInsufficientScope:
+		add("www-authenticate", `Bearer realm="`+quotable(realm)+`", error="`+d.Error+`", scope="`+quotable(d.Scope)+`"`)
+	}
+	add("content-type", "application/json")
+	body := map[string]string{"error": d.Error, "error_description": d.Description}
+	if d.Error == "" {
+		body["error"] = map[int]string{401: "unauthorized", 403: "forbidden"}[d.Status]
+	}
+	if d.Scope != "" {
+		body["scope"] = d.Scope
+	}
+	b, _ := json.Marshal(body)
+
+	code := codes.PermissionDenied
+	if d.Status == 401 {
+		code = codes.Unauthenticated
+	}
+	if grpcCall {
+		gc := code
+		if d.Status == 400 {
+			gc = codes.InvalidArgument
+		}
+		add("grpc-status", strconv.Itoa(int(gc)))
+		add("grpc-message", grpcMessage(d.Description))
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(code), Message: d.Description},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(d.Status)},
+			Headers: headers,
+			Body:    string(b),
+		}},
+	}
+}
+
+// quotable keeps what RFC 6750 §3 allows inside its quoted values: printable
+// ASCII but '"' and '\'.
+func quotable(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '"':
+			return '\''
+		case r == '\\' || r < 0x20 || r > 0x7e:
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// grpcMessage percent-encodes a grpc-message value (gRPC over HTTP/2 spec).
+func grpcMessage(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '%' {
+			b.WriteString("%" + strings.ToUpper(strconv.FormatUint(uint64(c)>>4, 16)+strconv.FormatUint(uint64(c)&15, 16)))
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}

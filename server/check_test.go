@@ -1,0 +1,330 @@
+package server
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/idptest"
+)
+
+const checkYAML = `issuer: http://127.0.0.1:8080
+cluster: dev-gcp
+identityProviders:
+  - name: auth0
+    issuer: AUTH0
+    jwksUri: AUTH0/jwks
+applications:
+  - name: app-1
+    namespace: team-a
+  - name: app-3
+    namespace: team-c
+  - name: app-b
+    namespace: team-b
+    hosts: [app-b.example.com]
+    forwardClaims:
+      - {claim: pid, header: x-vakt-pid}
+    routes:
+      - {methods: [GET], path: /read, scopes: ["read:users"]}
+      - {methods: [POST], path: /create, scopes: ["create:users"]}
+      - {methods: [DELETE], pathPrefix: /delete, scopes: ["delete:users"]}
+      - {pathPrefix: /public/, public: true}
+      - {path: /pkg.Service/Method, scopes: ["svc:call"]}
+    accessPolicy:
+      inbound:
+        rules:
+          - application: app-1
+            namespace: team-a
+  - name: api
+    namespace: team-b
+    stripAuthorization: true
+    authentication:
+      - {identityProvider: auth0, audience: https://api.example.com}
+`
+
+type cenv struct {
+	t      *testing.T
+	auth0  *idptest.Issuer
+	signer *exchange.Signer
+	cur    *Current
+	client authv3.AuthorizationClient
+	yaml   string
+}
+
+func newCheckEnv(t *testing.T) *cenv {
+	e := &cenv{t: t, auth0: idptest.NewIssuer(t, "RS256")}
+	e.yaml = strings.ReplaceAll(checkYAML, "AUTH0", e.auth0.URL)
+	key, _ := exchange.GenerateSigningKey("ES256")
+	e.signer, _ = exchange.NewSigner(key)
+	e.cur = &Current{}
+	e.load(e.yaml)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, _ := NewGRPCServer(e.cur, nil, quiet)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.client = authv3.NewAuthorizationClient(conn)
+	return e
+}
+
+// load puts a configuration in force, as a reload does.
+func (e *cenv) load(yaml string) {
+	cfg, err := config.Load([]byte(yaml), e.t.TempDir())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.t.Cleanup(cancel)
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.cur.Store(rt)
+}
+
+// own is a token vakt issued: client → aud, with scope.
+func (e *cenv) own(client, aud, scope string, extra ...any) string {
+	k := e.signer.Keys()[0]
+	claims := map[string]any{
+		"iss": "http://127.0.0.1:8080", "sub": "user-1", "aud": aud, "client_id": client, "scope": scope,
+		"idp": "https://idporten.example/", "pid": "12345678901", "exp": time.Now().Add(time.Minute).Unix(),
+	}
+	for i := 0; i < len(extra); i += 2 {
+		claims[extra[i].(string)] = extra[i+1]
+	}
+	return idptest.Sign(e.t, &idptest.Key{ID: k.ID, Alg: k.Alg, Private: k.Private}, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, claims)
+}
+
+type creq struct {
+	app, method, path, host, principal string
+	headers                            map[string]string
+}
+
+func (e *cenv) check(r creq) *authv3.CheckResponse {
+	e.t.Helper()
+	if r.method == "" {
+		r.method = "GET"
+	}
+	ext := map[string]string{}
+	if r.app != "" {
+		ext[ContextExtensionApp] = r.app
+	}
+	headers := map[string]string{":method": r.method, ":path": r.path}
+	for k, v := range r.headers {
+		headers[k] = v
+	}
+	res, err := e.client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		ContextExtensions: ext,
+		Destination:       &authv3.AttributeContext_Peer{Principal: r.principal},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: r.method, Path: r.path, Host: r.host, Headers: headers,
+		}},
+	}})
+	if err != nil {
+		e.t.Fatalf("Check: %v", err)
+	}
+	return res
+}
+
+func headerMap(hs []*corev3.HeaderValueOption) map[string]string {
+	m := map[string]string{}
+	for _, h := range hs {
+		m[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+	}
+	return m
+}
+
+
+func TestCheck(t *testing.T) {
+	e := newCheckEnv(t)
+	now := time.Now()
+	read := e.own(app1, appB, "read:users")
+	bearer := func(tok string) map[string]string { return map[string]string{"authorization": "Bearer " + tok} }
+	grpcReq := func(tok string) map[string]string {
+		h := map[string]string{"content-type": "application/grpc"}
+		if tok != "" {
+			h["authorization"] = "Bearer " + tok
+		}
+		return h
+	}
+	auth0 := func(aud string) string {
+		return e.auth0.Token(map[string]any{"iss": e.auth0.URL, "sub": "auth0|42", "aud": aud, "azp": "xYz123", "exp": now.Add(time.Hour).Unix(), "permissions": []string{"read:users"}})
+	}
+	tests := []struct {
+		name   string
+		req    creq
+		status int    // 0: allowed
+		want   string // a substring of WWW-Authenticate, or of the body
+		grpc   string // grpc-status on a denial of a gRPC request
+	}{
+		{name: "allowed", req: creq{app: appB, path: "/read", headers: bearer(read)}},
+		{name: "lower-case bearer", req: creq{app: appB, path: "/read", headers: map[string]string{"authorization": "bearer " + read}}},
+		{name: "query string ignored", req: creq{app: appB, path: "/read?id=1&x=/create", headers: bearer(read)}},
+		{name: "two Authorization values", req: creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + read + ",Bearer " + read}}, status: 400, want: `error="invalid_request"`},
+		{name: "Basic credentials", req: creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Basic dXNlcjpwYXNz"}}, status: 400, want: `error="invalid_request"`},
+		{name: "no token", req: creq{app: appB, path: "/read"}, status: 401, want: `Bearer realm="dev-gcp:team-b:app-b"`},
+		{name: "expired token", req: creq{app: appB, path: "/read", headers: bearer(e.own(app1, appB, "read:users", "exp", now.Add(-time.Minute).Unix()))}, status: 401, want: `error="invalid_token", error_description="token is expired"`},
+		{name: "garbage token", req: creq{app: appB, path: "/read", headers: bearer("abc")}, status: 401, want: `error="invalid_token"`},
+		{name: "token for another application", req: creq{app: appB, path: "/read", headers: bearer(e.own(app1, "dev-gcp:team-x:other", "read:users"))}, status: 401, want: `error_description="token audience is invalid"`},
+		{name: "caller not allowed", req: creq{app: appB, path: "/read", headers: bearer(e.own("dev-gcp:team-c:app-3", appB, "read:users"))}, status: 403, want: `"error":"access_denied"`},
+		{name: "own token without client_id", req: creq{app: appB, path: "/read", headers: bearer(e.own("", appB, "read:users"))}, status: 403, want: `"error":"access_denied"`},
+		{name: "missing scope", req: creq{app: appB, method: "POST", path: "/create", headers: bearer(read)}, status: 403, want: `error="insufficient_scope", scope="create:users"`},
+		{name: "scope present", req: creq{app: appB, method: "POST", path: "/create", headers: bearer(e.own(app1, appB, "read:users create:users"))}},
+		{name: "scope from scp array", req: creq{app: appB, method: "POST", path: "/create", headers: bearer(e.own(app1, appB, "", "scp", []string{"create:users"}))}},
+		{name: "prefix route", req: creq{app: appB, method: "DELETE", path: "/delete/42", headers: bearer(e.own(app1, appB, "delete:users"))}},
+		{name: "wrong method", req: creq{app: appB, method: "DELETE", path: "/read", headers: bearer(read)}, status: 403, want: `no route`},
+		{name: "no route", req: creq{app: appB, path: "/admin", headers: bearer(read)}, status: 403, want: `no route`},
+		{name: "public route, no token", req: creq{app: appB, path: "/public/logo.png"}},
+		{name: "public route, garbage token", req: creq{app: appB, path: "/public/logo.png", headers: bearer("garbage")}},
+		{name: "encoded slash", req: creq{app: appB, path: "/read/..%2Fdelete", headers: bearer(read)}, status: 400, want: `error="invalid_request"`},
+		{name: "encoded backslash", req: creq{app: appB, path: "/read%5C..%5Cdelete", headers: bearer(read)}, status: 400, want: `invalid_request`},
+		{name: "bad percent-encoding", req: creq{app: appB, path: "/read%zz", headers: bearer(read)}, status: 400, want: `invalid_request`},
+		{name: "dot segments cannot borrow a rule", req: creq{app: appB, method: "DELETE", path: "/public/../delete/1"}, status: 401},
+		{name: "gRPC allowed", req: creq{app: appB, method: "POST", path: "/pkg.Service/Method", headers: grpcReq(e.own(app1, appB, "svc:call"))}},
+		{name: "gRPC without scope", req: creq{app: appB, method: "POST", path: "/pkg.Service/Method", headers: grpcReq(read)}, status: 403, grpc: "7"},
+		{name: "gRPC without token", req: creq{app: appB, method: "POST", path: "/pkg.Service/Method", headers: grpcReq("")}, status: 401, grpc: "16"},
+		{name: "gRPC bad path", req: creq{app: appB, method: "POST", path: "/pkg.Service%2FMethod", headers: grpcReq(read)}, status: 400, grpc: "3"},
+		{name: "external provider token", req: creq{app: "dev-gcp:team-b:api", path: "/anything", headers: bearer(auth0("https://api.example.com"))}},
+		{name: "external token, wrong audience", req: creq{app: "dev-gcp:team-b:api", path: "/x", headers: bearer(auth0("https://other.example.com"))}, status: 401, want: `token audience is invalid`},
+		{name: "external token where not accepted", req: creq{app: appB, path: "/read", headers: bearer(auth0("https://api.example.com"))}, status: 401, want: `token issuer is not trusted`},
+		{name: "own token on the external app", req: creq{app: "dev-gcp:team-b:api", path: "/x", headers: bearer(e.own(app1, "dev-gcp:team-b:api", ""))}, status: 403, want: `access_denied`},
+		{name: "by SPIFFE principal", req: creq{principal: "spiffe://cluster.local/ns/team-b/sa/app-b", path: "/read", headers: bearer(read)}},
+		{name: "by host", req: creq{host: "app-b.example.com:443", path: "/read", headers: bearer(read)}},
+		{name: "by host, upper case", req: creq{host: "APP-B.example.com", path: "/read", headers: bearer(read)}},
+		{name: "unknown application", req: creq{app: "dev-gcp:team-b:nobody", path: "/read", headers: bearer(read)}, status: 403, want: `no application`},
+		{name: "no application at all", req: creq{host: "elsewhere.example.com", path: "/read", headers: bearer(read)}, status: 403, want: `no application`},
+		{name: "bad principal falls back to host", req: creq{principal: "spiffe://x/ns/team-b", host: "app-b.example.com", path: "/read", headers: bearer(read)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := e.check(tt.req)
+			if tt.status == 0 {
+				if res.GetStatus().GetCode() != int32(codes.OK) || res.GetOkResponse() == nil {
+					t.Fatalf("denied: %v", res.GetDeniedResponse())
+				}
+				return
+			}
+			d := res.GetDeniedResponse()
+			if d == nil || int(d.GetStatus().GetCode()) != tt.status {
+				t.Fatalf("got %v, want status %d", res, tt.status)
+			}
+			wantCode := codes.PermissionDenied
+			if tt.status == 401 {
+				wantCode = codes.Unauthenticated
+			}
+			if res.GetStatus().GetCode() != int32(wantCode) {
+				t.Fatalf("Check status %v", res.GetStatus())
+			}
+			h := headerMap(d.GetHeaders())
+			if !strings.Contains(h["www-authenticate"], tt.want) && !strings.Contains(d.GetBody(), tt.want) {
+				t.Fatalf("neither WWW-Authenticate %q nor body %q has %q", h["www-authenticate"], d.GetBody(), tt.want)
+			}
+			if tt.status == 401 && !strings.HasPrefix(h["www-authenticate"], "Bearer realm=") {
+				t.Fatalf("401 without WWW-Authenticate: %v", h)
+			}
+			if h["grpc-status"] != tt.grpc {
+				t.Fatalf("grpc-status %q, want %q", h["grpc-status"], tt.grpc)
+			}
+			if h["content-type"] != "application/json" || !strings.Contains(d.GetBody(), `"error_description"`) {
+				t.Fatalf("body %q", d.GetBody())
+			}
+		})
+	}
+}
+
+func TestCheckAllowedHeaders(t *testing.T) {
+	e := newCheckEnv(t)
+	spoofed := map[string]string{
+		"authorization":  "Bearer " + e.own(app1, appB, "read:users"),
+		"x-vakt-subject": "admin", "x-vakt-client-id": "dev-gcp:team-b:app-b", "x-vakt-pid": "0", "x-vakt-role": "root",
+	}
+	res := e.check(creq{app: appB, path: "/read", headers: spoofed})
+	ok := res.GetOkResponse()
+	if ok == nil {
+		t.Fatalf("denied: %v", res)
+	}
+	set := headerMap(ok.GetHeaders())
+	want := map[string]string{
+		HeaderSubject: "user-1", HeaderClientID: app1, HeaderIdentityProvider: "https://idporten.example/",
+		HeaderScope: "read:users", "x-vakt-pid": "12345678901",
+	}
+	for k, v := range want {
+		if set[k] != v {
+			t.Errorf("%s = %q, want %q", k, set[k], v)
+		}
+	}
+	for _, h := range ok.GetHeaders() {
+		if h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+			t.Errorf("%s appends", h.GetHeader().GetKey())
+		}
+	}
+	// The client's x-vakt-role is removed; headers vakt sets are never also
+	// listed for removal (Envoy removes after setting).
+	remove := ok.GetHeadersToRemove()
+	if !slices.Contains(remove, "x-vakt-role") || len(remove) != 1 {
+		t.Fatalf("headers to remove %v", remove)
+	}
+	meta := res.GetDynamicMetadata().GetFields()["vakt"].GetStructValue().GetFields()
+	if meta["sub"].GetStringValue() != "user-1" || meta["client_id"].GetStringValue() != app1 {
+		t.Fatalf("dynamic metadata %v", res.GetDynamicMetadata())
+	}
+
+	// Public routes remove spoofed identity headers too, and set none.
+	res = e.check(creq{app: appB, path: "/public/x", headers: map[string]string{"x-vakt-subject": "admin"}})
+	if ok := res.GetOkResponse(); ok == nil || len(ok.GetHeaders()) != 0 || !slices.Equal(ok.GetHeadersToRemove(), []string{"x-vakt-subject"}) {
+		t.Fatalf("public route: %v", res)
+	}
+
+	// stripAuthorization.
+	k := e.auth0.Key()
+	tok := idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID}, map[string]any{"iss": e.auth0.URL, "sub": "s", "aud": "https://api.example.com", "exp": time.Now().Add(time.Hour).Unix()})
+	res = e.check(creq{app: "dev-gcp:team-b:api", path: "/x", headers: map[string]string{"authorization": "Bearer " + tok}})
+	if ok := res.GetOkResponse(); ok == nil || !slices.Contains(ok.GetHeadersToRemove(), "authorization") {
+		t.Fatalf("stripAuthorization: %v", res)
+	}
+}
+
+func TestCheckWithoutHTTPAttributes(t *testing.T) {
+	e := newCheckEnv(t)
+	for _, req := range []*authv3.CheckRequest{{}, {Attributes: &authv3.AttributeContext{}}, {Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{}}}} {
+		res, err := e.client.Check(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.GetDeniedResponse() == nil || res.GetStatus().GetCode() == int32(codes.OK) {
+			t.Fatalf("%v: %v", req, res)
+		}
+	}
+}
+
+// A rule removed by a reload stops a token minted before it at once.
+func TestCheckRuleRemovedByReload(t *testing.T) {
+	e := newCheckEnv(t)
+	tok := e.own(app1, appB, "read:users")
+	if res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}}); res.GetOkResponse() == nil {
+		t.Fatalf("before: %v", res)
+	}
+	e.load(strings.Replace(e.yaml, "          - application: app-1\n            namespace: team-a\n", "", 1))
+	res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}})
+	if d := res.GetDeniedResponse(); d == nil || d.GetStatus().GetCode() != 403 || !strings.Contains(d.GetBody(), "access_denied") {
+		t.Fatalf("after the rule was removed: %v", res)
+	}
+}
