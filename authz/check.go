@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 )
@@ -84,11 +85,21 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 	if req.Authorization == "" {
 		return deny(401, "", "a bearer token is required")
 	}
-	token, err := BearerToken(req.Authorization)
+	token, err := splitBearer(req.Authorization)
 	if err != nil {
 		return deny(400, CheckInvalidRequest, err.Error())
 	}
-	claims, provider, err := c.Validator.ValidateByIssuer(ctx, token)
+	v := c.Validator
+	claims, provider, hit, err := v.cachedByIssuer(token)
+	if !hit {
+		if len(token) > v.maxSize {
+			return deny(401, CheckInvalidToken, fmt.Sprintf("%v: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize))
+		}
+		if !validB64Token(token) {
+			return deny(400, CheckInvalidRequest, ErrBadAuthorization.Error())
+		}
+		claims, provider, err = v.verifyByIssuer(ctx, token)
+	}
 	if err != nil {
 		return deny(401, CheckInvalidToken, err.Error())
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +36,26 @@ type Claims struct {
 
 	exp float64 // seconds since the epoch, as in the token
 	nbf float64 // zero when absent
+
+	derived atomic.Pointer[derivedValue]
+}
+
+type derivedValue struct {
+	key, value any
+}
+
+// Derive returns what compute makes of these claims for key, computing it
+// once per key: a repeated token then costs no rework in an adapter (the
+// Check adapter keeps its response here, keyed by the application). Claims
+// are shared through the cache, and so is the value: compute must return
+// something nobody modifies afterwards.
+func (c *Claims) Derive(key any, compute func() any) any {
+	if d := c.derived.Load(); d != nil && d.key == key {
+		return d.value
+	}
+	v := compute()
+	c.derived.Store(&derivedValue{key: key, value: v})
+	return v
 }
 
 // parseClaims decodes a payload and reads the registered claims vakt checks.

@@ -137,8 +137,7 @@ func headerString(h map[string]any, name string, dst *string) error {
 // validSegment reports whether s uses only the unpadded base64url alphabet.
 func validSegment(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+		if charClass[s[i]]&classB64URL == 0 {
 			return false
 		}
 	}

@@ -103,30 +103,66 @@ var ErrBadAuthorization = errors.New("authorization header must be exactly one b
 // case, one or more spaces, and one b64token. Anything else (another
 // scheme, two tokens, a comma from a repeated header) is ErrBadAuthorization.
 func BearerToken(header string) (string, error) {
+	tok, err := splitBearer(header)
+	if err != nil {
+		return "", err
+	}
+	if !validB64Token(tok) {
+		return "", ErrBadAuthorization
+	}
+	return tok, nil
+}
+
+// splitBearer does the part of BearerToken that needs no scan byte by byte:
+// the scheme, and no second token. A token the verified-token cache holds
+// passed validB64Token already (its bytes are base64url and dots), so the
+// full check can wait for a cache miss.
+func splitBearer(header string) (string, error) {
 	scheme, rest, ok := strings.Cut(header, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return "", ErrBadAuthorization
 	}
 	tok := strings.TrimLeft(rest, " ")
-	if tok == "" {
+	if tok == "" || strings.IndexByte(tok, ' ') >= 0 || strings.IndexByte(tok, ',') >= 0 {
 		return "", ErrBadAuthorization
-	}
-	// b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-	i := 0
-	for ; i < len(tok); i++ {
-		c := tok[i]
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' ||
-			c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/') {
-			break
-		}
-	}
-	if i == 0 {
-		return "", ErrBadAuthorization
-	}
-	for ; i < len(tok); i++ {
-		if tok[i] != '=' {
-			return "", ErrBadAuthorization
-		}
 	}
 	return tok, nil
 }
+
+// validB64Token reports whether tok is a b64token:
+// 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
+func validB64Token(tok string) bool {
+	i := 0
+	for i < len(tok) && charClass[tok[i]]&classB64Token != 0 {
+		i++
+	}
+	if i == 0 {
+		return false
+	}
+	for ; i < len(tok); i++ {
+		if tok[i] != '=' {
+			return false
+		}
+	}
+	return true
+}
+
+// Character classes, one table lookup per byte on the hot path.
+const (
+	classB64URL   = 1 << iota // unpadded base64url (RFC 4648 §5)
+	classB64Token             // RFC 6750 b64token, without '='
+)
+
+// charClass is computed once and never written afterwards.
+var charClass = func() (t [256]uint8) {
+	for c := 0; c < 256; c++ {
+		b := byte(c)
+		if 'A' <= b && b <= 'Z' || 'a' <= b && b <= 'z' || '0' <= b && b <= '9' || b == '-' || b == '_' {
+			t[c] |= classB64URL | classB64Token
+		}
+		if b == '.' || b == '~' || b == '+' || b == '/' {
+			t[c] |= classB64Token
+		}
+	}
+	return t
+}()

@@ -112,6 +112,11 @@ func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims
 			return c, p, err
 		}
 	}
+	return v.verifyByIssuer(ctx, token)
+}
+
+// verifyByIssuer is ValidateByIssuer after a cache miss.
+func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
 	// Read iss before verifying, only to choose whose keys verify.
 	pt, err := parseCompact(token, v.maxSize)
 	if err != nil {
@@ -125,8 +130,12 @@ func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims
 	if !ok {
 		return nil, nil, ErrIssuerNotTrusted
 	}
-	c, err = v.validate(ctx, p, token)
-	return c, p, err
+	now := v.now()
+	if c, err = p.verify(ctx, token, now, v.maxSize); err != nil {
+		return nil, nil, err
+	}
+	v.store(token, p, c, now)
+	return c, p, nil
 }
 
 func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*Claims, error) {
@@ -144,11 +153,19 @@ func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*C
 	if err != nil {
 		return nil, err
 	}
+	v.store(token, p, c, now)
+	return c, nil
+}
+
+// store remembers a token that passed verification.
+func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
+	if v.cache == nil {
+		return
+	}
 	dot := strings.LastIndexByte(token, '.')
 	key := signatureKey(token[dot+1:])
 	// Clone: the token points into the caller's buffer, which must not be kept.
 	v.cache.put(&key, cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}, unixSeconds(now))
-	return c, nil
 }
 
 // cached looks token up. The cache is keyed by the SHA-256 of the signature
@@ -176,6 +193,14 @@ func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider
 		return nil, nil, true, err
 	}
 	return e.claims, e.provider, true, nil
+}
+
+// cachedByIssuer is the cache half of ValidateByIssuer, for the Checker.
+func (v *Validator) cachedByIssuer(token string) (*Claims, *Provider, bool, error) {
+	if v.cache == nil || len(token) > v.maxSize {
+		return nil, nil, false, nil
+	}
+	return v.cached(token, nil)
 }
 
 // signatureKey hashes the signature in place: a conversion would copy it.

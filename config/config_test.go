@@ -111,3 +111,31 @@ func TestJWKSFileRelativeToConfig(t *testing.T) {
 		t.Fatal("key k not loaded")
 	}
 }
+
+func TestCheckFieldsRejected(t *testing.T) {
+	const app = base + "identityProviders:\n  - name: auth0\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\napplications:\n  - name: a\n    namespace: n\n"
+	tests := []struct{ name, yaml, want string }{
+		{"route without path", app + "    routes:\n      - {scopes: [x]}\n", "routes[0]: give exactly one of path and pathPrefix"},
+		{"route with both", app + "    routes:\n      - {path: /a, pathPrefix: /b}\n", "give exactly one"},
+		{"relative path", app + "    routes:\n      - {path: read}\n", "must start with /"},
+		{"path with dot segment", app + "    routes:\n      - {pathPrefix: /a/../b}\n", "not a normalized path"},
+		{"path with query", app + "    routes:\n      - {path: /a?b}\n", "not a normalized path"},
+		{"lower-case method", app + "    routes:\n      - {path: /a, methods: [get]}\n", "methods[0]"},
+		{"public with scopes", app + "    routes:\n      - {path: /a, public: true, scopes: [x]}\n", "cannot require scopes"},
+		{"scope with a space", app + "    routes:\n      - {path: /a, scopes: [\"a b\"]}\n", "scopes[0]"},
+		{"unknown provider", app + "    authentication:\n      - {identityProvider: okta}\n", "authentication[0].identityProvider"},
+		{"tokenx as provider", app + "    authentication:\n      - {identityProvider: tokenx}\n", "vakt's own tokens need no entry"},
+		{"forwarded header without prefix", app + "    forwardClaims:\n      - {claim: pid, header: x-pid}\n", "starting with x-vakt-"},
+		{"forwarded header vakt sets", app + "    forwardClaims:\n      - {claim: pid, header: x-vakt-subject}\n", "already set"},
+		{"bad host", app + "    hosts: [\"App.example.com:443\"]\n", "hosts[0]"},
+		{"host twice", app + "    hosts: [a.example]\n  - name: b\n    namespace: n\n    hosts: [a.example]\n", "already belongs to dev-gcp:n:a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load([]byte(tt.yaml), t.TempDir())
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "line ") {
+				t.Fatalf("error %v, want %q with a line", err, tt.want)
+			}
+		})
+	}
+}

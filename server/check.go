@@ -106,6 +106,45 @@ func spiffeWorkload(principal string) (ns, sa string, ok bool) {
 }
 
 func allowed(d authz.Decision, app *authz.Application, reqHeaders map[string]string) *authv3.CheckResponse {
+	var base *authv3.CheckResponse
+	if d.Claims != nil {
+		// The same token for the same application always gets the same
+		// headers and metadata: build them once per verified token.
+		base = d.Claims.Derive(app, func() any { return identityResponse(d, app) }).(*authv3.CheckResponse)
+	} else {
+		base = &authv3.CheckResponse{
+			Status:       &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},
+		}
+	}
+	set := base.GetOkResponse().GetHeaders()
+	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
+	// list only the client's x-vakt-* headers vakt does not set itself.
+	var remove []string
+	for name := range reqHeaders {
+		if strings.HasPrefix(name, headerPrefix) && !setsHeader(set, name) {
+			remove = append(remove, name)
+		}
+	}
+	if app.StripAuthorization && d.Claims != nil {
+		remove = append(remove, "authorization")
+	}
+	if len(remove) == 0 {
+		return base // shared and never modified
+	}
+	return &authv3.CheckResponse{
+		Status:          base.Status,
+		DynamicMetadata: base.DynamicMetadata,
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:         set,
+			HeadersToRemove: remove,
+		}},
+	}
+}
+
+// identityResponse is the allow response for a token and an application:
+// the identity headers and the claims as dynamic metadata.
+func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckResponse {
 	ok := &authv3.OkHttpResponse{}
 	set := func(name, value string) {
 		if value != "" {
@@ -115,39 +154,26 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders map[string]str
 			})
 		}
 	}
-	if c := d.Claims; c != nil {
-		set(HeaderSubject, c.Subject)
-		set(HeaderClientID, d.Caller)
-		idp, _ := c.Raw["idp"].(string)
-		if idp == "" {
-			idp = c.Issuer
-		}
-		set(HeaderIdentityProvider, idp)
-		set(HeaderScope, c.ScopeText)
-		for _, fc := range app.ForwardClaims {
-			set(fc.Header, claimString(c.Raw[fc.Claim]))
-		}
+	c := d.Claims
+	set(HeaderSubject, c.Subject)
+	set(HeaderClientID, d.Caller)
+	idp, _ := c.Raw["idp"].(string)
+	if idp == "" {
+		idp = c.Issuer
 	}
-	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
-	// list only the client's x-vakt-* headers vakt does not set itself.
-	for name := range reqHeaders {
-		if strings.HasPrefix(name, headerPrefix) && !setsHeader(ok.Headers, name) {
-			ok.HeadersToRemove = append(ok.HeadersToRemove, name)
-		}
-	}
-	if app.StripAuthorization && d.Claims != nil {
-		ok.HeadersToRemove = append(ok.HeadersToRemove, "authorization")
+	set(HeaderIdentityProvider, idp)
+	set(HeaderScope, c.ScopeText)
+	for _, fc := range app.ForwardClaims {
+		set(fc.Header, claimString(c.Raw[fc.Claim]))
 	}
 	res := &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
 	}
-	if d.Claims != nil {
-		if claims, err := claimsStruct(d.Claims.Raw); err == nil {
-			res.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
-				metadataNamespace: structpb.NewStructValue(claims),
-			}}
-		}
+	if claims, err := claimsStruct(c.Raw); err == nil {
+		res.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
+			metadataNamespace: structpb.NewStructValue(claims),
+		}}
 	}
 	return res
 }
