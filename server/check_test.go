@@ -152,7 +152,6 @@ func headerMap(hs []*corev3.HeaderValueOption) map[string]string {
 	return m
 }
 
-
 func TestCheck(t *testing.T) {
 	e := newCheckEnv(t)
 	now := time.Now()

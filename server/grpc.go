@@ -27,6 +27,12 @@ import (
 // nothing vakt receives needs more than this.
 const maxGRPCMessage = 1 << 20
 
+// maxInFlight bounds the requests vakt works on at once. Past it, requests
+// are refused with RESOURCE_EXHAUSTED at once rather than queued without
+// end: Envoy turns the error into status_on_error (503), which tells an
+// overloaded vakt apart from a refusal.
+const maxInFlight = 4096
+
 // Current holds the runtime every request reads; a reload swaps it whole.
 type Current struct{ p atomic.Pointer[Runtime] }
 
@@ -41,7 +47,7 @@ func (c *Current) Store(rt *Runtime) { c.p.Store(rt) }
 func NewGRPCServer(cur *Current, m *Metrics, log *slog.Logger) (*grpc.Server, *health.Server) {
 	s := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
-		grpc.ChainUnaryInterceptor(recoverUnary(log)),
+		grpc.ChainUnaryInterceptor(recoverUnary(log), limitUnary(maxInFlight)),
 	)
 	vaktv1.RegisterIntrospectionServiceServer(s, &introspectionService{cur: cur, metrics: m})
 	vaktv1.RegisterTokenExchangeServiceServer(s, &exchangeService{cur: cur, metrics: m})
@@ -60,6 +66,20 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 				resp, err = nil, status.Error(codes.Internal, "internal error")
 			}
 		}()
+		return handler(ctx, req)
+	}
+}
+
+// limitUnary refuses requests beyond n in flight.
+func limitUnary(n int) grpc.UnaryServerInterceptor {
+	slots := make(chan struct{}, n)
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		select {
+		case slots <- struct{}{}:
+		default:
+			return nil, status.Error(codes.ResourceExhausted, "vakt is overloaded")
+		}
+		defer func() { <-slots }()
 		return handler(ctx, req)
 	}
 }
