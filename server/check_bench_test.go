@@ -16,11 +16,11 @@ import (
 
 // benchCheck is the Check service in-process, with an RS256 signing key and
 // a realistic token vakt issued for app-b.
-func benchCheck(b *testing.B, cacheSize int) (*authorizationService, string) {
+func benchCheck(b testing.TB, cacheSize int) (*authorizationService, string) {
 	return benchCheckAlg(b, cacheSize, "RS256")
 }
 
-func benchCheckAlg(b *testing.B, cacheSize int, alg string) (*authorizationService, string) {
+func benchCheckAlg(b testing.TB, cacheSize int, alg string) (*authorizationService, string) {
 	yaml := strings.ReplaceAll(checkYAML, "AUTH0", "https://auth0.example") + "validation:\n  cacheSize: " + map[bool]string{true: "-1", false: "0"}[cacheSize < 0] + "\n"
 	cfg, err := config.Load([]byte(yaml), b.TempDir())
 	if err != nil {
@@ -46,13 +46,15 @@ func benchCheckAlg(b *testing.B, cacheSize int, alg string) (*authorizationServi
 	return &authorizationService{cur: cur}, tok
 }
 
-func checkRequest(path, auth string) *authv3.CheckRequest {
+func checkRequest(path, auth string) *authv3.CheckRequest { return checkRequestMethod("GET", path, auth) }
+
+func checkRequestMethod(method, path, auth string) *authv3.CheckRequest {
 	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		ContextExtensions: map[string]string{ContextExtensionApp: appB},
 		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Method: "GET", Path: path, Host: "app-b.example.com",
+			Method: method, Path: path, Host: "app-b.example.com",
 			Headers: map[string]string{
-				":method": "GET", ":path": path, ":authority": "app-b.example.com", "authorization": auth,
+				":method": method, ":path": path, ":authority": "app-b.example.com", "authorization": auth,
 				"user-agent": "Go-http-client/1.1", "accept": "*/*", "x-request-id": "0f8a6b52-1c2d-4e5f-9a8b-7c6d5e4f3a2b",
 			},
 		}},

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
+
 	"encoding/json"
+	"github.com/vakt-dev/vakt/authz"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -61,6 +64,38 @@ func FuzzTokenEndpoint(f *testing.F) {
 		var m map[string]any
 		if err := json.Unmarshal(rec.Body.Bytes(), &m); err != nil || m["error"] == nil {
 			t.Fatalf("body %s", rec.Body)
+		}
+	})
+}
+
+// FuzzCheck: any method, path and Authorization header is allowed or denied
+// with 400, 401 or 403, never a panic or an RPC error; and nothing without a
+// valid token reaches a route that needs one.
+func FuzzCheck(f *testing.F) {
+	for _, s := range [][3]string{
+		{"GET", "/read", "Bearer a.b.c"}, {"GET", "/public/x", ""}, {"POST", "/read/..%2Fdelete", "bearer x"},
+		{"GET", "/public/../read", ""}, {"DELETE", "/delete/%2e%2e/read", "Bearer a,Bearer b"}, {"GET", "*", "Basic x"},
+	} {
+		f.Add(s[0], s[1], s[2])
+	}
+	svc, _ := benchCheck(f, 0)
+	f.Fuzz(func(t *testing.T, method, path, auth string) {
+		res, err := svc.Check(context.Background(), checkRequestMethod(method, path, auth))
+		if err != nil {
+			t.Fatalf("error: %v", err)
+		}
+		if ok := res.GetOkResponse(); ok != nil {
+			// Only public routes are open without a verified token, and no
+			// fuzzed token can be verified.
+			if p, err := authz.NormalizePath(path); err != nil || !strings.HasPrefix(p, "/public/") {
+				t.Fatalf("allowed %q %q", path, auth)
+			}
+			return
+		}
+		switch res.GetDeniedResponse().GetStatus().GetCode() {
+		case 400, 401, 403:
+		default:
+			t.Fatalf("%q %q: %v", path, auth, res)
 		}
 	})
 }
