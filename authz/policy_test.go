@@ -2,6 +2,7 @@ package authz
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -31,5 +32,28 @@ func TestPolicy(t *testing.T) {
 	}
 	if _, err := NewPolicy([]ApplicationPolicy{{ID: "x"}, {ID: "x"}}); err == nil {
 		t.Fatal("duplicate id accepted")
+	}
+}
+
+func TestScopes(t *testing.T) {
+	for _, tt := range []struct {
+		payload string
+		want    string
+	}{
+		{`{"scope":"openid read:users  create:users"}`, "openid read:users create:users"},
+		{`{"scp":"read:users"}`, "read:users"},
+		{`{"scp":["read:users","create:users"]}`, "read:users create:users"},
+		{`{"permissions":["read:users","delete:users"]}`, "read:users delete:users"},
+		{`{"scope":"a b","scp":["b","c"],"permissions":["d",7]}`, "a b c d"},
+		{`{"scope":7}`, ""},
+		{`{}`, ""},
+	} {
+		raw, err := parseJSONObject([]byte(tt.payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(scopes(raw), " "); got != tt.want {
+			t.Errorf("%s: %q, want %q", tt.payload, got, tt.want)
+		}
 	}
 }

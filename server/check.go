@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strconv"
 	"strings"
 
@@ -35,6 +36,7 @@ const (
 type authorizationService struct {
 	authv3.UnimplementedAuthorizationServer
 	cur *Current
+	log *slog.Logger
 }
 
 // Check answers Envoy's ext_authz: request → application → decision →
@@ -51,6 +53,13 @@ func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckReque
 	grpcCall := strings.HasPrefix(headers["content-type"], "application/grpc")
 	app, ok := findApplication(rt, req.GetAttributes())
 	if !ok {
+		// A configuration problem rather than a client's: say which request
+		// found no application, so the route or host can be fixed.
+		attrs := req.GetAttributes()
+		s.log.Warn("check denied: no application for the request",
+			"context_extension", attrs.GetContextExtensions()[ContextExtensionApp],
+			"destination_principal", attrs.GetDestination().GetPrincipal(),
+			"host", httpReq.GetHost(), "path", truncatePath(httpReq.GetPath()))
 		return denied(authz.NoApplication(), "", grpcCall), nil
 	}
 	path := httpReq.GetPath()
@@ -66,6 +75,16 @@ func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckReque
 		return denied(d, app.ID, grpcCall), nil
 	}
 	return allowed(d, app, headers), nil
+}
+
+func truncatePath(p string) string {
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		p = p[:i] // query strings may carry secrets
+	}
+	if len(p) > 200 {
+		p = p[:200] + "…"
+	}
+	return p
 }
 
 // findApplication names the application being called, first that applies:

@@ -43,10 +43,12 @@ func benchCheckAlg(b testing.TB, cacheSize int, alg string) (*authorizationServi
 			"scope": "openid read:users", "iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
 			"jti": "5c7a1d1e-6b1f-4e5e-9a53-2f7a3c8d9b10",
 		})
-	return &authorizationService{cur: cur}, tok
+	return &authorizationService{cur: cur, log: quiet}, tok
 }
 
-func checkRequest(path, auth string) *authv3.CheckRequest { return checkRequestMethod("GET", path, auth) }
+func checkRequest(path, auth string) *authv3.CheckRequest {
+	return checkRequestMethod("GET", path, auth)
+}
 
 func checkRequestMethod(method, path, auth string) *authv3.CheckRequest {
 	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{

@@ -51,7 +51,7 @@ func NewGRPCServer(cur *Current, m *Metrics, log *slog.Logger) (*grpc.Server, *h
 	)
 	vaktv1.RegisterIntrospectionServiceServer(s, &introspectionService{cur: cur, metrics: m})
 	vaktv1.RegisterTokenExchangeServiceServer(s, &exchangeService{cur: cur, metrics: m})
-	authv3.RegisterAuthorizationServer(s, &authorizationService{cur: cur})
+	authv3.RegisterAuthorizationServer(s, &authorizationService{cur: cur, log: log})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	reflection.Register(s)

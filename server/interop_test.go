@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -39,7 +40,9 @@ func TestInteropNode(t *testing.T) {
 	_ = priv.Set(jwk.AlgorithmKey, k.Alg)
 	privJSON, _ := json.Marshal(priv)
 
-	cmd := exec.Command(node, "--test", "exchange.test.mjs")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "--test", "--test-timeout=60000", "exchange.test.mjs")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(),
 		"VAKT_ISSUER="+e.issuer,
