@@ -1,0 +1,321 @@
+package exchange
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vakt-dev/vakt/internal/idptest"
+)
+
+// recorder is a token endpoint that records what it receives.
+type recorder struct {
+	mu      sync.Mutex
+	forms   []map[string]string
+	calls   atomic.Int64
+	respond func(n int64, w http.ResponseWriter, audience string)
+	srv     *httptest.Server
+}
+
+func newRecorder(t *testing.T, respond func(n int64, w http.ResponseWriter, audience string)) *recorder {
+	r := &recorder{respond: respond}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		n := r.calls.Add(1)
+		if err := req.ParseForm(); err != nil {
+			t.Errorf("form: %v", err)
+		}
+		f := map[string]string{"content-type": req.Header.Get("Content-Type")}
+		for k, v := range req.PostForm {
+			f[k] = strings.Join(v, ",")
+		}
+		r.mu.Lock()
+		r.forms = append(r.forms, f)
+		r.mu.Unlock()
+		r.respond(n, w, req.PostForm.Get("audience"))
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func okToken(expiresIn int) func(int64, http.ResponseWriter, string) {
+	return func(n int64, w http.ResponseWriter, aud string) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":"token-%d-for-%s","issued_token_type":"%s","token_type":"Bearer","expires_in":%d}`, n, aud, TokenTypeAccessToken, expiresIn)
+	}
+}
+
+func newTestAgent(t *testing.T, endpoint string, clock *idptest.Clock, cacheSize int) (*Agent, *SigningKey) {
+	key, err := GenerateSigningKey("RS256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &Upstream{
+		Endpoint:  endpoint,
+		Assertion: &AssertionBuilder{ClientID: "dev-gcp:team-a:app-1", TokenEndpoint: endpoint, Key: key, Now: clock.Now},
+		Client:    NewHTTPClient(), Retries: 2, Backoff: time.Millisecond, Timeout: 10 * time.Second,
+	}
+	return NewAgent(AgentConfig{Upstream: up, CacheSize: cacheSize, Now: clock.Now}), key
+}
+
+func decodeSegment(t *testing.T, seg string) map[string]any {
+	b, err := base64.RawURLEncoding.DecodeString(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestAgentRequestAndRetries(t *testing.T) {
+	rec := newRecorder(t, func(n int64, w http.ResponseWriter, aud string) {
+		if n == 1 {
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		okToken(900)(n, w, aud)
+	})
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, key := newTestAgent(t, rec.srv.URL+"/token", clock, 0)
+	res, err := agent.Exchange(context.Background(), "user-token", "dev-gcp:team-b:app-b", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.AccessToken != "token-2-for-dev-gcp:team-b:app-b" || res.ExpiresIn != 900 || res.TokenType != "Bearer" {
+		t.Fatalf("response %+v", res)
+	}
+	if len(rec.forms) != 2 {
+		t.Fatalf("%d attempts, want 2 (one retry after a 503)", len(rec.forms))
+	}
+	var jtis []string
+	for _, f := range rec.forms {
+		want := map[string]string{
+			"content-type":          "application/x-www-form-urlencoded",
+			"grant_type":            GrantTypeTokenExchange,
+			"client_assertion_type": ClientAssertionTypeJWT,
+			"subject_token_type":    TokenTypeJWT,
+			"subject_token":         "user-token",
+			"audience":              "dev-gcp:team-b:app-b",
+		}
+		for k, v := range want {
+			if f[k] != v {
+				t.Errorf("%s = %q, want %q", k, f[k], v)
+			}
+		}
+		if len(f) != len(want)+1 {
+			t.Errorf("unexpected fields: %v", f)
+		}
+		parts := strings.Split(f["client_assertion"], ".")
+		h, c := decodeSegment(t, parts[0]), decodeSegment(t, parts[1])
+		if h["kid"] != key.ID || h["typ"] != "JWT" || h["alg"] != "RS256" || len(h) != 3 {
+			t.Errorf("assertion header %v", h)
+		}
+		now := float64(clock.Now().Unix())
+		if c["iss"] != "dev-gcp:team-a:app-1" || c["sub"] != c["iss"] || c["aud"] != rec.srv.URL+"/token" ||
+			c["iat"] != now || c["nbf"] != now || c["exp"] != now+30 || c["jti"] == "" {
+			t.Errorf("assertion claims %v", c)
+		}
+		jtis = append(jtis, c["jti"].(string))
+	}
+	if jtis[0] == jtis[1] {
+		t.Fatal("a retry reused the jti")
+	}
+}
+
+func TestAgentUpstreamErrors(t *testing.T) {
+	rec := newRecorder(t, func(n int64, w http.ResponseWriter, aud string) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `{"error":"invalid_target","error_description":"token exchange audience x is invalid"}`)
+	})
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
+	for range 2 {
+		_, err := agent.Exchange(context.Background(), "user-token", "x", false)
+		var e *Error
+		if !errors.As(err, &e) || e.Code != "invalid_target" || e.Description != "token exchange audience x is invalid" {
+			t.Fatalf("upstream error passed on as %v", err)
+		}
+	}
+	// A 4xx is not retried, and errors are not cached: two calls, two requests.
+	if n := rec.calls.Load(); n != 2 {
+		t.Fatalf("%d upstream calls, want 2", n)
+	}
+
+	// An upstream that cannot be reached: temporarily_unavailable after retries.
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	down, _ := newTestAgent(t, "http://"+addr+"/token", clock, 0)
+	_, err := down.Exchange(context.Background(), "user-token", "x", false)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeTemporarilyUnavailable {
+		t.Fatalf("upstream down: %v", err)
+	}
+}
+
+func TestAgentCache(t *testing.T) {
+	rec := newRecorder(t, okToken(900))
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
+	ctx := context.Background()
+	get := func(sub, aud string, skip bool) *Response {
+		t.Helper()
+		res, err := agent.Exchange(ctx, sub, aud, skip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	first := get("u1", "a", false)
+	clock.Advance(100 * time.Second)
+	hit := get("u1", "a", false)
+	if hit.AccessToken != first.AccessToken || hit.ExpiresIn != 800 || rec.calls.Load() != 1 {
+		t.Fatalf("hit %+v after %d calls", hit, rec.calls.Load())
+	}
+	// Different audiences or subject tokens never share an entry.
+	if get("u1", "b", false).AccessToken == first.AccessToken || get("u2", "a", false).AccessToken == first.AccessToken {
+		t.Fatal("entries shared")
+	}
+	if rec.calls.Load() != 3 {
+		t.Fatalf("%d calls, want 3", rec.calls.Load())
+	}
+	// Skip-cache asks upstream and refreshes the entry.
+	fresh := get("u1", "a", true)
+	if fresh.AccessToken == first.AccessToken || get("u1", "a", false).AccessToken != fresh.AccessToken {
+		t.Fatal("skip_cache did not refresh")
+	}
+	// The safety margin: 900 s tokens are handed out for 780 s.
+	calls := rec.calls.Load()
+	clock.Advance(779 * time.Second)
+	get("u1", "a", false)
+	if rec.calls.Load() != calls {
+		t.Fatal("miss within the lifetime less the margin")
+	}
+	clock.Advance(2 * time.Second)
+	get("u1", "a", false)
+	if rec.calls.Load() != calls+1 {
+		t.Fatal("hit after the lifetime less the margin")
+	}
+}
+
+func TestAgentShortLivedTokens(t *testing.T) {
+	rec := newRecorder(t, okToken(60))
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
+	ctx := context.Background()
+	agent.Exchange(ctx, "u", "a", false)
+	clock.Advance(29 * time.Second)
+	if res, _ := agent.Exchange(ctx, "u", "a", false); res.ExpiresIn != 31 || rec.calls.Load() != 1 {
+		t.Fatalf("within half the lifetime: %+v, %d calls", res, rec.calls.Load())
+	}
+	clock.Advance(time.Second)
+	agent.Exchange(ctx, "u", "a", false)
+	if rec.calls.Load() != 2 {
+		t.Fatal("a 60 s token was handed out past half its lifetime")
+	}
+}
+
+func TestAgentSingleFlight(t *testing.T) {
+	release := make(chan struct{})
+	rec := newRecorder(t, func(n int64, w http.ResponseWriter, aud string) {
+		<-release
+		okToken(900)(n, w, aud)
+	})
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
+	var wg sync.WaitGroup
+	var started atomic.Int64
+	tokens := make(chan string, 200)
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started.Add(1)
+			res, err := agent.Exchange(context.Background(), "u", "a", false)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			tokens <- res.AccessToken
+		}()
+	}
+	for started.Load() < 200 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // let the last ones reach the in-flight call
+	close(release)
+	wg.Wait()
+	close(tokens)
+	if n := rec.calls.Load(); n != 1 {
+		t.Fatalf("200 concurrent identical requests made %d upstream calls", n)
+	}
+	for tok := range tokens {
+		if tok != "token-1-for-a" {
+			t.Fatalf("token %q", tok)
+		}
+	}
+}
+
+func TestAgentCacheBound(t *testing.T) {
+	rec := newRecorder(t, okToken(900))
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, _ := newTestAgent(t, rec.srv.URL, clock, 3)
+	for i := range 10 {
+		if _, err := agent.Exchange(context.Background(), "u", fmt.Sprint("aud-", i), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := agent.Len(); n > 3 {
+		t.Fatalf("%d entries, bound 3", n)
+	}
+}
+
+func TestAgentEnv(t *testing.T) {
+	key, _ := GenerateSigningKey("RS256")
+	priv, _ := MarshalPrivateKeys([]*SigningKey{key})
+	var set struct{ Keys []json.RawMessage }
+	_ = json.Unmarshal(priv, &set)
+	env := map[string]string{
+		"TOKEN_X_CLIENT_ID": "dev-gcp:team-a:app-1", "TOKEN_X_PRIVATE_JWK": string(set.Keys[0]),
+		"TOKEN_X_TOKEN_ENDPOINT": "https://tokenx.example/token", "TOKEN_X_ISSUER": "https://tokenx.example",
+		"TOKEN_X_JWKS_URI": "https://tokenx.example/jwks",
+	}
+	e, err := AgentEnvFrom(func(k string) string { return env[k] })
+	if err != nil || e.Key.ID != key.ID || e.Key.Alg != "RS256" {
+		t.Fatalf("%+v %v", e, err)
+	}
+	for _, tt := range []struct{ unset, set, value, want string }{
+		{unset: "TOKEN_X_CLIENT_ID", want: "TOKEN_X_CLIENT_ID is not set"},
+		{unset: "TOKEN_X_PRIVATE_JWK", want: "TOKEN_X_PRIVATE_JWK is not set"},
+		{set: "TOKEN_X_PRIVATE_JWK", value: `{"kty":"RSA","n":"secret-looking","e":"AQAB","d":"TOP-SECRET"}`, want: "TOKEN_X_PRIVATE_JWK is not one private JWK"},
+		{set: "TOKEN_X_TOKEN_ENDPOINT", value: "tokenx/token", want: "TOKEN_X_TOKEN_ENDPOINT is not an absolute"},
+		{unset: "TOKEN_X_JWKS_URI", want: "TOKEN_X_JWKS_URI or TOKEN_X_WELL_KNOWN_URL"},
+		{set: "IDPORTEN_ISSUER", value: "https://idporten.example/", want: "IDPORTEN_JWKS_URI or IDPORTEN_WELL_KNOWN_URL"},
+	} {
+		m := map[string]string{}
+		for k, v := range env {
+			m[k] = v
+		}
+		delete(m, tt.unset)
+		if tt.set != "" {
+			m[tt.set] = tt.value
+		}
+		_, err := AgentEnvFrom(func(k string) string { return m[k] })
+		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "TOP-SECRET") {
+			t.Errorf("%v: %v", tt, err)
+		}
+	}
+}

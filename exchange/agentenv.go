@@ -1,0 +1,86 @@
+package exchange
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+)
+
+// AgentEnv is an agent's configuration, from the environment variables NAIS
+// gives applications, so an existing NAIS application can use it as is.
+type AgentEnv struct {
+	ClientID      string      // TOKEN_X_CLIENT_ID
+	Key           *SigningKey // TOKEN_X_PRIVATE_JWK
+	TokenEndpoint string      // TOKEN_X_TOKEN_ENDPOINT
+	Issuer        string      // TOKEN_X_ISSUER
+	JWKSURI       string      // TOKEN_X_JWKS_URI, or
+	WellKnownURL  string      // TOKEN_X_WELL_KNOWN_URL
+	IDPorten      *IDPortenEnv
+	BindAddress   string // BIND_ADDRESS: the HTTP listen address
+}
+
+// IDPortenEnv is the identity provider whose tokens the application receives.
+type IDPortenEnv struct {
+	Issuer       string // IDPORTEN_ISSUER
+	JWKSURI      string // IDPORTEN_JWKS_URI, or
+	WellKnownURL string // IDPORTEN_WELL_KNOWN_URL
+	Audience     string // IDPORTEN_AUDIENCE
+}
+
+// AgentEnvFrom reads the agent's configuration. Every problem is named by
+// its variable; the private key itself never appears in an error.
+func AgentEnvFrom(getenv func(string) string) (*AgentEnv, error) {
+	var errs []error
+	need := func(name string, isURL bool) string {
+		v := getenv(name)
+		switch {
+		case v == "":
+			errs = append(errs, fmt.Errorf("%s is not set", name))
+		case isURL && !absoluteURL(v):
+			errs = append(errs, fmt.Errorf("%s is not an absolute http(s) URL", name))
+		}
+		return v
+	}
+	e := &AgentEnv{
+		ClientID:      need("TOKEN_X_CLIENT_ID", false),
+		TokenEndpoint: need("TOKEN_X_TOKEN_ENDPOINT", true),
+		Issuer:        need("TOKEN_X_ISSUER", false),
+		JWKSURI:       getenv("TOKEN_X_JWKS_URI"),
+		WellKnownURL:  getenv("TOKEN_X_WELL_KNOWN_URL"),
+		BindAddress:   getenv("BIND_ADDRESS"),
+	}
+	if jwk := getenv("TOKEN_X_PRIVATE_JWK"); jwk == "" {
+		errs = append(errs, errors.New("TOKEN_X_PRIVATE_JWK is not set"))
+	} else if keys, err := ParsePrivateKeys([]byte(`{"keys":[` + jwk + `]}`)); err != nil || len(keys) != 1 {
+		// Not wrapped: the parser's message could quote the key.
+		errs = append(errs, errors.New("TOKEN_X_PRIVATE_JWK is not one private JWK (RSA, P-256 or Ed25519) with a kid"))
+	} else {
+		e.Key = keys[0]
+	}
+	if e.JWKSURI == "" && e.WellKnownURL == "" {
+		errs = append(errs, errors.New("TOKEN_X_JWKS_URI or TOKEN_X_WELL_KNOWN_URL must be set, to introspect tokens issued to this application"))
+	}
+	for name, v := range map[string]string{"TOKEN_X_JWKS_URI": e.JWKSURI, "TOKEN_X_WELL_KNOWN_URL": e.WellKnownURL} {
+		if v != "" && !absoluteURL(v) {
+			errs = append(errs, fmt.Errorf("%s is not an absolute http(s) URL", name))
+		}
+	}
+	if iss := getenv("IDPORTEN_ISSUER"); iss != "" {
+		e.IDPorten = &IDPortenEnv{
+			Issuer: iss, JWKSURI: getenv("IDPORTEN_JWKS_URI"), WellKnownURL: getenv("IDPORTEN_WELL_KNOWN_URL"),
+			Audience: getenv("IDPORTEN_AUDIENCE"),
+		}
+		if e.IDPorten.JWKSURI == "" && e.IDPorten.WellKnownURL == "" {
+			errs = append(errs, errors.New("IDPORTEN_JWKS_URI or IDPORTEN_WELL_KNOWN_URL must be set with IDPORTEN_ISSUER"))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return e, nil
+}
+
+func absoluteURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
