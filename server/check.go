@@ -12,6 +12,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/vakt-dev/vakt/authz"
@@ -45,6 +46,9 @@ type authorizationService struct {
 // a refusal.
 func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	rt := s.cur.Load()
+	if rt.Checker == nil {
+		return nil, status.Error(codes.Unimplemented, "this vakt is an agent; Check is served by vakt serve")
+	}
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
 		return denied(authz.Decision{Status: 403, Description: "the check request carries no HTTP request"}, "", false), nil

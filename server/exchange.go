@@ -24,6 +24,13 @@ type exchangeService struct {
 }
 
 func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
+	if s.cur.Load().Agent != nil {
+		res, err := s.metrics.agentExchange(ctx, s.cur, req.GetSubjectToken(), req.GetAudience(), req.GetSkipCache())
+		if err != nil {
+			return nil, oauthGRPCError(err)
+		}
+		return &vaktv1.ExchangeResponse{AccessToken: res.AccessToken, IssuedTokenType: res.IssuedTokenType, TokenType: res.TokenType, ExpiresIn: res.ExpiresIn}, nil
+	}
 	res, err := s.metrics.exchange(ctx, s.cur, exchange.Request{
 		GrantType:           req.GetGrantType(),
 		ClientAssertionType: req.GetClientAssertionType(),

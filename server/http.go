@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 )
 
 // maxIntrospectBody caps the body of POST /api/v1/introspect.
@@ -24,6 +25,9 @@ const maxIntrospectBody = 64 << 10
 //   - GET /metrics: Prometheus metrics, when m is not nil;
 //   - GET /healthz: 200 while the server runs.
 func NewHTTPHandler(cur *Current, m *Metrics, log *slog.Logger) http.Handler {
+	if cur.Load().Agent != nil {
+		return newAgentHTTPHandler(cur, m, log)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("POST /api/v1/introspect", &introspectHandler{cur: cur, metrics: m, log: log})
 	mux.Handle("POST /token", &tokenHandler{cur: cur, metrics: m})
@@ -85,42 +89,69 @@ func (h *introspectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, body)
 }
 
-// readIntrospectRequest reads identity_provider and token from a JSON or
-// form body. Other media types get 415, bodies over 64 KiB 413, and
-// malformed bodies 400.
+// readIntrospectRequest reads identity_provider and token.
 func readIntrospectRequest(w http.ResponseWriter, r *http.Request) (provider, token string, _ *requestError) {
+	f, rerr := readFields(w, r, "identity_provider", "token")
+	if rerr != nil {
+		return "", "", rerr
+	}
+	return f["identity_provider"], f["token"], nil
+}
+
+// readFields reads the named fields from a JSON object (string or boolean
+// values) or a form body. Other media types get 415, bodies over 64 KiB 413,
+// and malformed bodies, a field of another type or a form field given twice
+// 400. Fields not named are ignored.
+func readFields(w http.ResponseWriter, r *http.Request, names ...string) (map[string]string, *requestError) {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || (mt != "application/json" && mt != "application/x-www-form-urlencoded") {
-		return "", "", &requestError{http.StatusUnsupportedMediaType, "invalid_request", "Content-Type must be application/json or application/x-www-form-urlencoded"}
+		return nil, &requestError{http.StatusUnsupportedMediaType, "invalid_request", "Content-Type must be application/json or application/x-www-form-urlencoded"}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxIntrospectBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return "", "", &requestError{http.StatusRequestEntityTooLarge, "invalid_request", "request body is larger than 64 KiB"}
+			return nil, &requestError{http.StatusRequestEntityTooLarge, "invalid_request", "request body is larger than 64 KiB"}
 		}
-		return "", "", &requestError{http.StatusBadRequest, "invalid_request", "request body could not be read"}
+		return nil, &requestError{http.StatusBadRequest, "invalid_request", "request body could not be read"}
 	}
+	out := make(map[string]string, len(names))
 	if mt == "application/json" {
-		var req struct {
-			IdentityProvider string `json:"identity_provider"`
-			Token            string `json:"token"`
+		var obj map[string]json.RawMessage
+		if err := decodeStrictJSON(body, &obj); err != nil || obj == nil {
+			return nil, &requestError{http.StatusBadRequest, "invalid_request", "request body is not a JSON object"}
 		}
-		if err := decodeStrictJSON(body, &req); err != nil {
-			return "", "", &requestError{http.StatusBadRequest, "invalid_request", "request body is not a JSON object with string fields identity_provider and token"}
+		for _, n := range names {
+			raw, ok := obj[n]
+			if !ok || string(raw) == "null" {
+				continue
+			}
+			var s string
+			var b bool
+			switch {
+			case json.Unmarshal(raw, &s) == nil:
+				out[n] = s
+			case json.Unmarshal(raw, &b) == nil:
+				out[n] = strconv.FormatBool(b)
+			default:
+				return nil, &requestError{http.StatusBadRequest, "invalid_request", n + " must be a string"}
+			}
 		}
-		return req.IdentityProvider, req.Token, nil
+		return out, nil
 	}
 	form, err := url.ParseQuery(string(body))
 	if err != nil {
-		return "", "", &requestError{http.StatusBadRequest, "invalid_request", "request body is not valid form encoding"}
+		return nil, &requestError{http.StatusBadRequest, "invalid_request", "request body is not valid form encoding"}
 	}
-	for _, name := range []string{"identity_provider", "token"} {
-		if len(form[name]) > 1 {
-			return "", "", &requestError{http.StatusBadRequest, "invalid_request", name + " is given more than once"}
+	for _, n := range names {
+		if len(form[n]) > 1 {
+			return nil, &requestError{http.StatusBadRequest, "invalid_request", n + " is given more than once"}
+		}
+		if v := form.Get(n); v != "" {
+			out[n] = v
 		}
 	}
-	return form.Get("identity_provider"), form.Get("token"), nil
+	return out, nil
 }
 
 // decodeStrictJSON decodes exactly one JSON object into v. Unknown members
@@ -141,4 +172,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// newAgentHTTPHandler serves what NAIS applications call on their agent:
+// POST /api/v1/introspect, POST /api/v1/token/exchange, GET /healthz and
+// GET /metrics.
+func newAgentHTTPHandler(cur *Current, m *Metrics, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST /api/v1/introspect", &introspectHandler{cur: cur, metrics: m, log: log})
+	mux.Handle("POST /api/v1/token/exchange", &agentExchangeHandler{cur: cur, metrics: m})
+	if m != nil {
+		mux.Handle("GET /metrics", m.Handler())
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	return mux
 }

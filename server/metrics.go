@@ -85,3 +85,19 @@ func (m *Metrics) exchange(ctx context.Context, cur *Current, req exchange.Reque
 	}
 	return res, nil
 }
+
+// agentExchange runs an agent exchange and counts it.
+func (m *Metrics) agentExchange(ctx context.Context, cur *Current, subjectToken, audience string, skipCache bool) (*exchange.Response, *exchange.Error) {
+	res, err := cur.Load().Agent.Exchange(ctx, subjectToken, audience, skipCache)
+	if err != nil {
+		e := exchange.AsError(err)
+		if m != nil {
+			m.exchanges.WithLabelValues(e.Code, e.Reason).Inc()
+		}
+		return nil, e
+	}
+	if m != nil {
+		m.exchanges.WithLabelValues("ok", "").Inc()
+	}
+	return res, nil
+}

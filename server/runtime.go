@@ -23,6 +23,8 @@ type Runtime struct {
 	Signer    *exchange.Signer
 	Authority *exchange.Authority
 	Checker   *authz.Checker
+	// Agent is set, instead of Authority, Policy and Checker, in `vakt agent`.
+	Agent *exchange.Agent
 }
 
 // Options are what a Runtime needs besides the configuration.

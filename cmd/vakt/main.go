@@ -25,6 +25,8 @@ const usage = `vakt: authorization for a service mesh
 
 Usage:
   vakt serve [--config FILE] [--log-level debug|info|warn|error] [--log-format json|text]
+  vakt agent [--grpc ADDR] [--http ADDR] [--log-level ...] [--log-format ...]
+      beside one application, configured by TOKEN_X_* and IDPORTEN_* variables
   vakt check-config FILE
   vakt keys generate [--alg RS256|ES256|EdDSA] [--add FILE]
   vakt keys promote FILE KID
@@ -50,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkConfig(args[1:], stdout, stderr)
 	case "keys":
 		return keys(args[1:], stdout, stderr)
+	case "agent":
+		return agent(args[1:], os.Getenv, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -161,4 +165,54 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	default:
 		return nil, errors.New(`--log-format: must be "json" or "text"`)
 	}
+}
+
+// agent runs `vakt agent`: token exchange and introspection for one
+// application, configured from the NAIS environment variables.
+func agent(args []string, getenv func(string) string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	grpcAddr := fs.String("grpc", "127.0.0.1:9100", "gRPC listen address")
+	httpAddr := fs.String("http", "", "HTTP listen address (default: BIND_ADDRESS, else 127.0.0.1:3000)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	format := fs.String("log-format", "json", "json or text")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		fmt.Fprintf(stderr, "vakt: %v\n", err)
+		return 2
+	}
+	env, err := exchange.AgentEnvFrom(getenv)
+	if err != nil {
+		log.Error("the agent's environment is incomplete", "error", err)
+		return 1
+	}
+	if *httpAddr == "" {
+		*httpAddr = env.BindAddress
+	}
+	if *httpAddr == "" {
+		*httpAddr = "127.0.0.1:3000"
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rt, err := server.NewAgentRuntime(ctx, env, log)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	var cur server.Current
+	cur.Store(rt)
+	ls, err := server.Listen(*grpcAddr, *httpAddr)
+	if err != nil {
+		log.Error("cannot listen", "error", err)
+		return 1
+	}
+	log.Info("agent", "client_id", env.ClientID, "token_endpoint", env.TokenEndpoint, "kid", env.Key.ID)
+	if err := server.Serve(ctx, &cur, server.NewMetrics(), ls, log); err != nil {
+		log.Error("stopped with an error", "error", err)
+		return 1
+	}
+	return 0
 }

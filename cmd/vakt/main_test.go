@@ -107,3 +107,24 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatal("HS256 key generated")
 	}
 }
+
+func TestAgentNeedsItsEnvironment(t *testing.T) {
+	var errb bytes.Buffer
+	code := agent(nil, func(name string) string {
+		if name == "TOKEN_X_PRIVATE_JWK" {
+			return `{"kty":"oct","k":"TOP-SECRET"}`
+		}
+		return ""
+	}, &errb)
+	if code != 1 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"TOKEN_X_CLIENT_ID is not set", "TOKEN_X_TOKEN_ENDPOINT is not set", "TOKEN_X_PRIVATE_JWK is not one private JWK"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("log lacks %q: %s", want, errb.String())
+		}
+	}
+	if strings.Contains(errb.String(), "TOP-SECRET") {
+		t.Fatal("the private key reached the log")
+	}
+}

@@ -35,7 +35,11 @@ type ExchangeRequest struct {
 	// The token to exchange.
 	SubjectToken string `protobuf:"bytes,5,opt,name=subject_token,json=subjectToken,proto3" json:"subject_token,omitempty"`
 	// The target application id, cluster:namespace:name.
-	Audience      string `protobuf:"bytes,6,opt,name=audience,proto3" json:"audience,omitempty"`
+	Audience string `protobuf:"bytes,6,opt,name=audience,proto3" json:"audience,omitempty"`
+	// Agent only (vakt agent): ask the token endpoint even if a cached token
+	// is still good, and cache the new one. An agent needs only subject_token,
+	// audience and this; it makes the rest itself.
+	SkipCache     bool `protobuf:"varint,7,opt,name=skip_cache,json=skipCache,proto3" json:"skip_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -110,6 +114,13 @@ func (x *ExchangeRequest) GetAudience() string {
 		return x.Audience
 	}
 	return ""
+}
+
+func (x *ExchangeRequest) GetSkipCache() bool {
+	if x != nil {
+		return x.SkipCache
+	}
+	return false
 }
 
 type ExchangeResponse struct {
@@ -188,7 +199,7 @@ var File_vakt_v1_exchange_proto protoreflect.FileDescriptor
 
 const file_vakt_v1_exchange_proto_rawDesc = "" +
 	"\n" +
-	"\x16vakt/v1/exchange.proto\x12\avakt.v1\"\xfe\x01\n" +
+	"\x16vakt/v1/exchange.proto\x12\avakt.v1\"\x9d\x02\n" +
 	"\x0fExchangeRequest\x12\x1d\n" +
 	"\n" +
 	"grant_type\x18\x01 \x01(\tR\tgrantType\x122\n" +
@@ -196,7 +207,9 @@ const file_vakt_v1_exchange_proto_rawDesc = "" +
 	"\x10client_assertion\x18\x03 \x01(\tR\x0fclientAssertion\x12,\n" +
 	"\x12subject_token_type\x18\x04 \x01(\tR\x10subjectTokenType\x12#\n" +
 	"\rsubject_token\x18\x05 \x01(\tR\fsubjectToken\x12\x1a\n" +
-	"\baudience\x18\x06 \x01(\tR\baudience\"\x9f\x01\n" +
+	"\baudience\x18\x06 \x01(\tR\baudience\x12\x1d\n" +
+	"\n" +
+	"skip_cache\x18\a \x01(\bR\tskipCache\"\x9f\x01\n" +
 	"\x10ExchangeResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12*\n" +
 	"\x11issued_token_type\x18\x02 \x01(\tR\x0fissuedTokenType\x12\x1d\n" +
