@@ -28,7 +28,7 @@ type agentEnv struct {
 }
 
 // newAgentEnv runs vakt's authority and, beside app-1, vakt agent.
-func newAgentEnv(t *testing.T) *agentEnv {
+func newAgentEnv(t testing.TB) *agentEnv {
 	x := newExchangeEnv(t, nil)
 	k := x.keys[app1]
 	env := &exchange.AgentEnv{
@@ -155,5 +155,23 @@ func TestAgentAgainstVakt(t *testing.T) {
 	st, body = a.postJSON(t, "/api/v1/introspect", map[string]any{"identity_provider": "idporten", "token": user})
 	if st != 200 || body["active"] != true || body["sub"] != "user-1" {
 		t.Fatalf("HTTP introspect at the agent: %d %v", st, body)
+	}
+}
+
+// BenchmarkAgentExchangeGRPC is the whole gRPC round trip of an agent
+// exchange on loopback, served from the agent's cache.
+func BenchmarkAgentExchangeGRPC(b *testing.B) {
+	a := newAgentEnv(b)
+	x := a.authority
+	ctx := context.Background()
+	req := &vaktv1.ExchangeRequest{SubjectToken: x.idp.Token(x.idp.Claims(time.Now(), "")), Audience: appB}
+	if _, err := a.exchange.Exchange(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := a.exchange.Exchange(ctx, req); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -45,7 +45,7 @@ type xenv struct {
 	jti       atomic.Int64
 }
 
-func newExchangeEnv(t *testing.T, replay exchange.ReplayStore) *xenv {
+func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
 	t.Helper()
 	e := &xenv{idp: idptest.NewIssuer(t, "RS256"), keys: map[string]*idptest.Key{}, metrics: NewMetrics()}
 	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
@@ -111,7 +111,7 @@ applications:
 }
 
 // assertion builds a client assertion as NAIS tells applications to.
-func (e *xenv) assertion(t *testing.T, client string, edit func(h, c map[string]any)) string {
+func (e *xenv) assertion(t testing.TB, client string, edit func(h, c map[string]any)) string {
 	k := e.keys[client]
 	if k == nil {
 		k = e.keys[app1] // a client without keys signs with someone's
@@ -129,7 +129,7 @@ func (e *xenv) assertion(t *testing.T, client string, edit func(h, c map[string]
 	return idptest.Sign(t, k, k.Alg, h, c)
 }
 
-func (e *xenv) request(t *testing.T, edit func(r *exchange.Request)) exchange.Request {
+func (e *xenv) request(t testing.TB, edit func(r *exchange.Request)) exchange.Request {
 	r := exchange.Request{
 		GrantType:           exchange.GrantTypeTokenExchange,
 		ClientAssertionType: exchange.ClientAssertionTypeJWT,
