@@ -36,7 +36,7 @@ func TestExamplesLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Listen.GRPC != "127.0.0.1:9000" || len(d.Applications) != 3 {
+	if d.Listen.GRPC != "127.0.0.1:9000" || len(d.Applications) != 4 {
 		t.Fatalf("development default: %+v", d)
 	}
 }

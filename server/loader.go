@@ -8,6 +8,7 @@ import (
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/devidp"
 )
 
 // Loader builds runtimes from a configuration file and the signing keys
@@ -21,14 +22,32 @@ type Loader struct {
 	Ephemeral *exchange.Signer
 	Replay    exchange.ReplayStore
 	Logger    *slog.Logger
+	// Issuer, when set, replaces the default configuration's issuer (vakt
+	// demo listens on free ports).
+	Issuer string
+	// DevIDP is added as identity provider "idporten" to the embedded
+	// default only: a configuration file can never enable it.
+	DevIDP *devidp.IDP
 }
 
 // Config loads and validates the configuration.
 func (l *Loader) Config() (*config.Config, error) {
-	if l.ConfigPath == "" {
-		return config.Load(l.Default, ".")
+	if l.ConfigPath != "" {
+		return config.LoadFile(l.ConfigPath)
 	}
-	return config.LoadFile(l.ConfigPath)
+	cfg, err := config.Load(l.Default, ".")
+	if err != nil {
+		return nil, err
+	}
+	if l.Issuer != "" {
+		cfg.Issuer = l.Issuer
+	}
+	if l.DevIDP != nil {
+		cfg.IdentityProviders = append(cfg.IdentityProviders, config.IdentityProvider{
+			Name: devidp.Name, Issuer: l.DevIDP.Issuer(), WellKnownURL: l.DevIDP.WellKnownURL(),
+		})
+	}
+	return cfg, nil
 }
 
 // Files are the files whose change calls for a reload.

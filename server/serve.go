@@ -35,12 +35,27 @@ func Listen(grpcAddr, httpAddr string) (*Listeners, error) {
 	return &Listeners{GRPC: g, HTTP: h}, nil
 }
 
+// Mount adds a handler to the HTTP server at a path prefix.
+type Mount struct {
+	Prefix  string
+	Handler http.Handler
+}
+
 // Serve serves gRPC and HTTP on ls until ctx ends, then stops gracefully:
 // health turns NOT_SERVING, in-flight requests get shutdownGrace to finish.
-func Serve(ctx context.Context, cur *Current, m *Metrics, ls *Listeners, log *slog.Logger) error {
+func Serve(ctx context.Context, cur *Current, m *Metrics, ls *Listeners, log *slog.Logger, mounts ...Mount) error {
 	gs, hs := NewGRPCServer(cur, m, log)
+	handler := NewHTTPHandler(cur, m, log)
+	if len(mounts) > 0 {
+		mux := http.NewServeMux()
+		mux.Handle("/", handler)
+		for _, mt := range mounts {
+			mux.Handle(mt.Prefix+"/", mt.Handler)
+		}
+		handler = mux
+	}
 	httpSrv := &http.Server{
-		Handler:           NewHTTPHandler(cur, m, log),
+		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      15 * time.Second,

@@ -18,6 +18,7 @@ import (
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/deploy/examples"
 	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/server"
 )
 
@@ -27,6 +28,9 @@ Usage:
   vakt serve [--config FILE] [--log-level debug|info|warn|error] [--log-format json|text]
   vakt agent [--grpc ADDR] [--http ADDR] [--log-level ...] [--log-format ...]
       beside one application, configured by TOKEN_X_* and IDPORTEN_* variables
+  vakt demo                 the whole flow, step by step, on the development defaults
+  vakt assertion --key FILE --client ID --audience URL
+      print a client assertion (RFC 7523) signed with a private JWK
   vakt check-config FILE
   vakt keys generate [--alg RS256|ES256|EdDSA] [--add FILE]
   vakt keys promote FILE KID
@@ -54,6 +58,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return keys(args[1:], stdout, stderr)
 	case "agent":
 		return agent(args[1:], os.Getenv, stderr)
+	case "assertion":
+		return assertion(args[1:], stdout, stderr)
+	case "demo":
+		return demo(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -97,8 +105,17 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("configuration is invalid", "file", *cfgPath, "error", err)
 		return 1
 	}
+	var mounts []server.Mount
 	if *cfgPath == "" {
-		log.Warn("running on the embedded development configuration (deploy/examples/vakt.yaml): example applications, an ephemeral signing key; not for production")
+		log.Warn("running on the embedded development configuration (deploy/examples/vakt.yaml): example applications with public demo keys, an ephemeral signing key; not for production")
+		idp, err := devidp.New(cfg.Issuer, nil)
+		if err != nil {
+			log.Error("development identity provider", "error", err)
+			return 1
+		}
+		loader.DevIDP = idp
+		mounts = append(mounts, server.Mount{Prefix: devidp.PathPrefix, Handler: idp.Handler()})
+		log.Warn(idp.String())
 	}
 	if cfg.Signing.KeysFile == "" {
 		if loader.Ephemeral, err = newEphemeralSigner(cfg, log); err != nil {
@@ -115,6 +132,14 @@ func serve(args []string, stderr io.Writer) int {
 		log.Info("client assertion ids are kept in Redis", "address", r.Address)
 	}
 
+	// Listen before building: key sets start fetching at once, and a fetch
+	// from vakt's own HTTP port (the development identity provider) must
+	// wait in the accept queue rather than be refused.
+	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP)
+	if err != nil {
+		log.Error("cannot listen", "error", err)
+		return 1
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var cur server.Current
@@ -127,12 +152,7 @@ func serve(args []string, stderr io.Writer) int {
 	if _, err := reloader.Watch(ctx); err != nil {
 		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
 	}
-	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP)
-	if err != nil {
-		log.Error("cannot listen", "error", err)
-		return 1
-	}
-	if err := server.Serve(ctx, &cur, metrics, ls, log); err != nil {
+	if err := server.Serve(ctx, &cur, metrics, ls, log, mounts...); err != nil {
 		log.Error("stopped with an error", "error", err)
 		return 1
 	}

@@ -128,3 +128,19 @@ func TestAgentNeedsItsEnvironment(t *testing.T) {
 		t.Fatal("the private key reached the log")
 	}
 }
+
+// The demo is a smoke test of the whole flow: it must pass every step.
+func TestDemo(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"demo"}, &out, &errb); code != 0 {
+		t.Fatalf("vakt demo exited %d:\n%s\n%s", code, out.String(), errb.String())
+	}
+	for _, want := range []string{"== 6.", "every step gave the expected answer", "invalid_target", "insufficient_scope", `"token is expired"`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(out.String(), "✗") {
+		t.Fatalf("a step failed:\n%s", out.String())
+	}
+}

@@ -8,3 +8,12 @@ import _ "embed"
 //
 //go:embed vakt.yaml
 var Development []byte
+
+// App1Key and App3Key are the demo private keys of app-1 and app-3 (single
+// JWKs). They are public: see keys/README.md.
+var (
+	//go:embed keys/app-1.jwk
+	App1Key []byte
+	//go:embed keys/app-3.jwk
+	App3Key []byte
+)
