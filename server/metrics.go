@@ -72,23 +72,16 @@ func (m *Metrics) introspected(active bool) {
 // exchange runs an exchange on the runtime in force and counts it: the one
 // path both the gRPC and the HTTP adapter take.
 func (m *Metrics) exchange(ctx context.Context, cur *Current, req exchange.Request) (*exchange.Response, *exchange.Error) {
-	res, err := cur.Load().Authority.Exchange(ctx, req)
-	if err != nil {
-		e := exchange.AsError(err)
-		if m != nil {
-			m.exchanges.WithLabelValues(e.Code, e.Reason).Inc()
-		}
-		return nil, e
-	}
-	if m != nil {
-		m.exchanges.WithLabelValues("ok", "").Inc()
-	}
-	return res, nil
+	return m.countExchange(cur.Load().Authority.Exchange(ctx, req))
 }
 
 // agentExchange runs an agent exchange and counts it.
 func (m *Metrics) agentExchange(ctx context.Context, cur *Current, subjectToken, audience string, skipCache bool) (*exchange.Response, *exchange.Error) {
-	res, err := cur.Load().Agent.Exchange(ctx, subjectToken, audience, skipCache)
+	return m.countExchange(cur.Load().Agent.Exchange(ctx, subjectToken, audience, skipCache))
+}
+
+// countExchange counts an exchange's outcome and types its error.
+func (m *Metrics) countExchange(res *exchange.Response, err error) (*exchange.Response, *exchange.Error) {
 	if err != nil {
 		e := exchange.AsError(err)
 		if m != nil {

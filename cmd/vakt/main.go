@@ -88,12 +88,11 @@ func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "configuration file (default: the embedded development configuration)")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	format := fs.String("log-format", "json", "json or text")
+	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := logger()
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt: %v\n", err)
 		return 2
@@ -171,6 +170,14 @@ func newEphemeralSigner(cfg *config.Config, log *slog.Logger) (*exchange.Signer,
 	return exchange.NewSigner(key)
 }
 
+// logFlags adds --log-level and --log-format to fs; the returned function,
+// called after parsing, makes the logger they describe.
+func logFlags(fs *flag.FlagSet, w io.Writer) func() (*slog.Logger, error) {
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	format := fs.String("log-format", "json", "json or text")
+	return func() (*slog.Logger, error) { return newLogger(w, *level, *format) }
+}
+
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
@@ -194,12 +201,11 @@ func agent(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	grpcAddr := fs.String("grpc", "127.0.0.1:9100", "gRPC listen address")
 	httpAddr := fs.String("http", "", "HTTP listen address (default: BIND_ADDRESS, else 127.0.0.1:3000)")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
-	format := fs.String("log-format", "json", "json or text")
+	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := logger()
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt: %v\n", err)
 		return 2
