@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/deploy/examples"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/devidp"
 )
@@ -33,7 +34,11 @@ type Loader struct {
 // Config loads and validates the configuration.
 func (l *Loader) Config() (*config.Config, error) {
 	if l.ConfigPath != "" {
-		return config.LoadFile(l.ConfigPath)
+		cfg, err := config.LoadFile(l.ConfigPath)
+		if err == nil {
+			l.warnDemoKeys(cfg)
+		}
+		return cfg, err
 	}
 	cfg, err := config.Load(l.Default, ".")
 	if err != nil {
@@ -48,6 +53,20 @@ func (l *Loader) Config() (*config.Config, error) {
 		})
 	}
 	return cfg, nil
+}
+
+// warnDemoKeys says, loudly, when a configuration file trusts one of the
+// example applications' demo keys, whose private halves anyone can read.
+func (l *Loader) warnDemoKeys(cfg *config.Config) {
+	for i := range cfg.Applications {
+		a := &cfg.Applications[i]
+		for _, kid := range examples.DemoKeyIDs() {
+			if _, ok := a.Keys.Lookup(kid); ok {
+				l.Logger.Warn("an application trusts a public demo key from deploy/examples/keys: anyone can act as it; give it its own keys",
+					"application", a.ID(), "kid", kid)
+			}
+		}
+	}
 }
 
 // Files are the files whose change calls for a reload.

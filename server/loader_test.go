@@ -1,10 +1,12 @@
 package server
 
 import (
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/vakt-dev/vakt/deploy/examples"
@@ -30,13 +32,20 @@ func TestDevIDPOnlyOnTheDefault(t *testing.T) {
 	if err := os.WriteFile(file, examples.Development, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	fromFile := &Loader{ConfigPath: file, DevIDP: idp, Logger: quiet}
+	var logs strings.Builder
+	fromFile := &Loader{ConfigPath: file, DevIDP: idp, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	cfg, err = fromFile.Config()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(cfg.IdentityProviders) != 0 {
 		t.Fatalf("a configuration file got the development identity provider: %+v", cfg.IdentityProviders)
+	}
+	// The copied file trusts the public demo keys: vakt says so.
+	for _, app := range []string{"dev-gcp:team-a:app-1", "dev-gcp:team-c:app-3"} {
+		if !strings.Contains(logs.String(), "public demo key") || !strings.Contains(logs.String(), app) {
+			t.Fatalf("no warning for %s: %s", app, logs.String())
+		}
 	}
 }
 

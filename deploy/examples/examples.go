@@ -2,7 +2,10 @@
 // configuration `vakt serve` runs on when given none.
 package examples
 
-import _ "embed"
+import (
+	_ "embed"
+	"encoding/json"
+)
 
 // Development is the embedded development default.
 //
@@ -17,3 +20,18 @@ var (
 	//go:embed keys/app-3.jwk
 	App3Key []byte
 )
+
+// DemoKeyIDs returns the kids of the public demo keys, so that vakt can warn
+// when a configuration file trusts one.
+func DemoKeyIDs() []string {
+	var ids []string
+	for _, k := range [][]byte{App1Key, App3Key} {
+		var jwk struct {
+			Kid string `json:"kid"`
+		}
+		if json.Unmarshal(k, &jwk) == nil && jwk.Kid != "" {
+			ids = append(ids, jwk.Kid)
+		}
+	}
+	return ids
+}
