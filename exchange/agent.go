@@ -302,15 +302,16 @@ func (a *Agent) Exchange(ctx context.Context, subjectToken, audience string, ski
 // others waiting on the same key.
 func (a *Agent) fetch(ctx context.Context, key [32]byte, call *agentCall, subjectToken, audience string) {
 	res, err := a.upstream.Exchange(context.WithoutCancel(ctx), subjectToken, audience)
+	now := a.now() // the entry's times count from the answer
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.inflight, key)
 	call.res, call.err = res, err
-	close(call.done)
+	// Store before waking the waiters: what they do next sees the entry.
+	defer close(call.done)
 	if err != nil {
 		return // errors are never cached
 	}
-	now := a.now()
 	lifetime := time.Duration(res.ExpiresIn) * time.Second
 	margin := a.margin
 	if lifetime <= 2*time.Minute {
