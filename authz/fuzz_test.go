@@ -154,3 +154,26 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseKeySet: whatever a JWKS endpoint returns, parsing never panics,
+// and every key it keeps can verify with at least one algorithm.
+func FuzzParseKeySet(f *testing.F) {
+	k := idptest.NewKey(f, "k1", "ES256")
+	r := idptest.NewKey(f, "r1", "RS256")
+	f.Add([]byte(idptest.JSON(f, map[string]any{"keys": []any{k.JWK(f), r.JWK(f)}})))
+	f.Add([]byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`))
+	f.Add([]byte(`{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}`))
+	f.Add([]byte(`{"keys":null}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		set, _, err := ParseKeySet(data)
+		if err != nil {
+			return
+		}
+		for kid, key := range set.byID {
+			if len(key.algs) == 0 || key.ID != kid {
+				t.Fatalf("key %q kept with algs %v", kid, key.algs)
+			}
+		}
+	})
+}
