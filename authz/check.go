@@ -3,7 +3,6 @@ package authz
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 )
@@ -92,9 +91,6 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 	v := c.Validator
 	claims, provider, hit, err := v.cachedByIssuer(token)
 	if !hit {
-		if len(token) > v.maxSize {
-			return deny(401, CheckInvalidToken, fmt.Sprintf("%v: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize))
-		}
 		if !validB64Token(token) {
 			return deny(400, CheckInvalidRequest, ErrBadAuthorization.Error())
 		}

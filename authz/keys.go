@@ -86,7 +86,7 @@ func ParseKeySet(data []byte) (set *KeySet, skipped []error, err error) {
 		return nil, nil, errors.New(`key set has no "keys" array`)
 	}
 	set = &KeySet{byID: make(map[string]*Key, len(doc.Keys))}
-	var unnamed int
+	var unnamed []*Key
 	for i, raw := range doc.Keys {
 		k, err := parseKey(raw)
 		if errors.Is(err, errPrivateKey) {
@@ -97,21 +97,24 @@ func ParseKeySet(data []byte) (set *KeySet, skipped []error, err error) {
 			continue
 		}
 		if k.ID == "" {
-			unnamed++
+			unnamed = append(unnamed, k)
+			continue
 		}
 		if _, dup := set.byID[k.ID]; dup {
 			return nil, nil, fmt.Errorf("keys[%d]: kid %q appears twice", i, k.ID)
 		}
 		set.byID[k.ID] = k
 	}
-	if len(set.byID) == 1 {
+	switch {
+	case len(unnamed) == 1 && len(set.byID) == 0:
+		set.byID[""], set.only = unnamed[0], unnamed[0]
+	case len(unnamed) > 0:
+		// A key without kid in a set of several could never be chosen.
+		skipped = append(skipped, fmt.Errorf("%d key(s) without kid in a set of several cannot be selected", len(unnamed)))
+	case len(set.byID) == 1:
 		for _, k := range set.byID {
 			set.only = k
 		}
-	} else if unnamed > 0 {
-		// A key without kid in a larger set could never be chosen.
-		delete(set.byID, "")
-		skipped = append(skipped, errors.New("a key without kid in a set of several keys cannot be selected"))
 	}
 	return set, skipped, nil
 }

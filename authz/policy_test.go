@@ -57,3 +57,40 @@ func TestScopes(t *testing.T) {
 		}
 	}
 }
+
+func TestParseKeySetKids(t *testing.T) {
+	jwk := func(kid string) string {
+		s := `{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"`
+		if kid != "" {
+			s += `,"kid":"` + kid + `"`
+		}
+		return s + "}"
+	}
+	for _, tt := range []struct {
+		name, set string
+		keys      int
+		skipped   int
+		err       bool
+		only      bool
+	}{
+		{"one key without kid", `{"keys":[` + jwk("") + `]}`, 1, 0, false, true},
+		{"one key with kid", `{"keys":[` + jwk("a") + `]}`, 1, 0, false, true},
+		{"two keys without kid", `{"keys":[` + jwk("") + `,` + jwk("") + `]}`, 0, 1, false, false},
+		{"named and unnamed", `{"keys":[` + jwk("a") + `,` + jwk("") + `]}`, 1, 1, false, false},
+		{"two named", `{"keys":[` + jwk("a") + `,` + jwk("b") + `]}`, 2, 0, false, false},
+		{"kid twice", `{"keys":[` + jwk("a") + `,` + jwk("a") + `]}`, 0, 0, true, false},
+		{"symmetric key", `{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}`, 0, 1, false, false},
+	} {
+		set, skipped, err := ParseKeySet([]byte(tt.set))
+		if (err != nil) != tt.err {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if err != nil {
+			continue
+		}
+		_, only := set.Lookup("")
+		if set.Len() != tt.keys || len(skipped) != tt.skipped || only != tt.only {
+			t.Errorf("%s: %d keys, %d skipped, single %v", tt.name, set.Len(), len(skipped), only)
+		}
+	}
+}

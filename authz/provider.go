@@ -97,12 +97,18 @@ func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxS
 	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(p.algorithms, pt.alg) {
-		return nil, fmt.Errorf("%w: %q", ErrAlgorithmNotAllowed, pt.alg)
-	}
 	c, err := parseClaims(pt.payload)
 	if err != nil {
 		return nil, err
+	}
+	return p.verifyParsed(ctx, pt, c, now)
+}
+
+// verifyParsed is verify from step 2 on, for a token already parsed (steps
+// 1 and 3), so that choosing the provider by iss costs no second parse.
+func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims, now time.Time) (*Claims, error) {
+	if !slices.Contains(p.algorithms, pt.alg) {
+		return nil, fmt.Errorf("%w: %q", ErrAlgorithmNotAllowed, pt.alg)
 	}
 	if c.Issuer != p.issuer {
 		return nil, ErrIssuerNotTrusted

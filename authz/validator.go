@@ -104,20 +104,15 @@ func (v *Validator) Validate(ctx context.Context, provider, token string) (*Clai
 // It returns the provider too. A token whose iss no provider has is
 // ErrIssuerNotTrusted.
 func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
-	if len(token) > v.maxSize {
-		return nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
-	}
-	if v.cache != nil {
-		if c, p, ok, err := v.cached(token, nil); ok {
-			return c, p, err
-		}
+	if c, p, ok, err := v.cachedByIssuer(token); ok {
+		return c, p, err
 	}
 	return v.verifyByIssuer(ctx, token)
 }
 
-// verifyByIssuer is ValidateByIssuer after a cache miss.
+// verifyByIssuer is ValidateByIssuer after a cache miss. The token is
+// parsed once: its iss chooses whose keys verify it.
 func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
-	// Read iss before verifying, only to choose whose keys verify.
 	pt, err := parseCompact(token, v.maxSize)
 	if err != nil {
 		return nil, nil, err
@@ -131,7 +126,7 @@ func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, 
 		return nil, nil, ErrIssuerNotTrusted
 	}
 	now := v.now()
-	if c, err = p.verify(ctx, token, now, v.maxSize); err != nil {
+	if c, err = p.verifyParsed(ctx, pt, c, now); err != nil {
 		return nil, nil, err
 	}
 	v.store(token, p, c, now)
@@ -142,11 +137,10 @@ func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*C
 	if len(token) > v.maxSize {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
 	}
-	if v.cache == nil {
-		return p.verify(ctx, token, v.now(), v.maxSize)
-	}
-	if c, _, ok, err := v.cached(token, p); ok {
-		return c, err
+	if v.cache != nil {
+		if c, _, ok, err := v.cached(token, p); ok {
+			return c, err
+		}
 	}
 	now := v.now()
 	c, err := p.verify(ctx, token, now, v.maxSize)
@@ -195,9 +189,14 @@ func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider
 	return e.claims, e.provider, true, nil
 }
 
-// cachedByIssuer is the cache half of ValidateByIssuer, for the Checker.
+// cachedByIssuer is the cache half of ValidateByIssuer, for the Checker. A
+// token over the size limit is a "hit" with ErrTooLarge: it is refused
+// before anything is hashed or parsed.
 func (v *Validator) cachedByIssuer(token string) (*Claims, *Provider, bool, error) {
-	if v.cache == nil || len(token) > v.maxSize {
+	if len(token) > v.maxSize {
+		return nil, nil, true, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
+	}
+	if v.cache == nil {
 		return nil, nil, false, nil
 	}
 	return v.cached(token, nil)

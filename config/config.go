@@ -223,6 +223,19 @@ func keySetFromYAML(v any) (*authz.KeySet, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, _, err := authz.ParseKeySet(b)
-	return set, err
+	return strictKeySet(b)
+}
+
+// strictKeySet parses an application's own key set. A key vakt cannot use
+// is an error here, not a warning: an operator wrote it, and a key dropped
+// without a word would leave the application unable to authenticate.
+func strictKeySet(b []byte) (*authz.KeySet, error) {
+	set, skipped, err := authz.ParseKeySet(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(skipped) > 0 {
+		return nil, errors.Join(skipped...)
+	}
+	return set, nil
 }

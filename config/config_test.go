@@ -139,3 +139,10 @@ func TestCheckFieldsRejected(t *testing.T) {
 		})
 	}
 }
+
+func TestUnusableApplicationKeyIsAnError(t *testing.T) {
+	_, err := config.Load([]byte(base+"applications:\n  - name: a\n    namespace: n\n    jwks: {\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\", \"kid\": \"h\"}]}\n"), t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "applications[0].jwks") || !strings.Contains(err.Error(), "keys[0]") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -354,7 +354,7 @@ func (v *validator) keys(at string, a *Application, dir string) {
 			v.fail(at+".jwksFile", "%v", errors.Unwrap(err))
 			return
 		}
-		set, _, err := authz.ParseKeySet(data)
+		set, err := strictKeySet(data)
 		if err != nil {
 			v.fail(at+".jwksFile", "%s: %v", a.JWKSFile, err)
 			return

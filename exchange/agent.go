@@ -179,6 +179,7 @@ func (u *Upstream) attempt(ctx context.Context, subjectToken, audience string) (
 
 // Cache defaults, as the NAIS documentation advises.
 const (
+	maxCachedSeconds      = 24 * 60 * 60
 	DefaultAgentCacheSize = 262_144
 	DefaultSafetyMargin   = 120 * time.Second
 )
@@ -312,7 +313,9 @@ func (a *Agent) fetch(ctx context.Context, key [32]byte, call *agentCall, subjec
 	if err != nil {
 		return // errors are never cached
 	}
-	lifetime := time.Duration(res.ExpiresIn) * time.Second
+	// Cached 24 h at most: an absurd expires_in must neither overflow the
+	// arithmetic nor pin a token for years.
+	lifetime := time.Duration(min(res.ExpiresIn, maxCachedSeconds)) * time.Second
 	margin := a.margin
 	if lifetime <= 2*time.Minute {
 		margin = lifetime / 2

@@ -319,3 +319,24 @@ func TestAgentEnv(t *testing.T) {
 		}
 	}
 }
+
+// An absurd expires_in is passed on, but cached 24 hours at most.
+func TestAgentHugeLifetime(t *testing.T) {
+	rec := newRecorder(t, func(n int64, w http.ResponseWriter, aud string) {
+		fmt.Fprintf(w, `{"access_token":"t%d","token_type":"Bearer","expires_in":9223372036854775807}`, n)
+	})
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
+	ctx := context.Background()
+	if _, err := agent.Exchange(ctx, "u", "a", false); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour)
+	if res, err := agent.Exchange(ctx, "u", "a", false); err != nil || res.AccessToken != "t1" {
+		t.Fatalf("within a day: %v %v", res, err)
+	}
+	clock.Advance(24 * time.Hour)
+	if res, err := agent.Exchange(ctx, "u", "a", false); err != nil || res.AccessToken != "t2" {
+		t.Fatalf("after a day the token must be fetched again: %v %v", res, err)
+	}
+}

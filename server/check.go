@@ -252,7 +252,12 @@ func denied(d authz.Decision, realm string, grpcCall bool) *authv3.CheckResponse
 	add("content-type", "application/json")
 	body := map[string]string{"error": d.Error, "error_description": d.Description}
 	if d.Error == "" {
-		body["error"] = map[int]string{401: "unauthorized", 403: "forbidden"}[d.Status]
+		switch d.Status {
+		case 401:
+			body["error"] = "unauthorized"
+		case 403:
+			body["error"] = "forbidden"
+		}
 	}
 	if d.Scope != "" {
 		body["scope"] = d.Scope

@@ -53,34 +53,9 @@ func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
 		t.Fatal(err)
 	}
 	e.issuer = "http://" + ls.HTTP.Addr().String()
-	jwks := func(id, alg string) string {
-		k := idptest.NewKey(t, "client-key-1", alg)
-		e.keys[id] = k
-		return idptest.JSON(t, map[string]any{"keys": []any{k.JWK(t)}})
-	}
-	yaml := `issuer: ` + e.issuer + `
-cluster: dev-gcp
-identityProviders:
-  - name: idporten
-    issuer: ` + e.idp.URL + `
-    jwksUri: ` + e.idp.JWKSURI() + `
-applications:
-  - name: app-1
-    namespace: team-a
-    jwks: ` + jwks(app1, "RS256") + `
-  - name: app-2
-    namespace: team-a
-  - name: app-3
-    namespace: team-c
-    jwks: ` + jwks(app3, "ES256") + `
-  - name: app-b
-    namespace: team-b
-    accessPolicy:
-      inbound:
-        rules:
-          - application: app-1
-            namespace: team-a
-`
+	e.keys[app1] = idptest.NewKey(t, "client-key-1", "RS256")
+	e.keys[app3] = idptest.NewKey(t, "client-key-1", "ES256")
+	yaml := exchangeYAML(t, e)
 	cfg, err := config.Load([]byte(yaml), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -212,13 +187,7 @@ func TestExchange(t *testing.T) {
 	e := newExchangeEnv(t, nil)
 	now := time.Now()
 	replayed := e.assertion(t, app1, nil)
-	own := func(aud string) string { // a token vakt issued to aud
-		k := e.cur.Load().Signer.Keys()[0]
-		ik := &idptest.Key{ID: k.ID, Alg: k.Alg, Private: k.Private}
-		return idptest.Sign(t, ik, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, map[string]any{
-			"iss": e.issuer, "sub": "user-1", "aud": aud, "idp": "https://idporten.example/", "exp": now.Add(time.Minute).Unix(),
-		})
-	}
+	own := func(aud string) string { return e.ownToken(t, aud, "https://idporten.example/") }
 	hs256 := idptest.Segment(t, `{"alg":"HS256","kid":"client-key-1"}`) + "." + idptest.Segment(t, map[string]any{"iss": app1, "sub": app1, "exp": now.Add(time.Minute).Unix()}) + ".c2ln"
 	tests := []struct {
 		name string
@@ -303,7 +272,11 @@ func TestExchange(t *testing.T) {
 					if got.code != "" {
 						t.Fatalf("refused: %s: %s", got.code, got.description)
 					}
-					e.checkIssued(t, got, app1, appB)
+					idp := e.idp.URL // the subject token's issuer
+					if tt.name == "vakt's own token issued to the caller" {
+						idp = "https://idporten.example/" // the subject token's own idp
+					}
+					e.checkIssued(t, got, app1, appB, idp)
 					return
 				}
 				if got.code != tt.code || !strings.HasPrefix(got.description, tt.desc) {
@@ -323,7 +296,7 @@ func TestExchange(t *testing.T) {
 
 // checkIssued verifies an issued token: Introspect as tokenx accepts it and
 // its claims are the subject's plus vakt's.
-func (e *xenv) checkIssued(t *testing.T, got outcome, client, target string) map[string]any {
+func (e *xenv) checkIssued(t *testing.T, got outcome, client, target, idp string) map[string]any {
 	t.Helper()
 	if got.expiresIn != 900 {
 		t.Fatalf("expires_in %d", got.expiresIn)
@@ -336,8 +309,8 @@ func (e *xenv) checkIssued(t *testing.T, got outcome, client, target string) map
 	if c["iss"] != e.issuer || c["aud"] != target || c["client_id"] != client || c["sub"] != "user-1" || c["jti"] == "" {
 		t.Fatalf("claims %v", c)
 	}
-	if c["idp"] != e.idp.URL && c["idp"] != "https://idporten.example/" {
-		t.Fatalf("idp %v", c["idp"])
+	if c["idp"] != idp {
+		t.Fatalf("idp %v, want %s", c["idp"], idp)
 	}
 	if exp, iat := c["exp"].(float64), c["iat"].(float64); exp-iat != 900 || c["nbf"] != c["iat"] {
 		t.Fatalf("times %v", c)
@@ -359,16 +332,36 @@ func idptestHeader(tok string) (map[string]any, error) {
 	return h, json.Unmarshal(b, &h)
 }
 
-// A chain keeps the first identity provider: idp is not overwritten.
+// ownToken is a token vakt issued to aud, as an earlier exchange would have,
+// carrying the identity provider of the original login as idp.
+func (e *xenv) ownToken(t testing.TB, aud, idp string) string {
+	k := e.cur.Load().Signer.Keys()[0]
+	ik := &idptest.Key{ID: k.ID, Alg: k.Alg, Private: k.Private}
+	return idptest.Sign(t, ik, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, map[string]any{
+		"iss": e.issuer, "sub": "user-1", "aud": aud, "client_id": "dev-gcp:team-x:first-hop", "idp": idp,
+		"exp": time.Now().Add(time.Minute).Unix(),
+	})
+}
+
+// idp names the original identity provider: the subject token's issuer on
+// the first hop, and unchanged along a chain of exchanges (not vakt's own
+// issuer, which is the iss of every token after the first).
 func TestExchangeChainKeepsIdp(t *testing.T) {
 	e := newExchangeEnv(t, nil)
 	first := e.viaGRPC(t, e.request(t, nil))
 	if first.code != "" {
 		t.Fatal(first.description)
 	}
-	c := e.checkIssued(t, first, app1, appB)
-	if c["idp"] != e.idp.URL {
-		t.Fatalf("idp %v, want %s", c["idp"], e.idp.URL)
+	e.checkIssued(t, first, app1, appB, e.idp.URL)
+
+	const original = "https://login.original.example/"
+	second := e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.SubjectToken = e.ownToken(t, app1, original) }))
+	if second.code != "" {
+		t.Fatal(second.description)
+	}
+	c := e.checkIssued(t, second, app1, appB, original)
+	if c["client_id"] != app1 {
+		t.Fatalf("client_id %v: the caller of this hop, not of the first", c["client_id"])
 	}
 }
 
@@ -542,7 +535,7 @@ func TestExchangeClientKeysFromURL(t *testing.T) {
 	if got.code != "" {
 		t.Fatalf("client with jwksUri: %s %s", got.code, got.description)
 	}
-	e.checkIssued(t, got, app4, appB)
+	e.checkIssued(t, got, app4, appB, e.idp.URL)
 	// Another key, not published: refused.
 	e.keys[app4] = idptest.NewKey(t, published.Key().ID, "ES256")
 	if got := e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app4, nil) })); got.code != "invalid_client" {

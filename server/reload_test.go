@@ -72,8 +72,8 @@ func newRotationEnv(t *testing.T) *rotationEnv {
 }
 
 // exchangeYAML is the configuration newExchangeEnv serves, with the
-// client keys it made.
-func exchangeYAML(t *testing.T, x *xenv) string {
+// client keys in x.keys.
+func exchangeYAML(t testing.TB, x *xenv) string {
 	t.Helper()
 	jwks := func(id string) string {
 		return idptest.JSON(t, map[string]any{"keys": []any{x.keys[id].JWK(t)}})
@@ -88,6 +88,8 @@ applications:
   - name: app-1
     namespace: team-a
     jwks: ` + jwks(app1) + `
+  - name: app-2
+    namespace: team-a
   - name: app-3
     namespace: team-c
     jwks: ` + jwks(app3) + `
