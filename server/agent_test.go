@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net/http"
 	"testing"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -53,7 +51,7 @@ func newAgentEnv(t testing.TB) *agentEnv {
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, cur, NewMetrics(), ls, quiet) }()
 	t.Cleanup(func() { cancel(); <-done })
-	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), testDialOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +64,7 @@ func newAgentEnv(t testing.TB) *agentEnv {
 
 func (a *agentEnv) postJSON(t *testing.T, path string, body any) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.Post(a.http+path, "application/json", bytes.NewReader([]byte(idptest.JSON(t, body))))
+	resp, err := testHTTP.Post(a.http+path, "application/json", bytes.NewReader([]byte(idptest.JSON(t, body))))
 	if err != nil {
 		t.Fatal(err)
 	}

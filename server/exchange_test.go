@@ -17,7 +17,6 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/vakt-dev/vakt/config"
@@ -75,7 +74,7 @@ func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, e.cur, e.metrics, ls, quiet) }()
 	t.Cleanup(func() { cancel(); <-done })
-	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), testDialOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +154,7 @@ func (e *xenv) viaHTTP(t *testing.T, r exchange.Request) outcome {
 			form.Set(k, v)
 		}
 	}
-	resp, err := http.PostForm(e.issuer+"/token", form)
+	resp, err := testHTTP.PostForm(e.issuer+"/token", form)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +385,7 @@ func TestExchangeReplayStoreDown(t *testing.T) {
 func TestMetadataAndJWKS(t *testing.T) {
 	e := newExchangeEnv(t, nil)
 	get := func(path string) map[string]any {
-		resp, err := http.Get(e.issuer + path)
+		resp, err := testHTTP.Get(e.issuer + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -453,7 +452,7 @@ func TestTokenEndpointRequestErrors(t *testing.T) {
 	post := func(ct, body, query string) (int, map[string]any) {
 		req, _ := http.NewRequest(http.MethodPost, e.issuer+"/token"+query, strings.NewReader(body))
 		req.Header.Set("Content-Type", ct)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testHTTP.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -489,7 +488,7 @@ func TestExchangeMetrics(t *testing.T) {
 	e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.Audience = "dev-gcp:team-b:nobody" }))
 	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app3, nil) }))
 	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = "x" }))
-	resp, err := http.Get(e.issuer + "/metrics")
+	resp, err := testHTTP.Get(e.issuer + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

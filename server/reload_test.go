@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,7 +133,7 @@ func (r *rotationEnv) editKeys(t *testing.T, edit func([]*exchange.SigningKey) (
 }
 
 func (r *rotationEnv) publishedKids(t *testing.T) []string {
-	resp, err := http.Get(r.issuer + "/jwks")
+	resp, err := testHTTP.Get(r.issuer + "/jwks")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -81,7 +80,7 @@ applications:
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	e.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	e.conn, err = grpc.NewClient(lis.Addr().String(), testDialOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +189,7 @@ func TestIntrospectHTTP(t *testing.T) {
 		if ct != "" {
 			req.Header.Set("Content-Type", ct)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testHTTP.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -256,7 +255,7 @@ func TestIntrospectHTTP(t *testing.T) {
 		t.Fatalf("second answer differs:\n%s\n%s", body, again)
 	}
 
-	resp, err := http.Get(e.http.URL + "/api/v1/introspect")
+	resp, err := testHTTP.Get(e.http.URL + "/api/v1/introspect")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +263,7 @@ func TestIntrospectHTTP(t *testing.T) {
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Fatalf("GET: %d", resp.StatusCode)
 	}
-	resp, err = http.Get(e.http.URL + "/healthz")
+	resp, err = testHTTP.Get(e.http.URL + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +285,7 @@ func TestServeStopsGracefully(t *testing.T) {
 	url := "http://" + ls.HTTP.Addr().String() + "/healthz"
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		resp, err := http.Get(url)
+		resp, err := testHTTP.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			break
@@ -305,7 +304,7 @@ func TestServeStopsGracefully(t *testing.T) {
 	case <-time.After(shutdownGrace + 5*time.Second):
 		t.Fatal("Serve did not return after cancel")
 	}
-	if _, err := http.Get(url); err == nil {
+	if _, err := testHTTP.Get(url); err == nil {
 		t.Fatal("still serving after shutdown")
 	}
 }

@@ -64,7 +64,8 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
+	// The demo never hangs: every step shares one deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	ls, err := server.Listen("127.0.0.1:0", "127.0.0.1:0")
@@ -238,7 +239,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 }
 
 func fetchDevToken(url string) (string, error) {
-	resp, err := http.Get(url)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(url)
 	if err != nil {
 		return "", err
 	}
