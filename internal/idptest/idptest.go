@@ -30,6 +30,8 @@ type Key struct {
 	ID      string
 	Alg     string
 	Private crypto.Signer
+
+	jwk []byte // the public JWK, made with the key (see publicJWK)
 }
 
 // Public returns the public half of the key.
@@ -59,25 +61,47 @@ func NewKey(tb testing.TB, kid, alg string) *Key {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &Key{ID: kid, Alg: alg, Private: priv}
+	k := &Key{ID: kid, Alg: alg, Private: priv}
+	if k.jwk, err = publicJWK(k); err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}
+
+// publicJWK is the public JWK of k, with kid, alg and use. It is made once,
+// in the test's goroutine: the issuer's HTTP handlers only read it, and never
+// call the test's methods from their own goroutines.
+func publicJWK(k *Key) ([]byte, error) {
+	jk, err := jwk.Import(k.Public())
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(jk)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	m["kid"], m["alg"], m["use"] = k.ID, k.Alg, "sig"
+	return json.Marshal(m)
 }
 
 // JWK returns the public JWK of the key, with kid, alg and use.
 func (k *Key) JWK(tb testing.TB) map[string]any {
 	tb.Helper()
-	jk, err := jwk.Import(k.Public())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b, err := json.Marshal(jk)
-	if err != nil {
-		tb.Fatal(err)
+	jwkJSON := k.jwk
+	if jwkJSON == nil { // a Key made by hand, not by NewKey
+		var err error
+		if jwkJSON, err = publicJWK(k); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
+	if err := json.Unmarshal(jwkJSON, &m); err != nil {
 		tb.Fatal(err)
 	}
-	m["kid"], m["alg"], m["use"] = k.ID, k.Alg, "sig"
 	return m
 }
 
@@ -151,13 +175,8 @@ func NewIssuer(tb testing.TB, alg string) *Issuer {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		iss.mu.Lock()
-		keys := make([]any, 0, len(iss.published))
-		for _, k := range iss.published {
-			keys = append(keys, k.JWK(tb))
-		}
-		cc := iss.cacheControl
-		iss.mu.Unlock()
+		// Never call tb here: this is the server's goroutine, not the test's.
+		keys, cc := iss.publishedJWKS()
 		if cc != "" {
 			w.Header().Set("Cache-Control", cc)
 		}
@@ -170,6 +189,16 @@ func NewIssuer(tb testing.TB, alg string) *Issuer {
 	k := NewKey(tb, "key-1", alg)
 	iss.current, iss.published = k, []*Key{k}
 	return iss
+}
+
+func (i *Issuer) publishedJWKS() ([]json.RawMessage, string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	keys := make([]json.RawMessage, 0, len(i.published))
+	for _, k := range i.published {
+		keys = append(keys, k.jwk)
+	}
+	return keys, i.cacheControl
 }
 
 // WellKnownURL is the discovery document's address.
