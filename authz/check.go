@@ -2,18 +2,8 @@ package authz
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
-)
-
-// RFC 6750 §3.1 error codes, and access_denied for a caller the access
-// policy does not allow (not a scope problem).
-const (
-	CheckInvalidRequest    = "invalid_request"
-	CheckInvalidToken      = "invalid_token"
-	CheckInsufficientScope = "insufficient_scope"
-	CheckAccessDenied      = "access_denied"
 )
 
 // CheckRequest is one HTTP request to an application, as Check sees it.
@@ -24,19 +14,22 @@ type CheckRequest struct {
 	Authorization string // the Authorization header; "" when absent
 }
 
-// Decision is the answer to a CheckRequest.
+// Decision is the answer to a CheckRequest. The engine says why; the
+// adapters decide how to say it (server maps the Reason to a status, an
+// RFC 6750 error code and a public description).
 type Decision struct {
 	Allow bool
-	// Status is the HTTP status of a denial: 400, 401 or 403.
-	Status int
-	// Error is the RFC 6750 error code of a denial ("" when no credentials
-	// were sent, or when no route or application matched).
-	Error       string
-	Description string
-	// Scope lists the scopes a route needs, on insufficient_scope.
+	// Reason is why the request was refused, or could not be decided
+	// (Reason.Outage): ReasonNone on allow.
+	Reason Reason
+	// Err is the cause, for the log only: it may name URLs and addresses.
+	Err error
+	// Scope lists the scopes the route needs, on ReasonScopeInsufficient.
 	Scope string
 	// Claims of the token, on allow; nil on a public route.
 	Claims *Claims
+	// Provider verified the token, on allow; nil on a public route.
+	Provider *Provider
 	// Caller is the calling application the token names, if any.
 	Caller string
 }
@@ -50,21 +43,24 @@ type Checker struct {
 }
 
 // Check decides req. In order:
-//  1. the path (NormalizePath): bad → 400 invalid_request;
-//  2. the route: with routes, none matching → 403; a public route → allow;
-//  3. the bearer token: none → 401 (no error code), malformed header → 400
-//     invalid_request, invalid → 401 invalid_token with the engine's reason;
+//  1. the path (NormalizePath): bad → ReasonPathInvalid;
+//  2. the route: with routes, none matching → ReasonRouteNotFound; a public
+//     route → allow;
+//  3. the bearer token: none → ReasonTokenMissing, a malformed header →
+//     ReasonAuthorizationInvalid, an invalid token → its ReasonToken*, keys
+//     that cannot be had → ReasonKeysUnavailable (an outage);
 //  4. whose token: vakt's own with aud = the application, or one of the
 //     application's authentication entries (provider and audience) → else
-//     401 invalid_token;
+//     ReasonTokenAudience or ReasonTokenIssuer;
 //  5. the caller the token names (client_id, else azp), when it is an
-//     application id: the inbound rules must allow it → else 403
-//     access_denied. vakt's own tokens always name one;
-//  6. every scope of the route → else 403 insufficient_scope.
+//     application id: the inbound rules must allow it → else
+//     ReasonCallerDenied. vakt's own tokens always name one → else
+//     ReasonCallerMissing;
+//  6. every scope of the route → else ReasonScopeInsufficient.
 func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 	path, err := NormalizePath(req.Path)
 	if err != nil {
-		return deny(400, CheckInvalidRequest, "request path is not acceptable")
+		return deny(ReasonPathInvalid, err)
 	}
 	var route *Route
 	if routes := req.App.Routes; len(routes) > 0 {
@@ -75,63 +71,65 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 			}
 		}
 		if route == nil {
-			return deny(403, "", "no route of the application matches the request")
+			return deny(ReasonRouteNotFound, nil)
 		}
 		if route.Public {
 			return Decision{Allow: true}
 		}
 	}
 	if req.Authorization == "" {
-		return deny(401, "", "a bearer token is required")
+		return deny(ReasonTokenMissing, nil)
 	}
 	token, err := splitBearer(req.Authorization)
 	if err != nil {
-		return deny(400, CheckInvalidRequest, err.Error())
+		return deny(ReasonAuthorizationInvalid, err)
 	}
 	v := c.Validator
 	claims, provider, hit, err := v.cachedByIssuer(token)
 	if !hit {
 		if !validB64Token(token) {
-			return deny(400, CheckInvalidRequest, ErrBadAuthorization.Error())
+			return deny(ReasonAuthorizationInvalid, ErrBadAuthorization)
 		}
 		claims, provider, err = v.verifyByIssuer(ctx, token)
 	}
 	if err != nil {
-		return deny(401, CheckInvalidToken, err.Error())
+		return deny(ReasonOf(err), err)
 	}
 	app := req.App
 	own := provider.Name() == c.Own
 	if own {
 		if !slices.Contains(claims.Audience, app.ID) {
-			return deny(401, CheckInvalidToken, ErrAudienceInvalid.Error())
+			return deny(ReasonTokenAudience, nil)
 		}
-	} else if d, ok := acceptsExternal(app, provider.Name(), claims); !ok {
-		return d
+	} else if r := acceptsExternal(app, provider.Name(), claims); r != ReasonNone {
+		return deny(r, nil)
 	}
-	caller := callerOf(claims)
+	caller := claims.Caller()
 	if caller != "" || own {
 		if !isApplicationID(caller) {
 			if own {
-				return deny(403, CheckAccessDenied, "token names no calling application")
+				return deny(ReasonCallerMissing, nil)
 			}
 			caller = "" // an external client id, not one of ours: rules do not apply
 		} else if !app.Allows(caller) {
-			return deny(403, CheckAccessDenied, "application "+caller+" may not call "+app.ID)
+			return deny(ReasonCallerDenied, nil)
 		}
 	}
 	if route != nil {
 		for _, s := range route.Scopes {
 			if !claims.HasScope(s) {
-				d := deny(403, CheckInsufficientScope, "token lacks a scope the request needs")
-				d.Scope = strings.Join(route.Scopes, " ")
+				d := deny(ReasonScopeInsufficient, nil)
+				d.Scope = route.scopeText
 				return d
 			}
 		}
 	}
-	return Decision{Allow: true, Claims: claims, Caller: caller}
+	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller}
 }
 
-func acceptsExternal(app *Application, provider string, claims *Claims) (Decision, bool) {
+// acceptsExternal reports why the application does not accept a token of
+// an external provider, or ReasonNone when it does.
+func acceptsExternal(app *Application, provider string, claims *Claims) Reason {
 	listed := false
 	for _, a := range app.Authentication {
 		if a.Provider != provider {
@@ -139,36 +137,19 @@ func acceptsExternal(app *Application, provider string, claims *Claims) (Decisio
 		}
 		listed = true
 		if a.Audience == "" || slices.Contains(claims.Audience, a.Audience) {
-			return Decision{}, true
+			return ReasonNone
 		}
 	}
 	if listed {
-		return deny(401, CheckInvalidToken, ErrAudienceInvalid.Error()), false
+		return ReasonTokenAudience
 	}
-	return deny(401, CheckInvalidToken, ErrIssuerNotTrusted.Error()), false
+	return ReasonTokenIssuer
 }
 
-func callerOf(c *Claims) string {
-	if s, ok := c.Raw["client_id"].(string); ok && s != "" {
-		return s
-	}
-	s, _ := c.Raw["azp"].(string)
-	return s
-}
+func deny(r Reason, cause error) Decision { return Decision{Reason: r, Err: cause} }
 
-// isApplicationID reports whether s has the shape cluster:namespace:name.
-func isApplicationID(s string) bool {
-	first := strings.IndexByte(s, ':')
-	last := strings.LastIndexByte(s, ':')
-	return first > 0 && last > first+1 && last < len(s)-1 && strings.Count(s, ":") == 2
-}
+// NoApplication is the decision for a request no application claims.
+func NoApplication() Decision { return deny(ReasonApplicationUnknown, nil) }
 
-func deny(status int, code, description string) Decision {
-	return Decision{Status: status, Error: code, Description: description}
-}
-
-// errNoApplication is for adapters that find no application for a request.
-var errNoApplication = errors.New("no application is configured for the request")
-
-// NoApplication is the decision for a request no application claims: 403.
-func NoApplication() Decision { return deny(403, "", errNoApplication.Error()) }
+// scopeList joins scopes for a WWW-Authenticate scope attribute.
+func scopeList(scopes []string) string { return strings.Join(scopes, " ") }

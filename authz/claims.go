@@ -99,6 +99,26 @@ func parseClaims(payload []byte) (*Claims, error) {
 	return c, nil
 }
 
+// IdentityProvider names who authenticated the user: the token's idp
+// claim, which a token vakt issued carries over from the token it was
+// exchanged for, or else its issuer.
+func (c *Claims) IdentityProvider() string {
+	if s, ok := c.Raw["idp"].(string); ok && s != "" {
+		return s
+	}
+	return c.Issuer
+}
+
+// Caller is the application or client the token was issued to: client_id
+// (RFC 8693, RFC 9068), else azp (OpenID Connect).
+func (c *Claims) Caller() string {
+	if s, ok := c.Raw["client_id"].(string); ok && s != "" {
+		return s
+	}
+	s, _ := c.Raw["azp"].(string)
+	return s
+}
+
 // HasScope reports whether the token grants scope.
 func (c *Claims) HasScope(scope string) bool { return slices.Contains(c.Scopes, scope) }
 

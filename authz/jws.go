@@ -89,7 +89,7 @@ func parseCompact(token string, maxSize int) (*parsedToken, error) {
 		return nil, fmt.Errorf("%w: header has no alg", ErrMalformed)
 	}
 	if strings.EqualFold(alg, "none") {
-		return nil, fmt.Errorf("%w: %q", ErrAlgorithmNotAllowed, alg)
+		return nil, fmt.Errorf("%w: %s", ErrAlgorithmNotAllowed, quoted(alg))
 	}
 	for _, name := range forbiddenHeaders {
 		if _, ok := h[name]; ok {

@@ -1,12 +1,8 @@
 package authz
 
 import (
-	"errors"
 	"strings"
 )
-
-// ErrBadPath rejects a request path that could be read two ways.
-var ErrBadPath = errors.New("request path is not acceptable")
 
 // NormalizePath returns the path of a request target for route matching:
 // without query or fragment, percent-decoded, with "." and ".." segments
@@ -94,10 +90,6 @@ func unhex(c byte) byte {
 		return c - 'A' + 10
 	}
 }
-
-// ErrBadAuthorization rejects an Authorization header that is not exactly
-// one bearer token.
-var ErrBadAuthorization = errors.New("authorization header must be exactly one bearer token")
 
 // BearerToken reads "Bearer <token>" (RFC 6750 §2.1): the scheme in any
 // case, one or more spaces, and one b64token. Anything else (another

@@ -1,16 +1,9 @@
 package authz
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
-)
-
-// Rejections by the access policy.
-var (
-	ErrApplicationUnknown = errors.New("application is not registered")
-	ErrAccessDenied       = errors.New("caller is not allowed by the application's access policy")
 )
 
 // ApplicationPolicy is what vakt enforces for one application.
@@ -40,6 +33,8 @@ type Route struct {
 	PathPrefix string   // prefix match
 	Scopes     []string // every one required
 	Public     bool     // no token needed
+
+	scopeText string // Scopes joined, for insufficient_scope answers
 }
 
 func (r *Route) matches(method, path string) bool {
@@ -86,6 +81,10 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
 			return nil, fmt.Errorf("application %s appears twice", a.ID)
 		}
 		app := &Application{ApplicationPolicy: a, allowed: make(map[string]struct{}, len(a.Inbound))}
+		app.Routes = slices.Clone(a.Routes)
+		for i := range app.Routes {
+			app.Routes[i].scopeText = scopeList(app.Routes[i].Scopes)
+		}
 		for _, id := range a.Inbound {
 			app.allowed[id] = struct{}{}
 		}
@@ -136,7 +135,7 @@ func (p *Policy) Registered(id string) bool {
 func (p *Policy) MayCall(caller, target string) error {
 	app, ok := p.apps[target]
 	if !ok {
-		return fmt.Errorf("%w: %s", ErrApplicationUnknown, target)
+		return fmt.Errorf("%w: %s is not registered", ErrApplicationUnknown, target)
 	}
 	if !app.Allows(caller) {
 		return fmt.Errorf("%w: %s may not call %s", ErrAccessDenied, caller, target)

@@ -108,7 +108,7 @@ func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxS
 // 1 and 3), so that choosing the provider by iss costs no second parse.
 func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims, now time.Time) (*Claims, error) {
 	if !slices.Contains(p.algorithms, pt.alg) {
-		return nil, fmt.Errorf("%w: %q", ErrAlgorithmNotAllowed, pt.alg)
+		return nil, fmt.Errorf("%w: %s", ErrAlgorithmNotAllowed, quoted(pt.alg))
 	}
 	if c.Issuer != p.issuer {
 		return nil, ErrIssuerNotTrusted
@@ -129,7 +129,7 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims,
 		return nil, err
 	}
 	if !key.Allows(pt.alg) {
-		return nil, fmt.Errorf("%w: %s does not match key %q", ErrAlgorithmNotAllowed, pt.alg, pt.kid)
+		return nil, fmt.Errorf("%w: %s does not match key %s", ErrAlgorithmNotAllowed, pt.alg, quoted(pt.kid))
 	}
 	if err := jwsbb.Verify(key.public, pt.alg, []byte(pt.signingInput), pt.signature); err != nil {
 		return nil, ErrSignatureInvalid

@@ -35,12 +35,17 @@ const (
 // StaticKeys is a KeySource over a fixed key set.
 type StaticKeys struct{ Set *KeySet }
 
+var (
+	_ KeySource = StaticKeys{}
+	_ KeySource = (*RemoteKeys)(nil)
+)
+
 // Key returns the key with kid.
 func (s StaticKeys) Key(_ context.Context, kid string) (*Key, error) {
 	if k, ok := s.Set.Lookup(kid); ok {
 		return k, nil
 	}
-	return nil, fmt.Errorf("%w: kid %q", ErrKeyNotFound, kid)
+	return nil, fmt.Errorf("%w: kid %s", ErrKeyNotFound, quoted(kid))
 }
 
 // RemoteKeysConfig describes where a provider's keys are published.
@@ -134,12 +139,14 @@ func (r *RemoteKeys) Key(ctx context.Context, kid string) (*Key, error) {
 				err = errors.New("no keys fetched yet")
 			}
 		}
-		return nil, fmt.Errorf("%w for identity provider %s: %v", ErrKeysUnavailable, r.cfg.Name, err)
+		// The fetch error names URLs: it wraps with %w so that the log has
+		// it, and the reason table keeps it from clients.
+		return nil, fmt.Errorf("%w: %s: %w", ErrKeysUnavailable, r.cfg.Name, err)
 	}
 	if k, ok := st.keys.Lookup(kid); ok {
 		return k, nil
 	}
-	return nil, fmt.Errorf("%w: kid %q", ErrKeyNotFound, kid)
+	return nil, fmt.Errorf("%w: kid %s", ErrKeyNotFound, quoted(kid))
 }
 
 // Run keeps the key set fresh until ctx ends.

@@ -94,7 +94,7 @@ func (v *Validator) Provider(name string) (*Provider, bool) {
 func (v *Validator) Validate(ctx context.Context, provider, token string) (*Claims, error) {
 	p, ok := v.providers[provider]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownProvider, provider)
+		return nil, fmt.Errorf("%w: %s", ErrUnknownProvider, quoted(provider))
 	}
 	return v.validate(ctx, p, token)
 }

@@ -135,29 +135,31 @@ func (a *Authority) Exchange(ctx context.Context, req Request) (*Response, error
 	res, err := a.exchange(ctx, req, &client)
 	if err != nil {
 		e := AsError(err)
-		a.log.Info("token exchange refused", "client_id", client, "audience", truncate(target), "error", e.Code, "reason", e.Reason, "description", e.Description, "cause", e.Err)
+		a.log.Info("token exchange refused", "client_id", client, "audience", truncate(target), "reason", e.Reason().String(), "description", e.Description(), "cause", e.Err)
 		return nil, e
 	}
 	a.log.Debug("token exchanged", "client_id", client, "audience", target)
 	return res, nil
 }
 
+func badRequest(detail string) *Error { return Refuse(authz.ReasonRequestInvalid, detail, nil) }
+
 func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string) (*Response, error) {
 	switch {
 	case req.GrantType == "":
-		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "grant_type is required", nil)
+		return nil, badRequest("grant_type is required")
 	case req.GrantType != GrantTypeTokenExchange:
-		return nil, refuse(CodeUnsupportedGrantType, ReasonBadRequest, "grant_type must be "+GrantTypeTokenExchange, nil)
+		return nil, Refuse(authz.ReasonGrantTypeUnsupported, "", nil)
 	case req.ClientAssertionType != ClientAssertionTypeJWT:
-		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "client_assertion_type must be "+ClientAssertionTypeJWT, nil)
+		return nil, badRequest("client_assertion_type must be " + ClientAssertionTypeJWT)
 	case req.ClientAssertion == "":
-		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "client_assertion is required", nil)
+		return nil, badRequest("client_assertion is required")
 	case req.SubjectTokenType != TokenTypeJWT:
-		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "subject_token_type must be "+TokenTypeJWT, nil)
+		return nil, badRequest("subject_token_type must be " + TokenTypeJWT)
 	case req.SubjectToken == "":
-		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "subject_token is required", nil)
+		return nil, badRequest("subject_token is required")
 	case req.Audience == "":
-		return nil, refuse(CodeInvalidRequest, ReasonBadRequest, "audience is required", nil)
+		return nil, badRequest("audience is required")
 	}
 	now := a.cfg.Now()
 
@@ -169,42 +171,39 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 
 	subject, provider, err := a.cfg.Subjects.ValidateByIssuer(ctx, req.SubjectToken)
 	if err != nil {
-		return nil, refuse(CodeInvalidRequest, ReasonBadSubjectToken, "invalid subject_token: "+err.Error(), err)
+		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", err)
 	}
 	// A token vakt issued may be exchanged only by the application it was
 	// issued to.
 	if provider.Name() == a.cfg.OwnProvider && !slices.Contains(subject.Audience, client) {
-		return nil, refuse(CodeInvalidRequest, ReasonBadSubjectToken, "invalid subject_token: "+authz.ErrAudienceInvalid.Error(), authz.ErrAudienceInvalid)
+		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", authz.ErrAudienceInvalid)
 	}
 
 	// Unknown and forbidden targets get one answer, so that clients cannot
-	// probe which applications exist; the log tells them apart.
+	// probe which applications exist; the reason, in the log and metrics,
+	// tells them apart.
 	if err := a.cfg.Policy.MayCall(client, req.Audience); err != nil {
-		reason := ReasonAccessDenied
+		reason := authz.ReasonTargetDenied
 		if errors.Is(err, authz.ErrApplicationUnknown) {
-			reason = ReasonUnknownTarget
+			reason = authz.ReasonTargetUnknown
 		}
-		return nil, refuse(CodeInvalidTarget, reason, "token exchange audience "+truncate(req.Audience)+" is invalid", err)
+		return nil, Refuse(reason, "", err)
 	}
 
 	claims := make(map[string]any, len(subject.Raw)+4)
 	maps.Copy(claims, subject.Raw)
-	idp := subject.Issuer
-	if s, ok := subject.Raw["idp"].(string); ok && s != "" {
-		idp = s // a chain keeps the original identity provider
-	}
 	exp := now.Add(a.cfg.TokenLifetime)
 	claims["iss"] = a.cfg.Issuer
 	claims["aud"] = req.Audience
 	claims["client_id"] = client
-	claims["idp"] = idp
+	claims["idp"] = subject.IdentityProvider() // a chain keeps the original identity provider
 	claims["iat"] = now.Unix()
 	claims["nbf"] = now.Unix()
 	claims["exp"] = exp.Unix()
 	claims["jti"] = uuid.NewString()
 	tok, err := a.cfg.Signer.Sign(issuedTokenType, claims)
 	if err != nil {
-		return nil, refuse(CodeServerError, ReasonInternal, "internal error", err)
+		return nil, Refuse(authz.ReasonInternal, "", err)
 	}
 	return &Response{
 		AccessToken:     tok,
@@ -228,13 +227,13 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	c, p, err := a.assertions.ValidateByIssuer(ctx, assertion)
 	if err != nil {
 		if errors.Is(err, authz.ErrIssuerNotTrusted) {
-			return "", refuse(CodeInvalidClient, ReasonUnknownClient, "client is not registered, or has no keys", err)
+			return "", Refuse(authz.ReasonClientUnknown, "", err)
 		}
-		return "", refuse(CodeInvalidClient, ReasonBadAssertion, "client assertion is invalid: "+err.Error(), err)
+		return "", tokenRefusal(authz.ReasonAssertionInvalid, "client assertion", err)
 	}
 	client := p.Name()
 	bad := func(why string) (string, error) {
-		return client, refuse(CodeInvalidClient, ReasonBadAssertion, "client assertion is invalid: "+why, nil)
+		return client, Refuse(authz.ReasonAssertionInvalid, authz.ReasonAssertionInvalid.Description()+": "+why, nil)
 	}
 	if c.Subject != client {
 		return bad("sub must equal iss")
@@ -254,10 +253,10 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	}
 	fresh, err := a.cfg.Replay.Claim(ctx, client+"\x00"+jti, c.ExpiresAt.Add(assertionLeeway))
 	if err != nil {
-		return client, refuse(CodeTemporarilyUnavailable, ReasonReplayStore, "replay protection is unavailable; try again later", err)
+		return client, Refuse(authz.ReasonReplayUnavailable, "", err)
 	}
 	if !fresh {
-		return client, refuse(CodeInvalidClient, ReasonReplayed, "client assertion is invalid: jti has been used before", nil)
+		return client, Refuse(authz.ReasonAssertionReplayed, "", nil)
 	}
 	return client, nil
 }

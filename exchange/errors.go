@@ -1,55 +1,77 @@
 package exchange
 
-import "errors"
+import (
+	"errors"
 
-// OAuth error codes (RFC 6749 §5.2, RFC 8693 §2.2.2).
-const (
-	CodeInvalidRequest         = "invalid_request"
-	CodeInvalidClient          = "invalid_client"
-	CodeUnsupportedGrantType   = "unsupported_grant_type"
-	CodeInvalidTarget          = "invalid_target"
-	CodeTemporarilyUnavailable = "temporarily_unavailable"
-	CodeServerError            = "server_error"
+	"github.com/vakt-dev/vakt/authz"
 )
 
-// Error is a refused exchange: an OAuth error code, a description safe to
-// show the client, a short reason for logs and metrics (it tells apart what
-// the client is deliberately told alike, such as an unknown and a forbidden
-// target), and the cause.
+// Error is a refused exchange: a reason from the one table of public reasons
+// (authz.Reason; server maps it to an OAuth error code, an HTTP status and a
+// gRPC code), an optional public detail, and the cause, for the log only.
 type Error struct {
-	Code        string
-	Description string
-	Reason      string
-	Err         error
+	reason authz.Reason
+	// Detail, when set, replaces the reason's description with a more
+	// specific one ("grant_type is required"). It is always vakt's own
+	// text, never a cause's message: a client may see it.
+	Detail string
+	// Err is the cause. It may name URLs and addresses: log it, never
+	// answer with it.
+	Err error
+	// UpstreamCode is the OAuth error code the token endpoint answered, for
+	// ReasonUpstreamRefused: the agent passes it on as it came.
+	UpstreamCode string
 }
 
-// Reasons of refusals.
-const (
-	ReasonBadRequest      = "bad_request"
-	ReasonUnknownClient   = "unknown_client"
-	ReasonBadAssertion    = "bad_assertion"
-	ReasonReplayed        = "replayed_assertion"
-	ReasonReplayStore     = "replay_store_unavailable"
-	ReasonBadSubjectToken = "bad_subject_token"
-	ReasonUnknownTarget   = "unknown_target"
-	ReasonAccessDenied    = "access_denied"
-	ReasonInternal        = "internal"
-)
+// Refuse returns an Error for reason; detail may be "" for the reason's own
+// description.
+func Refuse(reason authz.Reason, detail string, cause error) *Error {
+	return &Error{reason: reason, Detail: detail, Err: cause}
+}
 
-func (e *Error) Error() string { return e.Code + ": " + e.Description }
+// Reason is why the exchange was refused.
+func (e *Error) Reason() authz.Reason { return e.reason }
+
+// Description is the text a client may be shown.
+func (e *Error) Description() string {
+	if e.Detail != "" {
+		return e.Detail
+	}
+	return e.reason.Description()
+}
+
+// Error is for logs: the reason, the description and the cause.
+func (e *Error) Error() string {
+	s := e.reason.String() + ": " + e.Description()
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
 
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
 
-func refuse(code, reason, description string, cause error) *Error {
-	return &Error{Code: code, Reason: reason, Description: description, Err: cause}
-}
-
-// AsError returns err as an *Error; anything else becomes server_error.
+// AsError returns err as an *Error; anything else is ReasonInternal.
 func AsError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
 		return e
 	}
-	return &Error{Code: CodeServerError, Reason: ReasonInternal, Description: "internal error", Err: err}
+	return Refuse(authz.ReasonInternal, "", err)
+}
+
+// tokenRefusal turns a token's rejection into the exchange's: what (the
+// subject token or the client assertion) was rejected, and why, in public
+// words. An outage stays an outage, with what was unavailable.
+func tokenRefusal(as authz.Reason, what string, err error) *Error {
+	r := authz.ReasonOf(err)
+	if r.Outage() {
+		detail := ""
+		if r == authz.ReasonKeysUnavailable {
+			detail = "the keys to verify the " + what + " are unavailable; try again later"
+		}
+		return Refuse(r, detail, err)
+	}
+	return Refuse(as, as.Description()+": "+r.Description(), err)
 }

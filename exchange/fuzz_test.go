@@ -53,7 +53,13 @@ func FuzzClientAssertion(f *testing.F) {
 			return
 		}
 		var e *Error
-		if !errors.As(err, &e) || (e.Code != CodeInvalidClient && !(assertion == "" && e.Code == CodeInvalidRequest)) {
+		if !errors.As(err, &e) {
+			t.Fatalf("%q: %v", assertion, err)
+		}
+		switch r := e.Reason(); {
+		case r == authz.ReasonClientUnknown, r == authz.ReasonAssertionInvalid, r == authz.ReasonAssertionReplayed:
+		case assertion == "" && r == authz.ReasonRequestInvalid:
+		default:
 			t.Fatalf("%q: %v", assertion, err)
 		}
 	})

@@ -1,5 +1,9 @@
-// Package exchange is vakt's token exchange: signing keys, client
-// assertions, minting, replay protection, and the agent's upstream client.
+// Package exchange is vakt's token exchange authority (RFC 8693): it
+// verifies client assertions (RFC 7523) against each client's own keys,
+// remembers their ids against replay (in memory or in Redis), validates the
+// subject token, checks the target's access policy and mints a token for the
+// target with vakt's signing keys, which it also rotates. The agent's side
+// of an exchange is package agent.
 package exchange
 
 import (

@@ -7,15 +7,26 @@ import (
 	"net/http"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
-	"github.com/vakt-dev/vakt/exchange"
+	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 )
 
-// NewAgentRuntime builds the runtime of `vakt agent`: token exchange through
-// an upstream token endpoint with a cache, and introspection of tokens
-// issued to this application ("tokenx", alias "vakt") and of ID-porten's.
-func NewAgentRuntime(ctx context.Context, env *exchange.AgentEnv, log *slog.Logger) (*Runtime, error) {
+// AgentRuntime is what `vakt agent` serves from: the validator of tokens
+// issued to its application ("tokenx", alias "vakt") and of ID-porten's, and
+// the agent that exchanges through the upstream token endpoint. It is built
+// once from the environment and never reloaded.
+type AgentRuntime struct {
+	Validator *authz.Validator
+	Agent     *agent.Agent
+}
+
+// NewAgentRuntime builds the agent's runtime from its environment. Remote
+// key sets fetch in the background until ctx ends.
+func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger) (*AgentRuntime, error) {
 	remote := func(name, issuer, jwksURI, wellKnown string) (*authz.RemoteKeys, error) {
 		k, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: name, Issuer: issuer, JWKSURI: jwksURI, WellKnownURL: wellKnown, Logger: log})
 		if err != nil {
@@ -54,40 +65,79 @@ func NewAgentRuntime(ctx context.Context, env *exchange.AgentEnv, log *slog.Logg
 	if err != nil {
 		return nil, err
 	}
-	up := &exchange.Upstream{
+	up := &agent.Upstream{
 		Endpoint:  env.TokenEndpoint,
-		Assertion: &exchange.AssertionBuilder{ClientID: env.ClientID, TokenEndpoint: env.TokenEndpoint, Key: env.Key, Now: time.Now},
-		Client:    exchange.NewHTTPClient(),
+		Assertion: &agent.AssertionBuilder{ClientID: env.ClientID, TokenEndpoint: env.TokenEndpoint, Key: env.Key, Now: time.Now},
+		Client:    agent.NewHTTPClient(),
 		Retries:   2,
 		Backoff:   100 * time.Millisecond,
 		Timeout:   10 * time.Second,
 		Logger:    log,
 	}
-	return &Runtime{Validator: v, Agent: exchange.NewAgent(exchange.AgentConfig{Upstream: up})}, nil
+	return &AgentRuntime{Validator: v, Agent: agent.New(agent.Config{Upstream: up})}, nil
+}
+
+// AgentServices are what `vakt agent` serves: gRPC Introspect and Exchange
+// (no Check: that is the authority's), and what NAIS applications call over
+// HTTP: POST /api/v1/introspect, POST /api/v1/token/exchange, /metrics (when
+// m is not nil) and /healthz.
+func AgentServices(rt *AgentRuntime, m *Metrics, log *slog.Logger) *Services {
+	if log == nil {
+		log = slog.Default()
+	}
+	in := &introspector{validator: func() *authz.Validator { return rt.Validator }, metrics: m, log: log}
+	s := newServices(log, m, func(r grpc.ServiceRegistrar) {
+		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
+		vaktv1.RegisterTokenExchangeServiceServer(r, &agentExchangeService{agent: rt.Agent, metrics: m})
+	})
+	s.mux.Handle("POST /api/v1/introspect", &introspectHandler{in: in})
+	s.mux.Handle("POST /api/v1/token/exchange", &agentExchangeHandler{agent: rt.Agent, metrics: m})
+	return s
+}
+
+// agentExchangeService is vakt.v1.TokenExchangeService on the agent: the
+// subject token and audience (and skip_cache) are what it reads; it makes
+// the client assertion itself.
+type agentExchangeService struct {
+	vaktv1.UnimplementedTokenExchangeServiceServer
+	agent   *agent.Agent
+	metrics *Metrics
+}
+
+var _ vaktv1.TokenExchangeServiceServer = (*agentExchangeService)(nil)
+
+func (s *agentExchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
+	res, err := s.agent.Exchange(ctx, req.GetSubjectToken(), req.GetAudience(), req.GetSkipCache())
+	if e := s.metrics.observeExchange(err); e != nil {
+		return nil, oauthGRPCError(e)
+	}
+	return exchangeResponse(res), nil
 }
 
 // agentExchangeHandler is POST /api/v1/token/exchange, as NAIS applications
 // call it: identity_provider (tokenx), target, user_token, skip_cache, in
 // JSON or a form; the answer is access_token, token_type and expires_in.
 type agentExchangeHandler struct {
-	cur     *Current
+	agent   *agent.Agent
 	metrics *Metrics
 }
+
+var _ http.Handler = (*agentExchangeHandler)(nil)
 
 func (h *agentExchangeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fields, rerr := readFields(w, r, "identity_provider", "target", "user_token", "skip_cache")
 	if rerr != nil {
-		writeJSON(w, rerr.status, map[string]string{"error": rerr.code, "error_description": rerr.description})
+		writeRequestError(w, rerr)
 		return
 	}
 	if p := fields["identity_provider"]; p != config.ProviderTokenX && p != config.ProviderVakt {
-		writeOAuthError(w, &exchange.Error{Code: exchange.CodeInvalidRequest, Description: `identity_provider must be "tokenx"`})
+		writeRequestError(w, badRequest(`identity_provider must be "tokenx"`))
 		return
 	}
 	skip := fields["skip_cache"] == "true"
-	res, err := h.metrics.agentExchange(r.Context(), h.cur, fields["user_token"], fields["target"], skip)
-	if err != nil {
-		writeOAuthError(w, err)
+	res, err := h.agent.Exchange(r.Context(), fields["user_token"], fields["target"], skip)
+	if e := h.metrics.observeExchange(err); e != nil {
+		writeOAuthError(w, e, 0)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{

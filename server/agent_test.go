@@ -13,6 +13,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
+	"github.com/vakt-dev/vakt/agent"
+	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 	"github.com/vakt-dev/vakt/internal/idptest"
@@ -29,27 +31,25 @@ type agentEnv struct {
 func newAgentEnv(t testing.TB) *agentEnv {
 	x := newExchangeEnv(t, nil)
 	k := x.keys[app1]
-	env := &exchange.AgentEnv{
+	env := &agent.Env{
 		ClientID:      app1,
 		Key:           &exchange.SigningKey{ID: k.ID, Alg: k.Alg, Private: k.Private},
 		TokenEndpoint: x.issuer + "/token",
 		Issuer:        x.issuer,
 		WellKnownURL:  x.issuer + "/.well-known/openid-configuration",
-		IDPorten:      &exchange.IDPortenEnv{Issuer: x.idp.URL, JWKSURI: x.idp.JWKSURI()},
+		IDPorten:      &agent.IDPortenEnv{Issuer: x.idp.URL, JWKSURI: x.idp.JWKSURI()},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rt, err := NewAgentRuntime(ctx, env, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cur := &Current{}
-	cur.Store(rt)
 	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, cur, NewMetrics(), ls, quiet) }()
+	go func() { done <- Serve(ctx, AgentServices(rt, NewMetrics(), quiet), ls) }()
 	t.Cleanup(func() { cancel(); <-done })
 	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), testDialOptions()...)
 	if err != nil {
@@ -101,7 +101,7 @@ func TestAgentAgainstVakt(t *testing.T) {
 	if err != nil || cr.GetOkResponse() == nil {
 		t.Fatalf("Check of the agent's token: %v %v", cr, err)
 	}
-	if h := headerMap(cr.GetOkResponse().GetHeaders()); h[HeaderClientID] != app1 || h[HeaderSubject] != "user-1" {
+	if h := headerMap(cr.GetOkResponse().GetHeaders()); h[authz.HeaderClientID] != app1 || h[authz.HeaderSubject] != "user-1" {
 		t.Fatalf("identity headers %v", h)
 	}
 
@@ -125,7 +125,7 @@ func TestAgentAgainstVakt(t *testing.T) {
 			reason = info.Reason
 		}
 	}
-	if reason != "invalid_target" || st2.Message() != "token exchange audience dev-gcp:team-b:nobody is invalid" {
+	if reason != "invalid_target" || st2.Message() != "token exchange audience is invalid" {
 		t.Fatalf("upstream refusal over gRPC: %v", err)
 	}
 	st, body = a.postJSON(t, "/api/v1/token/exchange", map[string]any{"identity_provider": "tokenx", "target": "dev-gcp:team-b:nobody", "user_token": user})

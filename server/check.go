@@ -23,35 +23,27 @@ import (
 // deploy/envoy/envoy.yaml writes it; a test holds the two together.
 const ContextExtensionApp = "vakt_app"
 
-// Identity headers set on allowed requests. A client's own x-vakt-* headers
-// are always removed, so these cannot be forged.
-const (
-	HeaderSubject          = "x-vakt-subject"
-	HeaderClientID         = "x-vakt-client-id"
-	HeaderIdentityProvider = "x-vakt-identity-provider"
-	HeaderScope            = "x-vakt-scope"
-	headerPrefix           = "x-vakt-"
-	metadataNamespace      = "vakt"
-)
+// metadataNamespace is the dynamic metadata namespace of the claims.
+const metadataNamespace = "vakt"
 
+// authorizationService is Envoy's envoy.service.auth.v3.Authorization.
 type authorizationService struct {
 	authv3.UnimplementedAuthorizationServer
 	cur *Current
 	log *slog.Logger
 }
 
+var _ authv3.AuthorizationServer = (*authorizationService)(nil)
+
 // Check answers Envoy's ext_authz: request → application → decision →
-// response. A denial is an answer (status OK on the RPC); only vakt's own
-// failures are RPC errors, so Envoy's status_on_error tells an outage from
-// a refusal.
+// response. A denial is an answer (status OK on the RPC); an outage (keys
+// that cannot be had, overload) is an RPC error, so that Envoy's
+// status_on_error tells it from a refusal.
 func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	rt := s.cur.Load()
-	if rt.Checker == nil {
-		return nil, status.Error(codes.Unimplemented, "this vakt is an agent; Check is served by vakt serve")
-	}
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
-		return denied(authz.Decision{Status: 403, Description: "the check request carries no HTTP request"}, "", false), nil
+		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), nil
 	}
 	headers := httpReq.GetHeaders()
 	grpcCall := strings.HasPrefix(headers["content-type"], "application/grpc")
@@ -76,6 +68,12 @@ func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckReque
 	}
 	d := rt.Checker.Check(ctx, authz.CheckRequest{App: app, Method: method, Path: path, Authorization: headers["authorization"]})
 	if !d.Allow {
+		if d.Reason.Outage() {
+			// The cause names URLs and addresses: the log has it, Envoy
+			// gets the reason's description.
+			s.log.Debug("check could not be decided", "application", app.ID, "reason", d.Reason.String(), "cause", d.Err)
+			return nil, status.Error(answerFor(d.Reason).grpc, d.Reason.Description())
+		}
 		return denied(d, app.ID, grpcCall), nil
 	}
 	return allowed(d, app, headers), nil
@@ -100,7 +98,7 @@ func findApplication(rt *Runtime, attrs *authv3.AttributeContext) (*authz.Applic
 		return rt.Policy.Application(id)
 	}
 	if ns, sa, ok := spiffeWorkload(attrs.GetDestination().GetPrincipal()); ok {
-		return rt.Policy.Application(rt.Config.Cluster + ":" + ns + ":" + sa)
+		return rt.Policy.Application(authz.AppID{Cluster: rt.Config.Cluster, Namespace: ns, Name: sa}.String())
 	}
 	host := attrs.GetRequest().GetHttp().GetHost()
 	if host == "" {
@@ -145,7 +143,7 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders map[string]str
 	// list only the client's x-vakt-* headers vakt does not set itself.
 	var remove []string
 	for name := range reqHeaders {
-		if strings.HasPrefix(name, headerPrefix) && !setsHeader(set, name) {
+		if authz.HasIdentityPrefix(name) && !setsHeader(set, name) {
 			remove = append(remove, name)
 		}
 	}
@@ -178,14 +176,10 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 		}
 	}
 	c := d.Claims
-	set(HeaderSubject, c.Subject)
-	set(HeaderClientID, d.Caller)
-	idp, _ := c.Raw["idp"].(string)
-	if idp == "" {
-		idp = c.Issuer
-	}
-	set(HeaderIdentityProvider, idp)
-	set(HeaderScope, c.ScopeText)
+	set(authz.HeaderSubject, c.Subject)
+	set(authz.HeaderClientID, d.Caller)
+	set(authz.HeaderIdentityProvider, c.IdentityProvider())
+	set(authz.HeaderScope, c.ScopeText)
 	for _, fc := range app.ForwardClaims {
 		set(fc.Header, claimString(c.Raw[fc.Claim]))
 	}
@@ -229,11 +223,14 @@ func claimString(v any) string {
 	}
 }
 
-// denied builds an RFC 6750 denial: the status, WWW-Authenticate on 401
-// and on bearer errors, a JSON body, and for gRPC requests grpc-status and
-// grpc-message, as gRPC clients otherwise see an HTTP status where they
-// expect a gRPC one.
+// denied builds an RFC 6750 denial from the reason table: the status,
+// WWW-Authenticate on 401 and on bearer errors, a JSON body, and for gRPC
+// requests grpc-status and grpc-message, as gRPC clients otherwise see an
+// HTTP status where they expect a gRPC one. Every text in it is the
+// reason's fixed description.
 func denied(d authz.Decision, realm string, grpcCall bool) *authv3.CheckResponse {
+	a := answerFor(d.Reason)
+	desc := d.Reason.Description()
 	var headers []*corev3.HeaderValueOption
 	add := func(k, v string) {
 		headers = append(headers, &corev3.HeaderValueOption{
@@ -242,17 +239,17 @@ func denied(d authz.Decision, realm string, grpcCall bool) *authv3.CheckResponse
 		})
 	}
 	switch {
-	case d.Status == 401 && d.Error == "":
-		add("www-authenticate", `Bearer realm="`+quotable(realm)+`"`)
-	case d.Error == authz.CheckInvalidToken || d.Error == authz.CheckInvalidRequest:
-		add("www-authenticate", `Bearer realm="`+quotable(realm)+`", error="`+d.Error+`", error_description="`+quotable(d.Description)+`"`)
-	case d.Error == authz.CheckInsufficientScope:
-		add("www-authenticate", `Bearer realm="`+quotable(realm)+`", error="`+d.Error+`", scope="`+quotable(d.Scope)+`"`)
+	case a.http == 401 && a.code == "":
+		add("www-authenticate", `Bearer realm="`+publicText(realm)+`"`)
+	case a.code == codeInvalidToken || a.code == codeInvalidRequest:
+		add("www-authenticate", `Bearer realm="`+publicText(realm)+`", error="`+a.code+`", error_description="`+desc+`"`)
+	case a.code == codeInsufficientScope:
+		add("www-authenticate", `Bearer realm="`+publicText(realm)+`", error="`+a.code+`", scope="`+publicText(d.Scope)+`"`)
 	}
 	add("content-type", "application/json")
-	body := map[string]string{"error": d.Error, "error_description": d.Description}
-	if d.Error == "" {
-		switch d.Status {
+	body := map[string]string{"error": a.code, "error_description": desc}
+	if a.code == "" {
+		switch a.http {
 		case 401:
 			body["error"] = "unauthorized"
 		case 403:
@@ -263,41 +260,18 @@ func denied(d authz.Decision, realm string, grpcCall bool) *authv3.CheckResponse
 		body["scope"] = d.Scope
 	}
 	b, _ := json.Marshal(body)
-
-	code := codes.PermissionDenied
-	if d.Status == 401 {
-		code = codes.Unauthenticated
-	}
 	if grpcCall {
-		gc := code
-		if d.Status == 400 {
-			gc = codes.InvalidArgument
-		}
-		add("grpc-status", strconv.Itoa(int(gc)))
-		add("grpc-message", grpcMessage(d.Description))
+		add("grpc-status", strconv.Itoa(int(a.grpc)))
+		add("grpc-message", grpcMessage(desc))
 	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(code), Message: d.Description},
+		Status: &rpcstatus.Status{Code: int32(a.grpc), Message: desc},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(d.Status)},
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(a.http)},
 			Headers: headers,
 			Body:    string(b),
 		}},
 	}
-}
-
-// quotable keeps what RFC 6750 §3 allows inside its quoted values: printable
-// ASCII but '"' and '\'.
-func quotable(s string) string {
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '"':
-			return '\''
-		case r == '\\' || r < 0x20 || r > 0x7e:
-			return -1
-		}
-		return r
-	}, s)
 }
 
 // grpcMessage percent-encodes a grpc-message value (gRPC over HTTP/2 spec).

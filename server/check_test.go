@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
+	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
@@ -72,7 +73,7 @@ func newCheckEnv(t *testing.T) *cenv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, _ := NewGRPCServer(e.cur, nil, quiet)
+	gs, _ := AuthorityServices(e.cur, nil, quiet).NewGRPCServer()
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), testDialOptions()...)
@@ -224,10 +225,7 @@ func TestCheck(t *testing.T) {
 			if d == nil || int(d.GetStatus().GetCode()) != tt.status {
 				t.Fatalf("got %v, want status %d", res, tt.status)
 			}
-			wantCode := codes.PermissionDenied
-			if tt.status == 401 {
-				wantCode = codes.Unauthenticated
-			}
+			wantCode := map[int]codes.Code{400: codes.InvalidArgument, 401: codes.Unauthenticated, 403: codes.PermissionDenied}[tt.status]
 			if res.GetStatus().GetCode() != int32(wantCode) {
 				t.Fatalf("Check status %v", res.GetStatus())
 			}
@@ -261,8 +259,8 @@ func TestCheckAllowedHeaders(t *testing.T) {
 	}
 	set := headerMap(ok.GetHeaders())
 	want := map[string]string{
-		HeaderSubject: "user-1", HeaderClientID: app1, HeaderIdentityProvider: "https://idporten.example/",
-		HeaderScope: "read:users", "x-vakt-pid": "12345678901",
+		authz.HeaderSubject: "user-1", authz.HeaderClientID: app1, authz.HeaderIdentityProvider: "https://idporten.example/",
+		authz.HeaderScope: "read:users", "x-vakt-pid": "12345678901",
 	}
 	for k, v := range want {
 		if set[k] != v {

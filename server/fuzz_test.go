@@ -22,7 +22,7 @@ func FuzzIntrospectBody(f *testing.F) {
 		f.Add("application/x-www-form-urlencoded", s)
 	}
 	e := newEnv(f)
-	h := NewHTTPHandler(e.cur, nil, quiet)
+	h := AuthorityServices(e.cur, nil, quiet).Handler()
 	f.Fuzz(func(t *testing.T, ct, body string) {
 		req := httptest.NewRequest(http.MethodPost, "/api/v1/introspect", strings.NewReader(body))
 		req.Header.Set("Content-Type", ct)
@@ -50,7 +50,7 @@ func FuzzTokenEndpoint(f *testing.F) {
 	}
 	f.Add("application/json", `{"grant_type":"x"}`)
 	e := newEnv(f)
-	h := NewHTTPHandler(e.cur, nil, quiet)
+	h := AuthorityServices(e.cur, nil, quiet).Handler()
 	f.Fuzz(func(t *testing.T, ct, body string) {
 		req := httptest.NewRequest(http.MethodPost, "/token", strings.NewReader(body))
 		req.Header.Set("Content-Type", ct)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,6 +11,9 @@ import (
 )
 
 // Metrics are vakt's Prometheus metrics, on a registry of their own.
+// Handlers call the engine, then tell Metrics the outcome (observe*), the
+// way net/http's server takes a hook; Metrics never runs the engine. A nil
+// *Metrics observes nothing.
 type Metrics struct {
 	registry       *prometheus.Registry
 	exchanges      *prometheus.CounterVec
@@ -25,7 +27,7 @@ func NewMetrics() *Metrics {
 		registry: prometheus.NewRegistry(),
 		exchanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vakt_token_exchanges_total",
-			Help: "Token exchanges by result (ok or the OAuth error code) and reason.",
+			Help: "Token exchanges by result (ok or the OAuth error code) and reason (vakt's reason code).",
 		}, []string{"result", "reason"}),
 		introspections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vakt_introspections_total",
@@ -58,39 +60,29 @@ func (m *Metrics) Reloaded(err error) {
 	}
 }
 
-func (m *Metrics) introspected(active bool) {
+func (m *Metrics) observeIntrospection(res introspection) {
 	if m == nil {
 		return
 	}
-	if active {
+	if res.Active {
 		m.introspections.WithLabelValues("true").Inc()
 	} else {
 		m.introspections.WithLabelValues("false").Inc()
 	}
 }
 
-// exchange runs an exchange on the runtime in force and counts it: the one
-// path both the gRPC and the HTTP adapter take.
-func (m *Metrics) exchange(ctx context.Context, cur *Current, req exchange.Request) (*exchange.Response, *exchange.Error) {
-	return m.countExchange(cur.Load().Authority.Exchange(ctx, req))
-}
-
-// agentExchange runs an agent exchange and counts it.
-func (m *Metrics) agentExchange(ctx context.Context, cur *Current, subjectToken, audience string, skipCache bool) (*exchange.Response, *exchange.Error) {
-	return m.countExchange(cur.Load().Agent.Exchange(ctx, subjectToken, audience, skipCache))
-}
-
-// countExchange counts an exchange's outcome and types its error.
-func (m *Metrics) countExchange(res *exchange.Response, err error) (*exchange.Response, *exchange.Error) {
-	if err != nil {
-		e := exchange.AsError(err)
+// observeExchange counts an exchange's outcome, and returns its error typed
+// (nil when the exchange succeeded).
+func (m *Metrics) observeExchange(err error) *exchange.Error {
+	if err == nil {
 		if m != nil {
-			m.exchanges.WithLabelValues(e.Code, e.Reason).Inc()
+			m.exchanges.WithLabelValues("ok", "").Inc()
 		}
-		return nil, e
+		return nil
 	}
+	e := exchange.AsError(err)
 	if m != nil {
-		m.exchanges.WithLabelValues("ok", "").Inc()
+		m.exchanges.WithLabelValues(oauthAnswer(e).code, e.Reason().String()).Inc()
 	}
-	return res, nil
+	return e
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 	"github.com/vakt-dev/vakt/internal/idptest"
@@ -45,7 +46,7 @@ func newRotationEnv(t *testing.T) *rotationEnv {
 	if os.Getenv("VAKT_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	loader := &Loader{ConfigPath: r.cfgFile, Replay: exchange.NewMemoryReplay(0, nil), Logger: log}
+	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(r.cfgFile) }, Replay: exchange.NewMemoryReplay(0, nil), Logger: log}
 	rl := &Reloader{Current: x.cur, Build: loader.Build, Logger: log, OnResult: func(err error) {
 		r.reloads.Add(1)
 		if err != nil {
@@ -56,7 +57,7 @@ func newRotationEnv(t *testing.T) *rotationEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rl.Files = loader.Files(cfg)
+	rl.Files = WatchedFiles(r.cfgFile, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if err := rl.Start(ctx); err != nil {

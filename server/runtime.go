@@ -1,21 +1,34 @@
 // Package server holds vakt's thin adapters: the gRPC services, the HTTP
 // endpoints, health and wiring. It decides nothing itself: requests become
-// plain Go values for the engine, and the engine's answers become responses.
+// plain Go values for the engine, and the engine's answers (an
+// authz.Reason when refused) become responses through one table
+// (reasons.go).
+//
+// Files are organised by feature, each with its gRPC and HTTP adapters:
+// check.go, introspect.go, exchange.go (the authority's), agent.go (the
+// agent mode), metadata.go; runtime.go holds what a request reads and its
+// atomic swap, transport.go the listeners and the request readers.
 package server
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
+	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 )
 
-// Runtime is everything a request reads, built from one configuration
-// snapshot. It is never modified; a reload builds a new one.
+// Runtime is everything a request to the authority reads, built from one
+// configuration snapshot. It is never modified; a reload builds a new one.
 type Runtime struct {
 	Config    *config.Config
 	Validator *authz.Validator
@@ -23,8 +36,37 @@ type Runtime struct {
 	Signer    *exchange.Signer
 	Authority *exchange.Authority
 	Checker   *authz.Checker
-	// Agent is set, instead of Authority, Policy and Checker, in `vakt agent`.
-	Agent *exchange.Agent
+}
+
+// Current holds the runtime every request reads; a reload swaps it whole.
+type Current struct{ p atomic.Pointer[Runtime] }
+
+// Load returns the runtime in force.
+func (c *Current) Load() *Runtime { return c.p.Load() }
+
+// Store puts rt in force for every request that starts after it.
+func (c *Current) Store(rt *Runtime) { c.p.Store(rt) }
+
+// AuthorityServices are what `vakt serve` serves, each request on the
+// runtime in force: gRPC Check, Introspect and Exchange; HTTP
+// /api/v1/introspect, /token, /jwks, the metadata documents, /metrics (when
+// m is not nil) and /healthz.
+func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
+	if log == nil {
+		log = slog.Default()
+	}
+	in := &introspector{validator: func() *authz.Validator { return cur.Load().Validator }, metrics: m, log: log}
+	s := newServices(log, m, func(r grpc.ServiceRegistrar) {
+		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
+		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, metrics: m})
+		authv3.RegisterAuthorizationServer(r, &authorizationService{cur: cur, log: log})
+	})
+	s.mux.Handle("POST /api/v1/introspect", &introspectHandler{in: in})
+	s.mux.Handle("POST /token", &tokenHandler{cur: cur, metrics: m})
+	s.mux.HandleFunc("GET /jwks", jwksHandler(cur))
+	s.mux.HandleFunc("GET /.well-known/oauth-authorization-server", metadataHandler(cur))
+	s.mux.HandleFunc("GET /.well-known/openid-configuration", metadataHandler(cur))
+	return s
 }
 
 // Options are what a Runtime needs besides the configuration.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/exchange"
 )
 
@@ -32,7 +33,7 @@ func assertion(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vakt assertion: %s: %v\n", *keyFile, err)
 		return 1
 	}
-	b := &exchange.AssertionBuilder{ClientID: *client, TokenEndpoint: *audience, Key: key, Now: time.Now}
+	b := &agent.AssertionBuilder{ClientID: *client, TokenEndpoint: *audience, Key: key, Now: time.Now}
 	a, err := b.Build()
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt assertion: %v\n", err)

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/vakt-dev/vakt/agent"
+	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/deploy/examples"
 	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
@@ -79,7 +81,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vakt demo: %v\n", err)
 		return 1
 	}
-	loader := &server.Loader{Default: examples.Development, Issuer: issuer, DevIDP: idp, Replay: exchange.NewMemoryReplay(0, nil), Logger: log}
+	loader := &server.Loader{Config: developmentConfig(idp, issuer), Replay: exchange.NewMemoryReplay(0, nil), Logger: log}
 	cfg, err := loader.Config()
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt demo: %v\n", err)
@@ -98,7 +100,9 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	cur.Store(rt)
 	served := make(chan error, 1)
 	go func() {
-		served <- server.Serve(ctx, &cur, server.NewMetrics(), ls, log, server.Mount{Prefix: devidp.PathPrefix, Handler: idp.Handler()})
+		services := server.AuthorityServices(&cur, server.NewMetrics(), log)
+		services.Mount(devidp.PathPrefix, idp.Handler())
+		served <- server.Serve(ctx, services, ls)
 	}()
 	defer func() { cancel(); <-served }()
 	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -129,7 +133,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	key1, _ := privateJWK(examples.App1Key)
 	key3, _ := privateJWK(examples.App3Key)
 	assert := func(client string, key *exchange.SigningKey) string {
-		a, err := (&exchange.AssertionBuilder{ClientID: client, TokenEndpoint: issuer + "/token", Key: key, Now: time.Now}).Build()
+		a, err := (&agent.AssertionBuilder{ClientID: client, TokenEndpoint: issuer + "/token", Key: key, Now: time.Now}).Build()
 		if err != nil {
 			p.say("cannot build an assertion: %v", err)
 		}
@@ -184,7 +188,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 			p.say("→ sets %s: %s", h.GetHeader().GetKey(), h.GetHeader().GetValue())
 		}
 	}
-	p.expect(res.GetOkResponse() != nil && setsHeader(res, server.HeaderClientID, demoApp1), "GET /read is allowed, with the identity headers")
+	p.expect(res.GetOkResponse() != nil && setsHeader(res, authz.HeaderClientID, demoApp1), "GET /read is allowed, with the identity headers")
 	res = check("POST", "/create", exchanged)
 	d := res.GetDeniedResponse()
 	p.say("POST /create → %d %s", d.GetStatus().GetCode(), d.GetBody())
@@ -215,14 +219,14 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	p.title("6. The agent beside app-1: the second identical exchange comes from its cache")
 	p.cmd(`TOKEN_X_CLIENT_ID=` + demoApp1 + ` TOKEN_X_PRIVATE_JWK="$(cat deploy/examples/keys/app-1.jwk)" TOKEN_X_TOKEN_ENDPOINT=` + serveHTTP + `/token TOKEN_X_ISSUER=` + serveHTTP + ` TOKEN_X_JWKS_URI=` + serveHTTP + `/jwks go run ./cmd/vakt agent`)
 	p.cmd(`curl -s 127.0.0.1:3000/api/v1/token/exchange -d identity_provider=tokenx -d target=` + demoAppB + ` -d user_token=$CITIZEN   # twice`)
-	agent := exchange.NewAgent(exchange.AgentConfig{Upstream: &exchange.Upstream{
-		Endpoint: issuer + "/token", Client: exchange.NewHTTPClient(), Retries: 2, Backoff: 100 * time.Millisecond, Timeout: 10 * time.Second,
-		Assertion: &exchange.AssertionBuilder{ClientID: demoApp1, TokenEndpoint: issuer + "/token", Key: key1, Now: time.Now},
+	beside := agent.New(agent.Config{Upstream: &agent.Upstream{
+		Endpoint: issuer + "/token", Client: agent.NewHTTPClient(), Retries: 2, Backoff: 100 * time.Millisecond, Timeout: 10 * time.Second,
+		Assertion: &agent.AssertionBuilder{ClientID: demoApp1, TokenEndpoint: issuer + "/token", Key: key1, Now: time.Now},
 	}})
 	t0 := time.Now()
-	first, err1 := agent.Exchange(ctx, citizen, demoAppB, false)
+	first, err1 := beside.Exchange(ctx, citizen, demoAppB, false)
 	t1 := time.Now()
-	second, err2 := agent.Exchange(ctx, citizen, demoAppB, false)
+	second, err2 := beside.Exchange(ctx, citizen, demoAppB, false)
 	t2 := time.Now()
 	p.say("→ first: upstream exchange in %v; second: %v", t1.Sub(t0).Round(time.Microsecond), t2.Sub(t1).Round(time.Microsecond))
 	p.expect(err1 == nil && err2 == nil && first.AccessToken == second.AccessToken && t2.Sub(t1) < t1.Sub(t0), "the second exchange is the cached token, and faster")

@@ -15,8 +15,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/config"
-	"github.com/vakt-dev/vakt/deploy/examples"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/server"
@@ -57,7 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "keys":
 		return keys(args[1:], stdout, stderr)
 	case "agent":
-		return agent(args[1:], os.Getenv, stderr)
+		return runAgent(args[1:], os.Getenv, stderr)
 	case "assertion":
 		return assertion(args[1:], stdout, stderr)
 	case "demo":
@@ -92,29 +92,43 @@ func serve(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if *cfgPath == "" && flagGiven(fs, "config") {
+		// An empty --config (an unset variable in a script) must not start
+		// the development defaults, whose identity provider issues tokens
+		// to anyone.
+		fmt.Fprintln(stderr, "vakt: --config is empty; leave it out to run on the development defaults")
+		return 2
+	}
 	log, err := logger()
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt: %v\n", err)
 		return 2
 	}
 
-	loader := &server.Loader{ConfigPath: *cfgPath, Default: examples.Development, Logger: log}
+	loader := &server.Loader{Logger: log}
+	var devIDP *devidp.IDP
+	if *cfgPath == "" {
+		// The development identity provider's issuer is vakt's own URL:
+		// read it from the embedded default before adding the provider.
+		def, err := developmentConfig(nil, "")()
+		if err != nil {
+			log.Error("the embedded development configuration is invalid", "error", err)
+			return 1
+		}
+		log.Warn("running on the embedded development configuration (deploy/examples/vakt.yaml): example applications with public demo keys, an ephemeral signing key; not for production")
+		if devIDP, err = devidp.New(def.Issuer, nil); err != nil {
+			log.Error("development identity provider", "error", err)
+			return 1
+		}
+		log.Warn(devIDP.String())
+		loader.Config = developmentConfig(devIDP, "")
+	} else {
+		loader.Config = fileConfig(*cfgPath, log)
+	}
 	cfg, err := loader.Config()
 	if err != nil {
 		log.Error("configuration is invalid", "file", *cfgPath, "error", err)
 		return 1
-	}
-	var mounts []server.Mount
-	if *cfgPath == "" {
-		log.Warn("running on the embedded development configuration (deploy/examples/vakt.yaml): example applications with public demo keys, an ephemeral signing key; not for production")
-		idp, err := devidp.New(cfg.Issuer, nil)
-		if err != nil {
-			log.Error("development identity provider", "error", err)
-			return 1
-		}
-		loader.DevIDP = idp
-		mounts = append(mounts, server.Mount{Prefix: devidp.PathPrefix, Handler: idp.Handler()})
-		log.Warn(idp.String())
 	}
 	if cfg.Signing.KeysFile == "" {
 		if loader.Ephemeral, err = newEphemeralSigner(cfg, log); err != nil {
@@ -143,7 +157,10 @@ func serve(args []string, stderr io.Writer) int {
 	defer stop()
 	var cur server.Current
 	metrics := server.NewMetrics()
-	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Files: loader.Files(cfg), Logger: log, OnResult: metrics.Reloaded}
+	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
+	if *cfgPath != "" {
+		reloader.Files = server.WatchedFiles(*cfgPath, cfg)
+	}
 	if err := reloader.Start(ctx); err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
@@ -151,12 +168,23 @@ func serve(args []string, stderr io.Writer) int {
 	if _, err := reloader.Watch(ctx); err != nil {
 		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
 	}
-	if err := server.Serve(ctx, &cur, metrics, ls, log, mounts...); err != nil {
+	services := server.AuthorityServices(&cur, metrics, log)
+	if devIDP != nil {
+		services.Mount(devidp.PathPrefix, devIDP.Handler())
+	}
+	if err := server.Serve(ctx, services, ls); err != nil {
 		log.Error("stopped with an error", "error", err)
 		return 1
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// flagGiven reports whether the flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
 
 // newEphemeralSigner generates the one key vakt signs with when
@@ -194,9 +222,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	}
 }
 
-// agent runs `vakt agent`: token exchange and introspection for one
+// runAgent runs `vakt agent`: token exchange and introspection for one
 // application, configured from the NAIS environment variables.
-func agent(args []string, getenv func(string) string, stderr io.Writer) int {
+func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	grpcAddr := fs.String("grpc", "127.0.0.1:9100", "gRPC listen address")
@@ -210,7 +238,7 @@ func agent(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vakt: %v\n", err)
 		return 2
 	}
-	env, err := exchange.AgentEnvFrom(getenv)
+	env, err := agent.EnvFrom(getenv)
 	if err != nil {
 		log.Error("the agent's environment is incomplete", "error", err)
 		return 1
@@ -228,15 +256,13 @@ func agent(args []string, getenv func(string) string, stderr io.Writer) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	var cur server.Current
-	cur.Store(rt)
 	ls, err := server.Listen(*grpcAddr, *httpAddr)
 	if err != nil {
 		log.Error("cannot listen", "error", err)
 		return 1
 	}
 	log.Info("agent", "client_id", env.ClientID, "token_endpoint", env.TokenEndpoint, "kid", env.Key.ID)
-	if err := server.Serve(ctx, &cur, server.NewMetrics(), ls, log); err != nil {
+	if err := server.Serve(ctx, server.AgentServices(rt, server.NewMetrics(), log), ls); err != nil {
 		log.Error("stopped with an error", "error", err)
 		return 1
 	}

@@ -110,7 +110,7 @@ func TestKeysCommands(t *testing.T) {
 
 func TestAgentNeedsItsEnvironment(t *testing.T) {
 	var errb bytes.Buffer
-	code := agent(nil, func(name string) string {
+	code := runAgent(nil, func(name string) string {
 		if name == "TOKEN_X_PRIVATE_JWK" {
 			return `{"kty":"oct","k":"TOP-SECRET"}`
 		}

@@ -65,7 +65,7 @@ test('a refused exchange arrives as an RFC 8693 error', async () => {
     }),
     (err) => {
       assert.equal(err.error, 'invalid_target')
-      assert.equal(err.error_description, `token exchange audience ${forbiddenTarget} is invalid`)
+      assert.equal(err.error_description, 'token exchange audience is invalid')
       return true
     },
   )

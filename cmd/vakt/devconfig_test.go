@@ -1,4 +1,4 @@
-package server
+package main
 
 import (
 	"log/slog"
@@ -14,14 +14,13 @@ import (
 )
 
 // The development identity provider is added to the embedded default only:
-// a configuration file never gets it, even when a loader is given one.
+// a configuration file never gets it.
 func TestDevIDPOnlyOnTheDefault(t *testing.T) {
 	idp, err := devidp.New("http://127.0.0.1:8080", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	def := &Loader{Default: examples.Development, DevIDP: idp, Logger: quiet}
-	cfg, err := def.Config()
+	cfg, err := developmentConfig(idp, "")()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,8 +32,7 @@ func TestDevIDPOnlyOnTheDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs strings.Builder
-	fromFile := &Loader{ConfigPath: file, DevIDP: idp, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
-	cfg, err = fromFile.Config()
+	cfg, err = fileConfig(file, slog.New(slog.NewTextHandler(&logs, nil)))()
 	if err != nil {
 		t.Fatal(err)
 	}

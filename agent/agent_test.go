@@ -1,4 +1,4 @@
-package exchange
+package agent
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vakt-dev/vakt/authz"
+	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
 )
 
@@ -50,12 +52,12 @@ func newRecorder(t *testing.T, respond func(n int64, w http.ResponseWriter, audi
 func okToken(expiresIn int) func(int64, http.ResponseWriter, string) {
 	return func(n int64, w http.ResponseWriter, aud string) {
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"access_token":"token-%d-for-%s","issued_token_type":"%s","token_type":"Bearer","expires_in":%d}`, n, aud, TokenTypeAccessToken, expiresIn)
+		fmt.Fprintf(w, `{"access_token":"token-%d-for-%s","issued_token_type":"%s","token_type":"Bearer","expires_in":%d}`, n, aud, exchange.TokenTypeAccessToken, expiresIn)
 	}
 }
 
-func newTestAgent(t *testing.T, endpoint string, clock *idptest.Clock, cacheSize int) (*Agent, *SigningKey) {
-	key, err := GenerateSigningKey("RS256")
+func newTestAgent(t *testing.T, endpoint string, clock *idptest.Clock, cacheSize int) (*Agent, *exchange.SigningKey) {
+	key, err := exchange.GenerateSigningKey("RS256")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +66,7 @@ func newTestAgent(t *testing.T, endpoint string, clock *idptest.Clock, cacheSize
 		Assertion: &AssertionBuilder{ClientID: "dev-gcp:team-a:app-1", TokenEndpoint: endpoint, Key: key, Now: clock.Now},
 		Client:    NewHTTPClient(), Retries: 2, Backoff: time.Millisecond, Timeout: 10 * time.Second,
 	}
-	return NewAgent(AgentConfig{Upstream: up, CacheSize: cacheSize, Now: clock.Now}), key
+	return New(Config{Upstream: up, CacheSize: cacheSize, Now: clock.Now}), key
 }
 
 func decodeSegment(t *testing.T, seg string) map[string]any {
@@ -103,9 +105,9 @@ func TestAgentRequestAndRetries(t *testing.T) {
 	for _, f := range rec.forms {
 		want := map[string]string{
 			"content-type":          "application/x-www-form-urlencoded",
-			"grant_type":            GrantTypeTokenExchange,
-			"client_assertion_type": ClientAssertionTypeJWT,
-			"subject_token_type":    TokenTypeJWT,
+			"grant_type":            exchange.GrantTypeTokenExchange,
+			"client_assertion_type": exchange.ClientAssertionTypeJWT,
+			"subject_token_type":    exchange.TokenTypeJWT,
 			"subject_token":         "user-token",
 			"audience":              "dev-gcp:team-b:app-b",
 		}
@@ -144,8 +146,8 @@ func TestAgentUpstreamErrors(t *testing.T) {
 	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
 	for range 2 {
 		_, err := agent.Exchange(context.Background(), "user-token", "x", false)
-		var e *Error
-		if !errors.As(err, &e) || e.Code != "invalid_target" || e.Description != "token exchange audience x is invalid" {
+		var e *exchange.Error
+		if !errors.As(err, &e) || e.Reason() != authz.ReasonUpstreamRefused || e.UpstreamCode != "invalid_target" || e.Description() != "token exchange audience x is invalid" {
 			t.Fatalf("upstream error passed on as %v", err)
 		}
 	}
@@ -160,8 +162,8 @@ func TestAgentUpstreamErrors(t *testing.T) {
 	l.Close()
 	down, _ := newTestAgent(t, "http://"+addr+"/token", clock, 0)
 	_, err := down.Exchange(context.Background(), "user-token", "x", false)
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeTemporarilyUnavailable {
+	var e *exchange.Error
+	if !errors.As(err, &e) || e.Reason() != authz.ReasonUpstreamUnavailable || !e.Reason().Outage() {
 		t.Fatalf("upstream down: %v", err)
 	}
 }
@@ -171,7 +173,7 @@ func TestAgentCache(t *testing.T) {
 	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
 	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
 	ctx := context.Background()
-	get := func(sub, aud string, skip bool) *Response {
+	get := func(sub, aud string, skip bool) *exchange.Response {
 		t.Helper()
 		res, err := agent.Exchange(ctx, sub, aud, skip)
 		if err != nil {
@@ -284,8 +286,8 @@ func TestAgentCacheBound(t *testing.T) {
 }
 
 func TestAgentEnv(t *testing.T) {
-	key, _ := GenerateSigningKey("RS256")
-	priv, _ := MarshalPrivateKeys([]*SigningKey{key})
+	key, _ := exchange.GenerateSigningKey("RS256")
+	priv, _ := exchange.MarshalPrivateKeys([]*exchange.SigningKey{key})
 	var set struct{ Keys []json.RawMessage }
 	_ = json.Unmarshal(priv, &set)
 	env := map[string]string{
@@ -293,7 +295,7 @@ func TestAgentEnv(t *testing.T) {
 		"TOKEN_X_TOKEN_ENDPOINT": "https://tokenx.example/token", "TOKEN_X_ISSUER": "https://tokenx.example",
 		"TOKEN_X_JWKS_URI": "https://tokenx.example/jwks",
 	}
-	e, err := AgentEnvFrom(func(k string) string { return env[k] })
+	e, err := EnvFrom(func(k string) string { return env[k] })
 	if err != nil || e.Key.ID != key.ID || e.Key.Alg != "RS256" {
 		t.Fatalf("%+v %v", e, err)
 	}
@@ -313,7 +315,7 @@ func TestAgentEnv(t *testing.T) {
 		if tt.set != "" {
 			m[tt.set] = tt.value
 		}
-		_, err := AgentEnvFrom(func(k string) string { return m[k] })
+		_, err := EnvFrom(func(k string) string { return m[k] })
 		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "TOP-SECRET") {
 			t.Errorf("%v: %v", tt, err)
 		}

@@ -1,20 +1,22 @@
-package exchange
+package agent
 
 import (
 	"errors"
 	"fmt"
 	"net/url"
+
+	"github.com/vakt-dev/vakt/exchange"
 )
 
-// AgentEnv is an agent's configuration, from the environment variables NAIS
+// Env is an agent's configuration, from the environment variables NAIS
 // gives applications, so an existing NAIS application can use it as is.
-type AgentEnv struct {
-	ClientID      string      // TOKEN_X_CLIENT_ID
-	Key           *SigningKey // TOKEN_X_PRIVATE_JWK
-	TokenEndpoint string      // TOKEN_X_TOKEN_ENDPOINT
-	Issuer        string      // TOKEN_X_ISSUER
-	JWKSURI       string      // TOKEN_X_JWKS_URI, or
-	WellKnownURL  string      // TOKEN_X_WELL_KNOWN_URL
+type Env struct {
+	ClientID      string               // TOKEN_X_CLIENT_ID
+	Key           *exchange.SigningKey // TOKEN_X_PRIVATE_JWK
+	TokenEndpoint string               // TOKEN_X_TOKEN_ENDPOINT
+	Issuer        string               // TOKEN_X_ISSUER
+	JWKSURI       string               // TOKEN_X_JWKS_URI, or
+	WellKnownURL  string               // TOKEN_X_WELL_KNOWN_URL
 	IDPorten      *IDPortenEnv
 	BindAddress   string // BIND_ADDRESS: the HTTP listen address
 }
@@ -27,9 +29,9 @@ type IDPortenEnv struct {
 	Audience     string // IDPORTEN_AUDIENCE
 }
 
-// AgentEnvFrom reads the agent's configuration. Every problem is named by
+// EnvFrom reads the agent's configuration. Every problem is named by
 // its variable; the private key itself never appears in an error.
-func AgentEnvFrom(getenv func(string) string) (*AgentEnv, error) {
+func EnvFrom(getenv func(string) string) (*Env, error) {
 	var errs []error
 	need := func(name string, isURL bool) string {
 		v := getenv(name)
@@ -41,7 +43,7 @@ func AgentEnvFrom(getenv func(string) string) (*AgentEnv, error) {
 		}
 		return v
 	}
-	e := &AgentEnv{
+	e := &Env{
 		ClientID:      need("TOKEN_X_CLIENT_ID", false),
 		TokenEndpoint: need("TOKEN_X_TOKEN_ENDPOINT", true),
 		Issuer:        need("TOKEN_X_ISSUER", false),
@@ -51,7 +53,7 @@ func AgentEnvFrom(getenv func(string) string) (*AgentEnv, error) {
 	}
 	if jwk := getenv("TOKEN_X_PRIVATE_JWK"); jwk == "" {
 		errs = append(errs, errors.New("TOKEN_X_PRIVATE_JWK is not set"))
-	} else if keys, err := ParsePrivateKeys([]byte(`{"keys":[` + jwk + `]}`)); err != nil || len(keys) != 1 {
+	} else if keys, err := exchange.ParsePrivateKeys([]byte(`{"keys":[` + jwk + `]}`)); err != nil || len(keys) != 1 {
 		// Not wrapped: the parser's message could quote the key.
 		errs = append(errs, errors.New("TOKEN_X_PRIVATE_JWK is not one private JWK (RSA, P-256 or Ed25519) with a kid"))
 	} else {
@@ -60,9 +62,9 @@ func AgentEnvFrom(getenv func(string) string) (*AgentEnv, error) {
 	if e.JWKSURI == "" && e.WellKnownURL == "" {
 		errs = append(errs, errors.New("TOKEN_X_JWKS_URI or TOKEN_X_WELL_KNOWN_URL must be set, to introspect tokens issued to this application"))
 	}
-	for name, v := range map[string]string{"TOKEN_X_JWKS_URI": e.JWKSURI, "TOKEN_X_WELL_KNOWN_URL": e.WellKnownURL} {
-		if v != "" && !absoluteURL(v) {
-			errs = append(errs, fmt.Errorf("%s is not an absolute http(s) URL", name))
+	for _, v := range [...]struct{ name, value string }{{"TOKEN_X_JWKS_URI", e.JWKSURI}, {"TOKEN_X_WELL_KNOWN_URL", e.WellKnownURL}} {
+		if v.value != "" && !absoluteURL(v.value) {
+			errs = append(errs, fmt.Errorf("%s is not an absolute http(s) URL", v.name))
 		}
 	}
 	if iss := getenv("IDPORTEN_ISSUER"); iss != "" {

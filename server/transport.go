@@ -1,0 +1,298 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/vakt-dev/vakt/authz"
+)
+
+// Transport limits.
+const (
+	// maxGRPCMessage caps a request: a token is at most 16 KiB by default,
+	// and nothing vakt receives needs more than this.
+	maxGRPCMessage = 1 << 20
+	// maxInFlight bounds the requests vakt works on at once. Past it,
+	// requests are refused with RESOURCE_EXHAUSTED at once rather than
+	// queued without end: Envoy turns the error into status_on_error (503),
+	// which tells an overloaded vakt apart from a refusal.
+	maxInFlight = 4096
+	// maxBody caps the body of every HTTP request vakt reads.
+	maxBody = 64 << 10
+	// shutdownGrace is how long in-flight requests get to finish on shutdown.
+	shutdownGrace = 10 * time.Second
+)
+
+// Services are what one mode of vakt serves: the authority (vakt serve,
+// AuthorityServices) or an agent beside one application (vakt agent,
+// AgentServices). The mode is chosen once, when its Services are made: each
+// mode registers only the services it serves, and no handler asks which
+// mode it is in.
+type Services struct {
+	register func(grpc.ServiceRegistrar)
+	mux      *http.ServeMux
+	log      *slog.Logger
+}
+
+func newServices(log *slog.Logger, m *Metrics, register func(grpc.ServiceRegistrar)) *Services {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Services{register: register, mux: http.NewServeMux(), log: log}
+	if m != nil {
+		s.mux.Handle("GET /metrics", m.Handler())
+	}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	return s
+}
+
+// Mount serves h under prefix on the HTTP listener, as well as the mode's
+// own endpoints (the development identity provider is mounted this way).
+func (s *Services) Mount(prefix string, h http.Handler) { s.mux.Handle(prefix+"/", h) }
+
+// Handler returns the HTTP endpoints.
+func (s *Services) Handler() http.Handler { return s.mux }
+
+// NewGRPCServer returns a gRPC server with the mode's services, grpc.health.v1
+// and server reflection registered. Panics in handlers become Internal
+// errors, and requests beyond maxInFlight are refused.
+func (s *Services) NewGRPCServer() (*grpc.Server, *health.Server) {
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(maxGRPCMessage),
+		grpc.ChainUnaryInterceptor(recoverUnary(s.log), limitUnary(maxInFlight)),
+	)
+	s.register(gs)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	return gs, hs
+}
+
+func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in gRPC handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				resp, err = nil, status.Error(codes.Internal, authz.ReasonInternal.Description())
+			}
+		}()
+		return handler(ctx, req)
+	}
+}
+
+// limitUnary refuses requests beyond n in flight.
+func limitUnary(n int) grpc.UnaryServerInterceptor {
+	slots := make(chan struct{}, n)
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		select {
+		case slots <- struct{}{}:
+		default:
+			return nil, status.Error(answerFor(authz.ReasonOverloaded).grpc, authz.ReasonOverloaded.Description())
+		}
+		defer func() { <-slots }()
+		return handler(ctx, req)
+	}
+}
+
+// Listeners are the sockets vakt serves on.
+type Listeners struct {
+	GRPC net.Listener
+	HTTP net.Listener
+}
+
+// Listen opens the configured addresses.
+func Listen(grpcAddr, httpAddr string) (*Listeners, error) {
+	g, err := net.Listen("tcp", grpcAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gRPC listener: %w", err)
+	}
+	h, err := net.Listen("tcp", httpAddr)
+	if err != nil {
+		g.Close()
+		return nil, fmt.Errorf("HTTP listener: %w", err)
+	}
+	return &Listeners{GRPC: g, HTTP: h}, nil
+}
+
+// Serve serves s on ls until ctx ends, then stops gracefully: health turns
+// NOT_SERVING, in-flight requests get shutdownGrace to finish.
+func Serve(ctx context.Context, s *Services, ls *Listeners) error {
+	log := s.log
+	gs, hs := s.NewGRPCServer()
+	httpSrv := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+
+	errs := make(chan error, 2)
+	go func() { errs <- gs.Serve(ls.GRPC) }()
+	go func() { errs <- httpSrv.Serve(ls.HTTP) }()
+	log.Info("vakt serving", "grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+		log.Error("server stopped", "error", err)
+	}
+	log.Info("shutting down", "grace", shutdownGrace.String())
+	hs.Shutdown()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	if herr := httpSrv.Shutdown(sctx); herr != nil && !errors.Is(herr, http.ErrServerClosed) {
+		log.Warn("HTTP shutdown", "error", herr)
+	}
+	select {
+	case <-stopped:
+	case <-sctx.Done():
+		gs.Stop()
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// requestError is an HTTP request that cannot be answered: the status and
+// a public description of what is wrong with it.
+type requestError struct {
+	status      int
+	description string
+}
+
+func (e *requestError) Error() string { return e.description }
+
+func badRequest(description string) *requestError {
+	return &requestError{http.StatusBadRequest, description}
+}
+
+// readBody reads a request body of one of the media types allowed: other
+// media types get 415, bodies over maxBody 413.
+func readBody(w http.ResponseWriter, r *http.Request, allowed ...string) (mediaType string, body []byte, _ *requestError) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	ok := err == nil
+	if ok {
+		ok = false
+		for _, a := range allowed {
+			ok = ok || mt == a
+		}
+	}
+	if !ok {
+		msg := "Content-Type must be " + allowed[0]
+		if len(allowed) == 2 {
+			msg += " or " + allowed[1]
+		}
+		return "", nil, &requestError{http.StatusUnsupportedMediaType, msg}
+	}
+	body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return "", nil, &requestError{http.StatusRequestEntityTooLarge, "request body is larger than 64 KiB"}
+		}
+		return "", nil, badRequest("request body could not be read")
+	}
+	return mt, body, nil
+}
+
+// readFields reads the named fields from a JSON object (string or boolean
+// values) or a form body. Other media types get 415, bodies over 64 KiB 413,
+// and malformed bodies, a field of another type or a form field given twice
+// 400. Fields not named are ignored.
+func readFields(w http.ResponseWriter, r *http.Request, names ...string) (map[string]string, *requestError) {
+	mt, body, rerr := readBody(w, r, "application/json", "application/x-www-form-urlencoded")
+	if rerr != nil {
+		return nil, rerr
+	}
+	out := make(map[string]string, len(names))
+	if mt == "application/json" {
+		var obj map[string]json.RawMessage
+		if err := decodeStrictJSON(body, &obj); err != nil || obj == nil {
+			return nil, badRequest("request body is not a JSON object")
+		}
+		for _, n := range names {
+			raw, ok := obj[n]
+			if !ok || string(raw) == "null" {
+				continue
+			}
+			var s string
+			var b bool
+			switch {
+			case json.Unmarshal(raw, &s) == nil:
+				out[n] = s
+			case json.Unmarshal(raw, &b) == nil:
+				out[n] = strconv.FormatBool(b)
+			default:
+				return nil, badRequest(n + " must be a string")
+			}
+		}
+		return out, nil
+	}
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, badRequest("request body is not valid form encoding")
+	}
+	for _, n := range names {
+		if len(form[n]) > 1 {
+			return nil, badRequest(n + " is given more than once")
+		}
+		if v := form.Get(n); v != "" {
+			out[n] = v
+		}
+	}
+	return out, nil
+}
+
+// decodeStrictJSON decodes exactly one JSON object into v. Unknown members
+// are ignored, as clients may send more than vakt reads.
+func decodeStrictJSON(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON object")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeRequestError writes an unusable request as an OAuth-style error.
+func writeRequestError(w http.ResponseWriter, e *requestError) {
+	writeJSON(w, e.status, map[string]string{"error": codeInvalidRequest, "error_description": e.description})
+}
