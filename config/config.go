@@ -4,13 +4,8 @@
 package config
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/goccy/go-yaml"
 
@@ -51,10 +46,8 @@ type Signing struct {
 	KeysFile string `yaml:"keysFile"`
 	// Algorithm of a generated key: RS256 (default), ES256 or EdDSA.
 	Algorithm string `yaml:"algorithm"`
-	// TokenLifetimeText is how long issued tokens live ("15m", the default);
-	// TokenLifetime is its value after Load.
-	TokenLifetimeText string        `yaml:"tokenLifetime"`
-	TokenLifetime     time.Duration `yaml:"-"`
+	// TokenLifetime is how long issued tokens live (15m by default).
+	TokenLifetime Duration `yaml:"tokenLifetime"`
 }
 
 // Replay configures where client assertion ids are remembered: in memory
@@ -85,10 +78,8 @@ type IdentityProvider struct {
 	JWKSURI      string   `yaml:"jwksUri"`
 	Audience     []string `yaml:"audience"`
 	Algorithms   []string `yaml:"algorithms"`
-	// LeewayText is the clock skew allowed on exp, nbf and iat ("30s");
-	// Leeway is its value after Load.
-	LeewayText string        `yaml:"leeway"`
-	Leeway     time.Duration `yaml:"-"`
+	// Leeway is the clock skew allowed on exp, nbf and iat.
+	Leeway Duration `yaml:"leeway"`
 }
 
 // Application is a workload that calls or is called, identified by
@@ -192,50 +183,23 @@ func LoadFile(path string) (*Config, error) {
 // Load decodes and validates a configuration. Relative file names in it are
 // resolved against dir. Unknown fields, duplicate keys, bad durations or
 // URLs, duplicate ids and names, and incomplete rules are rejected; the error
-// names every offending field with its line.
+// names every offending field with its line, in the order of the file.
+//
+// The phases: a strict decode, then defaults, then reading the key files the
+// configuration names, then validation, which changes nothing; last, rules
+// get their namespace and cluster.
 func Load(data []byte, dir string) (*Config, error) {
 	var c Config
 	if err := yaml.UnmarshalWithOptions(data, &c, yaml.Strict()); err != nil {
-		return nil, decodeError(err)
+		return nil, decodeError(err, data)
 	}
-	if err := c.validate(data, dir); err != nil {
+	c.applyDefaults(dir)
+	v := newValidator(data)
+	c.loadKeys(v, dir)
+	c.validate(v)
+	if err := v.result(); err != nil {
 		return nil, err
 	}
+	c.resolveRules()
 	return &c, nil
-}
-
-// decodeError turns a YAML error into one line: "line 3: unknown field ...".
-func decodeError(err error) error {
-	var ye yaml.Error
-	if errors.As(err, &ye) {
-		if tok := ye.GetToken(); tok != nil && tok.Position != nil {
-			return fmt.Errorf("line %d: %s", tok.Position.Line, ye.GetMessage())
-		}
-	}
-	msg := yaml.FormatError(err, false, false)
-	return errors.New(strings.TrimSpace(msg))
-}
-
-// keySetFromYAML converts an inline key set (a YAML or JSON object) to JSON
-// and parses it.
-func keySetFromYAML(v any) (*authz.KeySet, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	return strictKeySet(b)
-}
-
-// strictKeySet parses an application's own key set. A key vakt cannot use
-// is an error here, not a warning: an operator wrote it, and a key dropped
-// without a word would leave the application unable to authenticate.
-func strictKeySet(b []byte) (*authz.KeySet, error) {
-	set, skipped, err := authz.ParseKeySet(b)
-	if err != nil {
-		return nil, err
-	}
-	if len(skipped) > 0 {
-		return nil, errors.Join(skipped...)
-	}
-	return set, nil
 }

@@ -16,7 +16,7 @@ func TestExamplesLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.IdentityProviders[0].Leeway; got != 30*time.Second {
+	if got := c.IdentityProviders[0].Leeway.Std(); got != 30*time.Second {
 		t.Fatalf("leeway %v", got)
 	}
 	b := c.Applications[0]
@@ -54,6 +54,9 @@ func TestLoadRejects(t *testing.T) {
 		{"unknown nested field", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    audiences: [x]\n", []string{"line 7", "audiences"}},
 		{"duplicate key", base + "cluster: prod\n", []string{"line 3", "cluster"}},
 		{"bad duration", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    leeway: 30\n", []string{"line 7", "duration"}},
+		{"bad token lifetime", base + "signing:\n  tokenLifetime: 15\n", []string{"line 4", `signing.tokenLifetime: "15" is not a duration`}},
+		{"leeway out of range", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    leeway: 11m\n", []string{"line 7", "identityProviders[0].leeway: must be between 0s and 10m"}},
+		{"zero token lifetime", base + "signing:\n  tokenLifetime: 0s\n", []string{"line 4", "signing.tokenLifetime: must be between 1m and 24h"}},
 		{"bad issuer", "issuer: 127.0.0.1:8080\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not an absolute http(s) URL"}},
 		{"missing cluster", "issuer: http://127.0.0.1:8080\n", []string{"cluster: is required"}},
 		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
@@ -144,5 +147,77 @@ func TestUnusableApplicationKeyIsAnError(t *testing.T) {
 	_, err := config.Load([]byte(base+"applications:\n  - name: a\n    namespace: n\n    jwks: {\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\", \"kid\": \"h\"}]}\n"), t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "applications[0].jwks") || !strings.Contains(err.Error(), "keys[0]") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestErrorsAreDeterministic loads files with several errors many times:
+// each must give one text, its errors in the order of the file, whichever
+// phase found them (listen.http is written before listen.grpc here, and the
+// key file is read before the rules are validated).
+func TestErrorsAreDeterministic(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string // the start of each error line, in order
+	}{
+		{"several fields", base + `listen:
+  http: nohost
+  grpc: 9000
+identityProviders:
+  - name: a
+    issuer: https://a.example/
+    jwksUri: https://a.example/jwks
+  - name: a
+    issuer: https://b.example/
+    jwksUri: https://b.example/jwks
+applications:
+  - name: app
+    namespace: n
+    jwksFile: missing.jwks
+    accessPolicy:
+      inbound:
+        rules:
+          - cluster: prod
+`, []string{
+			`line 4: listen.http: "nohost" is not host:port`,
+			`line 5: listen.grpc: "9000" is not host:port`,
+			`line 10: identityProviders[1].name: "a" is already the name of identityProviders[0]`,
+			`line 16: applications[0].jwksFile: `,
+			`line 20: applications[0].accessPolicy.inbound.rules[0].application: is required`,
+			`line 20: applications[0].accessPolicy.inbound.rules[0].namespace: is required when cluster is given`,
+		}},
+		{"missing field first", "issuer: x\n", []string{
+			"cluster: is required",
+			`line 1: issuer: "x" is not an absolute http(s) URL`,
+		}},
+		// The decoder reports one unknown field, picked from a map.
+		{"unknown fields", base + "foo: 1\nbar: 2\nbaz: 3\nlisten: {qux: 4, quux: 5}\n", []string{
+			`line 3: unknown field "foo"`,
+		}},
+		{"unknown nested fields", base + "listen: {grpc: 127.0.0.1:1, qux: 4, quux: 5}\nfoo: 1\n", []string{
+			`line 3: unknown field "qux"`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load([]byte(tt.yaml), t.TempDir())
+			if err == nil {
+				t.Fatal("loaded")
+			}
+			first := err.Error()
+			lines := strings.Split(first, "\n")
+			if len(lines) != len(tt.want) {
+				t.Fatalf("got %d errors, want %d:\n%s", len(lines), len(tt.want), first)
+			}
+			for i, w := range tt.want {
+				if !strings.HasPrefix(lines[i], w) {
+					t.Errorf("error %d is %q, want %q", i, lines[i], w)
+				}
+			}
+			for range 50 {
+				if _, err := config.Load([]byte(tt.yaml), t.TempDir()); err == nil || err.Error() != first {
+					t.Fatalf("got\n%v\nafter\n%s", err, first)
+				}
+			}
+		})
 	}
 }

@@ -1,12 +1,11 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -48,13 +47,32 @@ func (es Errors) Error() string {
 // Kubernetes.
 var label = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
+// validator collects FieldErrors, with lines found in the YAML.
 type validator struct {
 	file *ast.File
 	errs Errors
 }
 
+func newValidator(data []byte) *validator {
+	v := &validator{}
+	if f, err := parser.ParseBytes(data, 0); err == nil {
+		v.file = f
+	}
+	return v
+}
+
 func (v *validator) fail(path, format string, args ...any) {
 	v.errs = append(v.errs, &FieldError{Path: path, Line: v.line(path), Msg: fmt.Sprintf(format, args...)})
+}
+
+// result is every error in the order of the file, whichever phase found it;
+// errors without a line (a missing top-level field) come first.
+func (v *validator) result() error {
+	if len(v.errs) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(v.errs, func(a, b *FieldError) int { return cmp.Compare(a.Line, b.Line) })
+	return v.errs
 }
 
 // line finds the line of path in the YAML, or of its nearest present parent.
@@ -76,12 +94,18 @@ func (v *validator) line(path string) int {
 	return 0
 }
 
-func (c *Config) validate(data []byte, dir string) error {
-	v := &validator{}
-	if f, err := parser.ParseBytes(data, 0); err == nil {
-		v.file = f
-	}
+// validate checks a configuration after applyDefaults and loadKeys. It
+// changes nothing, and checks in the order of Config's fields.
+func (c *Config) validate(v *validator) {
+	c.validateServer(v)
+	c.validateSigning(v)
+	providers := c.validateProviders(v)
+	c.validateApplications(v, providers)
+}
 
+// validateServer checks the issuer, cluster, listen addresses and
+// validation limits.
+func (c *Config) validateServer(v *validator) {
 	if err := checkURL(c.Issuer); err != nil {
 		v.fail("issuer", "%v", err)
 	}
@@ -90,15 +114,12 @@ func (c *Config) validate(data []byte, dir string) error {
 	} else if !label.MatchString(c.Cluster) {
 		v.fail("cluster", "%q is not a valid name (lowercase letters, digits and '-')", c.Cluster)
 	}
-	if c.Listen.GRPC == "" {
-		c.Listen.GRPC = DefaultGRPCAddress
-	}
-	if c.Listen.HTTP == "" {
-		c.Listen.HTTP = DefaultHTTPAddress
-	}
-	for name, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			v.fail(name, "%q is not host:port", addr)
+	for _, l := range []struct{ path, addr string }{
+		{"listen.grpc", c.Listen.GRPC},
+		{"listen.http", c.Listen.HTTP},
+	} {
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+			v.fail(l.path, "%q is not host:port", l.addr)
 		}
 	}
 	if c.Validation.MaxTokenSize < 0 {
@@ -107,28 +128,17 @@ func (c *Config) validate(data []byte, dir string) error {
 	if c.Validation.CacheSize < -1 {
 		v.fail("validation.cacheSize", "must be -1 (off), 0 (default) or a size")
 	}
+}
 
+// validateSigning checks signing and replay.
+func (c *Config) validateSigning(v *validator) {
 	switch c.Signing.Algorithm {
-	case "":
-		c.Signing.Algorithm = "RS256"
 	case "RS256", "ES256", "EdDSA":
 	default:
 		v.fail("signing.algorithm", "%q is not RS256, ES256 or EdDSA", c.Signing.Algorithm)
 	}
-	c.Signing.TokenLifetime = 15 * time.Minute
-	if c.Signing.TokenLifetimeText != "" {
-		d, err := time.ParseDuration(c.Signing.TokenLifetimeText)
-		switch {
-		case err != nil:
-			v.fail("signing.tokenLifetime", "%q is not a duration (write e.g. 15m)", c.Signing.TokenLifetimeText)
-		case d < time.Minute || d > 24*time.Hour:
-			v.fail("signing.tokenLifetime", "must be between 1m and 24h")
-		default:
-			c.Signing.TokenLifetime = d
-		}
-	}
-	if c.Signing.KeysFile != "" && !filepath.IsAbs(c.Signing.KeysFile) {
-		c.Signing.KeysFile = filepath.Join(dir, c.Signing.KeysFile)
+	if d := c.Signing.TokenLifetime.Std(); d < time.Minute || d > 24*time.Hour {
+		v.fail("signing.tokenLifetime", "must be between 1m and 24h")
 	}
 	if r := c.Replay.Redis; r != nil {
 		if _, _, err := net.SplitHostPort(r.Address); err != nil {
@@ -138,7 +148,11 @@ func (c *Config) validate(data []byte, dir string) error {
 			v.fail("replay.redis.db", "must not be negative")
 		}
 	}
+}
 
+// validateProviders checks the identity providers and returns the index of
+// each valid name, for applications' authentication to refer to.
+func (c *Config) validateProviders(v *validator) map[string]int {
 	names := map[string]int{}
 	issuers := map[string]string{c.Issuer: "vakt itself"}
 	for i := range c.IdentityProviders {
@@ -162,51 +176,49 @@ func (c *Config) validate(data []byte, dir string) error {
 		} else {
 			issuers[p.Issuer] = "identity provider " + p.Name
 		}
-		switch {
-		case p.WellKnownURL == "" && p.JWKSURI == "":
-			v.fail(at, "needs wellKnownUrl or jwksUri")
-		case p.WellKnownURL != "" && p.JWKSURI != "":
-			v.fail(at, "has both wellKnownUrl and jwksUri; give one")
-		case p.WellKnownURL != "":
-			if err := checkURL(p.WellKnownURL); err != nil {
-				v.fail(at+".wellKnownUrl", "%v", err)
-			}
-		default:
-			if err := checkURL(p.JWKSURI); err != nil {
-				v.fail(at+".jwksUri", "%v", err)
-			}
+		v.provider(at, p)
+	}
+	return names
+}
+
+// provider checks what concerns one identity provider alone.
+func (v *validator) provider(at string, p *IdentityProvider) {
+	switch {
+	case p.WellKnownURL == "" && p.JWKSURI == "":
+		v.fail(at, "needs wellKnownUrl or jwksUri")
+	case p.WellKnownURL != "" && p.JWKSURI != "":
+		v.fail(at, "has both wellKnownUrl and jwksUri; give one")
+	case p.WellKnownURL != "":
+		if err := checkURL(p.WellKnownURL); err != nil {
+			v.fail(at+".wellKnownUrl", "%v", err)
 		}
-		for j, a := range p.Audience {
-			if a == "" {
-				v.fail(fmt.Sprintf("%s.audience[%d]", at, j), "is empty")
-			}
-		}
-		for j, a := range p.Algorithms {
-			if !authz.SupportedAlgorithm(a) {
-				v.fail(fmt.Sprintf("%s.algorithms[%d]", at, j), "%q is not supported (one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)", a)
-			}
-		}
-		if p.LeewayText != "" {
-			d, err := time.ParseDuration(p.LeewayText)
-			switch {
-			case err != nil:
-				v.fail(at+".leeway", "%q is not a duration (write e.g. 30s or 2m)", p.LeewayText)
-			case d < 0 || d > 10*time.Minute:
-				v.fail(at+".leeway", "must be between 0s and 10m")
-			default:
-				p.Leeway = d
-			}
+	default:
+		if err := checkURL(p.JWKSURI); err != nil {
+			v.fail(at+".jwksUri", "%v", err)
 		}
 	}
+	for j, a := range p.Audience {
+		if a == "" {
+			v.fail(fmt.Sprintf("%s.audience[%d]", at, j), "is empty")
+		}
+	}
+	for j, a := range p.Algorithms {
+		if !authz.SupportedAlgorithm(a) {
+			v.fail(fmt.Sprintf("%s.algorithms[%d]", at, j), "%q is not supported (one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)", a)
+		}
+	}
+	if d := p.Leeway.Std(); d < 0 || d > 10*time.Minute {
+		v.fail(at+".leeway", "must be between 0s and 10m")
+	}
+}
 
+// validateApplications checks the applications, their ids and hosts unique.
+func (c *Config) validateApplications(v *validator, providers map[string]int) {
 	ids := map[string]int{}
 	hosts := map[string]string{}
 	for i := range c.Applications {
 		a := &c.Applications[i]
 		at := fmt.Sprintf("applications[%d]", i)
-		if a.Cluster == "" {
-			a.Cluster = c.Cluster
-		}
 		v.name(at+".name", a.Name, true)
 		v.name(at+".namespace", a.Namespace, true)
 		v.name(at+".cluster", a.Cluster, false)
@@ -216,31 +228,30 @@ func (c *Config) validate(data []byte, dir string) error {
 			}
 			ids[a.ID()] = i
 		}
-		v.keys(at, a, dir)
-		v.check(at, a, names, hosts)
-		for j := range a.AccessPolicy.Inbound.Rules {
-			r := &a.AccessPolicy.Inbound.Rules[j]
-			rat := fmt.Sprintf("%s.accessPolicy.inbound.rules[%d]", at, j)
-			v.name(rat+".application", r.Application, true)
-			if r.Cluster != "" && r.Namespace == "" {
-				v.fail(rat+".namespace", "is required when cluster is given")
-			}
-			if r.Namespace == "" {
-				r.Namespace = a.Namespace
-			} else {
-				v.name(rat+".namespace", r.Namespace, false)
-			}
-			if r.Cluster == "" {
-				r.Cluster = a.Cluster
-			} else {
-				v.name(rat+".cluster", r.Cluster, false)
+		switch {
+		case keySources(a) > 1:
+			v.fail(at, "give at most one of jwks, jwksFile and jwksUri")
+		case a.JWKSURI != "":
+			if err := checkURL(a.JWKSURI); err != nil {
+				v.fail(at+".jwksUri", "%v", err)
 			}
 		}
+		v.check(at, a, providers, hosts)
+		v.rules(at, a.AccessPolicy.Inbound.Rules)
 	}
-	if len(v.errs) > 0 {
-		return v.errs
+}
+
+// rules checks access rules as written, before resolveRules fills them in.
+func (v *validator) rules(at string, rules []Rule) {
+	for j, r := range rules {
+		rat := fmt.Sprintf("%s.accessPolicy.inbound.rules[%d]", at, j)
+		v.name(rat+".application", r.Application, true)
+		if r.Cluster != "" && r.Namespace == "" {
+			v.fail(rat+".namespace", "is required when cluster is given")
+		}
+		v.name(rat+".namespace", r.Namespace, false)
+		v.name(rat+".cluster", r.Cluster, false)
 	}
-	return nil
 }
 
 var (
@@ -322,48 +333,6 @@ func (v *validator) name(path, s string, required bool) {
 		v.fail(path, "is required")
 	case s != "" && !label.MatchString(s):
 		v.fail(path, "%q is not a valid name (lowercase letters, digits and '-', at most 63)", s)
-	}
-}
-
-func (v *validator) keys(at string, a *Application, dir string) {
-	given := 0
-	for _, set := range []bool{a.JWKS != nil, a.JWKSFile != "", a.JWKSURI != ""} {
-		if set {
-			given++
-		}
-	}
-	if given > 1 {
-		v.fail(at, "give at most one of jwks, jwksFile and jwksUri")
-		return
-	}
-	switch {
-	case a.JWKS != nil:
-		set, err := keySetFromYAML(a.JWKS)
-		if err != nil {
-			v.fail(at+".jwks", "%v", err)
-			return
-		}
-		a.Keys = set
-	case a.JWKSFile != "":
-		path := a.JWKSFile
-		if !filepath.IsAbs(path) {
-			path = filepath.Join(dir, path)
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			v.fail(at+".jwksFile", "%v", errors.Unwrap(err))
-			return
-		}
-		set, err := strictKeySet(data)
-		if err != nil {
-			v.fail(at+".jwksFile", "%s: %v", a.JWKSFile, err)
-			return
-		}
-		a.Keys = set
-	case a.JWKSURI != "":
-		if err := checkURL(a.JWKSURI); err != nil {
-			v.fail(at+".jwksUri", "%v", err)
-		}
 	}
 }
 

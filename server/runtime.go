@@ -107,7 +107,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			Issuer:     ip.Issuer,
 			Audiences:  ip.Audience,
 			Algorithms: ip.Algorithms,
-			Leeway:     ip.Leeway,
+			Leeway:     ip.Leeway.Std(),
 			Keys:       keys,
 		})
 		if err != nil {
@@ -178,7 +178,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		Policy:        policy,
 		Signer:        opts.Signer,
 		Replay:        opts.Replay,
-		TokenLifetime: cfg.Signing.TokenLifetime,
+		TokenLifetime: cfg.Signing.TokenLifetime.Std(),
 		Now:           opts.Now,
 		Logger:        log,
 	})

@@ -1,0 +1,59 @@
+package config
+
+import (
+	"path/filepath"
+	"time"
+)
+
+const defaultTokenLifetime = 15 * time.Minute
+
+// applyDefaults fills in what a configuration may leave out and resolves
+// the signing key file against dir. It reports nothing: validate checks
+// the result, defaults included.
+func (c *Config) applyDefaults(dir string) {
+	if c.Listen.GRPC == "" {
+		c.Listen.GRPC = DefaultGRPCAddress
+	}
+	if c.Listen.HTTP == "" {
+		c.Listen.HTTP = DefaultHTTPAddress
+	}
+	if c.Signing.Algorithm == "" {
+		c.Signing.Algorithm = "RS256"
+	}
+	if !c.Signing.TokenLifetime.set {
+		c.Signing.TokenLifetime = Duration{d: defaultTokenLifetime, set: true}
+	}
+	c.Signing.KeysFile = resolvePath(dir, c.Signing.KeysFile)
+	for i := range c.Applications {
+		if a := &c.Applications[i]; a.Cluster == "" {
+			a.Cluster = c.Cluster
+		}
+	}
+}
+
+// resolveRules fills in each rule's namespace and cluster from the
+// application it belongs to. It runs after validate, which must see the
+// rules as written: a cluster without a namespace is an error, and a
+// namespace copied from an invalid application is not the rule's fault.
+func (c *Config) resolveRules() {
+	for i := range c.Applications {
+		a := &c.Applications[i]
+		for j := range a.AccessPolicy.Inbound.Rules {
+			r := &a.AccessPolicy.Inbound.Rules[j]
+			if r.Namespace == "" {
+				r.Namespace = a.Namespace
+			}
+			if r.Cluster == "" {
+				r.Cluster = a.Cluster
+			}
+		}
+	}
+}
+
+// resolvePath makes a relative file name relative to dir.
+func resolvePath(dir, name string) string {
+	if name == "" || filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(dir, name)
+}
