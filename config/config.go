@@ -115,7 +115,9 @@ type Application struct {
 }
 
 // ID returns the application id, cluster:namespace:name.
-func (a *Application) ID() string { return a.Cluster + ":" + a.Namespace + ":" + a.Name }
+func (a *Application) ID() string {
+	return authz.AppID{Cluster: a.Cluster, Namespace: a.Namespace, Name: a.Name}.String()
+}
 
 // AccessPolicy says who may call an application.
 type AccessPolicy struct {
@@ -157,11 +159,11 @@ type ForwardClaim struct {
 	Header string `yaml:"header"`
 }
 
-// Headers vakt sets on allowed requests; forwardClaims may not reuse them.
-var IdentityHeaders = []string{"x-vakt-subject", "x-vakt-client-id", "x-vakt-identity-provider", "x-vakt-scope"}
 
 // ID returns the id of the application the rule allows.
-func (r Rule) ID() string { return r.Cluster + ":" + r.Namespace + ":" + r.Application }
+func (r Rule) ID() string {
+	return authz.AppID{Cluster: r.Cluster, Namespace: r.Namespace, Name: r.Application}.String()
+}
 
 // Validation tunes the validation engine.
 type Validation struct {

@@ -320,7 +320,7 @@ func (v *validator) check(at string, a *Application, providers map[string]int, h
 			v.fail(p+".claim", "is required")
 		case !headerName.MatchString(fc.Header):
 			v.fail(p+".header", "%q must be a lowercase header name starting with x-vakt-", fc.Header)
-		case slices.Contains(IdentityHeaders, fc.Header) || seen[fc.Header]:
+		case authz.IsIdentityHeader(fc.Header) || seen[fc.Header]:
 			v.fail(p+".header", "%q is already set by vakt or another claim", fc.Header)
 		}
 		seen[fc.Header] = true
