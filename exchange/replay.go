@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/vakt-dev/vakt/authz"
 )
 
 // ReplayStore remembers client assertion ids. Claim records key until
@@ -24,7 +26,8 @@ const DefaultReplayEntries = 1_000_000
 
 // ErrReplayStoreFull means the in-memory store holds its maximum of
 // unexpired ids; the exchange is refused rather than the id forgotten.
-var ErrReplayStoreFull = errors.New("replay store is full")
+// It is an outage, not the client's fault.
+var ErrReplayStoreFull error = Refuse(authz.ReasonReplayUnavailable, "", errors.New("replay store is full"))
 
 // MemoryReplay is a ReplayStore for one replica.
 type MemoryReplay struct {
