@@ -121,7 +121,7 @@ func oauthAnswer(e *exchange.Error) answer {
 
 // publicText keeps what RFC 6749 §5.2 allows in error_description (and RFC
 // 6750 §3 in a quoted WWW-Authenticate value): %x20-21 / %x23-5B / %x5D-7E.
-// A '"' becomes '\”, anything else outside is dropped. vakt's own texts pass
+// A double quote becomes a single one, anything else outside is dropped. vakt's own texts pass
 // unchanged; this guards what came from elsewhere (an upstream's answer).
 func publicText(s string) string {
 	clean := true
