@@ -56,9 +56,13 @@ type Checker struct {
 //     application id: the inbound rules must allow it → else
 //     ReasonCallerDenied. vakt's own tokens always name one → else
 //     ReasonCallerMissing;
-//  6. every scope of the route → else ReasonScopeInsufficient.
+//  6. every scope of the route → else ReasonScopeInsufficient;
+//  7. every claim the allow response forwards as a header (sub, the scopes,
+//     idp of vakt's own tokens, the application's forwardClaims) can be a
+//     header value as it is → else ReasonClaimNotForwardable: vakt never
+//     tells an application something other than what the token says.
 func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
-	path, err := NormalizePath(req.Path)
+	path, err := NormalizePath(req.Path, req.App.PathParameters)
 	if err != nil {
 		return deny(ReasonPathInvalid, err)
 	}
@@ -124,7 +128,31 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 			}
 		}
 	}
+	if !forwardable(claims, own, app) {
+		return deny(ReasonClaimNotForwardable, nil)
+	}
 	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller}
+}
+
+// forwardable reports whether every claim the allow response sets as a
+// header can be one. The caller needs no check: it is forwarded only as an
+// application id the rules allow.
+func forwardable(c *Claims, own bool, app *Application) bool {
+	if c.unsafeScope {
+		return false
+	}
+	if len(c.unsafe) == 0 {
+		return true
+	}
+	if !c.forwardable("sub") || (own && !c.forwardable("idp")) {
+		return false
+	}
+	for _, fc := range app.ForwardClaims {
+		if !c.forwardable(fc.Claim) {
+			return false
+		}
+	}
+	return true
 }
 
 // acceptsExternal reports why the application does not accept a token of

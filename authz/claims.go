@@ -37,6 +37,12 @@ type Claims struct {
 	exp float64 // seconds since the epoch, as in the token
 	nbf float64 // zero when absent
 
+	// unsafe names the top-level claims that hold a string no header value
+	// may carry (see headerSafe); nil for nearly every token. unsafeScope
+	// is set when ScopeText is no header value.
+	unsafe      []string
+	unsafeScope bool
+
 	derived atomic.Pointer[derivedValue]
 }
 
@@ -96,17 +102,62 @@ func parseClaims(payload []byte) (*Claims, error) {
 	}
 	c.Scopes = scopes(raw)
 	c.ScopeText = strings.Join(c.Scopes, " ")
+	c.unsafe = unsafeClaims(raw)
+	c.unsafeScope = !headerSafe(c.ScopeText)
 	return c, nil
 }
 
-// IdentityProvider names who authenticated the user: the token's idp
-// claim, which a token vakt issued carries over from the token it was
-// exchanged for, or else its issuer.
-func (c *Claims) IdentityProvider() string {
-	if s, ok := c.Raw["idp"].(string); ok && s != "" {
-		return s
+// unsafeClaims lists the top-level claims holding a string, or an array of
+// strings, that headerSafe refuses.
+func unsafeClaims(raw map[string]any) []string {
+	var out []string
+	for name, v := range raw {
+		switch x := v.(type) {
+		case string:
+			if !headerSafe(x) {
+				out = append(out, name)
+			}
+		case []any:
+			for _, e := range x {
+				if s, ok := e.(string); ok && !headerSafe(s) {
+					out = append(out, name)
+					break
+				}
+			}
+		}
 	}
-	return c.Issuer
+	return out
+}
+
+// headerSafe reports whether s can be an HTTP header value exactly as it is
+// (RFC 9110 §5.5): no control character (CR, LF, NUL, HTAB and the rest of
+// C0, DEL), and no leading or trailing space, which every parser strips.
+// Bytes above 0x7e pass: non-ASCII text travels as its UTF-8 bytes (obs-text,
+// which Envoy and HTTP/1.1 and HTTP/2 servers carry through).
+func headerSafe(s string) bool {
+	if s != "" && (s[0] == ' ' || s[len(s)-1] == ' ') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// forwardable reports whether every claim named can be forwarded as a
+// header value as it is.
+func (c *Claims) forwardable(names ...string) bool {
+	if len(c.unsafe) == 0 {
+		return true
+	}
+	for _, n := range names {
+		if slices.Contains(c.unsafe, n) {
+			return false
+		}
+	}
+	return true
 }
 
 // Caller is the application or client the token was issued to: client_id

@@ -23,6 +23,8 @@ var (
 	ErrNotYetValid         error = &rejection{ReasonTokenNotYetValid}
 	ErrClaimInvalid        error = &rejection{ReasonTokenClaim}
 	ErrUnknownProvider     error = &rejection{ReasonProviderUnknown}
+	ErrTypeNotAllowed      error = &rejection{ReasonTokenType}
+	ErrClaimNotForwardable error = &rejection{ReasonClaimNotForwardable}
 
 	// Request and policy rejections.
 	ErrBadPath            error = &rejection{ReasonPathInvalid}

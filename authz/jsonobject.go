@@ -3,8 +3,11 @@ package authz
 import (
 	"encoding/json"
 	"errors"
+	"math"
+	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // maxJSONDepth bounds nesting in a token's header or payload. Real claims
@@ -16,6 +19,7 @@ var (
 	errJSONDuplicate = errors.New("repeats a member name")
 	errJSONDepth     = errors.New("nests too deep")
 	errJSONNotObject = errors.New("is not a JSON object")
+	errJSONNumber    = errors.New("holds a number out of range")
 )
 
 // parseJSONObject parses data, which must be exactly one JSON object
@@ -305,5 +309,10 @@ func (p *jsonParser) number() (json.Number, error) {
 		}
 	}
 	p.i = i
+	// A number no float64 can hold (1e999) would be one value to one face
+	// and an error to another: refuse it here, once, for every face.
+	if f, err := strconv.ParseFloat(unsafe.String(&d[start], i-start), 64); err != nil || math.IsInf(f, 0) {
+		return "", errJSONNumber
+	}
 	return json.Number(d[start:i]), nil
 }

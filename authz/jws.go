@@ -24,6 +24,7 @@ var forbiddenHeaders = [...]string{"crit", "b64", "jku", "x5u", "jwk"}
 type parsedToken struct {
 	alg          string
 	kid          string
+	typ          string // the typ header, "" when absent
 	signingInput string // "header.payload", as signed
 	signature    []byte
 	payload      []byte // decoded JSON object
@@ -81,7 +82,7 @@ func parseCompact(token string, maxSize int) (*parsedToken, error) {
 	if _, ok := h["enc"]; ok {
 		return nil, fmt.Errorf("%w: encrypted tokens (JWE)", ErrUnsupported)
 	}
-	var alg, kid string
+	var alg, kid, typ string
 	if err := headerString(h, "alg", &alg); err != nil {
 		return nil, err
 	}
@@ -99,6 +100,9 @@ func parseCompact(token string, maxSize int) (*parsedToken, error) {
 	if err := headerString(h, "kid", &kid); err != nil {
 		return nil, err
 	}
+	if err := headerString(h, "typ", &typ); err != nil {
+		return nil, err
+	}
 	if sSeg == "" {
 		return nil, fmt.Errorf("%w: signature is empty", ErrSignatureInvalid)
 	}
@@ -114,6 +118,7 @@ func parseCompact(token string, maxSize int) (*parsedToken, error) {
 	return &parsedToken{
 		alg:          alg,
 		kid:          kid,
+		typ:          typ,
 		signingInput: token[:last],
 		signature:    sig,
 		payload:      payload,

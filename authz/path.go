@@ -4,14 +4,40 @@ import (
 	"strings"
 )
 
+// PathParameters says what Check does with a path segment holding ';'.
+// Envoy leaves ';' alone, and Java servlet containers (Tomcat, Jetty,
+// Spring) read ";…" as path parameters and drop them: "/public/..;/read"
+// is "/public/.." there, which resolves to "/read". So a path with ';' must
+// either be refused, or be read the way the upstream reads it.
+type PathParameters uint8
+
+const (
+	// RejectPathParameters refuses a path with ';' anywhere (the default).
+	RejectPathParameters PathParameters = iota
+	// StripPathParameters drops what follows ';' in each segment, up to the
+	// next '/', before the path is decoded and its dot segments resolved,
+	// as servlet containers do. An encoded ';' (%3B) is still refused: no
+	// upstream agrees on what it means.
+	StripPathParameters
+)
+
 // NormalizePath returns the path of a request target for route matching:
 // without query or fragment, percent-decoded, with "." and ".." segments
-// resolved (RFC 3986 §5.2.4). It rejects, with ErrBadPath, paths that do not
-// start with '/', bad percent-encoding, an encoded slash or backslash (%2F,
-// %5C) and a literal backslash: an upstream might read those as separators,
-// and "/read/..%2Fdelete" must not borrow the rule of "/read". The common
-// case, a clean path, costs no allocation.
-func NormalizePath(target string) (string, error) {
+// resolved (RFC 3986 §5.2.4), and path parameters refused or stripped (see
+// PathParameters). It rejects, with ErrBadPath, a path that could be read
+// two ways:
+//   - one that does not start with '/', or holds a space, a control byte or
+//     a backslash;
+//   - bad percent-encoding, an encoded slash or backslash (%2F, %5C): an
+//     upstream might read those as separators, and "/read/..%2Fdelete" must
+//     not borrow the rule of "/read";
+//   - an encoded control byte or NUL (%00, %0A, %7F);
+//   - a path encoded twice ("%25" followed by two hex digits, as in
+//     %252e): an upstream that decodes once more sees another path;
+//   - ';' (unless params is StripPathParameters) and %3B.
+//
+// The common case, a clean path, costs no allocation.
+func NormalizePath(target string, params PathParameters) (string, error) {
 	if i := strings.IndexAny(target, "?#"); i >= 0 {
 		target = target[:i]
 	}
@@ -27,8 +53,15 @@ func NormalizePath(target string) (string, error) {
 			if i+2 >= len(target) || !isHex(target[i+1]) || !isHex(target[i+2]) {
 				return "", ErrBadPath
 			}
-			switch unhex(target[i+1])<<4 | unhex(target[i+2]) {
-			case '/', '\\':
+			switch d := unhex(target[i+1])<<4 | unhex(target[i+2]); {
+			case d == '/', d == '\\', d == ';', d < 0x20, d == 0x7f:
+				return "", ErrBadPath
+			case d == '%' && i+4 < len(target) && isHex(target[i+3]) && isHex(target[i+4]):
+				return "", ErrBadPath // encoded twice
+			}
+			clean = false
+		case c == ';':
+			if params != StripPathParameters {
 				return "", ErrBadPath
 			}
 			clean = false
@@ -44,10 +77,17 @@ func NormalizePath(target string) (string, error) {
 	var b strings.Builder
 	b.Grow(len(target))
 	for i := 0; i < len(target); i++ {
-		if c := target[i]; c == '%' {
+		switch c := target[i]; c {
+		case '%':
 			b.WriteByte(unhex(target[i+1])<<4 | unhex(target[i+2]))
 			i += 2
-		} else {
+		case ';': // only with StripPathParameters: skip to the segment's end
+			if j := strings.IndexByte(target[i:], '/'); j >= 0 {
+				i += j - 1
+			} else {
+				i = len(target)
+			}
+		default:
 			b.WriteByte(c)
 		}
 	}

@@ -40,8 +40,50 @@ func TestNormalizePath(t *testing.T) {
 		{in: "", err: true},
 		{in: "*", err: true},
 		{in: "?x", err: true},
+		// Paths as the upstream will read them (the identity-integrity issue).
+		{in: "/public/..;/read", err: true},
+		{in: "/public/%2e%2e%3b/read", err: true},
+		{in: "/public/..%00/read", err: true},
+		{in: "/public/%252e%252e/read", err: true},
+		{in: "/public/%252f", err: true},
+		{in: "/read%0a", err: true},
+		{in: "/read%7F", err: true},
+		{in: "/read;jsessionid=1", err: true},
+		{in: "/100%25", want: "/100%"},
+		{in: "/a%25zz", want: "/a%zz"},
 	} {
-		got, err := NormalizePath(tt.in)
+		got, err := NormalizePath(tt.in, RejectPathParameters)
+		if tt.err {
+			if !errors.Is(err, ErrBadPath) {
+				t.Errorf("%q: %q, %v; want ErrBadPath", tt.in, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%q: %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+// With StripPathParameters, a path is read as Tomcat, Jetty and Spring read
+// it: ";…" dropped from each segment before decoding and dot resolution.
+func TestNormalizePathStripsParameters(t *testing.T) {
+	for _, tt := range []struct {
+		in, want string
+		err      bool
+	}{
+		{in: "/public/..;/read", want: "/read"},
+		{in: "/public/..;x=1/read", want: "/read"},
+		{in: "/read;jsessionid=ABC", want: "/read"},
+		{in: "/a;p=1/b;q=2", want: "/a/b"},
+		{in: "/public/%2e%2e;/read", want: "/read"},
+		{in: "/public/;/x", want: "/public//x"},
+		{in: "/public/%2e%2e%3b/read", err: true},
+		{in: "/public/..%00/read", err: true},
+		{in: "/public/%252e%252e/read", err: true},
+		{in: "/read", want: "/read"},
+	} {
+		got, err := NormalizePath(tt.in, StripPathParameters)
 		if tt.err {
 			if !errors.Is(err, ErrBadPath) {
 				t.Errorf("%q: %q, %v; want ErrBadPath", tt.in, got, err)
@@ -85,11 +127,19 @@ func TestBearerToken(t *testing.T) {
 }
 
 func FuzzNormalizePath(f *testing.F) {
-	for _, s := range []string{"/read", "/read/..%2Fdelete", "/a/./b/../c?x", "/%2e%2e/%2E", "/\\", "/%"} {
+	for _, s := range []string{"/read", "/read/..%2Fdelete", "/a/./b/../c?x", "/%2e%2e/%2E", "/\\", "/%", "/public/..;/read", "/p/%252e%252e", "/a;x=1/b", "/x%00"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		p, err := NormalizePath(in)
+		for _, params := range []PathParameters{RejectPathParameters, StripPathParameters} {
+			checkNormalized(t, in, params)
+		}
+	})
+}
+
+func checkNormalized(t *testing.T, in string, params PathParameters) {
+	{
+		p, err := NormalizePath(in, params)
 		if err != nil {
 			return
 		}
@@ -103,7 +153,14 @@ func FuzzNormalizePath(f *testing.F) {
 				t.Fatalf("%q → %q keeps %s", in, p, seg)
 			}
 		}
-	})
+		// Nothing an upstream reads differently is left: no ';' (stripped
+		// or refused), no control byte.
+		for i := 0; i < len(p); i++ {
+			if c := p[i]; c == ';' || c < 0x20 || c == 0x7f {
+				t.Fatalf("%q → %q keeps %q", in, p, c)
+			}
+		}
+	}
 }
 
 func containsSegment(p, seg string) bool {

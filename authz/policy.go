@@ -24,6 +24,9 @@ type ApplicationPolicy struct {
 	ForwardClaims []ClaimHeader
 	// StripAuthorization removes the Authorization header on allow.
 	StripAuthorization bool
+	// PathParameters says whether a path with ';' is refused (the default)
+	// or read as servlet containers read it.
+	PathParameters PathParameters
 }
 
 // Route is a set of requests and what they need.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v3/jws/jwsbb"
@@ -27,9 +28,24 @@ type ProviderConfig struct {
 	// skipping the audience check, for providers whose audiences come from
 	// a list that may be empty (vakt's own tokens: the registered applications).
 	RequireAudience bool
-	Algorithms      []string      // allowlist; DefaultAlgorithms when empty
-	Leeway          time.Duration // clock skew allowed on exp, nbf and iat
-	Keys            KeySource     // this issuer's keys, and no one else's
+	// AudienceAfterSignature checks aud only once the signature has
+	// verified, for providers whose audiences are the registered
+	// applications: checking it first would answer a forged token for a
+	// registered application differently (and later) than one for an
+	// unregistered one, telling a prober which exist.
+	AudienceAfterSignature bool
+	Algorithms             []string      // allowlist; DefaultAlgorithms when empty
+	Leeway                 time.Duration // clock skew allowed on exp, nbf and iat
+	Keys                   KeySource     // this issuer's keys, and no one else's
+	// Type, when set, is the typ header every token must have (RFC 8725
+	// §3.11: "at+jwt" for RFC 9068 access tokens). RejectType is a typ no
+	// token may have ("at+jwt" for client assertions, so that an access
+	// token is never taken for one). Both compare as RFC 7515 §4.1.9 says:
+	// without case, and with or without "application/".
+	Type, RejectType string
+	// Own marks vakt's own tokens: the only ones whose idp claim is
+	// believed (see IdentityProvider).
+	Own bool
 }
 
 // Provider verifies tokens of one issuer.
@@ -38,9 +54,13 @@ type Provider struct {
 	issuer     string
 	audiences  []string
 	checkAud   bool
+	audLate    bool
 	algorithms []string
 	leeway     time.Duration
 	keys       KeySource
+	typ        string // normalised; "" when not required
+	notTyp     string // normalised; "" when none is refused
+	own        bool
 }
 
 // NewProvider checks cfg and returns a Provider.
@@ -65,11 +85,39 @@ func NewProvider(cfg ProviderConfig) (*Provider, error) {
 		issuer:     cfg.Issuer,
 		audiences:  slices.Clone(cfg.Audiences),
 		checkAud:   cfg.RequireAudience || len(cfg.Audiences) > 0,
+		audLate:    cfg.AudienceAfterSignature,
 		algorithms: slices.Clone(algs),
 		leeway:     cfg.Leeway,
 		keys:       cfg.Keys,
+		typ:        normalType(cfg.Type),
+		notTyp:     normalType(cfg.RejectType),
+		own:        cfg.Own,
 	}, nil
 }
+
+// normalType is a typ value as RFC 7515 §4.1.9 compares it: without case,
+// and without an "application/" prefix.
+func normalType(t string) string {
+	t = strings.ToLower(t)
+	return strings.TrimPrefix(t, "application/")
+}
+
+// IdentityProvider names who authenticated the user of a token this
+// provider verified. Only vakt's own tokens are believed when they say
+// (idp: they carry over the provider of the token they were exchanged
+// for); for any other token it is the provider's issuer, whatever the
+// token claims, so that no provider can pass as another.
+func (p *Provider) IdentityProvider(c *Claims) string {
+	if p.own {
+		if s, ok := c.Raw["idp"].(string); ok && s != "" {
+			return s
+		}
+	}
+	return p.issuer
+}
+
+// Own reports whether the provider verifies tokens vakt issued.
+func (p *Provider) Own() bool { return p.own }
 
 // Name returns the provider's configured name.
 func (p *Provider) Name() string { return p.name }
@@ -84,14 +132,17 @@ func (p *Provider) Issuer() string { return p.issuer }
 //  3. claims decoded; exp present; exp, nbf and iat numbers;
 //  4. iss equal to this provider's issuer, byte for byte;
 //  5. exp and nbf with leeway; iat not in the future;
-//  6. aud contains a configured audience, when audiences are configured or
+//  6. typ, when the provider requires or refuses one;
+//  7. aud contains a configured audience, when audiences are configured or
 //     required (an empty required list rejects every token: fail closed);
-//  7. the key with the token's kid from this issuer's key set only, and alg
+//  8. the key with the token's kid from this issuer's key set only, and alg
 //     one that key may verify;
-//  8. the signature.
+//  9. the signature.
 //
 // Cheap checks come before the key lookup so that tokens of other issuers or
-// expired tokens cost no key fetch and no signature check.
+// expired tokens cost no key fetch and no signature check. The audience
+// check moves after the signature for providers that ask for it
+// (AudienceAfterSignature).
 func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxSize int) (*Claims, error) {
 	pt, err := parseCompact(token, maxSize)
 	if err != nil {
@@ -119,10 +170,13 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims,
 	if err := c.checkIssuedAt(now, p.leeway); err != nil {
 		return nil, err
 	}
-	if p.checkAud && !slices.ContainsFunc(c.Audience, func(a string) bool {
-		return slices.Contains(p.audiences, a)
-	}) {
-		return nil, ErrAudienceInvalid
+	if err := p.checkType(pt.typ); err != nil {
+		return nil, err
+	}
+	if !p.audLate {
+		if err := p.checkAudience(c); err != nil {
+			return nil, err
+		}
 	}
 	key, err := p.keys.Key(ctx, pt.kid)
 	if err != nil {
@@ -134,5 +188,36 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims,
 	if err := jwsbb.Verify(key.public, pt.alg, []byte(pt.signingInput), pt.signature); err != nil {
 		return nil, ErrSignatureInvalid
 	}
+	if p.audLate {
+		if err := p.checkAudience(c); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+func (p *Provider) checkAudience(c *Claims) error {
+	if p.checkAud && !slices.ContainsFunc(c.Audience, func(a string) bool {
+		return slices.Contains(p.audiences, a)
+	}) {
+		return ErrAudienceInvalid
+	}
+	return nil
+}
+
+func (p *Provider) checkType(typ string) error {
+	if p.typ == "" && p.notTyp == "" {
+		return nil
+	}
+	t := normalType(typ)
+	switch {
+	case p.typ != "" && t != p.typ:
+		if typ == "" {
+			return fmt.Errorf("%w: typ is missing, %s is required", ErrTypeNotAllowed, p.typ)
+		}
+		return fmt.Errorf("%w: typ %s, %s is required", ErrTypeNotAllowed, quoted(typ), p.typ)
+	case p.notTyp != "" && t == p.notTyp:
+		return fmt.Errorf("%w: typ %s", ErrTypeNotAllowed, quoted(typ))
+	}
+	return nil
 }

@@ -34,6 +34,7 @@ const (
 	ReasonTokenExpired
 	ReasonTokenNotYetValid
 	ReasonTokenClaim
+	ReasonTokenType
 	ReasonProviderUnknown
 	ReasonKeysUnavailable // an outage: the keys could not be had
 
@@ -46,6 +47,7 @@ const (
 	ReasonCallerMissing
 	ReasonCallerDenied
 	ReasonScopeInsufficient
+	ReasonClaimNotForwardable
 
 	// Token exchange.
 	ReasonGrantTypeUnsupported
@@ -90,6 +92,7 @@ var reasonTable = [reasonCount]reasonInfo{
 	ReasonTokenExpired:     {"token_expired", "token is expired", false},
 	ReasonTokenNotYetValid: {"token_not_yet_valid", "token is not valid yet", false},
 	ReasonTokenClaim:       {"token_claim_invalid", "token claim is invalid", false},
+	ReasonTokenType:        {"token_type_invalid", "token type is not accepted here", false},
 	ReasonProviderUnknown:  {"provider_unknown", "identity provider is not configured", false},
 	ReasonKeysUnavailable:  {"keys_unavailable", "identity provider is unavailable", true},
 
@@ -101,6 +104,7 @@ var reasonTable = [reasonCount]reasonInfo{
 	ReasonCallerMissing:        {"caller_missing", "token names no calling application", false},
 	ReasonCallerDenied:         {"caller_denied", "the calling application is not allowed by the access policy", false},
 	ReasonScopeInsufficient:    {"scope_insufficient", "token lacks a scope the request needs", false},
+	ReasonClaimNotForwardable:  {"claim_not_forwardable", "token has a claim that cannot be forwarded as a header", false},
 
 	ReasonGrantTypeUnsupported: {"grant_type_unsupported", "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange", false},
 	ReasonClientUnknown:        {"client_unknown", "client is not registered, or has no keys", false},

@@ -16,6 +16,17 @@ import (
 const (
 	DefaultGRPCAddress = "127.0.0.1:9000"
 	DefaultHTTPAddress = "127.0.0.1:8080"
+	// DefaultTrustDomain is Istio's default SPIFFE trust domain.
+	DefaultTrustDomain = "cluster.local"
+	// AnyAudience, as an authentication entry's audience, accepts a
+	// provider's tokens for any audience: said knowingly, and warned.
+	AnyAudience = "any"
+)
+
+// Values of an application's pathParameters.
+const (
+	PathParametersReject = "reject"
+	PathParametersStrip  = "strip"
 )
 
 // Reserved identity provider names: tokens vakt issued itself.
@@ -29,13 +40,21 @@ type Config struct {
 	// Issuer is vakt's own issuer identifier, an absolute http(s) URL.
 	Issuer string `yaml:"issuer"`
 	// Cluster is the default cluster of applications and access rules.
-	Cluster           string             `yaml:"cluster"`
+	Cluster string `yaml:"cluster"`
+	// TrustDomain is the SPIFFE trust domain of the mesh: Check finds an
+	// application by a destination principal spiffe://<trustDomain>/ns/…
+	// only (default cluster.local, as Istio's).
+	TrustDomain       string             `yaml:"trustDomain"`
 	Listen            Listen             `yaml:"listen"`
 	IdentityProviders []IdentityProvider `yaml:"identityProviders"`
 	Applications      []Application      `yaml:"applications"`
 	Validation        Validation         `yaml:"validation"`
 	Signing           Signing            `yaml:"signing"`
 	Replay            Replay             `yaml:"replay"`
+
+	// Warnings are what Load accepted but an operator should hear of, every
+	// time it loads (an audience: any, say).
+	Warnings []string `yaml:"-"`
 }
 
 // Signing configures the tokens vakt issues.
@@ -80,6 +99,9 @@ type IdentityProvider struct {
 	Algorithms   []string `yaml:"algorithms"`
 	// Leeway is the clock skew allowed on exp, nbf and iat.
 	Leeway Duration `yaml:"leeway"`
+	// Typ, when set, is the typ header every token of the provider must
+	// carry (RFC 8725 §3.11), e.g. at+jwt for RFC 9068 access tokens.
+	Typ string `yaml:"typ"`
 }
 
 // Application is a workload that calls or is called, identified by
@@ -109,6 +131,9 @@ type Application struct {
 	ForwardClaims []ForwardClaim `yaml:"forwardClaims"`
 	// StripAuthorization removes the Authorization header on allow.
 	StripAuthorization bool `yaml:"stripAuthorization"`
+	// PathParameters is what Check does with a path holding ';': reject
+	// (the default) or strip, as servlet containers read ";…" parameters.
+	PathParameters string `yaml:"pathParameters"`
 
 	// Keys is the parsed inline or file key set; nil otherwise.
 	Keys *authz.KeySet `yaml:"-"`
@@ -150,7 +175,10 @@ type Route struct {
 // Authentication accepts an identity provider's tokens for an application.
 type Authentication struct {
 	IdentityProvider string `yaml:"identityProvider"`
-	Audience         string `yaml:"audience"` // when set, aud must contain it
+	// Audience must be in the token's aud. Without it, the provider's own
+	// audience applies; when neither has one, the entry is refused, unless
+	// it says AnyAudience.
+	Audience string `yaml:"audience"`
 }
 
 // ForwardClaim copies a claim into a request header.
@@ -158,7 +186,6 @@ type ForwardClaim struct {
 	Claim  string `yaml:"claim"`
 	Header string `yaml:"header"`
 }
-
 
 // ID returns the id of the application the rule allows.
 func (r Rule) ID() string {
@@ -197,11 +224,13 @@ func Load(data []byte, dir string) (*Config, error) {
 	}
 	c.applyDefaults(dir)
 	v := newValidator(data)
+	v.config = &c
 	c.loadKeys(v, dir)
 	c.validate(v)
 	if err := v.result(); err != nil {
 		return nil, err
 	}
 	c.resolveRules()
+	c.Warnings = v.warnings
 	return &c, nil
 }

@@ -17,6 +17,9 @@ func (c *Config) applyDefaults(dir string) {
 	if c.Listen.HTTP == "" {
 		c.Listen.HTTP = DefaultHTTPAddress
 	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = DefaultTrustDomain
+	}
 	if c.Signing.Algorithm == "" {
 		c.Signing.Algorithm = "RS256"
 	}

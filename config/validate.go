@@ -47,10 +47,17 @@ func (es Errors) Error() string {
 // Kubernetes.
 var label = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
-// validator collects FieldErrors, with lines found in the YAML.
+// validator collects FieldErrors, with lines found in the YAML, and
+// warnings.
 type validator struct {
-	file *ast.File
-	errs Errors
+	file     *ast.File
+	config   *Config
+	errs     Errors
+	warnings []string
+}
+
+func (v *validator) warn(format string, args ...any) {
+	v.warnings = append(v.warnings, fmt.Sprintf(format, args...))
 }
 
 func newValidator(data []byte) *validator {
@@ -113,6 +120,9 @@ func (c *Config) validateServer(v *validator) {
 		v.fail("cluster", "is required")
 	} else if !label.MatchString(c.Cluster) {
 		v.fail("cluster", "%q is not a valid name (lowercase letters, digits and '-')", c.Cluster)
+	}
+	if !trustDomain.MatchString(c.TrustDomain) {
+		v.fail("trustDomain", "%q is not a SPIFFE trust domain (lowercase letters, digits, '.', '-' and '_')", c.TrustDomain)
 	}
 	for _, l := range []struct{ path, addr string }{
 		{"listen.grpc", c.Listen.GRPC},
@@ -210,6 +220,9 @@ func (v *validator) provider(at string, p *IdentityProvider) {
 	if d := p.Leeway.Std(); d < 0 || d > 10*time.Minute {
 		v.fail(at+".leeway", "must be between 0s and 10m")
 	}
+	if p.Typ != "" && !typValue.MatchString(p.Typ) {
+		v.fail(at+".typ", "%q is not a media type such as at+jwt", p.Typ)
+	}
 }
 
 // validateApplications checks the applications, their ids and hosts unique.
@@ -256,6 +269,8 @@ func (v *validator) rules(at string, rules []Rule) {
 
 var (
 	hostname    = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+	trustDomain = regexp.MustCompile(`^[a-z0-9._-]{1,255}$`)
+	typValue    = regexp.MustCompile(`^[A-Za-z0-9!#$&^_.+-]+(/[A-Za-z0-9!#$&^_.+-]+)?$`)
 	method      = regexp.MustCompile(`^[A-Z]+$`)
 	headerName  = regexp.MustCompile(`^x-vakt-[a-z0-9-]+$`)
 	scopeString = regexp.MustCompile(`^[\x21\x23-\x5b\x5d-\x7e]+$`) // RFC 6749 scope-token
@@ -287,7 +302,7 @@ func (v *validator) check(at string, a *Application, providers map[string]int, h
 		}
 		for _, pth := range []string{r.Path, r.PathPrefix} {
 			if pth != "" {
-				if n, err := authz.NormalizePath(pth); err != nil || n != pth {
+				if n, err := authz.NormalizePath(pth, authz.RejectPathParameters); err != nil || n != pth {
 					v.fail(p, "%q is not a normalized path (no query, encoding, dot segments or backslashes)", pth)
 				}
 			}
@@ -307,10 +322,23 @@ func (v *validator) check(at string, a *Application, providers map[string]int, h
 		}
 	}
 	for j, au := range a.Authentication {
-		p := fmt.Sprintf("%s.authentication[%d].identityProvider", at, j)
-		if _, ok := providers[au.IdentityProvider]; !ok {
-			v.fail(p, "%q is not a configured identity provider (vakt's own tokens need no entry)", au.IdentityProvider)
+		p := fmt.Sprintf("%s.authentication[%d]", at, j)
+		i, ok := providers[au.IdentityProvider]
+		if !ok {
+			v.fail(p+".identityProvider", "%q is not a configured identity provider (vakt's own tokens need no entry)", au.IdentityProvider)
+			continue
 		}
+		switch {
+		case au.Audience == AnyAudience:
+			v.warn("%s: %s accepts %s's tokens for any audience (audience: any): a token meant for any other API of that provider is accepted too", p, a.ID(), au.IdentityProvider)
+		case au.Audience == "" && len(v.config.IdentityProviders[i].Audience) == 0:
+			v.fail(p+".audience", "is required: identity provider %s has no audience either, so a token it issued for any API would be accepted; name this application's audience, or write audience: any to accept that knowingly", au.IdentityProvider)
+		}
+	}
+	switch a.PathParameters {
+	case "", PathParametersReject, PathParametersStrip:
+	default:
+		v.fail(at+".pathParameters", "%q is not reject or strip", a.PathParameters)
 	}
 	seen := map[string]bool{}
 	for j, fc := range a.ForwardClaims {

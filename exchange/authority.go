@@ -22,8 +22,9 @@ const (
 	DefaultTokenLifetime   = 15 * time.Minute
 	MaxAssertionLifetime   = 120 * time.Second
 	assertionLeeway        = 10 * time.Second
-	issuedTokenType        = "at+jwt" // RFC 9068
-	maxAudienceInMessage   = 200
+	// IssuedTokenType is the typ of the tokens vakt issues (RFC 9068).
+	IssuedTokenType      = "at+jwt"
+	maxAudienceInMessage = 200
 )
 
 // AssertionAlgorithms are the algorithms a client assertion may use.
@@ -104,6 +105,8 @@ func NewAuthority(cfg AuthorityConfig) (*Authority, error) {
 			Algorithms: AssertionAlgorithms,
 			Leeway:     assertionLeeway,
 			Keys:       cfg.Clients[id],
+			// RFC 8725 §3.11: a token vakt issued is never a client assertion.
+			RejectType: IssuedTokenType,
 		})
 		if err != nil {
 			return nil, err
@@ -196,12 +199,12 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 	claims["iss"] = a.cfg.Issuer
 	claims["aud"] = req.Audience
 	claims["client_id"] = client
-	claims["idp"] = subject.IdentityProvider() // a chain keeps the original identity provider
+	claims["idp"] = provider.IdentityProvider(subject) // a chain keeps the original identity provider
 	claims["iat"] = now.Unix()
 	claims["nbf"] = now.Unix()
 	claims["exp"] = exp.Unix()
 	claims["jti"] = uuid.NewString()
-	tok, err := a.cfg.Signer.Sign(issuedTokenType, claims)
+	tok, err := a.cfg.Signer.Sign(IssuedTokenType, claims)
 	if err != nil {
 		return nil, Refuse(authz.ReasonInternal, "", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -45,8 +46,8 @@ func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckReque
 	if httpReq == nil {
 		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), nil
 	}
-	headers := httpReq.GetHeaders()
-	grpcCall := strings.HasPrefix(headers["content-type"], "application/grpc")
+	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
+	grpcCall := strings.HasPrefix(headers.get("content-type"), "application/grpc")
 	app, ok := findApplication(rt, req.GetAttributes())
 	if !ok {
 		// A configuration problem rather than a client's: say which request
@@ -60,13 +61,13 @@ func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckReque
 	}
 	path := httpReq.GetPath()
 	if path == "" {
-		path = headers[":path"]
+		path = headers.get(":path")
 	}
 	method := httpReq.GetMethod()
 	if method == "" {
-		method = headers[":method"]
+		method = headers.get(":method")
 	}
-	d := rt.Checker.Check(ctx, authz.CheckRequest{App: app, Method: method, Path: path, Authorization: headers["authorization"]})
+	d := rt.Checker.Check(ctx, authz.CheckRequest{App: app, Method: method, Path: path, Authorization: headers.get("authorization")})
 	if !d.Allow {
 		if d.Reason.Outage() {
 			// The cause names URLs and addresses: the log has it, Envoy
@@ -97,7 +98,7 @@ func findApplication(rt *Runtime, attrs *authv3.AttributeContext) (*authz.Applic
 	if id := attrs.GetContextExtensions()[ContextExtensionApp]; id != "" {
 		return rt.Policy.Application(id)
 	}
-	if ns, sa, ok := spiffeWorkload(attrs.GetDestination().GetPrincipal()); ok {
+	if ns, sa, ok := spiffeWorkload(attrs.GetDestination().GetPrincipal(), rt.Config.TrustDomain); ok {
 		return rt.Policy.Application(authz.AppID{Cluster: rt.Config.Cluster, Namespace: ns, Name: sa}.String())
 	}
 	host := attrs.GetRequest().GetHttp().GetHost()
@@ -110,13 +111,16 @@ func findApplication(rt *Runtime, attrs *authv3.AttributeContext) (*authz.Applic
 	return rt.Policy.ApplicationByHost(host)
 }
 
-func spiffeWorkload(principal string) (ns, sa string, ok bool) {
+// spiffeWorkload reads spiffe://<trustDomain>/ns/<namespace>/sa/<name>. A
+// principal of another trust domain (or of none) names no workload of
+// vakt's: another mesh's service accounts are not its applications.
+func spiffeWorkload(principal, trustDomain string) (ns, sa string, ok bool) {
 	rest, ok := strings.CutPrefix(principal, "spiffe://")
 	if !ok {
 		return "", "", false
 	}
-	_, path, ok := strings.Cut(rest, "/")
-	if !ok {
+	td, path, ok := strings.Cut(rest, "/")
+	if !ok || td == "" || td != trustDomain {
 		return "", "", false
 	}
 	parts := strings.Split(path, "/")
@@ -126,7 +130,71 @@ func spiffeWorkload(principal string) (ns, sa string, ok bool) {
 	return parts[1], parts[3], true
 }
 
-func allowed(d authz.Decision, app *authz.Application, reqHeaders map[string]string) *authv3.CheckResponse {
+// requestHeaders are a CheckRequest's headers, wherever Envoy put them: in
+// headers, or in header_map when its encode_raw_headers is set (a name may
+// repeat there, and a value may be raw bytes). Both are read, so that no
+// header escapes vakt by arriving in the other.
+type requestHeaders struct {
+	m   map[string]string
+	raw []*corev3.HeaderValue
+}
+
+// get returns a header's value; repeated values are joined with ",", as
+// HTTP combines them (and as Envoy's headers map has them).
+func (h requestHeaders) get(name string) string {
+	v := h.m[name]
+	for _, hv := range h.raw {
+		if hv.GetKey() != name {
+			continue
+		}
+		s := hv.GetValue()
+		if raw := hv.GetRawValue(); len(raw) > 0 {
+			s = string(raw)
+		}
+		if v == "" {
+			v = s
+		} else {
+			v += "," + s
+		}
+	}
+	return v
+}
+
+// each calls f with every header name, once per occurrence.
+func (h requestHeaders) each(f func(name string)) {
+	for name := range h.m {
+		f(name)
+	}
+	for _, hv := range h.raw {
+		f(hv.GetKey())
+	}
+}
+
+// spoofsIdentity reports whether a client's header name would reach an
+// application as one of vakt's: x-vakt-* in any case, and with '_' for '-',
+// which CGI, WSGI and PHP upstreams read alike (x_vakt_subject is
+// HTTP_X_VAKT_SUBJECT, as x-vakt-subject is).
+func spoofsIdentity(name string) bool {
+	const prefix = authz.IdentityHeaderPrefix
+	if len(name) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c == '_' {
+			c = '-'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders) *authv3.CheckResponse {
 	var base *authv3.CheckResponse
 	if d.Claims != nil {
 		// The same token for the same application always gets the same
@@ -142,11 +210,12 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders map[string]str
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
 	var remove []string
-	for name := range reqHeaders {
-		if authz.HasIdentityPrefix(name) && !setsHeader(set, name) {
+	reqHeaders.each(func(name string) {
+		if spoofsIdentity(name) && !setsHeader(set, name) && !slices.Contains(remove, name) {
 			remove = append(remove, name)
 		}
-	}
+	})
+	slices.Sort(remove) // the map's order is random; the answer's is not
 	if app.StripAuthorization && d.Claims != nil {
 		remove = append(remove, "authorization")
 	}
@@ -178,7 +247,7 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 	c := d.Claims
 	set(authz.HeaderSubject, c.Subject)
 	set(authz.HeaderClientID, d.Caller)
-	set(authz.HeaderIdentityProvider, c.IdentityProvider())
+	set(authz.HeaderIdentityProvider, d.Provider.IdentityProvider(c))
 	set(authz.HeaderScope, c.ScopeText)
 	for _, fc := range app.ForwardClaims {
 		set(fc.Header, claimString(c.Raw[fc.Claim]))

@@ -29,6 +29,9 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range cfg.Warnings {
+		l.Logger.Warn("configuration: " + w)
+	}
 	signer := l.Ephemeral
 	if cfg.Signing.KeysFile != "" {
 		keys, err := exchange.LoadKeysFile(cfg.Signing.KeysFile)

@@ -55,6 +55,7 @@ var answers = [...]answer{
 	authz.ReasonTokenExpired:     {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidToken},
 	authz.ReasonTokenNotYetValid: {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidToken},
 	authz.ReasonTokenClaim:       {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidToken},
+	authz.ReasonTokenType:        {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidToken},
 	authz.ReasonProviderUnknown:  {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidToken},
 	authz.ReasonKeysUnavailable:  {http.StatusServiceUnavailable, codes.Unavailable, codeTemporarilyUnavailable},
 
@@ -66,6 +67,10 @@ var answers = [...]answer{
 	authz.ReasonCallerMissing:        {http.StatusForbidden, codes.PermissionDenied, codeAccessDenied},
 	authz.ReasonCallerDenied:         {http.StatusForbidden, codes.PermissionDenied, codeAccessDenied},
 	authz.ReasonScopeInsufficient:    {http.StatusForbidden, codes.PermissionDenied, codeInsufficientScope},
+	// The token is signed and valid, but what it says cannot be told to the
+	// application truthfully: invalid_token (RFC 6750 §3.1, "invalid for
+	// other reasons").
+	authz.ReasonClaimNotForwardable: {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidToken},
 
 	authz.ReasonGrantTypeUnsupported: {http.StatusBadRequest, codes.InvalidArgument, codeUnsupportedGrantType},
 	authz.ReasonClientUnknown:        {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},

@@ -66,6 +66,8 @@ var sentinels = map[string]error{
 	"authz.ErrNotYetValid":         authz.ErrNotYetValid,
 	"authz.ErrClaimInvalid":        authz.ErrClaimInvalid,
 	"authz.ErrUnknownProvider":     authz.ErrUnknownProvider,
+	"authz.ErrTypeNotAllowed":      authz.ErrTypeNotAllowed,
+	"authz.ErrClaimNotForwardable": authz.ErrClaimNotForwardable,
 	"authz.ErrBadPath":             authz.ErrBadPath,
 	"authz.ErrBadAuthorization":    authz.ErrBadAuthorization,
 	"authz.ErrApplicationUnknown":  authz.ErrApplicationUnknown,

@@ -107,6 +107,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			Issuer:     ip.Issuer,
 			Audiences:  ip.Audience,
 			Algorithms: ip.Algorithms,
+			Type:       ip.Typ,
 			Leeway:     ip.Leeway.Std(),
 			Keys:       keys,
 		})
@@ -141,6 +142,9 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	for i := range cfg.Applications {
 		a := &cfg.Applications[i]
 		ap := authz.ApplicationPolicy{ID: a.ID(), Hosts: a.Hosts, StripAuthorization: a.StripAuthorization}
+		if a.PathParameters == config.PathParametersStrip {
+			ap.PathParameters = authz.StripPathParameters
+		}
 		for _, r := range a.AccessPolicy.Inbound.Rules {
 			ap.Inbound = append(ap.Inbound, r.ID())
 		}
@@ -148,7 +152,11 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			ap.Routes = append(ap.Routes, authz.Route{Methods: r.Methods, Path: r.Path, PathPrefix: r.PathPrefix, Scopes: r.Scopes, Public: r.Public})
 		}
 		for _, au := range a.Authentication {
-			ap.Authentication = append(ap.Authentication, authz.Authentication{Provider: au.IdentityProvider, Audience: au.Audience})
+			aud := au.Audience
+			if aud == config.AnyAudience {
+				aud = "" // any: config refused an empty one, and warned of this
+			}
+			ap.Authentication = append(ap.Authentication, authz.Authentication{Provider: au.IdentityProvider, Audience: aud})
 		}
 		for _, fc := range a.ForwardClaims {
 			ap.ForwardClaims = append(ap.ForwardClaims, authz.ClaimHeader{Claim: fc.Claim, Header: fc.Header})
@@ -220,7 +228,12 @@ func ownProvider(cfg *config.Config, signing []*exchange.SigningKey) (*authz.Pro
 		Issuer:          cfg.Issuer,
 		Audiences:       apps,
 		RequireAudience: true,
-		Algorithms:      algs,
-		Keys:            authz.StaticKeys{Set: set},
+		// The audiences are the registered applications: checked after the
+		// signature, so that a forged token says nothing of which exist.
+		AudienceAfterSignature: true,
+		Algorithms:             algs,
+		Keys:                   authz.StaticKeys{Set: set},
+		Type:                   exchange.IssuedTokenType, // RFC 9068 §4
+		Own:                    true,
 	})
 }

@@ -76,9 +76,13 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, "usage: vakt check-config FILE\n")
 		return 2
 	}
-	if _, err := config.LoadFile(args[0]); err != nil {
+	cfg, err := config.LoadFile(args[0])
+	if err != nil {
 		fmt.Fprintf(stderr, "%s:\n%v\n", args[0], err)
 		return 1
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
 	fmt.Fprintln(stdout, "ok")
 	return 0
