@@ -156,6 +156,7 @@ func newAuthorityFixture(t *testing.T, replay func(now func() time.Time) ReplayS
 			Name: "minid", JWKSURI: f.idpDown.JWKSURI(), Issuer: f.idpDown.URL, Logger: quietLog, Now: clock.Now,
 		})},
 		{Name: ownProviderName, Issuer: authorityIssuer, Audiences: registered, RequireAudience: true,
+			AudienceAfterSignature: true, Type: IssuedTokenType, Own: true,
 			Algorithms: []string{f.signing.Alg, next.Alg}, Keys: authz.StaticKeys{Set: ownSet}},
 	}
 	var ps []*authz.Provider
