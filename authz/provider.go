@@ -34,6 +34,12 @@ type ProviderConfig struct {
 	// registered application differently (and later) than one for an
 	// unregistered one, telling a prober which exist.
 	AudienceAfterSignature bool
+	// SignatureFirst checks the signature before anything the token claims
+	// (iss, exp, nbf, iat, typ, aud), for providers whose mere existence a
+	// prober must not learn from the answer: a client's assertions. Only
+	// the structure and the alg allowlist, the same for every client, come
+	// first.
+	SignatureFirst bool
 	Algorithms             []string      // allowlist; DefaultAlgorithms when empty
 	Leeway                 time.Duration // clock skew allowed on exp, nbf and iat
 	Keys                   KeySource     // this issuer's keys, and no one else's
@@ -55,6 +61,7 @@ type Provider struct {
 	audiences  []string
 	checkAud   bool
 	audLate    bool
+	sigFirst   bool
 	algorithms []string
 	leeway     time.Duration
 	keys       KeySource
@@ -86,6 +93,7 @@ func NewProvider(cfg ProviderConfig) (*Provider, error) {
 		audiences:  slices.Clone(cfg.Audiences),
 		checkAud:   cfg.RequireAudience || len(cfg.Audiences) > 0,
 		audLate:    cfg.AudienceAfterSignature,
+		sigFirst:   cfg.SignatureFirst,
 		algorithms: slices.Clone(algs),
 		leeway:     cfg.Leeway,
 		keys:       cfg.Keys,
@@ -128,8 +136,8 @@ func (p *Provider) Issuer() string { return p.issuer }
 // verify checks a token from scratch. The steps, each with its own error:
 //  1. structure (parseCompact): size, compact serialization, strict base64url,
 //     JSON objects without repeated names, no crit/b64/jku/x5u/jwk headers;
-//  2. alg on this provider's allowlist (never none or HMAC);
-//  3. claims decoded; exp present; exp, nbf and iat numbers;
+//  2. claims decoded; exp present; exp, nbf and iat numbers;
+//  3. alg on this provider's allowlist (never none or HMAC);
 //  4. iss equal to this provider's issuer, byte for byte;
 //  5. exp and nbf with leeway; iat not in the future;
 //  6. typ, when the provider requires or refuses one;
@@ -142,7 +150,7 @@ func (p *Provider) Issuer() string { return p.issuer }
 // Cheap checks come before the key lookup so that tokens of other issuers or
 // expired tokens cost no key fetch and no signature check. The audience
 // check moves after the signature for providers that ask for it
-// (AudienceAfterSignature).
+// (AudienceAfterSignature), and steps 4–7 with it for SignatureFirst.
 func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxSize int) (*Claims, error) {
 	pt, err := parseCompact(token, maxSize)
 	if err != nil {
@@ -161,20 +169,8 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims,
 	if !slices.Contains(p.algorithms, pt.alg) {
 		return nil, fmt.Errorf("%w: %s", ErrAlgorithmNotAllowed, quoted(pt.alg))
 	}
-	if c.Issuer != p.issuer {
-		return nil, ErrIssuerNotTrusted
-	}
-	if err := c.checkTimes(now, p.leeway); err != nil {
-		return nil, err
-	}
-	if err := c.checkIssuedAt(now, p.leeway); err != nil {
-		return nil, err
-	}
-	if err := p.checkType(pt.typ); err != nil {
-		return nil, err
-	}
-	if !p.audLate {
-		if err := p.checkAudience(c); err != nil {
+	if !p.sigFirst {
+		if err := p.checkClaims(pt, c, now, !p.audLate); err != nil {
 			return nil, err
 		}
 	}
@@ -188,12 +184,38 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims,
 	if err := jwsbb.Verify(key.public, pt.alg, []byte(pt.signingInput), pt.signature); err != nil {
 		return nil, ErrSignatureInvalid
 	}
-	if p.audLate {
+	switch {
+	case p.sigFirst:
+		if err := p.checkClaims(pt, c, now, true); err != nil {
+			return nil, err
+		}
+	case p.audLate:
 		if err := p.checkAudience(c); err != nil {
 			return nil, err
 		}
 	}
 	return c, nil
+}
+
+// checkClaims checks what the token says of itself: iss, exp, nbf, iat,
+// typ and, with aud, its audience.
+func (p *Provider) checkClaims(pt *parsedToken, c *Claims, now time.Time, aud bool) error {
+	if c.Issuer != p.issuer {
+		return ErrIssuerNotTrusted
+	}
+	if err := c.checkTimes(now, p.leeway); err != nil {
+		return err
+	}
+	if err := c.checkIssuedAt(now, p.leeway); err != nil {
+		return err
+	}
+	if err := p.checkType(pt.typ); err != nil {
+		return err
+	}
+	if aud {
+		return p.checkAudience(c)
+	}
+	return nil
 }
 
 func (p *Provider) checkAudience(c *Claims) error {

@@ -107,7 +107,7 @@ var reasonTable = [reasonCount]reasonInfo{
 	ReasonClaimNotForwardable:  {"claim_not_forwardable", "token has a claim that cannot be forwarded as a header", false},
 
 	ReasonGrantTypeUnsupported: {"grant_type_unsupported", "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange", false},
-	ReasonClientUnknown:        {"client_unknown", "client is not registered, or has no keys", false},
+	ReasonClientUnknown:        {"client_unknown", "client authentication failed", false},
 	ReasonAssertionInvalid:     {"assertion_invalid", "client assertion is invalid", false},
 	ReasonAssertionReplayed:    {"assertion_replayed", "client assertion is invalid: jti has been used before", false},
 	ReasonReplayUnavailable:    {"replay_unavailable", "replay protection is unavailable; try again later", true},

@@ -75,6 +75,7 @@ type Authority struct {
 	cfg           AuthorityConfig
 	tokenEndpoint string
 	assertions    *authz.Validator
+	decoys        *authz.Decoys
 	log           *slog.Logger
 }
 
@@ -106,7 +107,8 @@ func NewAuthority(cfg AuthorityConfig) (*Authority, error) {
 			Leeway:     assertionLeeway,
 			Keys:       cfg.Clients[id],
 			// RFC 8725 §3.11: a token vakt issued is never a client assertion.
-			RejectType: IssuedTokenType,
+			RejectType:     IssuedTokenType,
+			SignatureFirst: true,
 		})
 		if err != nil {
 			return nil, err
@@ -118,6 +120,7 @@ func NewAuthority(cfg AuthorityConfig) (*Authority, error) {
 		return nil, err
 	}
 	a.assertions = v
+	a.decoys = authz.NewDecoys()
 	return a, nil
 }
 
@@ -166,7 +169,8 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 	}
 	now := a.cfg.Now()
 
-	client, err := a.authenticate(ctx, req.ClientAssertion, now)
+	as, err := a.authenticate(ctx, req.ClientAssertion, now)
+	client := as.client
 	*clientOut = client
 	if err != nil {
 		return nil, err
@@ -192,6 +196,9 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 		}
 		return nil, Refuse(reason, "", err)
 	}
+	if err := a.record(ctx, as); err != nil {
+		return nil, err
+	}
 
 	claims := make(map[string]any, len(subject.Raw)+4)
 	maps.Copy(claims, subject.Raw)
@@ -216,27 +223,51 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 	}, nil
 }
 
-// authenticate verifies a client assertion (RFC 7523 §3) and records its jti,
-// returning the client id:
+// clientAssertion is a verified client assertion whose jti is not recorded
+// yet: it is recorded once the rest of the exchange has passed, so that a
+// request refused for another reason (or during an outage) does not use the
+// assertion up.
+type clientAssertion struct {
+	client  string
+	jti     string
+	expires time.Time
+}
+
+// authenticate verifies a client assertion (RFC 7523 §3), returning the
+// client:
 //   - signed by a key of the client it names in iss (RS256, PS256, ES256 or
 //     EdDSA, matching the key), and sub equal to iss;
 //   - aud exactly the token endpoint or the issuer: one value, or an array
 //     holding only that;
 //   - exp present, at most 120 s after iat and after now; iat not in the
-//     future; nbf respected;
-//   - jti present and never seen before from this client while it could
-//     still be replayed.
-func (a *Authority) authenticate(ctx context.Context, assertion string, now time.Time) (string, error) {
+//     future; nbf respected; typ not at+jwt (an access token is not an
+//     assertion);
+//   - jti present.
+//
+// An unknown client, a client without keys, an unknown kid and a bad
+// signature get one answer, in about the same time (a decoy signature check
+// stands in for the one that could not be made), so that a prober learns
+// nothing of which clients exist. What the assertion claims is checked only
+// once its signature has verified (SignatureFirst), so its more specific
+// answers reach only the client itself.
+func (a *Authority) authenticate(ctx context.Context, assertion string, now time.Time) (clientAssertion, error) {
 	c, p, err := a.assertions.ValidateByIssuer(ctx, assertion)
 	if err != nil {
-		if errors.Is(err, authz.ErrIssuerNotTrusted) {
-			return "", Refuse(authz.ReasonClientUnknown, "", err)
+		switch {
+		case errors.Is(err, authz.ErrIssuerNotTrusted):
+			a.decoys.Verify(assertion, 0)
+			return clientAssertion{}, Refuse(authz.ReasonClientUnknown, clientAuthFailed, err)
+		case errors.Is(err, authz.ErrKeyNotFound):
+			a.decoys.Verify(assertion, 0)
+			return clientAssertion{}, Refuse(authz.ReasonAssertionInvalid, clientAuthFailed, err)
+		case errors.Is(err, authz.ErrSignatureInvalid), errors.Is(err, authz.ErrAlgorithmNotAllowed):
+			return clientAssertion{}, Refuse(authz.ReasonAssertionInvalid, clientAuthFailed, err)
 		}
-		return "", tokenRefusal(authz.ReasonAssertionInvalid, "client assertion", err)
+		return clientAssertion{}, tokenRefusal(authz.ReasonAssertionInvalid, "client assertion", err)
 	}
 	client := p.Name()
-	bad := func(why string) (string, error) {
-		return client, Refuse(authz.ReasonAssertionInvalid, authz.ReasonAssertionInvalid.Description()+": "+why, nil)
+	bad := func(why string) (clientAssertion, error) {
+		return clientAssertion{client: client}, Refuse(authz.ReasonAssertionInvalid, authz.ReasonAssertionInvalid.Description()+": "+why, nil)
 	}
 	if c.Subject != client {
 		return bad("sub must equal iss")
@@ -254,14 +285,24 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	if jti == "" {
 		return bad("jti is required")
 	}
-	fresh, err := a.cfg.Replay.Claim(ctx, client+"\x00"+jti, c.ExpiresAt.Add(assertionLeeway))
+	return clientAssertion{client: client, jti: jti, expires: c.ExpiresAt.Add(assertionLeeway)}, nil
+}
+
+// clientAuthFailed is the one answer to an assertion whose client, key or
+// signature does not check out.
+const clientAuthFailed = "client authentication failed"
+
+// record remembers the assertion's jti, refusing one seen before from the
+// same client while it could still be replayed.
+func (a *Authority) record(ctx context.Context, as clientAssertion) error {
+	fresh, err := a.cfg.Replay.Claim(ctx, as.client+"\x00"+as.jti, as.expires)
 	if err != nil {
-		return client, Refuse(authz.ReasonReplayUnavailable, "", err)
+		return Refuse(authz.ReasonReplayUnavailable, "", err)
 	}
 	if !fresh {
-		return client, Refuse(authz.ReasonAssertionReplayed, "", nil)
+		return Refuse(authz.ReasonAssertionReplayed, "", nil)
 	}
-	return client, nil
+	return nil
 }
 
 func truncate(s string) string {
