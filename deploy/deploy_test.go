@@ -17,7 +17,9 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/vakt-dev/vakt/config"
@@ -74,6 +76,20 @@ func TestEnvoyBootstrap(t *testing.T) {
 	if filter.GetFailureModeAllow() || filter.GetStatusOnError().GetCode() != 503 || filter.GetTransportApiVersion().String() != "V3" {
 		t.Fatalf("ext_authz must fail closed with 503 over the v3 API: %v", &filter)
 	}
+	// The settings vakt's identity guarantees lean on (README, Security):
+	// one path for vakt and the upstream, no x_vakt_* headers, no invalid
+	// header mutations.
+	if !filter.GetValidateMutations() {
+		t.Error("ext_authz: validate_mutations must be true")
+	}
+	if !hcm.GetNormalizePath().GetValue() || !hcm.GetMergeSlashes() ||
+		hcm.GetPathWithEscapedSlashesAction() != hcmv3.HttpConnectionManager_REJECT_REQUEST {
+		t.Errorf("paths: normalize_path %v, merge_slashes %v, path_with_escaped_slashes_action %v",
+			hcm.GetNormalizePath(), hcm.GetMergeSlashes(), hcm.GetPathWithEscapedSlashesAction())
+	}
+	if hcm.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_REJECT_REQUEST {
+		t.Error("headers_with_underscores_action must be REJECT_REQUEST")
+	}
 	routes := 0
 	for _, vh := range hcm.GetRouteConfig().GetVirtualHosts() {
 		for _, r := range vh.GetRoutes() {
@@ -93,6 +109,43 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}
 }
 
+// The EnvoyFilter is an Istio EnvoyFilter, and its patch an Envoy
+// HttpConnectionManager that refuses header names with '_'.
+func TestIstioUnderscoreHeaders(t *testing.T) {
+	var doc struct {
+		Kind string          `json:"kind"`
+		Spec json.RawMessage `json:"spec"`
+	}
+	if err := json.Unmarshal(yamlToJSON(t, "istio/envoyfilter-underscores.yaml"), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var ef networkingv1alpha3.EnvoyFilter
+	if err := protojson.Unmarshal(doc.Spec, &ef); err != nil || doc.Kind != "EnvoyFilter" {
+		t.Fatalf("not an EnvoyFilter: %v", err)
+	}
+	patch := ef.GetConfigPatches()[0].GetPatch().GetValue()
+	tc, err := protojson.Marshal(patch.GetFields()["typed_config"].GetStructValue())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var anyHCM struct {
+		Type string `json:"@type"`
+	}
+	_ = json.Unmarshal(tc, &anyHCM)
+	var hcm hcmv3.HttpConnectionManager
+	var fields map[string]json.RawMessage
+	_ = json.Unmarshal(tc, &fields)
+	delete(fields, "@type")
+	body, _ := json.Marshal(fields)
+	if err := protojson.Unmarshal(body, &hcm); err != nil {
+		t.Fatalf("the patch is not an HttpConnectionManager: %v", err)
+	}
+	if anyHCM.Type != "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" ||
+		hcm.GetCommonHttpProtocolOptions().GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_REJECT_REQUEST {
+		t.Fatalf("patch %s", tc)
+	}
+}
+
 func TestIstio(t *testing.T) {
 	var mesh meshv1alpha1.MeshConfig
 	if err := protojson.Unmarshal(yamlToJSON(t, "istio/mesh-config.yaml"), &mesh); err != nil {
@@ -103,6 +156,9 @@ func TestIstio(t *testing.T) {
 		if p.GetName() == "vakt" {
 			provider = p
 		}
+	}
+	if mesh.GetPathNormalization().GetNormalization() != meshv1alpha1.MeshConfig_ProxyPathNormalization_MERGE_SLASHES {
+		t.Errorf("pathNormalization %v, want MERGE_SLASHES", mesh.GetPathNormalization())
 	}
 	grpc := provider.GetEnvoyExtAuthzGrpc()
 	if grpc == nil || grpc.GetPort() != 9000 || grpc.GetFailOpen() || grpc.GetStatusOnError() != "503" {

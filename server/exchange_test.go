@@ -212,14 +212,14 @@ func TestExchange(t *testing.T) {
 		{"assertion garbage", func(r *exchange.Request) { r.ClientAssertion = "garbage" }, "invalid_client", "client assertion is invalid: token is malformed"},
 		{"unknown client", func(r *exchange.Request) {
 			r.ClientAssertion = e.assertion(t, "dev-gcp:team-x:nobody", nil)
-		}, "invalid_client", "client is not registered"},
-		{"client without keys", func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app2, nil) }, "invalid_client", "client is not registered, or has no keys"},
+		}, "invalid_client", "client authentication failed"},
+		{"client without keys", func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app2, nil) }, "invalid_client", "client authentication failed"},
 		{"signed with another client's key", func(r *exchange.Request) {
 			k := e.keys[app3]
 			a := e.assertion(t, app1, nil)
 			r.ClientAssertion = idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID}, strings.Split(a, ".")[1])
 		}, "invalid_client", "client assertion is invalid"},
-		{"HS256", func(r *exchange.Request) { r.ClientAssertion = hs256 }, "invalid_client", "client assertion is invalid: token algorithm is not allowed"},
+		{"HS256", func(r *exchange.Request) { r.ClientAssertion = hs256 }, "invalid_client", "client authentication failed"},
 		{"sub is not iss", func(r *exchange.Request) {
 			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["sub"] = app3 })
 		}, "invalid_client", "client assertion is invalid: sub must equal iss"},

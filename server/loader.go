@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
@@ -37,6 +38,10 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 		keys, err := exchange.LoadKeysFile(cfg.Signing.KeysFile)
 		if err != nil {
 			return nil, fmt.Errorf("signing.keysFile: %w", err)
+		}
+		if fi, err := os.Stat(cfg.Signing.KeysFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			l.Logger.Warn("signing.keysFile holds private keys but is readable by others than its owner; chmod 600 it (Kubernetes: defaultMode: 0400)",
+				"file", cfg.Signing.KeysFile, "mode", fi.Mode().Perm().String())
 		}
 		if signer, err = exchange.NewSigner(keys...); err != nil {
 			return nil, fmt.Errorf("signing.keysFile: %w", err)

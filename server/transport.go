@@ -235,8 +235,11 @@ func readFields(w http.ResponseWriter, r *http.Request, names ...string) (map[st
 	}
 	out := make(map[string]string, len(names))
 	if mt == "application/json" {
-		var obj map[string]json.RawMessage
-		if err := decodeStrictJSON(body, &obj); err != nil || obj == nil {
+		obj, dup, err := decodeJSONObject(body)
+		switch {
+		case dup != "":
+			return nil, badRequest(strconv.Quote(truncateName(dup)) + " is given more than once")
+		case err != nil:
 			return nil, badRequest("request body is not a JSON object")
 		}
 		for _, n := range names {
@@ -272,17 +275,47 @@ func readFields(w http.ResponseWriter, r *http.Request, names ...string) (map[st
 	return out, nil
 }
 
-// decodeStrictJSON decodes exactly one JSON object into v. Unknown members
-// are ignored, as clients may send more than vakt reads.
-func decodeStrictJSON(body []byte, v any) error {
+// decodeJSONObject reads exactly one JSON object, member by member. A member
+// name given twice (after unescaping: "token" and "t\u006fken" are one) is
+// refused and returned in dup, as a form field given twice is: a body that
+// two readers could read as two requests is no request. Unknown members
+// are kept, as clients may send more than vakt reads.
+func decodeJSONObject(body []byte) (obj map[string]json.RawMessage, dup string, err error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(v); err != nil {
-		return err
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, "", errors.New("not a JSON object")
+	}
+	obj = map[string]json.RawMessage{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, "", err
+		}
+		name, _ := tok.(string)
+		if _, seen := obj[name]; seen {
+			return nil, name, errors.New("a member is given twice")
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, "", err
+		}
+		obj[name] = v
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, "", errors.New("not a JSON object")
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("data after the JSON object")
+		return nil, "", errors.New("data after the JSON object")
 	}
-	return nil
+	return obj, "", nil
+}
+
+// truncateName keeps a client's member name short enough to repeat.
+func truncateName(s string) string {
+	if len(s) > 64 {
+		return s[:64]
+	}
+	return s
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

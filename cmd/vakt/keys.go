@@ -4,14 +4,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/vakt-dev/vakt/exchange"
 )
 
 const keysUsage = `usage:
-  vakt keys generate [--alg RS256|ES256|EdDSA] [--add FILE]
-      without --add: print a new private key set of one key
-      with --add: append a new key to FILE (published, not yet signing)
+  vakt keys generate [--alg RS256|ES256|EdDSA] (--out FILE | --add FILE)
+      --out: write a new private key set of one key to FILE (new, mode 0600)
+      --add: append a new key to FILE (published, not yet signing)
+      neither: print the new key set (to a pipe: it is a private key)
   vakt keys promote FILE KID    make KID the signing key
   vakt keys retire FILE KID     remove KID (once its tokens have expired)
 
@@ -30,7 +32,8 @@ func keys(args []string, stdout, stderr io.Writer) int {
 		fs.SetOutput(stderr)
 		alg := fs.String("alg", "ES256", "RS256, ES256 or EdDSA")
 		add := fs.String("add", "", "append the key to this keys file")
-		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 {
+		out := fs.String("out", "", "write a new keys file (mode 0600; it must not exist)")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 || (*add != "" && *out != "") {
 			fmt.Fprint(stderr, keysUsage)
 			return 2
 		}
@@ -38,6 +41,18 @@ func keys(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			fmt.Fprintf(stderr, "vakt keys: %v\n", err)
 			return 1
+		}
+		if *out != "" {
+			if _, err := os.Lstat(*out); err == nil {
+				fmt.Fprintf(stderr, "vakt keys: %s exists; use --add to add a key to it\n", *out)
+				return 1
+			}
+			if err := exchange.WriteKeysFile(*out, []*exchange.SigningKey{k}); err != nil {
+				fmt.Fprintf(stderr, "vakt keys: %v\n", err)
+				return 1
+			}
+			fmt.Fprintf(stdout, "wrote %s (mode 0600): key %s (%s) signs\n", *out, k.ID, k.Alg)
+			return 0
 		}
 		if *add == "" {
 			data, err := exchange.MarshalPrivateKeys([]*exchange.SigningKey{k})

@@ -32,6 +32,11 @@ func TestRun(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, 2, "", []string{`unknown command "frobnicate"`}},
 		{"serve bad config", []string{"serve", "--config", bad}, 1, "", []string{"configuration is invalid", "line 3"}},
 		{"serve bad flag", []string{"serve", "--log-level", "loud"}, 2, "", []string{"--log-level"}},
+		// An empty --config (an unset variable) never starts the development
+		// defaults, whose identity provider issues tokens to anyone.
+		{"serve empty config", []string{"serve", "--config", ""}, 2, "", []string{"--config is empty"}},
+		{"serve empty config, = form", []string{"serve", "--config="}, 2, "", []string{"--config is empty"}},
+		{"keys generate --out and --add", []string{"keys", "generate", "--out", "a", "--add", "b"}, 2, "", []string{"usage"}},
 		{"help", []string{"help"}, 0, "", nil},
 	}
 	for _, tt := range tests {
@@ -49,6 +54,35 @@ func TestRun(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// keys generate --out writes a new keys file readable by its owner only,
+// and never overwrites one.
+func TestKeysGenerateOut(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "keys.json")
+	var out, errb bytes.Buffer
+	if code := run([]string{"keys", "generate", "--alg", "EdDSA", "--out", file}, &out, &errb); code != 0 {
+		t.Fatalf("generate --out: %s", errb.String())
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode().Perm())
+	}
+	keys, err := exchange.LoadKeysFile(file)
+	if err != nil || len(keys) != 1 || keys[0].Alg != "EdDSA" || !strings.Contains(out.String(), keys[0].ID) {
+		t.Fatalf("keys %v, %v; stdout %s", keys, err, out.String())
+	}
+	errb.Reset()
+	if code := run([]string{"keys", "generate", "--out", file}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "exists") {
+		t.Fatalf("overwrote: %d %s", code, errb.String())
+	}
+	again, _ := exchange.LoadKeysFile(file)
+	if len(again) != 1 || again[0].ID != keys[0].ID {
+		t.Fatal("the file changed")
 	}
 }
 
