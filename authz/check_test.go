@@ -134,6 +134,7 @@ func newCheckEnv(t *testing.T) *checkEnv {
 	}
 	own, err := authz.NewProvider(authz.ProviderConfig{
 		Name: ownProvider, Issuer: ownIssuer, Audiences: ids, RequireAudience: true,
+		AudienceAfterSignature: true, Type: "at+jwt", Own: true,
 		Algorithms: []string{"ES256"}, Keys: e.ownKeys,
 	})
 	if err != nil {
@@ -182,6 +183,19 @@ func (e *checkEnv) ownSigned(t *testing.T, k *idptest.Key, client string, aud an
 		claims["scope"] = scope
 	}
 	return idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, with(claims, extra...))
+}
+
+// ownTyped is a token signed with vakt's key for app-1 → app-b, with typ
+// as given ("" for none).
+func (e *checkEnv) ownTyped(t *testing.T, typ, scope string) string {
+	k := e.ownKey
+	h := map[string]any{"alg": k.Alg, "kid": k.ID}
+	if typ != "" {
+		h["typ"] = typ
+	}
+	return idptest.Sign(t, k, k.Alg, h, map[string]any{
+		"iss": ownIssuer, "sub": "user-1", "aud": appB, "client_id": app1, "scope": scope, "exp": e.clock.Now().Add(time.Minute).Unix(),
+	})
 }
 
 // external is a token of auth0 for aud, issued to the client "xYz123"
@@ -368,6 +382,17 @@ func (e *checkEnv) cases(t *testing.T) []checkCase {
 		{name: "alg none", path: "/read", auth: bearer(idptest.Segment(t, `{"alg":"none"}`) + "." + idptest.Segment(t, `{"iss":"x"}`) + "."), want: authz.ReasonTokenAlgorithm},
 		{name: "too large", path: "/read", auth: bearer(strings.Repeat("a", authz.DefaultMaxTokenSize+1)), want: authz.ReasonTokenTooLarge, err: authz.ErrTooLarge},
 		{name: "unknown issuer", path: "/read", auth: bearer(e.ownSigned(t, stranger, app1, appB, "read:users", "iss", "https://elsewhere.example/")), want: authz.ReasonTokenIssuer, err: authz.ErrIssuerNotTrusted},
+
+		// Identity integrity: paths as the upstream reads them, typ, and
+		// claims that are no header value.
+		{name: "path parameters", path: "/public/..;/read", want: authz.ReasonPathInvalid},
+		{name: "an encoded NUL", path: "/public/..%00/read", want: authz.ReasonPathInvalid},
+		{name: "double encoding", path: "/public/%252e%252e/read", want: authz.ReasonPathInvalid},
+		{name: "vakt's key, typ JWT", path: "/read", auth: bearer(e.ownTyped(t, "JWT", "read:users")), want: authz.ReasonTokenType, err: authz.ErrTypeNotAllowed},
+		{name: "vakt's key, no typ", path: "/read", auth: bearer(e.ownTyped(t, "", "read:users")), want: authz.ReasonTokenType, err: authz.ErrTypeNotAllowed},
+		{name: "sub with CRLF", path: "/read", auth: bearer(e.own(t, app1, appB, "read:users", "sub", "a\r\nx-vakt-client-id: x")), want: authz.ReasonClaimNotForwardable},
+		{name: "a scope with NUL", path: "/read", auth: bearer(e.own(t, app1, appB, "read:users x\x00")), want: authz.ReasonClaimNotForwardable},
+		{name: "non-ASCII sub", path: "/read", auth: bearer(e.own(t, app1, appB, "read:users", "sub", "Åse")), want: none, provider: tokenx, sub: "Åse", caller: app1},
 
 		// An identity provider whose keys were never fetched: an outage.
 		{name: "keys unavailable", app: appAPI, path: "/x", auth: bearer(e.down.Token(e.down.Claims(e.clock.Now(), apiAudience))), want: authz.ReasonKeysUnavailable, outage: true, err: authz.ErrKeysUnavailable, errMsg: "503"},

@@ -61,6 +61,13 @@ func TestLoadRejects(t *testing.T) {
 		{"missing cluster", "issuer: http://127.0.0.1:8080\n", []string{"cluster: is required"}},
 		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
 		{"provider without keys", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n", []string{"line 4", "identityProviders[0]: needs wellKnownUrl or jwksUri"}},
+		{"bad trust domain", base + "trustDomain: Evil/Domain\n", []string{"line 3", "trustDomain", "not a SPIFFE trust domain"}},
+		{"bad typ", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    typ: \"at jwt\"\n", []string{"line 7", "identityProviders[0].typ"}},
+		{"bad pathParameters", base + "applications:\n  - name: b\n    namespace: t\n    pathParameters: keep\n", []string{"line 6", "applications[0].pathParameters", `"keep" is not reject or strip`}},
+		// Neither the entry nor the provider names an audience: a token the
+		// provider issued for any API would be accepted.
+		{"authentication without any audience", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\napplications:\n  - name: b\n    namespace: t\n    authentication:\n      - {identityProvider: a}\n",
+			[]string{"line 11", "applications[0].authentication[0].audience: is required", "audience: any"}},
 		{"provider with both", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    wellKnownUrl: https://a.example/.well-known/openid-configuration\n", []string{"has both"}},
 		{"bad jwksUri", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: file:///etc/passwd\n", []string{"line 6", "identityProviders[0].jwksUri"}},
 		{"duplicate provider", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n  - name: a\n    issuer: https://b.example/\n    jwksUri: https://b.example/jwks\n", []string{"line 7", "identityProviders[1].name", "already"}},
@@ -219,5 +226,30 @@ applications:
 				}
 			}
 		})
+	}
+}
+
+// An authentication entry may do without an audience when its provider has
+// one; "audience: any" is accepted, and warned of at every load.
+func TestAuthenticationAudience(t *testing.T) {
+	prov := func(aud string) string {
+		return base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n" + aud +
+			"applications:\n  - name: b\n    namespace: t\n    authentication:\n      - {identityProvider: a%s}\n"
+	}
+	for _, tt := range []struct {
+		name, yaml string
+		warn       bool
+	}{
+		{"the provider's audience", strings.Replace(prov("    audience: [api]\n"), "%s", "", 1), false},
+		{"the entry's audience", strings.Replace(prov(""), "%s", ", audience: https://api.example.com", 1), false},
+		{"any", strings.Replace(prov(""), "%s", ", audience: any", 1), true},
+	} {
+		c, err := config.Load([]byte(tt.yaml), t.TempDir())
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if got := len(c.Warnings) > 0; got != tt.warn || (tt.warn && !strings.Contains(c.Warnings[0], "any audience")) {
+			t.Fatalf("%s: warnings %q", tt.name, c.Warnings)
+		}
 	}
 }
