@@ -38,7 +38,8 @@
 //     (ErrHeaderNotAllowed); then a signature segment that is not empty
 //     (ErrSignatureInvalid);
 //  4. a payload and signature in canonical base64url, the payload a JSON
-//     object repeating no member name (ErrMalformed), with exp present and
+//     object repeating no member name and holding no number a float64
+//     cannot (ErrMalformed), with exp present and
 //     exp, nbf and iat JSON numbers, iss and sub strings, and aud a string or
 //     an array of strings (ErrClaimInvalid);
 //  5. alg on the provider's allowlist, which never holds none or an HMAC
@@ -46,7 +47,9 @@
 //  6. iss equal to the provider's issuer, byte for byte
 //     (ErrIssuerNotTrusted);
 //  7. exp and nbf, with the provider's leeway (ErrExpired, ErrNotYetValid),
-//     and iat no later than now plus the leeway (ErrNotYetValid);
+//     and iat no later than now plus the leeway (ErrNotYetValid); typ, when
+//     the provider requires one (at+jwt for vakt's own tokens) or refuses
+//     one (at+jwt in a client assertion) (ErrTypeNotAllowed);
 //  8. aud containing one of the provider's audiences, when it has some or
 //     requires one (ErrAudienceInvalid);
 //  9. a key with the token's kid in this provider's key set, and no other's
@@ -54,6 +57,11 @@
 //     no keys at all);
 //  10. alg one that key may verify (ErrAlgorithmNotAllowed);
 //  11. the signature (ErrSignatureInvalid).
+//
+// A provider whose answers must not tell a prober what exists moves checks
+// after the signature: vakt's own provider its audience (step 8, whose
+// audiences are the registered applications), a client's assertions steps
+// 6 to 8 (ProviderConfig.SignatureFirst).
 //
 // [Validator.Validate] names the provider, before step 1
 // (ErrUnknownProvider if it has none of that name).
@@ -67,7 +75,8 @@
 // [Checker.Check] decides a request in this order, with the Reason of the
 // first step that refuses it:
 //
-//  1. the path, normalized (ReasonPathInvalid);
+//  1. the path, normalized, with ';' refused or stripped as the application
+//     says (ReasonPathInvalid);
 //  2. the route: when the application has routes, the first that matches
 //     method and path (ReasonRouteNotFound); a public route is allowed
 //     without looking at any token;
@@ -82,5 +91,11 @@
 //     application id, the inbound rules must allow it (ReasonCallerDenied);
 //     vakt's own tokens must name one (ReasonCallerMissing);
 //  6. every scope of the route (ReasonScopeInsufficient, with the route's
-//     scopes in Decision.Scope).
+//     scopes in Decision.Scope);
+//  7. every claim the allow response forwards as a header value (sub, the
+//     scopes, idp of vakt's own tokens, the application's forwardClaims)
+//     can be one as it is (ReasonClaimNotForwardable).
+//
+// The identity provider an allow names is [Provider.IdentityProvider]: the
+// verifying provider's issuer, or for vakt's own tokens the idp they carry.
 package authz

@@ -40,9 +40,9 @@ type ProviderConfig struct {
 	// the structure and the alg allowlist, the same for every client, come
 	// first.
 	SignatureFirst bool
-	Algorithms             []string      // allowlist; DefaultAlgorithms when empty
-	Leeway                 time.Duration // clock skew allowed on exp, nbf and iat
-	Keys                   KeySource     // this issuer's keys, and no one else's
+	Algorithms     []string      // allowlist; DefaultAlgorithms when empty
+	Leeway         time.Duration // clock skew allowed on exp, nbf and iat
+	Keys           KeySource     // this issuer's keys, and no one else's
 	// Type, when set, is the typ header every token must have (RFC 8725
 	// §3.11: "at+jwt" for RFC 9068 access tokens). RejectType is a typ no
 	// token may have ("at+jwt" for client assertions, so that an access
