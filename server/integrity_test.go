@@ -298,4 +298,3 @@ func TestIntrospectJSONDuplicateMember(t *testing.T) {
 		}
 	}
 }
-
