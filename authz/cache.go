@@ -1,28 +1,37 @@
 package authz
 
 import (
-	"sync"
+	"math"
+	"unsafe"
+
+	"github.com/vakt-dev/vakt/internal/cache"
 )
 
-// DefaultCacheSize bounds the verified-token cache.
-const DefaultCacheSize = 100_000
+// Bounds of the verified-token cache.
+const (
+	// DefaultCacheSize bounds the verified-token cache in entries.
+	DefaultCacheSize = 100_000
+	// DefaultCacheBytes bounds it in bytes: enough for tens of thousands of
+	// typical tokens in a small pod, whatever tokens a client mints.
+	DefaultCacheBytes = 64 << 20
+	// entryOverhead is what an entry costs besides its token and claims:
+	// the index, the slot and the entry itself.
+	entryOverhead = 160
+	// derivedAllowance is counted for what an adapter derives from the
+	// claims once per token and application (Claims.Derive: Check's allow
+	// response), measured at under 2 KiB for a typical token.
+	derivedAllowance = 2 << 10
+)
 
 // tokenCache maps the SHA-256 of a token's signature to the claims of a
 // token that passed every check, with the token's signed part (header and
 // payload) for an exact comparison on lookup. It holds no whole token, so a
-// memory dump yields no credential. Failures are never stored. An entry lives until the token's
-// exp at most: callers re-check exp and nbf on every hit and drop what has
-// expired; a full shard evicts expired entries first, then arbitrary ones.
-type tokenCache struct {
-	shards   []cacheShard
-	mask     byte
-	perShard int
-}
-
-type cacheShard struct {
-	mu sync.RWMutex
-	m  map[[32]byte]cacheEntry
-}
+// memory dump yields no credential. Failures are never stored. An entry
+// lives until the token's exp at most, and callers re-check exp and nbf on
+// every hit. It is bounded in entries and in bytes (internal/cache), each
+// entry counted at what it costs (Claims.size, the signed part, and
+// allowances for the rest).
+type tokenCache = cache.Cache[cacheEntry]
 
 type cacheEntry struct {
 	provider *Provider
@@ -30,77 +39,35 @@ type cacheEntry struct {
 	claims   *Claims
 }
 
-// newTokenCache returns a cache of at most size entries; nil when size <= 0.
-func newTokenCache(size int) *tokenCache {
-	if size <= 0 {
+// newTokenCache returns a cache of at most entries entries and maxBytes
+// bytes; nil when entries < 0.
+func newTokenCache(entries int, maxBytes int64) *tokenCache {
+	if entries < 0 {
 		return nil
 	}
-	n := 32
-	for n > 1 && size/n < 64 {
-		n /= 2
+	if entries == 0 {
+		entries = DefaultCacheSize
 	}
-	c := &tokenCache{shards: make([]cacheShard, n), mask: byte(n - 1), perShard: size / n}
-	for i := range c.shards {
-		c.shards[i].m = make(map[[32]byte]cacheEntry)
+	if maxBytes <= 0 {
+		maxBytes = DefaultCacheBytes
 	}
-	return c
+	return cache.New[cacheEntry](entries, maxBytes)
 }
 
-func (c *tokenCache) shard(key *[32]byte) *cacheShard { return &c.shards[key[0]&c.mask] }
-
-func (c *tokenCache) get(key *[32]byte) (cacheEntry, bool) {
-	s := c.shard(key)
-	s.mu.RLock()
-	e, ok := s.m[*key]
-	s.mu.RUnlock()
-	return e, ok
+// entrySize is what e costs in memory, in bytes.
+func entrySize(e *cacheEntry) int64 {
+	return entryOverhead + derivedAllowance + int64(len(e.signed)) + e.claims.size
 }
 
-func (c *tokenCache) put(key *[32]byte, e cacheEntry, nowSec float64) {
-	s := c.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.m[*key]; !ok && len(s.m) >= c.perShard {
-		s.evictOne(nowSec)
+// expiryNanos is when a token with exp (seconds) leaves the cache: at exp
+// plus the provider's leeway, after which it could not be accepted anyway.
+func expiryNanos(exp float64, p *Provider) int64 {
+	t := (exp + p.leeway.Seconds()) * 1e9
+	if t >= math.MaxInt64 {
+		return math.MaxInt64
 	}
-	s.m[*key] = e
+	return int64(t)
 }
 
-// evictOne drops an expired entry among a few sampled (map order is random),
-// or else the first sampled.
-func (s *cacheShard) evictOne(nowSec float64) {
-	const samples = 8
-	var victim [32]byte
-	i := 0
-	for k, e := range s.m {
-		if i == 0 {
-			victim = k
-		}
-		if e.claims.exp <= nowSec {
-			victim = k
-			break
-		}
-		if i++; i == samples {
-			break
-		}
-	}
-	delete(s.m, victim)
-}
-
-func (c *tokenCache) remove(key *[32]byte) {
-	s := c.shard(key)
-	s.mu.Lock()
-	delete(s.m, *key)
-	s.mu.Unlock()
-}
-
-func (c *tokenCache) len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.RLock()
-		n += len(s.m)
-		s.mu.RUnlock()
-	}
-	return n
-}
+// claimsOverhead is the fixed part of a Claims.
+const claimsOverhead = int64(unsafe.Sizeof(Claims{}))

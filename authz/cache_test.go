@@ -2,8 +2,8 @@ package authz
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
+	"runtime"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -80,13 +80,14 @@ func TestCacheHitSkipsVerification(t *testing.T) {
 		t.Fatalf("other provider: %v", err)
 	}
 
-	// exp is re-checked on every hit, and an expired entry is dropped.
+	// exp is re-checked on every hit; past exp the entry is no hit, and the
+	// token is refused before any key lookup.
 	clock.Advance(time.Hour)
 	if _, err := v.Validate(ctx, "a", tok); !errors.Is(err, ErrExpired) {
 		t.Fatalf("after exp: %v", err)
 	}
-	if v.cache.len() != 0 {
-		t.Fatal("expired entry still cached")
+	if n := keys.n.Load(); n != 1 {
+		t.Fatalf("%d key lookups after exp", n)
 	}
 }
 
@@ -136,53 +137,106 @@ func TestCacheFailuresNotCached(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if v.cache.len() != 0 {
+	if v.cache.Stats().Entries != 0 {
 		t.Fatal("a failure was cached")
 	}
 	clock.Advance(time.Minute)
 	if _, err := v.Validate(context.Background(), "a", tok); err != nil {
 		t.Fatal(err)
 	}
-	if keys.n.Load() != 1 || v.cache.len() != 1 {
-		t.Fatalf("lookups %d, cached %d", keys.n.Load(), v.cache.len())
+	if keys.n.Load() != 1 || v.cache.Stats().Entries != 1 {
+		t.Fatalf("lookups %d, cached %d", keys.n.Load(), v.cache.Stats().Entries)
 	}
 }
 
+// The cache holds at most its bound in entries and in bytes, whatever
+// tokens come.
 func TestCacheBound(t *testing.T) {
-	for _, size := range []int{1, 10, 100, 5000} {
-		t.Run(fmt.Sprint(size), func(t *testing.T) {
-			c := newTokenCache(size)
-			claims := &Claims{exp: 2e9}
-			for i := range size * 3 {
-				key := sha256.Sum256(fmt.Appendf(nil, "token-%d", i))
-				c.put(&key, cacheEntry{claims: claims}, 1e9)
+	k := idptest.NewKey(t, "k1", "ES256")
+	p, _ := staticProvider(t, "a", "https://a.example", k)
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	big := strings.Repeat("x", 4000)
+	for _, tt := range []struct {
+		name    string
+		entries int
+		bytes   int64
+		extra   []any
+	}{
+		{"entries", 100, 1 << 30, nil},
+		{"bytes", 100_000, 256 << 10, []any{"blob", big}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, CacheSize: tt.entries, CacheBytes: tt.bytes, Now: clock.Now})
+			if err != nil {
+				t.Fatal(err)
 			}
-			if n := c.len(); n > size || n < size/2 {
-				t.Fatalf("%d entries, bound %d", n, size)
+			for i := range 1000 {
+				tok := token(t, k, "https://a.example", clock.Now().Add(time.Hour), append([]any{"jti", fmt.Sprint(i)}, tt.extra...)...)
+				if _, err := v.Validate(context.Background(), "a", tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st := v.cache.Stats()
+			if st.Entries > tt.entries || st.Bytes > tt.bytes || st.Entries == 0 {
+				t.Fatalf("%+v, bound %d entries, %d bytes", st, tt.entries, tt.bytes)
 			}
 		})
 	}
 }
 
-func TestCacheEvictsExpiredFirst(t *testing.T) {
-	c := newTokenCache(8)
-	live, dead := &Claims{exp: 2e9}, &Claims{exp: 1}
-	var liveKeys [][32]byte
-	for i := range 8 {
-		key := sha256.Sum256(fmt.Appendf(nil, "t-%d", i))
-		cl := live
-		if i == 3 {
-			cl = dead
-		} else {
-			liveKeys = append(liveKeys, key)
-		}
-		c.put(&key, cacheEntry{claims: cl}, 1e9)
+// An entry is counted at what it costs: the estimate agrees with the heap
+// it takes, within a third, for a typical token and for a large one.
+func TestCacheEntrySize(t *testing.T) {
+	k := idptest.NewKey(t, "k1", "RS256")
+	p, _ := staticProvider(t, "a", "https://a.example", k)
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	for _, tt := range []struct {
+		name  string
+		extra []any
+	}{
+		{"typical", []any{"aud", "my-api", "scope", "openid profile read:users", "pid", "12345678901", "acr", "idporten-loa-high",
+			"amr", []string{"BankID"}, "client_id", "dev-gcp:team-a:app-1", "sid", "f3b1c8a0-5d1e-4c2f-9b7a-0e1d2c3b4a59", "auth_time", 1_799_999_000}},
+		{"many claims", []any{"groups", strings.Split(strings.Repeat("group-name,", 200), ","), "roles", map[string]any{"a": 1, "b": []int{1, 2, 3}}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const n = 2000
+			toks := make([]string, n)
+			for i := range toks {
+				toks[i] = token(t, k, "https://a.example", clock.Now().Add(time.Hour), append([]any{"jti", fmt.Sprintf("%08d", i)}, tt.extra...)...)
+			}
+			v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, Now: clock.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := heapInUse()
+			for _, tok := range toks {
+				if _, err := v.Validate(context.Background(), "a", tok); err != nil {
+					t.Fatal(err)
+				}
+			}
+			after := heapInUse()
+			st := v.cache.Stats()
+			if st.Entries != n {
+				t.Fatalf("%d entries", st.Entries)
+			}
+			// Counted bytes include an allowance for what adapters derive
+			// later (derivedAllowance), not yet on the heap here.
+			counted := float64(st.Bytes-n*derivedAllowance) / n
+			measured := float64(after-before) / n
+			t.Logf("%s: %.0f bytes counted, %.0f measured per entry (%d-byte token)", tt.name, counted, measured, len(toks[0]))
+			if counted < measured*0.66 || counted > measured*1.5 {
+				t.Fatalf("counted %.0f bytes per entry, measured %.0f", counted, measured)
+			}
+			runtime.KeepAlive(toks)
+			runtime.KeepAlive(v)
+		})
 	}
-	key := sha256.Sum256([]byte("new"))
-	c.put(&key, cacheEntry{claims: live}, 1e9)
-	for _, k := range liveKeys {
-		if _, ok := c.get(&k); !ok {
-			t.Fatal("a live entry was evicted while an expired one was there")
-		}
-	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }

@@ -37,6 +37,9 @@ type Claims struct {
 	exp float64 // seconds since the epoch, as in the token
 	nbf float64 // zero when absent
 
+	// size is about how many bytes of memory the claims hold.
+	size int64
+
 	// unsafe names the top-level claims that hold a string no header value
 	// may carry (see headerSafe); nil for nearly every token. unsafeScope
 	// is set when ScopeText is no header value.
@@ -69,7 +72,7 @@ func (c *Claims) Derive(key any, compute func() any) any {
 // not a NumericDate); iss and sub must be strings; aud a string or an array
 // of strings.
 func parseClaims(payload []byte) (*Claims, error) {
-	raw, err := parseJSONObject(payload)
+	raw, size, err := parseJSONObjectSize(payload)
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
@@ -100,10 +103,13 @@ func parseClaims(payload []byte) (*Claims, error) {
 	} else if ok {
 		c.IssuedAt = toTime(iat)
 	}
-	c.Scopes = scopes(raw)
+	if c.Scopes, err = scopes(raw); err != nil {
+		return nil, err
+	}
 	c.ScopeText = strings.Join(c.Scopes, " ")
 	c.unsafe = unsafeClaims(raw)
 	c.unsafeScope = !headerSafe(c.ScopeText)
+	c.size = claimsOverhead + size + sizeSlice*3 + sizeElem*int64(len(c.Audience)+len(c.Scopes)+len(c.unsafe)) + int64(len(c.ScopeText))
 	return c, nil
 }
 
@@ -173,12 +179,43 @@ func (c *Claims) Caller() string {
 // HasScope reports whether the token grants scope.
 func (c *Claims) HasScope(scope string) bool { return slices.Contains(c.Scopes, scope) }
 
-func scopes(raw map[string]any) []string {
+// Bounds of the claims vakt derives: linear work, and a clear refusal past
+// what any identity provider issues.
+const (
+	maxAudiences = 64
+	maxScopes    = 1024
+)
+
+var (
+	errTooManyAudiences = fmt.Errorf("%w: aud has more than %d entries", ErrClaimInvalid, maxAudiences)
+	errTooManyScopes    = fmt.Errorf("%w: more than %d scopes", ErrClaimInvalid, maxScopes)
+)
+
+// scopes collects the token's scopes, each once, in their order. Few
+// scopes are compared in a slice; past a handful a set keeps the work
+// linear.
+func scopes(raw map[string]any) ([]string, error) {
 	var out []string
+	var seen map[string]struct{}
 	add := func(s string) {
-		if s != "" && !slices.Contains(out, s) {
-			out = append(out, s)
+		if s == "" || len(out) > maxScopes {
+			return
 		}
+		if seen == nil && len(out) >= 16 {
+			seen = make(map[string]struct{}, 64)
+			for _, o := range out {
+				seen[o] = struct{}{}
+			}
+		}
+		if seen != nil {
+			if _, dup := seen[s]; dup {
+				return
+			}
+			seen[s] = struct{}{}
+		} else if slices.Contains(out, s) {
+			return
+		}
+		out = append(out, s)
 	}
 	for _, name := range [...]string{"scope", "scp", "permissions"} {
 		switch v := raw[name].(type) {
@@ -198,7 +235,10 @@ func scopes(raw map[string]any) []string {
 			}
 		}
 	}
-	return out
+	if len(out) > maxScopes {
+		return nil, errTooManyScopes
+	}
+	return out, nil
 }
 
 // checkTimes applies exp and nbf at now with leeway. exp: 0 is long expired.
@@ -255,6 +295,9 @@ func audienceClaim(raw map[string]any) ([]string, error) {
 	case string:
 		return []string{v}, nil
 	case []any:
+		if len(v) > maxAudiences {
+			return nil, errTooManyAudiences
+		}
 		out := make([]string, 0, len(v))
 		for _, e := range v {
 			s, ok := e.(string)
@@ -283,4 +326,42 @@ func numericDate(raw map[string]any, name string) (float64, bool, error) {
 		return 0, false, fmt.Errorf("%w: %s is out of range", ErrClaimInvalid, name)
 	}
 	return f, true, nil
+}
+
+// timeClaims are exp, nbf and iat as scanned before the signature.
+type timeClaims struct {
+	exp, nbf, iat  float64
+	hasNbf, hasIat bool
+}
+
+// read takes the dates from the scanned claims: exp required, each a JSON
+// number.
+func (t *timeClaims) read(top *topClaims) error {
+	var ok bool
+	var err error
+	if t.exp, ok, err = top.number(top.exp, "exp"); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("%w: exp is required", ErrClaimInvalid)
+	}
+	if t.nbf, t.hasNbf, err = top.number(top.nbf, "nbf"); err != nil {
+		return err
+	}
+	t.iat, t.hasIat, err = top.number(top.iat, "iat")
+	return err
+}
+
+// check is Claims.checkTimes and checkIssuedAt on the scanned dates.
+func (t *timeClaims) check(now time.Time, leeway time.Duration) error {
+	c := Claims{exp: t.exp}
+	if t.hasNbf {
+		c.nbf = t.nbf
+	}
+	if err := c.checkTimes(now, leeway); err != nil {
+		return err
+	}
+	if t.hasIat && toTime(t.iat).After(now.Add(leeway)) {
+		return fmt.Errorf("%w: iat is in the future", ErrNotYetValid)
+	}
+	return nil
 }

@@ -10,9 +10,13 @@ import (
 	"unsafe"
 )
 
-// maxJSONDepth bounds nesting in a token's header or payload. Real claims
-// nest two or three levels; the bound keeps hostile input from recursing deep.
-const maxJSONDepth = 32
+// Bounds of a token's header or payload. Real claims nest two or three
+// levels and hold a few dozen values; the bounds keep what a signed but
+// hostile token can make vakt build small.
+const (
+	maxJSONDepth  = 32
+	maxJSONValues = 4096 // values of every kind, at every depth
+)
 
 var (
 	errJSONSyntax    = errors.New("not valid JSON")
@@ -20,6 +24,7 @@ var (
 	errJSONDepth     = errors.New("nests too deep")
 	errJSONNotObject = errors.New("is not a JSON object")
 	errJSONNumber    = errors.New("holds a number out of range")
+	errJSONValues    = errors.New("holds more than 4096 values")
 )
 
 // parseJSONObject parses data, which must be exactly one JSON object
@@ -30,25 +35,54 @@ var (
 // claims from one token), and nesting deeper than maxJSONDepth. Invalid UTF-8
 // and lone surrogates become U+FFFD, as with encoding/json.
 func parseJSONObject(data []byte) (map[string]any, error) {
+	m, _, err := parseJSONObjectSize(data)
+	return m, err
+}
+
+// parseJSONObjectSize is parseJSONObject, also returning about how many
+// bytes of memory the result holds (for the verified-token cache's bound).
+func parseJSONObjectSize(data []byte) (map[string]any, int64, error) {
 	p := jsonParser{data: data}
 	p.skipSpace()
 	if p.i >= len(p.data) || p.data[p.i] != '{' {
-		return nil, errJSONNotObject
+		return nil, 0, errJSONNotObject
 	}
 	v, err := p.object(0)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	p.skipSpace()
 	if p.i != len(p.data) {
-		return nil, errJSONSyntax
+		return nil, 0, errJSONSyntax
 	}
-	return v, nil
+	return v, p.size, nil
 }
 
 type jsonParser struct {
-	data []byte
-	i    int
+	data   []byte
+	i      int
+	values int   // values parsed so far
+	size   int64 // bytes the result holds, estimated (see count)
+}
+
+// Memory the parser's values hold, estimated from Go's representation: a
+// map header and its slots, an interface's boxed string header, a slice.
+// A test (TestCacheEntrySize) holds the estimate to the measured heap.
+const (
+	sizeMap      = 64
+	sizeMapSlot  = 40 // key and value (two-word each), control byte, load factor
+	sizeMapSlots = 8  // a map's first group
+	sizeBoxed    = 16 // a string or json.Number stored in an interface
+	sizeSlice    = 24
+	sizeElem     = 16 // an interface in a slice
+)
+
+// count notes one more value, refusing more than maxJSONValues.
+func (p *jsonParser) count() error {
+	if p.values++; p.values > maxJSONValues {
+		return errJSONValues
+	}
+	return nil
 }
 
 func (p *jsonParser) skipSpace() {
@@ -63,6 +97,9 @@ func (p *jsonParser) skipSpace() {
 }
 
 func (p *jsonParser) value(depth int) (any, error) {
+	if err := p.count(); err != nil {
+		return nil, err
+	}
 	p.skipSpace()
 	if p.i >= len(p.data) {
 		return nil, errJSONSyntax
@@ -73,9 +110,13 @@ func (p *jsonParser) value(depth int) (any, error) {
 	case c == '[':
 		return p.array(depth + 1)
 	case c == '"':
-		return p.string()
+		s, err := p.string()
+		p.size += sizeBoxed + int64(len(s))
+		return s, err
 	case c == '-' || '0' <= c && c <= '9':
-		return p.number()
+		n, err := p.number()
+		p.size += sizeBoxed + int64(len(n))
+		return n, err
 	default:
 		for _, lit := range [...]struct {
 			text string
@@ -95,7 +136,10 @@ func (p *jsonParser) object(depth int) (map[string]any, error) {
 		return nil, errJSONDepth
 	}
 	p.i++ // '{'
-	m := make(map[string]any, 16)
+	// No size hint: a hint reserves room before a single member is seen,
+	// which thousands of empty objects would turn into megabytes.
+	m := map[string]any{}
+	defer func() { p.size += sizeMap + sizeMapSlot*int64(max(len(m), sizeMapSlots)) }()
 	p.skipSpace()
 	if p.i < len(p.data) && p.data[p.i] == '}' {
 		p.i++
@@ -110,6 +154,7 @@ func (p *jsonParser) object(depth int) (map[string]any, error) {
 		if err != nil {
 			return nil, err
 		}
+		p.size += int64(len(name))
 		if _, dup := m[name]; dup {
 			return nil, errJSONDuplicate
 		}
@@ -145,6 +190,7 @@ func (p *jsonParser) array(depth int) ([]any, error) {
 	}
 	p.i++ // '['
 	a := []any{}
+	defer func() { p.size += sizeSlice + sizeElem*int64(cap(a)) }()
 	p.skipSpace()
 	if p.i < len(p.data) && p.data[p.i] == ']' {
 		p.i++

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -47,14 +48,38 @@ func TestScopes(t *testing.T) {
 		{`{"scope":"a b","scp":["b","c"],"permissions":["d",7]}`, "a b c d"},
 		{`{"scope":7}`, ""},
 		{`{}`, ""},
+		{`{"scope":"` + strings.Repeat("a b c d e f g h i j k l m n o p q r s t ", 10) + `"}`, "a b c d e f g h i j k l m n o p q r s t"},
 	} {
 		raw, err := parseJSONObject([]byte(tt.payload))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := strings.Join(scopes(raw), " "); got != tt.want {
+		got, err := scopes(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(got, " "); got != tt.want {
 			t.Errorf("%s: %q, want %q", tt.payload, got, tt.want)
 		}
+	}
+}
+
+// Thousands of distinct scope words are refused, in linear time.
+func TestScopesBound(t *testing.T) {
+	words := make([]string, maxScopes+1)
+	for i := range words {
+		words[i] = fmt.Sprintf("s%d", i)
+	}
+	raw, err := parseJSONObject([]byte(`{"scope":"` + strings.Join(words, " ") + `"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := scopes(raw); !errors.Is(err, ErrClaimInvalid) {
+		t.Fatalf("%d scopes: %v", len(words), err)
+	}
+	raw, _ = parseJSONObject([]byte(`{"scope":"` + strings.Join(words[:maxScopes], " ") + `"}`))
+	if got, err := scopes(raw); err != nil || len(got) != maxScopes {
+		t.Fatalf("%d scopes: %d, %v", maxScopes, len(got), err)
 	}
 }
 

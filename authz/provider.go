@@ -56,18 +56,19 @@ type ProviderConfig struct {
 
 // Provider verifies tokens of one issuer.
 type Provider struct {
-	name       string
-	issuer     string
-	audiences  []string
-	checkAud   bool
-	audLate    bool
-	sigFirst   bool
-	algorithms []string
-	leeway     time.Duration
-	keys       KeySource
-	typ        string // normalised; "" when not required
-	notTyp     string // normalised; "" when none is refused
-	own        bool
+	name        string
+	issuer      string
+	audiences   []string
+	audienceSet map[string]struct{}
+	checkAud    bool
+	audLate     bool
+	sigFirst    bool
+	algorithms  []string
+	leeway      time.Duration
+	keys        KeySource
+	typ         string // normalised; "" when not required
+	notTyp      string // normalised; "" when none is refused
+	own         bool
 }
 
 // NewProvider checks cfg and returns a Provider.
@@ -87,19 +88,24 @@ func NewProvider(cfg ProviderConfig) (*Provider, error) {
 	if cfg.Leeway < 0 {
 		return nil, fmt.Errorf("identity provider %s: leeway is negative", cfg.Name)
 	}
+	set := make(map[string]struct{}, len(cfg.Audiences))
+	for _, a := range cfg.Audiences {
+		set[a] = struct{}{}
+	}
 	return &Provider{
-		name:       cfg.Name,
-		issuer:     cfg.Issuer,
-		audiences:  slices.Clone(cfg.Audiences),
-		checkAud:   cfg.RequireAudience || len(cfg.Audiences) > 0,
-		audLate:    cfg.AudienceAfterSignature,
-		sigFirst:   cfg.SignatureFirst,
-		algorithms: slices.Clone(algs),
-		leeway:     cfg.Leeway,
-		keys:       cfg.Keys,
-		typ:        normalType(cfg.Type),
-		notTyp:     normalType(cfg.RejectType),
-		own:        cfg.Own,
+		audienceSet: set,
+		name:        cfg.Name,
+		issuer:      cfg.Issuer,
+		audiences:   slices.Clone(cfg.Audiences),
+		checkAud:    cfg.RequireAudience || len(cfg.Audiences) > 0,
+		audLate:     cfg.AudienceAfterSignature,
+		sigFirst:    cfg.SignatureFirst,
+		algorithms:  slices.Clone(algs),
+		leeway:      cfg.Leeway,
+		keys:        cfg.Keys,
+		typ:         normalType(cfg.Type),
+		notTyp:      normalType(cfg.RejectType),
+		own:         cfg.Own,
 	}, nil
 }
 
@@ -135,8 +141,10 @@ func (p *Provider) Issuer() string { return p.issuer }
 
 // verify checks a token from scratch. The steps, each with its own error:
 //  1. structure (parseCompact): size, compact serialization, strict base64url,
-//     JSON objects without repeated names, no crit/b64/jku/x5u/jwk headers;
-//  2. claims decoded; exp present; exp, nbf and iat numbers;
+//     a header that is a JSON object without repeated names, no
+//     crit/b64/jku/x5u/jwk headers;
+//  2. the payload's top-level members scanned (scanTop), reading iss, exp,
+//     nbf, iat and aud only; exp present; exp, nbf and iat numbers;
 //  3. alg on this provider's allowlist (never none or HMAC);
 //  4. iss equal to this provider's issuer, byte for byte;
 //  5. exp and nbf with leeway; iat not in the future;
@@ -145,32 +153,38 @@ func (p *Provider) Issuer() string { return p.issuer }
 //     required (an empty required list rejects every token: fail closed);
 //  8. the key with the token's kid from this issuer's key set only, and alg
 //     one that key may verify;
-//  9. the signature.
+//  9. the signature;
+//  10. the payload parsed in full, strictly (no repeated member name, no
+//     number a float64 cannot hold, bounded nesting and size), and the
+//     claims derived (scopes, the audience, what may become a header).
 //
-// Cheap checks come before the key lookup so that tokens of other issuers or
-// expired tokens cost no key fetch and no signature check. The audience
-// check moves after the signature for providers that ask for it
-// (AudienceAfterSignature), and steps 4–7 with it for SignatureFirst.
+// Nothing a client controls costs more than a scan of its bytes before the
+// signature has verified; the cheap checks before the key lookup mean that
+// tokens of other issuers, expired tokens or tokens for other audiences cost
+// no key fetch and no signature check. The audience check moves after the
+// signature for providers that ask for it (AudienceAfterSignature), and
+// steps 4–7 with it for SignatureFirst.
 func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxSize int) (*Claims, error) {
 	pt, err := parseCompact(token, maxSize)
 	if err != nil {
 		return nil, err
 	}
-	c, err := parseClaims(pt.payload)
+	top, err := scanTop(pt.payload)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
-	return p.verifyParsed(ctx, pt, c, now)
+	return p.verifyParsed(ctx, pt, &top, now)
 }
 
-// verifyParsed is verify from step 2 on, for a token already parsed (steps
-// 1 and 3), so that choosing the provider by iss costs no second parse.
-func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims, now time.Time) (*Claims, error) {
+// verifyParsed is verify from step 3 on, for a token already parsed and
+// scanned (steps 1 and 2), so that choosing the provider by iss costs no
+// second scan.
+func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, top *topClaims, now time.Time) (*Claims, error) {
 	if !slices.Contains(p.algorithms, pt.alg) {
 		return nil, fmt.Errorf("%w: %s", ErrAlgorithmNotAllowed, quoted(pt.alg))
 	}
 	if !p.sigFirst {
-		if err := p.checkClaims(pt, c, now, !p.audLate); err != nil {
+		if err := p.preCheck(pt, top, now); err != nil {
 			return nil, err
 		}
 	}
@@ -183,6 +197,10 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims,
 	}
 	if err := jwsbb.Verify(key.public, pt.alg, []byte(pt.signingInput), pt.signature); err != nil {
 		return nil, ErrSignatureInvalid
+	}
+	c, err := parseClaims(pt.payload)
+	if err != nil {
+		return nil, err
 	}
 	switch {
 	case p.sigFirst:
@@ -197,8 +215,41 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, c *Claims,
 	return c, nil
 }
 
-// checkClaims checks what the token says of itself: iss, exp, nbf, iat,
-// typ and, with aud, its audience.
+// preCheck is steps 4 to 7 on the scanned claims, before the signature:
+// iss, exp, nbf, iat, typ and (unless it must wait) aud.
+func (p *Provider) preCheck(pt *parsedToken, top *topClaims, now time.Time) error {
+	iss, _, err := top.str(top.iss, "iss")
+	if err != nil {
+		return err
+	}
+	if iss != p.issuer {
+		return ErrIssuerNotTrusted
+	}
+	var t timeClaims
+	if err := t.read(top); err != nil {
+		return err
+	}
+	if err := t.check(now, p.leeway); err != nil {
+		return err
+	}
+	if err := p.checkType(pt.typ); err != nil {
+		return err
+	}
+	if p.audLate || !p.checkAud {
+		return nil
+	}
+	ok, err := top.audience(p.hasAudience)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return ErrAudienceInvalid
+	}
+	return nil
+}
+
+// checkClaims checks what the parsed token says of itself: iss, exp, nbf,
+// iat, typ and, with aud, its audience.
 func (p *Provider) checkClaims(pt *parsedToken, c *Claims, now time.Time, aud bool) error {
 	if c.Issuer != p.issuer {
 		return ErrIssuerNotTrusted
@@ -219,12 +270,17 @@ func (p *Provider) checkClaims(pt *parsedToken, c *Claims, now time.Time, aud bo
 }
 
 func (p *Provider) checkAudience(c *Claims) error {
-	if p.checkAud && !slices.ContainsFunc(c.Audience, func(a string) bool {
-		return slices.Contains(p.audiences, a)
-	}) {
+	if p.checkAud && !slices.ContainsFunc(c.Audience, p.hasAudience) {
 		return ErrAudienceInvalid
 	}
 	return nil
+}
+
+// hasAudience reports whether a is one of the provider's audiences: a map
+// lookup, as the list may be every registered application.
+func (p *Provider) hasAudience(a string) bool {
+	_, ok := p.audienceSet[a]
+	return ok
 }
 
 func (p *Provider) checkType(typ string) error {

@@ -17,9 +17,11 @@ type ValidatorConfig struct {
 	Aliases map[string]string
 	// MaxTokenSize caps tokens in bytes; DefaultMaxTokenSize when zero.
 	MaxTokenSize int
-	// CacheSize bounds the verified-token cache; DefaultCacheSize when zero,
-	// no cache when negative.
+	// CacheSize bounds the verified-token cache in entries; DefaultCacheSize
+	// when zero, no cache when negative.
 	CacheSize int
+	// CacheBytes bounds it in bytes; DefaultCacheBytes when zero.
+	CacheBytes int64
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -70,12 +72,7 @@ func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 	if v.maxSize <= 0 {
 		v.maxSize = DefaultMaxTokenSize
 	}
-	switch {
-	case cfg.CacheSize == 0:
-		v.cache = newTokenCache(DefaultCacheSize)
-	case cfg.CacheSize > 0:
-		v.cache = newTokenCache(cfg.CacheSize)
-	}
+	v.cache = newTokenCache(cfg.CacheSize, cfg.CacheBytes)
 	if v.now == nil {
 		v.now = time.Now
 	}
@@ -117,16 +114,27 @@ func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, 
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := parseClaims(pt.payload)
+	top, err := scanTop(pt.payload)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
+	}
+	// exp, nbf and iat are read now, whoever the issuer: a malformed date is
+	// the same answer for every provider.
+	var t timeClaims
+	if err := t.read(&top); err != nil {
+		return nil, nil, err
+	}
+	iss, _, err := top.str(top.iss, "iss")
 	if err != nil {
 		return nil, nil, err
 	}
-	p, ok := v.byIssuer[c.Issuer]
+	p, ok := v.byIssuer[iss]
 	if !ok {
 		return nil, nil, ErrIssuerNotTrusted
 	}
 	now := v.now()
-	if c, err = p.verifyParsed(ctx, pt, c, now); err != nil {
+	c, err := p.verifyParsed(ctx, pt, &top, now)
+	if err != nil {
 		return nil, nil, err
 	}
 	v.store(token, p, c, now)
@@ -159,7 +167,8 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
 	dot := strings.LastIndexByte(token, '.')
 	key := signatureKey(token[dot+1:])
 	// Clone: the token points into the caller's buffer, which must not be kept.
-	v.cache.put(&key, cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}, unixSeconds(now))
+	e := cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}
+	v.cache.Put(&key, e, entrySize(&e), expiryNanos(c.exp, p), now.UnixNano())
 }
 
 // cached looks token up. The cache is keyed by the SHA-256 of the signature
@@ -176,13 +185,14 @@ func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider
 		return nil, nil, false, nil
 	}
 	key := signatureKey(token[dot+1:])
-	e, hit := v.cache.get(&key)
+	now := v.now()
+	e, hit := v.cache.Get(&key, now.UnixNano())
 	if !hit || (want != nil && e.provider != want) || e.signed != token[:dot] {
 		return nil, nil, false, nil
 	}
-	if err := e.claims.checkTimes(v.now(), e.provider.leeway); err != nil {
+	if err := e.claims.checkTimes(now, e.provider.leeway); err != nil {
 		if errors.Is(err, ErrExpired) {
-			v.cache.remove(&key)
+			v.cache.Remove(&key)
 		}
 		return nil, nil, true, err
 	}

@@ -166,7 +166,7 @@ func TestValidateRejections(t *testing.T) {
 		{name: "exp null", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"exp":null,"x":`, 1)), want: authz.ErrClaimInvalid},
 		// A number no float64 holds is malformed, in any claim: every face
 		// must read one token one way.
-		{name: "exp out of range", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"exp":1e400,"x":`, 1)), want: authz.ErrMalformed},
+		{name: "exp out of range", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"exp":1e400,"x":`, 1)), want: authz.ErrClaimInvalid},
 		{name: "a claim out of float64 range", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"big":-1e999,"exp":`, 1)), want: authz.ErrMalformed},
 		{name: "exp far future", token: idptest.Sign(t, key, "RS256", hdr, strings.Replace(idptest.JSON(t, payload), `"exp":`, `"exp":1e300,"x":`, 1))},
 		{name: "expired", token: idptest.Sign(t, key, "RS256", hdr, with(payload, "exp", now.Add(-time.Minute).Unix())), want: authz.ErrExpired, wantMsg: "token is expired"},

@@ -196,8 +196,12 @@ func (r Rule) ID() string {
 type Validation struct {
 	// MaxTokenSize caps tokens, in bytes (default 16384).
 	MaxTokenSize int `yaml:"maxTokenSize"`
-	// CacheSize bounds the verified-token cache (default 100000; -1 disables it).
+	// CacheSize bounds the verified-token cache in entries (default 100000;
+	// -1 disables it).
 	CacheSize int `yaml:"cacheSize"`
+	// CacheMemory bounds it in bytes (default 64Mi), each entry counted at
+	// what it costs.
+	CacheMemory ByteSize `yaml:"cacheMemory"`
 }
 
 // LoadFile reads and validates a configuration file.

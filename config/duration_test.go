@@ -113,3 +113,35 @@ func TestDurationsInConfig(t *testing.T) {
 }
 
 const provider = "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n"
+
+func TestByteSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want config.ByteSize
+		err  bool
+	}{
+		{"67108864", 64 << 20, false},
+		{"64Mi", 64 << 20, false},
+		{"512Ki", 512 << 10, false},
+		{"1Gi", 1 << 30, false},
+		{"0", 0, false},
+		{"64MB", 0, true},
+		{"-1", 0, true},
+		{"Mi", 0, true},
+		{"99999999999Gi", 0, true},
+	} {
+		var b config.ByteSize
+		err := b.UnmarshalText([]byte(tt.in))
+		if (err != nil) != tt.err || (!tt.err && b != tt.want) {
+			t.Errorf("%q: %d, %v", tt.in, b, err)
+		}
+	}
+	c, err := config.Load([]byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nvalidation:\n  cacheMemory: 32Mi\n"), t.TempDir())
+	if err != nil || c.Validation.CacheMemory != 32<<20 {
+		t.Fatalf("%v %v", c, err)
+	}
+	_, err = config.Load([]byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nvalidation:\n  cacheMemory: lots\n"), t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "line 4") || !strings.Contains(err.Error(), "not a size") {
+		t.Fatalf("bad size: %v", err)
+	}
+}

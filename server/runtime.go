@@ -131,6 +131,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		Aliases:      map[string]string{config.ProviderVakt: config.ProviderTokenX},
 		MaxTokenSize: cfg.Validation.MaxTokenSize,
 		CacheSize:    cfg.Validation.CacheSize,
+		CacheBytes:   int64(cfg.Validation.CacheMemory),
 		Now:          opts.Now,
 	})
 	if err != nil {

@@ -58,8 +58,10 @@ func New[V any](maxEntries int, maxBytes int64) *Cache[V] {
 	if maxBytes < 1 {
 		maxBytes = 1
 	}
+	// Shards enough to spread the locks, few enough that each holds a fair
+	// share: 64 entries and 256 KiB at least.
 	n := 32
-	for n > 1 && maxEntries/n < 64 {
+	for n > 1 && (maxEntries/n < 64 || maxBytes/int64(n) < 256<<10) {
 		n /= 2
 	}
 	c := &Cache[V]{shards: make([]shard[V], n), mask: uint8(n - 1)}
