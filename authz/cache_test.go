@@ -3,8 +3,8 @@ package authz
 import (
 	"context"
 	"errors"
-	"runtime"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
