@@ -6,44 +6,45 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"hash"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/cache"
 )
 
 // Cache defaults, as the NAIS documentation advises.
 const (
 	maxCachedSeconds    = 24 * 60 * 60
 	DefaultCacheSize    = 262_144
+	DefaultCacheBytes   = 64 << 20
 	DefaultSafetyMargin = 120 * time.Second
+	// entryOverhead is what an entry costs besides its token's bytes.
+	entryOverhead = 256
 )
 
 // Agent exchanges tokens for one application through an Upstream and
-// caches the results: key sha256(subject token + audience), an entry lives
-// until expires_in minus a safety margin (half the lifetime for tokens that
-// live 120 s or less), the expires_in returned is the time actually left,
-// concurrent misses for one key make one upstream call, errors are never
-// cached, and the cache is bounded.
+// caches the results: the key is the subject token and the audience
+// (CacheKey), an entry lives until expires_in minus a safety margin (half
+// the lifetime for tokens that live 120 s or less), the expires_in returned
+// is the time actually left, concurrent misses for one key make one
+// upstream call, errors are never cached, and the cache is bounded in
+// entries and bytes (internal/cache: a hit takes no lock but its shard's
+// read lock, an insertion evicts in O(1)).
 type Agent struct {
 	upstream *Upstream
 	now      func() time.Time
 	margin   time.Duration
-	max      int
+	cache    *cache.Cache[agentEntry]
 
 	mu       sync.Mutex
-	entries  map[[32]byte]agentEntry
-	inflight map[[32]byte]*agentCall
+	inflight map[cache.Key]*agentCall
 }
 
 type agentEntry struct {
-	res       exchange.Response
-	expires   time.Time // the token's own expiry
-	refreshAt time.Time // when the cache stops handing it out
+	res     exchange.Response
+	expires time.Time // the token's own expiry
 }
 
 type agentCall struct {
@@ -55,8 +56,10 @@ type agentCall struct {
 // Config configures an Agent.
 type Config struct {
 	Upstream *Upstream
-	// CacheSize bounds the cache (DefaultCacheSize when zero).
-	CacheSize int
+	// CacheSize bounds the cache in entries (DefaultCacheSize when zero),
+	// CacheBytes in bytes (DefaultCacheBytes when zero).
+	CacheSize  int
+	CacheBytes int64
 	// SafetyMargin before expiry (DefaultSafetyMargin when zero).
 	SafetyMargin time.Duration
 	Now          func() time.Time
@@ -64,35 +67,30 @@ type Config struct {
 
 // New returns an Agent.
 func New(cfg Config) *Agent {
-	a := &Agent{upstream: cfg.Upstream, now: cfg.Now, margin: cfg.SafetyMargin, max: cfg.CacheSize,
-		entries: map[[32]byte]agentEntry{}, inflight: map[[32]byte]*agentCall{}}
+	a := &Agent{upstream: cfg.Upstream, now: cfg.Now, margin: cfg.SafetyMargin, inflight: map[cache.Key]*agentCall{}}
 	if a.now == nil {
 		a.now = time.Now
 	}
 	if a.margin <= 0 {
 		a.margin = DefaultSafetyMargin
 	}
-	if a.max <= 0 {
-		a.max = DefaultCacheSize
+	size, bytes := cfg.CacheSize, cfg.CacheBytes
+	if size <= 0 {
+		size = DefaultCacheSize
 	}
+	if bytes <= 0 {
+		bytes = DefaultCacheBytes
+	}
+	a.cache = cache.New[agentEntry](size, bytes)
 	return a
 }
 
-// digests reuses SHA-256 states: a cache hit should not allocate.
-var digests = sync.Pool{New: func() any { return sha256.New() }}
-
-// CacheKey is the cache key of an exchange: sha256(subject token + audience),
-// as the NAIS documentation advises.
-func CacheKey(subjectToken, audience string) [32]byte {
-	h := digests.Get().(hash.Hash)
-	h.Reset()
-	// The strings are hashed in place; converting them would copy them.
-	h.Write(unsafe.Slice(unsafe.StringData(subjectToken), len(subjectToken)))
-	h.Write(unsafe.Slice(unsafe.StringData(audience), len(audience)))
-	var k [32]byte
-	h.Sum(k[:0])
-	digests.Put(h)
-	return k
+// CacheKey is the cache key of an exchange: the subject token and the
+// audience, each length-prefixed before they are hashed together, so that
+// a token and an audience can never be cut differently into another pair's
+// key (NAIS advises sha256(token + audience), which can).
+func CacheKey(subjectToken, audience string) cache.Key {
+	return cache.KeyOf(subjectToken, audience)
 }
 
 // Exchange returns a token for audience on behalf of subjectToken, from the
@@ -106,18 +104,15 @@ func (a *Agent) Exchange(ctx context.Context, subjectToken, audience string, ski
 		return nil, exchange.Refuse(authz.ReasonRequestInvalid, "audience is required", nil)
 	}
 	key := CacheKey(subjectToken, audience)
-	a.mu.Lock()
 	if !skipCache {
-		if e, ok := a.entries[key]; ok {
-			if now := a.now(); now.Before(e.refreshAt) {
-				a.mu.Unlock()
-				res := e.res
-				res.ExpiresIn = int64(e.expires.Sub(now) / time.Second)
-				return &res, nil
-			}
-			delete(a.entries, key)
+		now := a.now()
+		if e, ok := a.cache.Get(&key, now.UnixNano()); ok {
+			res := e.res
+			res.ExpiresIn = int64(e.expires.Sub(now) / time.Second)
+			return &res, nil
 		}
 	}
+	a.mu.Lock()
 	call, joined := a.inflight[key]
 	if !joined {
 		call = &agentCall{done: make(chan struct{})}
@@ -140,18 +135,22 @@ func (a *Agent) Exchange(ctx context.Context, subjectToken, audience string, ski
 // fetch is the one upstream call for key. It runs apart from the caller
 // whose miss started it, so that caller's cancellation does not fail the
 // others waiting on the same key.
-func (a *Agent) fetch(ctx context.Context, key [32]byte, call *agentCall, subjectToken, audience string) {
+func (a *Agent) fetch(ctx context.Context, key cache.Key, call *agentCall, subjectToken, audience string) {
 	res, err := a.upstream.Exchange(context.WithoutCancel(ctx), subjectToken, audience)
 	now := a.now() // the entry's times count from the answer
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	delete(a.inflight, key)
 	call.res, call.err = res, err
-	// Store before waking the waiters: what they do next sees the entry.
-	defer close(call.done)
-	if err != nil {
-		return // errors are never cached
+	if err == nil { // errors are never cached
+		a.store(&key, res, now)
 	}
+	// Stored before the waiters wake: what they do next sees the entry.
+	a.mu.Lock()
+	delete(a.inflight, key)
+	a.mu.Unlock()
+	close(call.done)
+}
+
+// store caches res from now until its expiry less the safety margin.
+func (a *Agent) store(key *cache.Key, res *exchange.Response, now time.Time) {
 	// Cached 24 h at most: an absurd expires_in must neither overflow the
 	// arithmetic nor pin a token for years.
 	lifetime := time.Duration(min(res.ExpiresIn, maxCachedSeconds)) * time.Second
@@ -159,30 +158,9 @@ func (a *Agent) fetch(ctx context.Context, key [32]byte, call *agentCall, subjec
 	if lifetime <= 2*time.Minute {
 		margin = lifetime / 2
 	}
-	if len(a.entries) >= a.max {
-		a.evict(now)
-	}
-	a.entries[key] = agentEntry{res: *res, expires: now.Add(lifetime), refreshAt: now.Add(lifetime - margin)}
-}
-
-// evict drops expired entries, or else one arbitrary entry, to make room.
-func (a *Agent) evict(now time.Time) {
-	for k, e := range a.entries {
-		if !now.Before(e.refreshAt) {
-			delete(a.entries, k)
-		}
-	}
-	for k := range a.entries {
-		if len(a.entries) < a.max {
-			return
-		}
-		delete(a.entries, k)
-	}
+	size := int64(entryOverhead + len(res.AccessToken) + len(res.IssuedTokenType) + len(res.TokenType))
+	a.cache.Put(key, agentEntry{res: *res, expires: now.Add(lifetime)}, size, now.Add(lifetime-margin).UnixNano(), now.UnixNano())
 }
 
 // Len returns the number of cached tokens.
-func (a *Agent) Len() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.entries)
-}
+func (a *Agent) Len() int { return a.cache.Stats().Entries }

@@ -285,6 +285,49 @@ func TestAgentCacheBound(t *testing.T) {
 	}
 }
 
+// The cache key separates the token from the audience: a caller who moves
+// the start of an audience into the token gets its own exchange, never
+// another pair's cached token.
+func TestAgentCacheKeySeparatesFields(t *testing.T) {
+	rec := newRecorder(t, okToken(900))
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
+	first, err := agent.Exchange(context.Background(), "T", "dev-gcp:team-b:app-b", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shifted, err := agent.Exchange(context.Background(), "Tdev-gcp:team-b:", "app-b", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shifted.AccessToken == first.AccessToken || rec.calls.Load() != 2 {
+		t.Fatalf("the shifted pair got the cached token %q (%d upstream calls)", shifted.AccessToken, rec.calls.Load())
+	}
+}
+
+// The cache is bounded in bytes too: large tokens make it hold fewer.
+func TestAgentCacheBytes(t *testing.T) {
+	big := strings.Repeat("t", 8000)
+	rec := newRecorder(t, func(n int64, w http.ResponseWriter, aud string) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":"%s-%d","issued_token_type":"x","token_type":"Bearer","expires_in":900}`, big, n)
+	})
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	key, _ := exchange.GenerateSigningKey("ES256")
+	a := New(Config{Upstream: &Upstream{
+		Endpoint: rec.srv.URL, Client: NewHTTPClient(), Timeout: 10 * time.Second,
+		Assertion: &AssertionBuilder{ClientID: "dev:a:app-1", TokenEndpoint: rec.srv.URL, Key: key, Now: clock.Now},
+	}, CacheBytes: 100 << 10, Now: clock.Now})
+	for i := range 50 {
+		if _, err := a.Exchange(context.Background(), "u", fmt.Sprint("aud-", i), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := a.cache.Stats(); st.Bytes > 100<<10 || st.Entries == 0 || st.Entries > 13 {
+		t.Fatalf("%+v", st)
+	}
+}
+
 func TestAgentEnv(t *testing.T) {
 	key, _ := exchange.GenerateSigningKey("RS256")
 	priv, _ := exchange.MarshalPrivateKeys([]*exchange.SigningKey{key})

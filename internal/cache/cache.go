@@ -13,6 +13,8 @@
 package cache
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 )
@@ -231,4 +233,24 @@ func (c *Cache[V]) Stats() Stats {
 		st.Evictions += s.evictions.Load()
 	}
 	return st
+}
+
+// KeyOf is the key of a tuple of strings: the SHA-256 of each field
+// preceded by its length, so that no two tuples share a key ("ab"+"c" and
+// "a"+"bc" differ). Fields up to 4 KiB in all cost no allocation.
+func KeyOf(fields ...string) Key {
+	n := 0
+	for _, f := range fields {
+		n += 8 + len(f)
+	}
+	var stack [4096]byte
+	buf := stack[:0]
+	if n > len(stack) {
+		buf = make([]byte, 0, n)
+	}
+	for _, f := range fields {
+		buf = binary.BigEndian.AppendUint64(buf, uint64(len(f)))
+		buf = append(buf, f...)
+	}
+	return sha256.Sum256(buf)
 }

@@ -3,6 +3,8 @@ package cache
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -163,5 +165,25 @@ func BenchmarkGetHit(b *testing.B) {
 		if _, ok := c.Get(&k, hour); !ok {
 			b.Fatal("miss")
 		}
+	}
+}
+
+// KeyOf separates its fields: moving bytes from one field to the next makes
+// another key.
+func TestKeyOf(t *testing.T) {
+	seen := map[Key]string{}
+	for _, f := range [][]string{{"T", "dev-gcp:team-b:app-b"}, {"Tdev-gcp:team-b:", "app-b"}, {"Tdev-gcp:team-b:app-b", ""}, {"", "Tdev-gcp:team-b:app-b"}, {"Tdev-gcp:team-b:app-b"}} {
+		k := KeyOf(f...)
+		if other, dup := seen[k]; dup {
+			t.Fatalf("%q and %s share a key", f, other)
+		}
+		seen[k] = fmt.Sprintf("%q", f)
+	}
+	long := strings.Repeat("x", 10_000)
+	if KeyOf(long, "a") == KeyOf(long+"a") || KeyOf(long, "a") != KeyOf(long, "a") {
+		t.Fatal("long fields")
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = KeyOf(strings.Repeat("t", 0)+"a.b.c", "dev:b:app") }); n != 0 {
+		t.Fatalf("%v allocations", n)
 	}
 }
