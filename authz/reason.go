@@ -54,6 +54,7 @@ const (
 	ReasonClientUnknown
 	ReasonAssertionInvalid
 	ReasonAssertionReplayed
+	ReasonAssertionQuota
 	ReasonReplayUnavailable // an outage
 	ReasonSubjectTokenInvalid
 	ReasonTargetUnknown
@@ -110,6 +111,7 @@ var reasonTable = [reasonCount]reasonInfo{
 	ReasonClientUnknown:        {"client_unknown", "client authentication failed", false},
 	ReasonAssertionInvalid:     {"assertion_invalid", "client assertion is invalid", false},
 	ReasonAssertionReplayed:    {"assertion_replayed", "client assertion is invalid: jti has been used before", false},
+	ReasonAssertionQuota:       {"assertion_quota", "too many client assertions in flight; try again later", false},
 	ReasonReplayUnavailable:    {"replay_unavailable", "replay protection is unavailable; try again later", true},
 	ReasonSubjectTokenInvalid:  {"subject_token_invalid", "invalid subject_token", false},
 	ReasonTargetUnknown:        {"target_unknown", "token exchange audience is invalid", false},

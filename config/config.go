@@ -73,6 +73,13 @@ type Signing struct {
 // (the default, for one replica) or in Redis, shared by every replica.
 type Replay struct {
 	Redis *Redis `yaml:"redis"`
+	// Memory bounds the in-memory store in bytes (default 64Mi, about
+	// 400,000 ids).
+	Memory ByteSize `yaml:"memory"`
+	// MaxPerClient is how many unexpired ids one client may hold, so that
+	// one client cannot crowd out the others (default: a tenth of the
+	// in-memory store; 100,000 in Redis).
+	MaxPerClient int `yaml:"maxPerClient"`
 }
 
 // Redis locates a Redis server.

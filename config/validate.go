@@ -150,6 +150,9 @@ func (c *Config) validateSigning(v *validator) {
 	if d := c.Signing.TokenLifetime.Std(); d < time.Minute || d > 24*time.Hour {
 		v.fail("signing.tokenLifetime", "must be between 1m and 24h")
 	}
+	if c.Replay.MaxPerClient < 0 {
+		v.fail("replay.maxPerClient", "must not be negative")
+	}
 	if r := c.Replay.Redis; r != nil {
 		if _, _, err := net.SplitHostPort(r.Address); err != nil {
 			v.fail("replay.redis.address", "%q is not host:port", r.Address)

@@ -295,7 +295,10 @@ const clientAuthFailed = "client authentication failed"
 // record remembers the assertion's jti, refusing one seen before from the
 // same client while it could still be replayed.
 func (a *Authority) record(ctx context.Context, as clientAssertion) error {
-	fresh, err := a.cfg.Replay.Claim(ctx, as.client+"\x00"+as.jti, as.expires)
+	fresh, err := a.cfg.Replay.Claim(ctx, as.client, as.jti, as.expires)
+	if errors.Is(err, ErrReplayQuota) {
+		return ErrReplayQuota
+	}
 	if err != nil {
 		return Refuse(authz.ReasonReplayUnavailable, "", err)
 	}

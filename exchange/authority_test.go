@@ -175,7 +175,7 @@ func newAuthorityFixture(t *testing.T, replay func(now func() time.Time) ReplayS
 	if replay != nil {
 		store = replay(clock.Now)
 	} else {
-		store = NewMemoryReplay(0, clock.Now)
+		store = NewMemoryReplay(MemoryReplayConfig{Now: clock.Now})
 	}
 	f.a, err = NewAuthority(AuthorityConfig{
 		Issuer:      authorityIssuer,
@@ -645,7 +645,7 @@ func TestAuthorityReplayStoreDown(t *testing.T) {
 		}
 	})
 	t.Run("memory full", func(t *testing.T) {
-		f := newAuthorityFixture(t, func(now func() time.Time) ReplayStore { return NewMemoryReplay(1, now) })
+		f := newAuthorityFixture(t, func(now func() time.Time) ReplayStore { return NewMemoryReplay(MemoryReplayConfig{MaxEntries: 1, Now: now}) })
 		f.mustExchange(t, f.request(t, nil))
 		res, err := f.a.Exchange(context.Background(), f.request(t, nil))
 		e := refusal(t, res, err)

@@ -44,7 +44,7 @@ func BenchmarkExchange(b *testing.B) {
 			a, err := NewAuthority(AuthorityConfig{
 				Issuer: issuer, Subjects: subjects, OwnProvider: "tokenx",
 				Clients: map[string]authz.KeySource{client: staticKeys(b, clientKey)},
-				Policy:  policy, Signer: signer, Replay: NewMemoryReplay(0, nil), Logger: quietLog,
+				Policy:  policy, Signer: signer, Replay: NewMemoryReplay(MemoryReplayConfig{}), Logger: quietLog,
 			})
 			if err != nil {
 				b.Fatal(err)

@@ -28,7 +28,7 @@ func FuzzClientAssertion(f *testing.F) {
 	signer, _ := NewSigner(sk)
 	a, err := NewAuthority(AuthorityConfig{
 		Issuer: issuer, Subjects: subjects, Clients: map[string]authz.KeySource{client: key(clientKey)},
-		Policy: policy, Signer: signer, Replay: NewMemoryReplay(0, nil), Logger: quietLog,
+		Policy: policy, Signer: signer, Replay: NewMemoryReplay(MemoryReplayConfig{}), Logger: quietLog,
 	})
 	if err != nil {
 		f.Fatal(err)

@@ -134,7 +134,7 @@ func benchRefusal(b *testing.B, forger *idptest.Key, client string) {
 	a, err := NewAuthority(AuthorityConfig{
 		Issuer: issuer, Subjects: subjects, OwnProvider: "tokenx",
 		Clients: map[string]authz.KeySource{"dev:team-a:app-1": staticKeys(b, registered)},
-		Policy:  policy, Signer: signer, Replay: NewMemoryReplay(0, nil), Logger: quietLog,
+		Policy:  policy, Signer: signer, Replay: NewMemoryReplay(MemoryReplayConfig{}), Logger: quietLog,
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -1,6 +1,7 @@
 package exchange
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,12 +10,18 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/vakt-dev/vakt/internal/cache"
 )
 
-// RedisReplay is a ReplayStore shared by every replica through Redis.
+// RedisReplay is a ReplayStore shared by every replica through Redis. Ids
+// expire by TTL; each client's unexpired ids are also counted in a sorted
+// set (score: expiry) whose expired members are trimmed by score on every
+// claim, so that one client's share is bounded without any scan.
 type RedisReplay struct {
-	client *redis.Client
-	now    func() time.Time
+	client    *redis.Client
+	now       func() time.Time
+	maxClient int
 }
 
 // RedisOptions locate the Redis server.
@@ -23,7 +30,26 @@ type RedisOptions struct {
 	Username string
 	Password string
 	DB       int
+	// MaxPerClient is how many unexpired ids one client may hold
+	// (DefaultRedisPerClient when zero).
+	MaxPerClient int
 }
+
+// DefaultRedisPerClient bounds one client's share of the Redis store.
+const DefaultRedisPerClient = 100_000
+
+// claimScript records a jti once, within the client's share. Both keys
+// share a hash tag (the client's digest), so it runs on Redis Cluster too.
+// It answers 1 (new), 0 (seen) or -1 (the client's share is full).
+var claimScript = redis.NewScript(`
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then return -1 end
+redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return 1
+`)
 
 // NewRedisReplay returns a store on Redis. Timeouts are short: an exchange
 // waits for Redis, and an unreachable Redis must refuse quickly.
@@ -43,23 +69,33 @@ func NewRedisReplay(o RedisOptions, now func() time.Time) *RedisReplay {
 			WriteTimeout:  500 * time.Millisecond,
 			MaxRetries:    1,
 		}),
-		now: now,
+		now:       now,
+		maxClient: cmp.Or(o.MaxPerClient, DefaultRedisPerClient),
 	}
 }
 
-// Claim implements ReplayStore with SET NX and an expiry at the assertion's
-// exp, so Redis forgets ids once they could no longer be replayed anyway.
-func (r *RedisReplay) Claim(ctx context.Context, key string, expires time.Time) (bool, error) {
-	ttl := expires.Sub(r.now())
-	if ttl < time.Second {
-		ttl = time.Second
-	}
-	sum := sha256.Sum256([]byte(key))
-	ok, err := r.client.SetNX(ctx, "vakt:jti:"+hex.EncodeToString(sum[:]), 1, ttl).Result()
+// Claim implements ReplayStore: the id is kept until the assertion's exp
+// (at least a second), so Redis forgets ids once they could no longer be
+// replayed anyway. Client and jti are hashed: neither reaches Redis as sent.
+func (r *RedisReplay) Claim(ctx context.Context, client, jti string, expires time.Time) (bool, error) {
+	now := r.now()
+	ttl := max(expires.Sub(now), time.Second)
+	c := sha256.Sum256([]byte(client))
+	k := cache.KeyOf(client, jti)
+	tag := hex.EncodeToString(c[:16])
+	keys := []string{"vakt:{" + tag + "}:jti:" + hex.EncodeToString(k[:]), "vakt:{" + tag + "}:ids"}
+	res, err := claimScript.Run(ctx, r.client, keys, now.UnixMilli(), ttl.Milliseconds(), r.maxClient, now.Add(ttl).UnixMilli()).Int()
 	if err != nil {
 		return false, fmt.Errorf("redis: %w", err)
 	}
-	return ok, nil
+	switch res {
+	case 1:
+		return true, nil
+	case 0:
+		return false, nil
+	default:
+		return false, ErrReplayQuota
+	}
 }
 
 // RedisLogger routes go-redis's own log lines (connection failures) to slog.

@@ -28,7 +28,7 @@ func benchCheckAlg(b testing.TB, cacheSize int, alg string) (*authorizationServi
 	}
 	key, _ := exchange.GenerateSigningKey(alg)
 	signer, _ := exchange.NewSigner(key)
-	rt, err := NewRuntime(context.Background(), cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	rt, err := NewRuntime(context.Background(), cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
 	if err != nil {
 		b.Fatal(err)
 	}

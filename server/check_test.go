@@ -93,7 +93,7 @@ func (e *cenv) load(yaml string) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.t.Cleanup(cancel)
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
 	if err != nil {
 		e.t.Fatal(err)
 	}

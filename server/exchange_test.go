@@ -62,7 +62,7 @@ func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
 	key, _ := exchange.GenerateSigningKey("ES256")
 	signer, _ := exchange.NewSigner(key)
 	if replay == nil {
-		replay = exchange.NewMemoryReplay(0, nil)
+		replay = exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: replay})
@@ -523,7 +523,7 @@ func TestExchangeClientKeysFromURL(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.cur.Load().Signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.cur.Load().Signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func TestLoaderWarnsOfAReadableKeysFile(t *testing.T) {
 		var logs strings.Builder
 		l := &Loader{
 			Config: func() (*config.Config, error) { return config.LoadFile(cfgFile) },
-			Replay: exchange.NewMemoryReplay(0, nil), Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		if _, err := l.Build(ctx); err != nil {

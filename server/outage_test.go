@@ -46,7 +46,7 @@ func TestIdentityProviderDownIsAnOutage(t *testing.T) {
 	rt := x.cur.Load()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	down, err := NewRuntime(ctx, rt.Config, Options{Logger: quiet, Signer: rt.Signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	down, err := NewRuntime(ctx, rt.Config, Options{Logger: quiet, Signer: rt.Signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
 	if err != nil {
 		t.Fatal(err)
 	}

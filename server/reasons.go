@@ -76,11 +76,14 @@ var answers = [...]answer{
 	authz.ReasonClientUnknown:        {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},
 	authz.ReasonAssertionInvalid:     {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},
 	authz.ReasonAssertionReplayed:    {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},
-	authz.ReasonReplayUnavailable:    {http.StatusServiceUnavailable, codes.Unavailable, codeTemporarilyUnavailable},
-	authz.ReasonSubjectTokenInvalid:  {http.StatusBadRequest, codes.InvalidArgument, codeInvalidRequest},
-	authz.ReasonTargetUnknown:        {http.StatusBadRequest, codes.PermissionDenied, codeInvalidTarget},
-	authz.ReasonTargetDenied:         {http.StatusBadRequest, codes.PermissionDenied, codeInvalidTarget},
-	authz.ReasonUpstreamUnavailable:  {http.StatusServiceUnavailable, codes.Unavailable, codeTemporarilyUnavailable},
+	// One client past its share of the replay store: its own load, not an
+	// outage; it retries later, as 429 says.
+	authz.ReasonAssertionQuota:      {http.StatusTooManyRequests, codes.ResourceExhausted, codeTemporarilyUnavailable},
+	authz.ReasonReplayUnavailable:   {http.StatusServiceUnavailable, codes.Unavailable, codeTemporarilyUnavailable},
+	authz.ReasonSubjectTokenInvalid: {http.StatusBadRequest, codes.InvalidArgument, codeInvalidRequest},
+	authz.ReasonTargetUnknown:       {http.StatusBadRequest, codes.PermissionDenied, codeInvalidTarget},
+	authz.ReasonTargetDenied:        {http.StatusBadRequest, codes.PermissionDenied, codeInvalidTarget},
+	authz.ReasonUpstreamUnavailable: {http.StatusServiceUnavailable, codes.Unavailable, codeTemporarilyUnavailable},
 	// The upstream's own code replaces this one (oauthAnswer).
 	authz.ReasonUpstreamRefused: {http.StatusBadRequest, codes.InvalidArgument, codeInvalidRequest},
 	authz.ReasonUpstreamInvalid: {http.StatusBadGateway, codes.Unavailable, codeServerError},

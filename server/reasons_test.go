@@ -73,6 +73,7 @@ var sentinels = map[string]error{
 	"authz.ErrApplicationUnknown":  authz.ErrApplicationUnknown,
 	"authz.ErrAccessDenied":        authz.ErrAccessDenied,
 	"exchange.ErrReplayStoreFull":  exchange.ErrReplayStoreFull,
+	"exchange.ErrReplayQuota":      exchange.ErrReplayQuota,
 }
 
 func TestEverySentinelHasARow(t *testing.T) {

@@ -46,7 +46,7 @@ func newRotationEnv(t *testing.T) *rotationEnv {
 	if os.Getenv("VAKT_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(r.cfgFile) }, Replay: exchange.NewMemoryReplay(0, nil), Logger: log}
+	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(r.cfgFile) }, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: log}
 	rl := &Reloader{Current: x.cur, Build: loader.Build, Logger: log, OnResult: func(err error) {
 		r.reloads.Add(1)
 		if err != nil {

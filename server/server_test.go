@@ -66,7 +66,7 @@ applications:
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ identityProviders:
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	signer, _ := exchange.NewSigner(key)
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(0, nil)})
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
 	if err != nil {
 		t.Fatalf("vakt must start with providers down: %v", err)
 	}

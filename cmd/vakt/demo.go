@@ -81,7 +81,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vakt demo: %v\n", err)
 		return 1
 	}
-	loader := &server.Loader{Config: developmentConfig(idp, issuer), Replay: exchange.NewMemoryReplay(0, nil), Logger: log}
+	loader := &server.Loader{Config: developmentConfig(idp, issuer), Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: log}
 	cfg, err := loader.Config()
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt demo: %v\n", err)

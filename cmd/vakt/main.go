@@ -140,10 +140,10 @@ func serve(args []string, stderr io.Writer) int {
 			return 1
 		}
 	}
-	loader.Replay = exchange.NewMemoryReplay(0, nil)
+	loader.Replay = exchange.NewMemoryReplay(exchange.MemoryReplayConfig{MaxBytes: int64(cfg.Replay.Memory), MaxPerClient: cfg.Replay.MaxPerClient})
 	if r := cfg.Replay.Redis; r != nil {
 		redis.SetLogger(exchange.RedisLogger{Log: log})
-		rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Password, DB: r.DB}, nil)
+		rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Password, DB: r.DB, MaxPerClient: cfg.Replay.MaxPerClient}, nil)
 		defer rr.Close()
 		loader.Replay = rr
 		log.Info("client assertion ids are kept in Redis", "address", r.Address)
