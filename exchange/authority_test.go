@@ -645,7 +645,9 @@ func TestAuthorityReplayStoreDown(t *testing.T) {
 		}
 	})
 	t.Run("memory full", func(t *testing.T) {
-		f := newAuthorityFixture(t, func(now func() time.Time) ReplayStore { return NewMemoryReplay(MemoryReplayConfig{MaxEntries: 1, Now: now}) })
+		f := newAuthorityFixture(t, func(now func() time.Time) ReplayStore {
+			return NewMemoryReplay(MemoryReplayConfig{MaxEntries: 1, Now: now})
+		})
 		f.mustExchange(t, f.request(t, nil))
 		res, err := f.a.Exchange(context.Background(), f.request(t, nil))
 		e := refusal(t, res, err)
