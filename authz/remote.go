@@ -28,8 +28,15 @@ const (
 	// maxDocumentSize caps a discovery document or key set.
 	maxDocumentSize = 1 << 20
 	fetchTimeout    = 10 * time.Second
-	firstRetry      = 5 * time.Second
-	maxRetry        = 5 * time.Minute
+	// DefaultKeyWait is how long a request waits for keys being fetched
+	// before it is answered as an outage, so that a provider that hangs
+	// holds no request (and no admission slot) for long.
+	DefaultKeyWait = time.Second
+	// maxKeyWaiters bounds the requests waiting on one fetch; past it they
+	// are answered as an outage at once.
+	maxKeyWaiters = 64
+	firstRetry    = 5 * time.Second
+	maxRetry      = 5 * time.Minute
 )
 
 // StaticKeys is a KeySource over a fixed key set.
@@ -56,9 +63,12 @@ type RemoteKeysConfig struct {
 	WellKnownURL string
 	JWKSURI      string
 	Issuer       string
-	Client       *http.Client     // http.DefaultClient's transport when nil, with a timeout
-	Logger       *slog.Logger     // slog.Default() when nil
-	Now          func() time.Time // time.Now when nil
+	Client       *http.Client // http.DefaultClient's transport when nil, with a timeout
+	// Wait bounds how long a lookup waits for a fetch it needs (the first
+	// one, or one for an unknown kid); DefaultKeyWait when zero.
+	Wait   time.Duration
+	Logger *slog.Logger     // slog.Default() when nil
+	Now    func() time.Time // time.Now when nil
 }
 
 // RemoteKeys is a KeySource that fetches a JWK Set over HTTP.
@@ -94,11 +104,16 @@ type remoteState struct {
 }
 
 type fetchCall struct {
-	done chan struct{}
-	err  error
+	done    chan struct{}
+	err     error
+	waiters int // lookups waiting on it; guarded by RemoteKeys.mu
 }
 
-var errRefetchTooSoon = errors.New("key set was fetched less than 10s ago")
+var (
+	errRefetchTooSoon = errors.New("key set was fetched less than 10s ago")
+	errKeyWait        = errors.New("the key set is being fetched, and the wait for it is over")
+	errTooManyWaiting = errors.New("too many requests wait for the key set already")
+)
 
 // NewRemoteKeys returns a remote key set. It fetches nothing until Run
 // starts or a key is looked up.
@@ -116,6 +131,9 @@ func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
 	r.log = r.log.With("identity_provider", cfg.Name)
 	if r.now == nil {
 		r.now = time.Now
+	}
+	if r.cfg.Wait <= 0 {
+		r.cfg.Wait = DefaultKeyWait
 	}
 	r.after = time.After
 	return r, nil
@@ -146,6 +164,10 @@ func (r *RemoteKeys) Key(ctx context.Context, kid string) (*Key, error) {
 	if k, ok := st.keys.Lookup(kid); ok {
 		return k, nil
 	}
+	if errors.Is(err, errKeyWait) || errors.Is(err, errTooManyWaiting) {
+		// The kid may be in the set being fetched: not known to be absent.
+		return nil, fmt.Errorf("%w: %s: kid %s: %w", ErrKeysUnavailable, r.cfg.Name, quoted(kid), err)
+	}
 	return nil, fmt.Errorf("%w: kid %s", ErrKeyNotFound, quoted(kid))
 }
 
@@ -175,8 +197,9 @@ func (r *RemoteKeys) Run(ctx context.Context) {
 
 // fetch fetches the key set once, joining a fetch already under way. Unless
 // scheduled, it refuses to start a fetch within MinRefetchInterval of the
-// last one. The fetch itself is not cancelled by ctx, which belongs to one
-// of possibly many waiting requests.
+// last one, and waits for it at most the configured Wait (and not at all
+// when maxKeyWaiters wait already). The fetch itself is not cancelled by
+// ctx or the wait, which belong to one of possibly many waiting requests.
 func (r *RemoteKeys) fetch(ctx context.Context, scheduled bool) error {
 	r.mu.Lock()
 	call := r.inflight
@@ -199,12 +222,35 @@ func (r *RemoteKeys) fetch(ctx context.Context, scheduled bool) error {
 			close(call.done)
 		}()
 	}
+	if scheduled {
+		r.mu.Unlock()
+		select {
+		case <-call.done:
+			return call.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if call.waiters >= maxKeyWaiters {
+		r.mu.Unlock()
+		return errTooManyWaiting
+	}
+	call.waiters++
 	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		call.waiters--
+		r.mu.Unlock()
+	}()
+	t := time.NewTimer(r.cfg.Wait)
+	defer t.Stop()
 	select {
 	case <-call.done:
 		return call.err
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-t.C:
+		return errKeyWait
 	}
 }
 

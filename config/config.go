@@ -51,6 +51,7 @@ type Config struct {
 	Validation        Validation         `yaml:"validation"`
 	Signing           Signing            `yaml:"signing"`
 	Replay            Replay             `yaml:"replay"`
+	Limits            Limits             `yaml:"limits"`
 
 	// Warnings are what Load accepted but an operator should hear of, every
 	// time it loads (an audience: any, say).
@@ -197,6 +198,22 @@ type ForwardClaim struct {
 // ID returns the id of the application the rule allows.
 func (r Rule) ID() string {
 	return authz.AppID{Cluster: r.Cluster, Namespace: r.Namespace, Name: r.Application}.String()
+}
+
+// Limits bound the work vakt takes on at once, so that no flood of one kind
+// of request, and no identity provider that hangs, starves the rest. They
+// are read at start: a change needs a restart.
+type Limits struct {
+	// Check is how many Checks may be in flight at once (default 4096):
+	// past it, Check answers RESOURCE_EXHAUSTED. Introspect and Exchange
+	// never take from it.
+	Check int `yaml:"check"`
+	// Other is how many Introspect and Exchange requests, gRPC and HTTP,
+	// may be in flight at once (default 1024).
+	Other int `yaml:"other"`
+	// KeyWait is how long a request waits for an identity provider's keys
+	// being fetched before it is answered as an outage (default 1s).
+	KeyWait Duration `yaml:"keyWait"`
 }
 
 // Validation tunes the validation engine.

@@ -132,6 +132,12 @@ func (c *Config) validateServer(v *validator) {
 			v.fail(l.path, "%q is not host:port", l.addr)
 		}
 	}
+	if c.Limits.Check < 0 || c.Limits.Other < 0 {
+		v.fail("limits", "check and other must not be negative")
+	}
+	if d := c.Limits.KeyWait.Std(); d < 0 || d > time.Minute {
+		v.fail("limits.keyWait", "must be between 0s and 1m")
+	}
 	if c.Validation.MaxTokenSize < 0 {
 		v.fail("validation.maxTokenSize", "must not be negative")
 	}

@@ -22,24 +22,38 @@ func TestRecoveredPanicIsAnError(t *testing.T) {
 	}
 }
 
+// Past its budget a request is refused with RESOURCE_EXHAUSTED, an error
+// (Envoy's status_on_error), and only requests of its own kind: a full
+// budget of Introspect and Exchange never refuses a Check, nor the other
+// way round; health is always answered.
 func TestOverloadIsAnError(t *testing.T) {
-	limit := limitUnary(1)
+	b := newBudgets(1, 1)
+	admit := admitUnary(b)
+	check := &grpc.UnaryServerInfo{FullMethod: "/envoy.service.auth.v3.Authorization/Check"}
+	introspect := &grpc.UnaryServerInfo{FullMethod: "/vakt.v1.IntrospectionService/Introspect"}
+	health := &grpc.UnaryServerInfo{FullMethod: "/grpc.health.v1.Health/Check"}
+	ok := func(context.Context, any) (any, error) { return "ok", nil }
 	release := make(chan struct{})
 	started := make(chan struct{})
-	go limit(context.Background(), nil, &grpc.UnaryServerInfo{}, func(context.Context, any) (any, error) {
+	go admit(context.Background(), nil, introspect, func(context.Context, any) (any, error) {
 		close(started)
 		<-release
 		return "done", nil
 	})
 	<-started
-	_, err := limit(context.Background(), nil, &grpc.UnaryServerInfo{}, func(context.Context, any) (any, error) { return "ok", nil })
-	if status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("second request while full: %v", err)
+	if _, err := admit(context.Background(), nil, introspect, ok); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("second Introspect while full: %v", err)
+	}
+	if res, err := admit(context.Background(), nil, check, ok); err != nil || res != "ok" {
+		t.Fatalf("a Check while Introspect's budget is full: %v %v", res, err)
+	}
+	if res, err := admit(context.Background(), nil, health, ok); err != nil || res != "ok" {
+		t.Fatalf("health: %v %v", res, err)
 	}
 	close(release)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if res, err := limit(context.Background(), nil, &grpc.UnaryServerInfo{}, func(context.Context, any) (any, error) { return "ok", nil }); err == nil && res == "ok" {
+		if res, err := admit(context.Background(), nil, introspect, ok); err == nil && res == "ok" {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -61,8 +61,8 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, metrics: m})
 		authv3.RegisterAuthorizationServer(r, &authorizationService{cur: cur, log: log})
 	})
-	s.mux.Handle("POST /api/v1/introspect", &introspectHandler{in: in})
-	s.mux.Handle("POST /token", &tokenHandler{cur: cur, metrics: m})
+	s.mux.Handle("POST /api/v1/introspect", s.limited(&introspectHandler{in: in}))
+	s.mux.Handle("POST /token", s.limited(&tokenHandler{cur: cur, metrics: m}))
 	s.mux.HandleFunc("GET /jwks", jwksHandler(cur))
 	s.mux.HandleFunc("GET /.well-known/oauth-authorization-server", metadataHandler(cur))
 	s.mux.HandleFunc("GET /.well-known/openid-configuration", metadataHandler(cur))
@@ -96,6 +96,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			WellKnownURL: ip.WellKnownURL,
 			JWKSURI:      ip.JWKSURI,
 			Issuer:       ip.Issuer,
+			Wait:         cfg.Limits.KeyWait.Std(),
 			Logger:       log,
 			Now:          opts.Now,
 		})
@@ -167,7 +168,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		case a.Keys != nil && a.Keys.Len() > 0:
 			clients[a.ID()] = authz.StaticKeys{Set: a.Keys}
 		case a.JWKSURI != "":
-			keys, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: a.ID(), JWKSURI: a.JWKSURI, Issuer: a.ID(), Logger: log, Now: opts.Now})
+			keys, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: a.ID(), JWKSURI: a.JWKSURI, Issuer: a.ID(), Wait: cfg.Limits.KeyWait.Std(), Logger: log, Now: opts.Now})
 			if err != nil {
 				return nil, fmt.Errorf("application %s: %w", a.ID(), err)
 			}

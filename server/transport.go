@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -31,11 +33,15 @@ const (
 	// maxGRPCMessage caps a request: a token is at most 16 KiB by default,
 	// and nothing vakt receives needs more than this.
 	maxGRPCMessage = 1 << 20
-	// maxInFlight bounds the requests vakt works on at once. Past it,
-	// requests are refused with RESOURCE_EXHAUSTED at once rather than
-	// queued without end: Envoy turns the error into status_on_error (503),
-	// which tells an overloaded vakt apart from a refusal.
-	maxInFlight = 4096
+	// DefaultCheckInFlight and DefaultOtherInFlight bound the requests vakt
+	// works on at once: Checks, and everything else (Introspect and
+	// Exchange, gRPC and HTTP), each in a budget of its own, so that a flood
+	// of one kind never refuses the other. Past its budget a request is
+	// refused at once (RESOURCE_EXHAUSTED, or 503) rather than queued
+	// without end: Envoy turns the error into status_on_error (503), which
+	// tells an overloaded vakt apart from a refusal.
+	DefaultCheckInFlight = 4096
+	DefaultOtherInFlight = 1024
 	// maxBody caps the body of every HTTP request vakt reads.
 	maxBody = 64 << 10
 	// shutdownGrace is how long in-flight requests get to finish on shutdown.
@@ -51,13 +57,57 @@ type Services struct {
 	register func(grpc.ServiceRegistrar)
 	mux      *http.ServeMux
 	log      *slog.Logger
+	budgets  *budgets
+}
+
+// budgets are the admission budgets: slots taken while a request is in
+// flight.
+type budgets struct {
+	check, other chan struct{}
+}
+
+func newBudgets(check, other int) *budgets {
+	return &budgets{check: make(chan struct{}, max(check, 1)), other: make(chan struct{}, max(other, 1))}
+}
+
+// take takes a slot of b, or reports that none is free.
+func take(b chan struct{}) bool {
+	select {
+	case b <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// WithLimits sets the admission budgets (0 keeps a default), before the
+// services are served.
+func (s *Services) WithLimits(check, other int) *Services {
+	s.budgets.check = make(chan struct{}, cmp.Or(check, DefaultCheckInFlight))
+	s.budgets.other = make(chan struct{}, cmp.Or(other, DefaultOtherInFlight))
+	return s
+}
+
+// limited admits an HTTP request within the budget for everything but
+// Check, answering 503 temporarily_unavailable past it.
+func (s *Services) limited(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slots := s.budgets.other
+		if !take(slots) {
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, answerFor(authz.ReasonOverloaded).http, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
+			return
+		}
+		defer func() { <-slots }()
+		h.ServeHTTP(w, r)
+	})
 }
 
 func newServices(log *slog.Logger, m *Metrics, register func(grpc.ServiceRegistrar)) *Services {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Services{register: register, mux: http.NewServeMux(), log: log}
+	s := &Services{register: register, mux: http.NewServeMux(), log: log, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight)}
 	if m != nil {
 		s.mux.Handle("GET /metrics", m.Handler())
 	}
@@ -76,11 +126,11 @@ func (s *Services) Handler() http.Handler { return s.mux }
 
 // NewGRPCServer returns a gRPC server with the mode's services, grpc.health.v1
 // and server reflection registered. Panics in handlers become Internal
-// errors, and requests beyond maxInFlight are refused.
+// errors, and requests beyond their budget are refused.
 func (s *Services) NewGRPCServer() (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
-		grpc.ChainUnaryInterceptor(recoverUnary(s.log), limitUnary(maxInFlight)),
+		grpc.ChainUnaryInterceptor(recoverUnary(s.log), admitUnary(s.budgets)),
 	)
 	s.register(gs)
 	hs := health.NewServer()
@@ -101,13 +151,20 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-// limitUnary refuses requests beyond n in flight.
-func limitUnary(n int) grpc.UnaryServerInterceptor {
-	slots := make(chan struct{}, n)
+// admitUnary admits Checks within their budget and Introspect and Exchange
+// within theirs; health and reflection are always answered.
+func admitUnary(b *budgets) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		select {
-		case slots <- struct{}{}:
+		var slots chan struct{}
+		switch {
+		case strings.HasPrefix(info.FullMethod, "/envoy.service.auth."):
+			slots = b.check
+		case strings.HasPrefix(info.FullMethod, "/vakt."):
+			slots = b.other
 		default:
+			return handler(ctx, req)
+		}
+		if !take(slots) {
 			return nil, status.Error(answerFor(authz.ReasonOverloaded).grpc, authz.ReasonOverloaded.Description())
 		}
 		defer func() { <-slots }()

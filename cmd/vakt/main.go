@@ -172,7 +172,7 @@ func serve(args []string, stderr io.Writer) int {
 	if _, err := reloader.Watch(ctx); err != nil {
 		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
 	}
-	services := server.AuthorityServices(&cur, metrics, log)
+	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other)
 	if devIDP != nil {
 		services.Mount(devidp.PathPrefix, devIDP.Handler())
 	}

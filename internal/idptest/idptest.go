@@ -153,15 +153,33 @@ type Issuer struct {
 	cacheControl string
 
 	down     atomic.Bool
-	requests atomic.Int64 // JWKS requests
+	hang     atomic.Bool   // requests wait until released or cancelled
+	release  chan struct{} // closed when the issuer stops
+	requests atomic.Int64  // JWKS requests
+}
+
+// wait holds a request while the issuer hangs, until the client gives up
+// or the issuer stops.
+func (i *Issuer) wait(r *http.Request) bool {
+	if !i.hang.Load() {
+		return false
+	}
+	select {
+	case <-r.Context().Done():
+	case <-i.release:
+	}
+	return true
 }
 
 // NewIssuer starts an issuer with one key of alg, published and signing.
 func NewIssuer(tb testing.TB, alg string) *Issuer {
 	tb.Helper()
-	iss := &Issuer{tb: tb}
+	iss := &Issuer{tb: tb, release: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		if iss.wait(r) {
+			return
+		}
 		if iss.down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
@@ -171,6 +189,9 @@ func NewIssuer(tb testing.TB, alg string) *Issuer {
 	})
 	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
 		iss.requests.Add(1)
+		if iss.wait(r) {
+			return
+		}
 		if iss.down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
@@ -185,7 +206,10 @@ func NewIssuer(tb testing.TB, alg string) *Issuer {
 	})
 	iss.Server = httptest.NewServer(mux)
 	iss.URL = iss.Server.URL
-	tb.Cleanup(iss.Server.Close)
+	tb.Cleanup(func() {
+		close(iss.release)
+		iss.Server.Close()
+	})
 	k := NewKey(tb, "key-1", alg)
 	iss.current, iss.published = k, []*Key{k}
 	return iss
@@ -237,6 +261,10 @@ func (i *Issuer) SetCacheControl(v string) {
 
 // SetDown makes every endpoint answer 503 (or serve again).
 func (i *Issuer) SetDown(down bool) { i.down.Store(down) }
+
+// SetHang makes the issuer hold every request without answering, as a
+// provider that is down behind a load balancer does.
+func (i *Issuer) SetHang(hang bool) { i.hang.Store(hang) }
 
 // JWKSRequests counts requests for the key set so far.
 func (i *Issuer) JWKSRequests() int64 { return i.requests.Load() }
