@@ -52,10 +52,9 @@ type Checker struct {
 //  4. whose token: vakt's own with aud = the application, or one of the
 //     application's authentication entries (provider and audience) → else
 //     ReasonTokenAudience or ReasonTokenIssuer;
-//  5. the caller the token names (client_id, else azp), when it is an
-//     application id: the inbound rules must allow it → else
-//     ReasonCallerDenied. vakt's own tokens always name one → else
-//     ReasonCallerMissing;
+//  5. for vakt's own tokens, the caller they name (client_id, else azp):
+//     an application id → else ReasonCallerMissing, which the inbound rules
+//     allow → else ReasonCallerDenied. External tokens name no caller;
 //  6. every scope of the route → else ReasonScopeInsufficient;
 //  7. every claim the allow response forwards as a header (sub, the scopes,
 //     idp of vakt's own tokens, the application's forwardClaims) can be a
@@ -108,14 +107,18 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 	} else if r := acceptsExternal(app, provider.Name(), claims); r != ReasonNone {
 		return deny(r, nil)
 	}
-	caller := claims.Caller()
-	if caller != "" || own {
+	// The caller is named only by vakt's own tokens, which vakt minted for
+	// a client it authenticated. An external provider's client_id or azp
+	// is that provider's name for a client, and may be chosen to look like
+	// an application id: it is neither checked against the rules nor told
+	// to the application (its authentication entry's audience admits it).
+	var caller string
+	if own {
+		caller = claims.Caller()
 		if !isApplicationID(caller) {
-			if own {
-				return deny(ReasonCallerMissing, nil)
-			}
-			caller = "" // an external client id, not one of ours: rules do not apply
-		} else if !app.Allows(caller) {
+			return deny(ReasonCallerMissing, nil)
+		}
+		if !app.Allows(caller) {
 			return deny(ReasonCallerDenied, nil)
 		}
 	}

@@ -42,7 +42,8 @@ type Claims struct {
 
 	// unsafe names the top-level claims that hold a string no header value
 	// may carry (see headerSafe); nil for nearly every token. unsafeScope
-	// is set when ScopeText is no header value.
+	// is set when a scope is no RFC 6749 scope-token, so that ScopeText
+	// would not say truthfully which scopes the token holds.
 	unsafe      []string
 	unsafeScope bool
 
@@ -103,12 +104,13 @@ func parseClaims(payload []byte) (*Claims, error) {
 	} else if ok {
 		c.IssuedAt = toTime(iat)
 	}
-	if c.Scopes, err = scopes(raw); err != nil {
+	var invalidScope bool
+	if c.Scopes, invalidScope, err = scopes(raw); err != nil {
 		return nil, err
 	}
 	c.ScopeText = strings.Join(c.Scopes, " ")
 	c.unsafe = unsafeClaims(raw)
-	c.unsafeScope = !headerSafe(c.ScopeText)
+	c.unsafeScope = invalidScope
 	c.size = claimsOverhead + size + sizeSlice*3 + sizeElem*int64(len(c.Audience)+len(c.Scopes)+len(c.unsafe)) + int64(len(c.ScopeText))
 	return c, nil
 }
@@ -191,15 +193,22 @@ var (
 	errTooManyScopes    = fmt.Errorf("%w: more than %d scopes", ErrClaimInvalid, maxScopes)
 )
 
-// scopes collects the token's scopes, each once, in their order. Few
+// scopes collects the token's scopes, each once, in their order: from
+// scope, a list of scope-tokens separated by single spaces (RFC 6749 §3.3:
+// only U+0020 separates, so "read:users\u00a0admin" is one scope, not two),
+// scp (a string like scope, or an array) and permissions (an array). Few
 // scopes are compared in a slice; past a handful a set keeps the work
-// linear.
-func scopes(raw map[string]any) ([]string, error) {
-	var out []string
+// linear. invalid reports a scope that is no RFC 6749 scope-token (a space
+// inside an array element, a control character, non-ASCII): such a token's
+// scopes cannot be told to an application truthfully.
+func scopes(raw map[string]any) (out []string, invalid bool, err error) {
 	var seen map[string]struct{}
 	add := func(s string) {
 		if s == "" || len(out) > maxScopes {
 			return
+		}
+		if !scopeToken(s) {
+			invalid = true
 		}
 		if seen == nil && len(out) >= 16 {
 			seen = make(map[string]struct{}, 64)
@@ -224,7 +233,7 @@ func scopes(raw map[string]any) ([]string, error) {
 				add(v)
 				continue
 			}
-			for _, s := range strings.Fields(v) {
+			for s := range strings.SplitSeq(v, " ") {
 				add(s)
 			}
 		case []any:
@@ -236,9 +245,20 @@ func scopes(raw map[string]any) ([]string, error) {
 		}
 	}
 	if len(out) > maxScopes {
-		return nil, errTooManyScopes
+		return nil, false, errTooManyScopes
 	}
-	return out, nil
+	return out, invalid, nil
+}
+
+// scopeToken reports whether s is an RFC 6749 scope-token:
+// 1*( %x21 / %x23-5B / %x5D-7E ).
+func scopeToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x21 || c == 0x22 || c == 0x5c || c > 0x7e {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // checkTimes applies exp and nbf at now with leeway. exp: 0 is long expired.

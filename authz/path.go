@@ -33,7 +33,11 @@ const (
 //     not borrow the rule of "/read";
 //   - an encoded control byte or NUL (%00, %0A, %7F);
 //   - a path encoded twice ("%25" followed by two hex digits, as in
-//     %252e): an upstream that decodes once more sees another path;
+//     %252e, or a "%" that decoding makes, as in %252%65): an upstream
+//     that decodes once more sees another path;
+//   - an empty segment ("//"), left as it is or made by stripping path
+//     parameters ("/;/admin"): Envoy's merge_slashes, Tomcat and others
+//     read "//admin" as "/admin", so it must not miss the rule of "/admin";
 //   - ';' (unless params is StripPathParameters) and %3B.
 //
 // The common case, a clean path, costs no allocation.
@@ -72,6 +76,9 @@ func NormalizePath(target string, params PathParameters) (string, error) {
 		}
 	}
 	if clean {
+		if strings.Contains(target, "//") {
+			return "", ErrBadPath
+		}
 		return target, nil
 	}
 	var b strings.Builder
@@ -91,7 +98,27 @@ func NormalizePath(target string, params PathParameters) (string, error) {
 			b.WriteByte(c)
 		}
 	}
-	return removeDotSegments(b.String()), nil
+	decoded := b.String()
+	if strings.Contains(decoded, "//") || encodedAgain(decoded) {
+		return "", ErrBadPath
+	}
+	return removeDotSegments(decoded), nil
+}
+
+// encodedAgain reports whether decoding made a percent-encoding: a second
+// decoder would read another path.
+func encodedAgain(s string) bool {
+	for i := strings.IndexByte(s, '%'); i >= 0 && i+2 < len(s); {
+		if isHex(s[i+1]) && isHex(s[i+2]) {
+			return true
+		}
+		j := strings.IndexByte(s[i+1:], '%')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 func removeDotSegments(p string) string {

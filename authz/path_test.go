@@ -2,6 +2,7 @@ package authz
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -26,7 +27,8 @@ func TestNormalizePath(t *testing.T) {
 		{in: "/%41bc", want: "/Abc"},
 		{in: "/a/.hidden", want: "/a/.hidden"},
 		{in: "/a/..b", want: "/a/..b"},
-		{in: "/public//x", want: "/public//x"},
+		{in: "/public//x", err: true},
+		{in: "//admin", err: true},
 		{in: "/read/..%2Fdelete", err: true},
 		{in: "/read/..%2fdelete", err: true},
 		{in: "/read%5C..%5Cdelete", err: true},
@@ -51,6 +53,8 @@ func TestNormalizePath(t *testing.T) {
 		{in: "/read;jsessionid=1", err: true},
 		{in: "/100%25", want: "/100%"},
 		{in: "/a%25zz", want: "/a%zz"},
+		{in: "/public/%252%65%252%65/admin", err: true},
+		{in: "/public/%25%32%65", err: true},
 	} {
 		got, err := NormalizePath(tt.in, RejectPathParameters)
 		if tt.err {
@@ -77,7 +81,9 @@ func TestNormalizePathStripsParameters(t *testing.T) {
 		{in: "/read;jsessionid=ABC", want: "/read"},
 		{in: "/a;p=1/b;q=2", want: "/a/b"},
 		{in: "/public/%2e%2e;/read", want: "/read"},
-		{in: "/public/;/x", want: "/public//x"},
+		{in: "/public/;/x", err: true},
+		{in: "/;/admin/users", err: true},
+		{in: "/;jsessionid=1/admin", err: true},
 		{in: "/public/%2e%2e%3b/read", err: true},
 		{in: "/public/..%00/read", err: true},
 		{in: "/public/%252e%252e/read", err: true},
@@ -159,6 +165,9 @@ func checkNormalized(t *testing.T, in string, params PathParameters) {
 			if c := p[i]; c == ';' || c < 0x20 || c == 0x7f {
 				t.Fatalf("%q → %q keeps %q", in, p, c)
 			}
+		}
+		if strings.Contains(p, "//") {
+			t.Fatalf("%q → %q keeps an empty segment", in, p)
 		}
 	}
 }

@@ -54,12 +54,41 @@ func TestScopes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := scopes(raw)
+		got, _, err := scopes(raw)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got := strings.Join(got, " "); got != tt.want {
 			t.Errorf("%s: %q, want %q", tt.payload, got, tt.want)
+		}
+	}
+}
+
+// Only a single space separates scopes, and a scope that is no RFC 6749
+// scope-token marks the token's scopes as untellable.
+func TestScopesAreRFC6749(t *testing.T) {
+	for _, tt := range []struct {
+		payload string
+		want    string
+		invalid bool
+	}{
+		{`{"scope":"read:users admin"}`, "read:users admin", false},
+		{`{"scope":"read:users\u00a0admin"}`, "read:users\u00a0admin", true},
+		{`{"scope":"read:users\u000badmin"}`, "read:users\vadmin", true},
+		{`{"scope":"read:users\tadmin"}`, "read:users\tadmin", true},
+		{`{"scope":"read:users\nadmin"}`, "read:users\nadmin", true},
+		{`{"scope":"read:users\u2028admin"}`, "read:users\u2028admin", true},
+		{`{"scp":["read:users admin"]}`, "read:users admin", true},
+		{`{"scope":"  a  b "}`, "a b", false},
+		{`{"permissions":["a\"b"]}`, "a\"b", true},
+	} {
+		raw, err := parseJSONObject([]byte(tt.payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, invalid, err := scopes(raw)
+		if err != nil || invalid != tt.invalid || strings.Join(got, " ") != tt.want {
+			t.Errorf("%s: %q invalid %v %v; want %q invalid %v", tt.payload, got, invalid, err, tt.want, tt.invalid)
 		}
 	}
 }
@@ -74,11 +103,11 @@ func TestScopesBound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := scopes(raw); !errors.Is(err, ErrClaimInvalid) {
+	if _, _, err := scopes(raw); !errors.Is(err, ErrClaimInvalid) {
 		t.Fatalf("%d scopes: %v", len(words), err)
 	}
 	raw, _ = parseJSONObject([]byte(`{"scope":"` + strings.Join(words[:maxScopes], " ") + `"}`))
-	if got, err := scopes(raw); err != nil || len(got) != maxScopes {
+	if got, _, err := scopes(raw); err != nil || len(got) != maxScopes {
 		t.Fatalf("%d scopes: %d, %v", maxScopes, len(got), err)
 	}
 }

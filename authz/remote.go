@@ -164,8 +164,17 @@ func (r *RemoteKeys) Key(ctx context.Context, kid string) (*Key, error) {
 	if k, ok := st.keys.Lookup(kid); ok {
 		return k, nil
 	}
-	if errors.Is(err, errKeyWait) || errors.Is(err, errTooManyWaiting) {
-		// The kid may be in the set being fetched: not known to be absent.
+	// A kid is known to be absent only from a set fetched just now. While
+	// the fetch is under way, or when it (or the last one) failed, the kid
+	// may be in the set vakt could not get: an outage, not a refusal (a
+	// provider that rotated its key as it went down must not see its new
+	// tokens refused).
+	switch {
+	case errors.Is(err, errRefetchTooSoon):
+		if st.err != nil {
+			return nil, fmt.Errorf("%w: %s: kid %s: the last fetch failed: %w", ErrKeysUnavailable, r.cfg.Name, quoted(kid), st.err)
+		}
+	case err != nil:
 		return nil, fmt.Errorf("%w: %s: kid %s: %w", ErrKeysUnavailable, r.cfg.Name, quoted(kid), err)
 	}
 	return nil, fmt.Errorf("%w: kid %s", ErrKeyNotFound, quoted(kid))

@@ -175,6 +175,29 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 	if err != nil {
 		return nil, err
 	}
+	// The jti is recorded as soon as the assertion is known to be the
+	// client's, so that a used assertion is refused before it can tell
+	// anything more (which targets its client may call, whether a subject
+	// token is valid); a refusal after this point releases it again, as the
+	// assertion was not used, and a client may retry with it after an
+	// outage.
+	if err := a.record(ctx, as); err != nil {
+		return nil, err
+	}
+	res, err := a.mint(ctx, req, as, now)
+	if err != nil {
+		if rerr := a.cfg.Replay.Release(context.WithoutCancel(ctx), as.client, as.jti); rerr != nil {
+			a.log.Warn("a refused exchange's assertion could not be released; its client must make a new one", "client_id", client, "error", rerr)
+		}
+		return nil, err
+	}
+	return res, nil
+}
+
+// mint is the exchange after the client's assertion: the subject token, the
+// target's access policy, and the token.
+func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, now time.Time) (*Response, error) {
+	client := as.client
 
 	subject, provider, err := a.cfg.Subjects.ValidateByIssuer(ctx, req.SubjectToken)
 	if err != nil {
@@ -195,9 +218,6 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 			reason = authz.ReasonTargetUnknown
 		}
 		return nil, Refuse(reason, "", err)
-	}
-	if err := a.record(ctx, as); err != nil {
-		return nil, err
 	}
 
 	claims := make(map[string]any, len(subject.Raw)+4)
@@ -257,10 +277,12 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 		case errors.Is(err, authz.ErrIssuerNotTrusted):
 			a.decoys.Verify(assertion, 0)
 			return clientAssertion{}, Refuse(authz.ReasonClientUnknown, clientAuthFailed, err)
-		case errors.Is(err, authz.ErrKeyNotFound):
+		case errors.Is(err, authz.ErrKeyNotFound), errors.Is(err, authz.ErrAlgorithmNotAllowed):
+			// Refused before a signature check (an alg not allowed, or not
+			// the key's): the decoy takes the time one would have.
 			a.decoys.Verify(assertion, 0)
 			return clientAssertion{}, Refuse(authz.ReasonAssertionInvalid, clientAuthFailed, err)
-		case errors.Is(err, authz.ErrSignatureInvalid), errors.Is(err, authz.ErrAlgorithmNotAllowed):
+		case errors.Is(err, authz.ErrSignatureInvalid):
 			return clientAssertion{}, Refuse(authz.ReasonAssertionInvalid, clientAuthFailed, err)
 		}
 		return clientAssertion{}, tokenRefusal(authz.ReasonAssertionInvalid, "client assertion", err)

@@ -106,10 +106,11 @@ func TestClientProbesGetOneAnswer(t *testing.T) {
 }
 
 // BenchmarkRefusedAssertion times the refusals a prober could compare: an
-// unknown client and an unknown kid cost a decoy signature check, as a bad
-// signature costs a real one.
+// unknown client, an unknown kid and an algorithm the client's key does not
+// have cost a decoy signature check, as a bad signature costs a real one.
+// RS384 is no assertion algorithm: refused alike for every client.
 func BenchmarkRefusedAssertion(b *testing.B) {
-	for _, alg := range []string{"RS256", "ES256"} {
+	for _, alg := range []string{"RS256", "ES256", "RS384"} {
 		key := idptest.NewKey(b, "k", alg)
 		for _, c := range []struct{ name, client string }{
 			{"unknown_client", "dev:team-x:nobody"},
@@ -124,7 +125,11 @@ func BenchmarkRefusedAssertion(b *testing.B) {
 
 func benchRefusal(b *testing.B, forger *idptest.Key, client string) {
 	const issuer = "https://vakt.example"
-	registered := idptest.NewKey(b, forger.ID, forger.Alg) // the client's real key: same kid and alg
+	alg := forger.Alg
+	if alg == "RS384" {
+		alg = "RS256" // the client's key is an RS256 key; the assertion says RS384
+	}
+	registered := idptest.NewKey(b, forger.ID, alg) // the client's real key: same kid
 	idp := idptest.NewKey(b, "idp-1", "ES256")
 	subjectProvider, _ := authz.NewProvider(authz.ProviderConfig{Name: "idporten", Issuer: "https://idporten.example/", Keys: staticKeys(b, idp)})
 	subjects, _ := authz.NewValidator(authz.ValidatorConfig{Providers: []*authz.Provider{subjectProvider}})
@@ -161,4 +166,51 @@ func refused(t *testing.T, f *authorityFixture, req Request) *Error {
 	t.Helper()
 	res, err := f.a.Exchange(context.Background(), req)
 	return refusal(t, res, err)
+}
+
+// A used assertion tells nothing more: replayed with another target or
+// subject token, it is refused as replayed before those are looked at.
+func TestUsedAssertionIsNoOracle(t *testing.T) {
+	f := newAuthorityFixture(t, nil)
+	assertion := f.assertion(t, clientA, nil)
+	f.mustExchange(t, f.request(t, func(t *testing.T, r *Request) { r.ClientAssertion = assertion }))
+	for name, edit := range map[string]func(r *Request){
+		"forbidden target":      func(r *Request) { r.Audience = clientDenied },
+		"unknown target":        func(r *Request) { r.Audience = "dev:team-x:nobody" },
+		"expired subject token": func(r *Request) { r.SubjectToken = "x.y.z" },
+	} {
+		req := f.request(t, func(t *testing.T, r *Request) { r.ClientAssertion = assertion })
+		edit(&req)
+		if e := refused(t, f, req); e.Reason() != authz.ReasonAssertionReplayed {
+			t.Errorf("%s: %s", name, e.Reason())
+		}
+	}
+}
+
+// Release forgets a claimed id, in memory and in Redis.
+func TestReplayRelease(t *testing.T) {
+	ctx := context.Background()
+	clock := idptest.NewClock(time.Now())
+	stores := map[string]ReplayStore{"memory": NewMemoryReplay(MemoryReplayConfig{MaxEntries: 10, MaxPerClient: 1, Now: clock.Now})}
+	if addr := startRedis(t); addr != "" {
+		r := NewRedisReplay(RedisOptions{Address: addr, MaxPerClient: 1}, clock.Now)
+		t.Cleanup(func() { r.Close() })
+		stores["redis"] = r
+	}
+	for name, s := range stores {
+		exp := clock.Now().Add(time.Minute)
+		if ok, err := s.Claim(ctx, "c", "j", exp); !ok || err != nil {
+			t.Fatalf("%s: claim %v %v", name, ok, err)
+		}
+		if err := s.Release(ctx, "c", "j"); err != nil {
+			t.Fatalf("%s: release %v", name, err)
+		}
+		// Released: the id may be claimed again, and the client's share is free.
+		if ok, err := s.Claim(ctx, "c", "j", exp); !ok || err != nil {
+			t.Fatalf("%s: claim after release %v %v", name, ok, err)
+		}
+		if ok, _ := s.Claim(ctx, "c", "j", exp); ok {
+			t.Fatalf("%s: a replay after the second claim", name)
+		}
+	}
 }

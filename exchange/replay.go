@@ -12,9 +12,12 @@ import (
 
 // ReplayStore remembers client assertion ids. Claim records the client's jti
 // until expires and reports whether it was new; an error means the store
-// cannot tell, and the caller must refuse (fail closed).
+// cannot tell, and the caller must refuse (fail closed). Release forgets a
+// jti Claim recorded, for an exchange refused after it: the assertion was
+// not used, and its client may send it again.
 type ReplayStore interface {
 	Claim(ctx context.Context, client, jti string, expires time.Time) (fresh bool, err error)
+	Release(ctx context.Context, client, jti string) error
 }
 
 var (
@@ -129,6 +132,17 @@ func (m *MemoryReplay) Claim(_ context.Context, client, jti string, expires time
 	b := &m.wheel[sec%wheelSeconds]
 	*b = append(*b, wheelRef{key: key, sec: sec})
 	return true, nil
+}
+
+// Release implements ReplayStore.
+func (m *MemoryReplay) Release(_ context.Context, client, jti string) error {
+	key := cache.KeyOf(client, jti)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.seen[key]; ok {
+		m.forget(key, e)
+	}
+	return nil
 }
 
 // sweep empties the buckets of every second up to now: each id is dropped

@@ -80,10 +80,7 @@ func NewRedisReplay(o RedisOptions, now func() time.Time) *RedisReplay {
 func (r *RedisReplay) Claim(ctx context.Context, client, jti string, expires time.Time) (bool, error) {
 	now := r.now()
 	ttl := max(expires.Sub(now), time.Second)
-	c := sha256.Sum256([]byte(client))
-	k := cache.KeyOf(client, jti)
-	tag := hex.EncodeToString(c[:16])
-	keys := []string{"vakt:{" + tag + "}:jti:" + hex.EncodeToString(k[:]), "vakt:{" + tag + "}:ids"}
+	keys := r.keys(client, jti)
 	res, err := claimScript.Run(ctx, r.client, keys, now.UnixMilli(), ttl.Milliseconds(), r.maxClient, now.Add(ttl).UnixMilli()).Int()
 	if err != nil {
 		return false, fmt.Errorf("redis: %w", err)
@@ -96,6 +93,30 @@ func (r *RedisReplay) Claim(ctx context.Context, client, jti string, expires tim
 	default:
 		return false, ErrReplayQuota
 	}
+}
+
+// keys are the Redis keys of a client's jti and of its set of ids, under
+// one hash tag (the client's digest).
+func (r *RedisReplay) keys(client, jti string) []string {
+	c := sha256.Sum256([]byte(client))
+	k := cache.KeyOf(client, jti)
+	tag := hex.EncodeToString(c[:16])
+	return []string{"vakt:{" + tag + "}:jti:" + hex.EncodeToString(k[:]), "vakt:{" + tag + "}:ids"}
+}
+
+// releaseScript forgets a jti and its place in the client's set.
+var releaseScript = redis.NewScript(`
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 1
+`)
+
+// Release implements ReplayStore.
+func (r *RedisReplay) Release(ctx context.Context, client, jti string) error {
+	if err := releaseScript.Run(ctx, r.client, r.keys(client, jti)).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
 }
 
 // RedisLogger routes go-redis's own log lines (connection failures) to slog.

@@ -266,7 +266,7 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 
 func setsHeader(hs []*corev3.HeaderValueOption, name string) bool {
 	for _, h := range hs {
-		if h.GetHeader().GetKey() == name {
+		if strings.EqualFold(h.GetHeader().GetKey(), name) {
 			return true
 		}
 	}

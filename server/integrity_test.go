@@ -57,6 +57,14 @@ func TestCheckIdentityProviderIsTheVerifier(t *testing.T) {
 	if got := headerMap(res.GetOkResponse().GetHeaders())[authz.HeaderIdentityProvider]; got != e.auth0.URL {
 		t.Fatalf("external token: %s = %q, want the verifying provider %q", authz.HeaderIdentityProvider, got, e.auth0.URL)
 	}
+	// An external client id shaped like an application id names no caller:
+	// the application is never told that app-1 calls.
+	tok = e.auth0.Token(map[string]any{"iss": e.auth0.URL, "sub": "auth0|1", "aud": "https://api.example.com",
+		"azp": app1, "client_id": app1, "exp": time.Now().Add(time.Hour).Unix()})
+	res = e.check(creq{app: "dev-gcp:team-b:api", path: "/x", headers: map[string]string{"authorization": "Bearer " + tok}})
+	if h := headerMap(res.GetOkResponse().GetHeaders()); res.GetOkResponse() == nil || h[authz.HeaderClientID] != "" {
+		t.Fatalf("external client id: %v", res)
+	}
 	res = e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + e.own(app1, appB, "read:users")}})
 	if got := headerMap(res.GetOkResponse().GetHeaders())[authz.HeaderIdentityProvider]; got != "https://idporten.example/" {
 		t.Fatalf("vakt's own token: %q", got)
