@@ -22,6 +22,9 @@ type Loader struct {
 	Ephemeral *exchange.Signer
 	Replay    exchange.ReplayStore
 	Logger    *slog.Logger
+	// KeySets keeps identity providers' keys across reloads (see KeySets);
+	// without it, a reload fetches every key set anew.
+	KeySets *KeySets
 }
 
 // Build loads the configuration and keys and builds a runtime.
@@ -50,7 +53,7 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 	} else if signer == nil {
 		return nil, errors.New("the configuration names no signing.keysFile, and vakt started with one; restart to sign with a generated key")
 	}
-	return NewRuntime(ctx, cfg, Options{Logger: l.Logger, Signer: signer, Replay: l.Replay})
+	return NewRuntime(ctx, cfg, Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets})
 }
 
 // WatchedFiles are the files whose change calls for a reload: the

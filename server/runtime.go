@@ -78,6 +78,9 @@ type Options struct {
 	Replay exchange.ReplayStore
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// KeySets, when set, keeps remote key sets across runtimes (reloads);
+	// without it each runtime fetches its own.
+	KeySets *KeySets
 }
 
 // NewRuntime builds the engine for cfg. Remote key sets start fetching in
@@ -89,16 +92,18 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	if log == nil {
 		log = slog.Default()
 	}
+	keySets := opts.KeySets
+	if keySets == nil {
+		keySets = NewKeySets(ctx, log, opts.Now)
+	}
 	var providers []*authz.Provider
 	for _, ip := range cfg.IdentityProviders {
-		keys, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{
+		keys, err := keySets.take(ctx, authz.RemoteKeysConfig{
 			Name:         ip.Name,
 			WellKnownURL: ip.WellKnownURL,
 			JWKSURI:      ip.JWKSURI,
 			Issuer:       ip.Issuer,
 			Wait:         cfg.Limits.KeyWait.Std(),
-			Logger:       log,
-			Now:          opts.Now,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("identity provider %s: %w", ip.Name, err)
@@ -116,7 +121,6 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			return nil, err
 		}
 		providers = append(providers, p)
-		go keys.Run(ctx)
 	}
 
 	if opts.Signer == nil || opts.Replay == nil {
@@ -168,12 +172,11 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		case a.Keys != nil && a.Keys.Len() > 0:
 			clients[a.ID()] = authz.StaticKeys{Set: a.Keys}
 		case a.JWKSURI != "":
-			keys, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: a.ID(), JWKSURI: a.JWKSURI, Issuer: a.ID(), Wait: cfg.Limits.KeyWait.Std(), Logger: log, Now: opts.Now})
+			keys, err := keySets.take(ctx, authz.RemoteKeysConfig{Name: a.ID(), JWKSURI: a.JWKSURI, Issuer: a.ID(), Wait: cfg.Limits.KeyWait.Std()})
 			if err != nil {
 				return nil, fmt.Errorf("application %s: %w", a.ID(), err)
 			}
 			clients[a.ID()] = keys
-			go keys.Run(ctx)
 		}
 	}
 	policy, err := authz.NewPolicy(apps)
