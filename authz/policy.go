@@ -2,6 +2,7 @@ package authz
 
 import (
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 )
@@ -12,8 +13,12 @@ type ApplicationPolicy struct {
 	// Inbound lists the application ids (cluster:namespace:name) that may
 	// call it.
 	Inbound []string
-	// Hosts are the request hosts (without port) that name it in Check.
+	// Hosts are the request hosts (without port) that name it in Check, and
+	// in a token exchange's resource (RFC 8707).
 	Hosts []string
+	// Resources are absolute URIs that name it in a token exchange's
+	// resource, besides any URI of one of its hosts.
+	Resources []string
 	// Routes, matched in order, first match wins. With routes, a request
 	// matching none is denied; without, any path is allowed.
 	Routes []Route
@@ -72,13 +77,14 @@ type Application struct {
 // Policy answers who may call whom, and what a request to an application
 // needs. It is immutable.
 type Policy struct {
-	apps   map[string]*Application
-	byHost map[string]*Application
+	apps       map[string]*Application
+	byHost     map[string]*Application
+	byResource map[string]*Application
 }
 
 // NewPolicy builds a policy; application ids and hosts must be unique.
 func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
-	p := &Policy{apps: make(map[string]*Application, len(apps)), byHost: map[string]*Application{}}
+	p := &Policy{apps: make(map[string]*Application, len(apps)), byHost: map[string]*Application{}, byResource: map[string]*Application{}}
 	for _, a := range apps {
 		if _, dup := p.apps[a.ID]; dup {
 			return nil, fmt.Errorf("application %s appears twice", a.ID)
@@ -98,9 +104,24 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
 			}
 			p.byHost[h] = app
 		}
+		for _, r := range a.Resources {
+			if other, dup := p.byResource[r]; dup {
+				return nil, fmt.Errorf("resource %s belongs to both %s and %s", r, other.ID, a.ID)
+			}
+			p.byResource[r] = app
+		}
 		p.apps[a.ID] = app
 	}
 	return p, nil
+}
+
+// ApplicationByResource returns the application a resource URI (RFC 8707)
+// names: one of its resources exactly, or else a URI of one of its hosts.
+func (p *Policy) ApplicationByResource(u *url.URL) (*Application, bool) {
+	if a, ok := p.byResource[u.String()]; ok {
+		return a, true
+	}
+	return p.ApplicationByHost(u.Hostname())
 }
 
 // Application returns the registered application with id.

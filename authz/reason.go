@@ -51,6 +51,8 @@ const (
 
 	// Token exchange.
 	ReasonGrantTypeUnsupported
+	ReasonClientAuthentication
+	ReasonClientMismatch
 	ReasonClientUnknown
 	ReasonAssertionInvalid
 	ReasonAssertionReplayed
@@ -59,6 +61,8 @@ const (
 	ReasonSubjectTokenInvalid
 	ReasonTargetUnknown
 	ReasonTargetDenied
+	ReasonTargetAmbiguous
+	ReasonScopeInvalid
 	ReasonUpstreamUnavailable // an outage (the agent's token endpoint)
 	ReasonUpstreamRefused     // the agent's token endpoint said no
 	ReasonUpstreamInvalid     // the agent's token endpoint answered nonsense
@@ -108,6 +112,8 @@ var reasonTable = [reasonCount]reasonInfo{
 	ReasonClaimNotForwardable:  {"claim_not_forwardable", "token has a claim that cannot be forwarded as a header", false},
 
 	ReasonGrantTypeUnsupported: {"grant_type_unsupported", "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange", false},
+	ReasonClientAuthentication: {"client_authentication_unsupported", "client authentication must be private_key_jwt (RFC 7523)", false},
+	ReasonClientMismatch:       {"client_id_mismatch", "client_id is not the client the assertion names", false},
 	ReasonClientUnknown:        {"client_unknown", "client authentication failed", false},
 	ReasonAssertionInvalid:     {"assertion_invalid", "client assertion is invalid", false},
 	ReasonAssertionReplayed:    {"assertion_replayed", "client assertion is invalid: jti has been used before", false},
@@ -116,6 +122,8 @@ var reasonTable = [reasonCount]reasonInfo{
 	ReasonSubjectTokenInvalid:  {"subject_token_invalid", "invalid subject_token", false},
 	ReasonTargetUnknown:        {"target_unknown", "token exchange audience is invalid", false},
 	ReasonTargetDenied:         {"target_denied", "token exchange audience is invalid", false},
+	ReasonTargetAmbiguous:      {"target_ambiguous", "audience and resource name more than one target", false},
+	ReasonScopeInvalid:         {"scope_invalid", "a requested scope is not one the subject token holds", false},
 	ReasonUpstreamUnavailable:  {"upstream_unavailable", "the token endpoint cannot be reached; try again later", true},
 	ReasonUpstreamRefused:      {"upstream_refused", "the token endpoint refused the exchange", false},
 	ReasonUpstreamInvalid:      {"upstream_invalid", "the token endpoint's answer is not usable", true},

@@ -3,9 +3,12 @@ package exchange
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
+	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -30,14 +33,31 @@ const (
 // AssertionAlgorithms are the algorithms a client assertion may use.
 var AssertionAlgorithms = []string{"RS256", "PS256", "ES256", "EdDSA"}
 
-// Request is a token exchange request (RFC 8693 §2.1, RFC 7523 §2.2).
+// Request is a token exchange request (RFC 8693 §2.1, RFC 7523 §2.2,
+// RFC 8707). Every parameter is honoured or refused, never ignored.
 type Request struct {
 	GrantType           string
 	ClientAssertionType string
 	ClientAssertion     string
-	SubjectTokenType    string
-	SubjectToken        string
-	Audience            string
+	// ClientID, when sent, must be the client the assertion names (RFC
+	// 7521 §4.2). ClientSecret is client_secret_post, which vakt refuses.
+	ClientID         string
+	ClientSecret     string
+	SubjectTokenType string
+	SubjectToken     string
+	// Audience and Resource (absolute URIs, RFC 8707) may each be given
+	// more than once; together they must name one target application.
+	Audience []string
+	Resource []string
+	// Scope asks for a subset of the subject token's scopes
+	// (space-separated); empty for all of them.
+	Scope string
+	// RequestedTokenType is empty, or TokenTypeAccessToken or TokenTypeJWT
+	// (the same token).
+	RequestedTokenType string
+	// ActorToken and ActorTokenType are refused: vakt records delegation
+	// itself, from the subject token (act).
+	ActorToken, ActorTokenType string
 }
 
 // Response is an issued token (RFC 8693 §2.2.1).
@@ -46,6 +66,9 @@ type Response struct {
 	IssuedTokenType string
 	TokenType       string
 	ExpiresIn       int64
+	// Scope is the issued token's scopes, when they differ from the scopes
+	// asked for; "" otherwise.
+	Scope string
 }
 
 // AuthorityConfig configures an Authority.
@@ -137,7 +160,7 @@ func (a *Authority) TokenEndpoint() string { return a.tokenEndpoint }
 
 // Exchange performs a token exchange. Every refusal is an *Error.
 func (a *Authority) Exchange(ctx context.Context, req Request) (*Response, error) {
-	client, target := "", req.Audience
+	client, target := "", strings.Join(req.Audience, " ")
 	res, err := a.exchange(ctx, req, &client)
 	if err != nil {
 		e := AsError(err)
@@ -151,21 +174,8 @@ func (a *Authority) Exchange(ctx context.Context, req Request) (*Response, error
 func badRequest(detail string) *Error { return Refuse(authz.ReasonRequestInvalid, detail, nil) }
 
 func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string) (*Response, error) {
-	switch {
-	case req.GrantType == "":
-		return nil, badRequest("grant_type is required")
-	case req.GrantType != GrantTypeTokenExchange:
-		return nil, Refuse(authz.ReasonGrantTypeUnsupported, "", nil)
-	case req.ClientAssertionType != ClientAssertionTypeJWT:
-		return nil, badRequest("client_assertion_type must be " + ClientAssertionTypeJWT)
-	case req.ClientAssertion == "":
-		return nil, badRequest("client_assertion is required")
-	case req.SubjectTokenType != TokenTypeJWT:
-		return nil, badRequest("subject_token_type must be " + TokenTypeJWT)
-	case req.SubjectToken == "":
-		return nil, badRequest("subject_token is required")
-	case req.Audience == "":
-		return nil, badRequest("audience is required")
+	if err := checkRequest(&req); err != nil {
+		return nil, err
 	}
 	now := a.cfg.Now()
 
@@ -174,6 +184,9 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 	*clientOut = client
 	if err != nil {
 		return nil, err
+	}
+	if req.ClientID != "" && req.ClientID != client {
+		return nil, Refuse(authz.ReasonClientMismatch, "", nil)
 	}
 	// The jti is recorded as soon as the assertion is known to be the
 	// client's, so that a used assertion is refused before it can tell
@@ -205,42 +218,193 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	}
 	// A token vakt issued may be exchanged only by the application it was
 	// issued to.
-	if provider.Name() == a.cfg.OwnProvider && !slices.Contains(subject.Audience, client) {
+	own := provider.Own()
+	if own && !slices.Contains(subject.Audience, client) {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", authz.ErrAudienceInvalid)
+	}
+	if subject.Subject == "" {
+		return nil, Refuse(authz.ReasonSubjectTokenInvalid, "invalid subject_token: sub is required", nil)
 	}
 
 	// Unknown and forbidden targets get one answer, so that clients cannot
 	// probe which applications exist; the reason, in the log and metrics,
 	// tells them apart.
-	if err := a.cfg.Policy.MayCall(client, req.Audience); err != nil {
+	target, err := a.target(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.cfg.Policy.MayCall(client, target); err != nil {
 		reason := authz.ReasonTargetDenied
 		if errors.Is(err, authz.ErrApplicationUnknown) {
 			reason = authz.ReasonTargetUnknown
 		}
 		return nil, Refuse(reason, "", err)
 	}
+	scopes, err := grantedScopes(req.Scope, subject)
+	if err != nil {
+		return nil, err
+	}
 
+	// The token never outlives the one it was exchanged for: a chain of
+	// exchanges, or a cycle of applications, cannot keep a session alive.
+	exp := min(now.Add(a.cfg.TokenLifetime).Unix(), subject.ExpiresAt.Unix())
+	if exp <= now.Unix() {
+		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", authz.ErrExpired)
+	}
 	claims := make(map[string]any, len(subject.Raw)+4)
-	maps.Copy(claims, subject.Raw)
-	exp := now.Add(a.cfg.TokenLifetime)
+	for name, v := range subject.Raw {
+		if !protocolClaims[name] {
+			claims[name] = v // the user's identity: sub, pid, acr, amr, ...
+		}
+	}
 	claims["iss"] = a.cfg.Issuer
-	claims["aud"] = req.Audience
+	claims["aud"] = target
 	claims["client_id"] = client
 	claims["idp"] = provider.IdentityProvider(subject) // a chain keeps the original identity provider
 	claims["iat"] = now.Unix()
 	claims["nbf"] = now.Unix()
-	claims["exp"] = exp.Unix()
+	claims["exp"] = exp
 	claims["jti"] = uuid.NewString()
+	if len(scopes) > 0 {
+		claims["scope"] = strings.Join(scopes, " ")
+	}
+	if own {
+		// RFC 8693 §4.1: the token was issued to another client, which now
+		// acts for the user through this one; its own act, if any, nests.
+		act := map[string]any{"sub": subject.Caller()}
+		if prev, ok := subject.Raw["act"].(map[string]any); ok {
+			act["act"] = prev
+		}
+		claims["act"] = act
+	}
 	tok, err := a.cfg.Signer.Sign(IssuedTokenType, claims)
 	if err != nil {
 		return nil, Refuse(authz.ReasonInternal, "", err)
 	}
-	return &Response{
+	res := &Response{
 		AccessToken:     tok,
 		IssuedTokenType: TokenTypeAccessToken,
 		TokenType:       "Bearer",
-		ExpiresIn:       exp.Unix() - now.Unix(),
-	}, nil
+		ExpiresIn:       exp - now.Unix(),
+	}
+	if granted := strings.Join(scopes, " "); granted != normalScope(req.Scope) {
+		res.Scope = granted
+	}
+	return res, nil
+}
+
+// protocolClaims are the claims with a meaning to the protocol, which vakt
+// sets itself or drops, never copies from the subject token: who issued the
+// token, for whom and to whom, when, its id, what it is bound to (cnf: a
+// Bearer token has no proof-of-possession key), who acts (act, may_act),
+// its scopes (scope, scp, permissions: one scope claim, vakt's) and type,
+// and the identity provider. What an ID token carries for its client
+// (nonce and the hashes) is dropped too.
+var protocolClaims = map[string]bool{
+	"iss": true, "aud": true, "exp": true, "nbf": true, "iat": true, "jti": true,
+	"client_id": true, "azp": true, "cnf": true, "act": true, "may_act": true,
+	"scope": true, "scp": true, "permissions": true, "typ": true, "idp": true,
+	"nonce": true, "at_hash": true, "c_hash": true, "s_hash": true,
+}
+
+// checkRequest refuses what is wrong with a request before anything is
+// verified: the grant type, the client's way of authenticating, actor
+// tokens, the token types and a missing target.
+func checkRequest(req *Request) error {
+	switch {
+	case req.GrantType == "":
+		return badRequest("grant_type is required")
+	case req.GrantType != GrantTypeTokenExchange:
+		return Refuse(authz.ReasonGrantTypeUnsupported, "", nil)
+	case req.ClientSecret != "":
+		return Refuse(authz.ReasonClientAuthentication, "", nil)
+	case req.ClientAssertionType == "" && req.ClientAssertion == "":
+		return Refuse(authz.ReasonClientAuthentication, "client authentication is required: private_key_jwt (RFC 7523)", nil)
+	case req.ClientAssertionType != ClientAssertionTypeJWT:
+		return Refuse(authz.ReasonClientAuthentication, "client_assertion_type must be "+ClientAssertionTypeJWT, nil)
+	case req.ClientAssertion == "":
+		return Refuse(authz.ReasonClientAuthentication, "client_assertion is required", nil)
+	case req.ActorToken != "" || req.ActorTokenType != "":
+		return badRequest("actor tokens are not supported")
+	case req.RequestedTokenType != "" && req.RequestedTokenType != TokenTypeAccessToken && req.RequestedTokenType != TokenTypeJWT:
+		return badRequest("requested_token_type must be " + TokenTypeAccessToken + " or " + TokenTypeJWT)
+	case req.SubjectTokenType != TokenTypeJWT && req.SubjectTokenType != TokenTypeAccessToken:
+		return badRequest("subject_token_type must be " + TokenTypeJWT + " or " + TokenTypeAccessToken)
+	case req.SubjectToken == "":
+		return badRequest("subject_token is required")
+	case len(req.Audience) == 0 && len(req.Resource) == 0:
+		return badRequest("audience is required")
+	}
+	for _, aud := range req.Audience {
+		if aud == "" {
+			return badRequest("audience is empty")
+		}
+	}
+	return nil
+}
+
+// target is the one application the request's audience and resource
+// values name (RFC 8693 §2.1, RFC 8707 §2): values naming more than one
+// are refused, a resource naming none is an unknown target.
+func (a *Authority) target(req Request) (string, error) {
+	var target string
+	name := func(id string) error {
+		if target != "" && target != id {
+			return Refuse(authz.ReasonTargetAmbiguous, "", nil)
+		}
+		target = id
+		return nil
+	}
+	for _, aud := range req.Audience {
+		if err := name(aud); err != nil {
+			return "", err
+		}
+	}
+	for _, r := range req.Resource {
+		u, err := url.Parse(r)
+		if err != nil || !u.IsAbs() || u.Host == "" || u.Fragment != "" {
+			return "", Refuse(authz.ReasonTargetUnknown, "resource must be an absolute URI without a fragment", nil)
+		}
+		app, ok := a.cfg.Policy.ApplicationByResource(u)
+		if !ok {
+			return "", Refuse(authz.ReasonTargetUnknown, "", fmt.Errorf("no application has resource %s", truncate(r)))
+		}
+		if err := name(app.ID); err != nil {
+			return "", err
+		}
+	}
+	return target, nil
+}
+
+// grantedScopes are the scopes the issued token carries: the requested
+// ones, each held by the subject token, or else all of the subject's.
+func grantedScopes(requested string, subject *authz.Claims) ([]string, error) {
+	if requested == "" {
+		return subject.Scopes, nil
+	}
+	var out []string
+	for s := range strings.SplitSeq(requested, " ") {
+		if s == "" || slices.Contains(out, s) {
+			continue
+		}
+		if !subject.HasScope(s) {
+			return nil, Refuse(authz.ReasonScopeInvalid, "", nil)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// normalScope is a scope parameter as the issued scope would write it:
+// each scope once, single spaces.
+func normalScope(scope string) string {
+	var out []string
+	for s := range strings.SplitSeq(scope, " ") {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // clientAssertion is a verified client assertion whose jti is not recorded

@@ -67,7 +67,7 @@ func BenchmarkExchange(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				if _, err := a.Exchange(ctx, Request{
 					GrantType: GrantTypeTokenExchange, ClientAssertionType: ClientAssertionTypeJWT, ClientAssertion: assertions[i],
-					SubjectTokenType: TokenTypeJWT, SubjectToken: subject, Audience: target,
+					SubjectTokenType: TokenTypeJWT, SubjectToken: subject, Audience: []string{target},
 				}); err != nil {
 					b.Fatal(err)
 				}

@@ -44,7 +44,7 @@ func FuzzClientAssertion(f *testing.F) {
 	f.Fuzz(func(t *testing.T, assertion string) {
 		res, err := a.Exchange(context.Background(), Request{
 			GrantType: GrantTypeTokenExchange, ClientAssertionType: ClientAssertionTypeJWT, ClientAssertion: assertion,
-			SubjectTokenType: TokenTypeJWT, SubjectToken: subject, Audience: target,
+			SubjectTokenType: TokenTypeJWT, SubjectToken: subject, Audience: []string{target},
 		})
 		if err == nil {
 			if assertion != genuine || res.AccessToken == "" {
@@ -58,7 +58,7 @@ func FuzzClientAssertion(f *testing.F) {
 		}
 		switch r := e.Reason(); {
 		case r == authz.ReasonClientUnknown, r == authz.ReasonAssertionInvalid, r == authz.ReasonAssertionReplayed:
-		case assertion == "" && r == authz.ReasonRequestInvalid:
+		case assertion == "" && r == authz.ReasonClientAuthentication:
 		default:
 			t.Fatalf("%q: %v", assertion, err)
 		}

@@ -58,7 +58,7 @@ func TestRefusalKeepsTheAssertion(t *testing.T) {
 	f := newAuthorityFixture(t, nil)
 	assertion := f.assertion(t, clientA, nil)
 	for _, bad := range []func(r *Request){
-		func(r *Request) { r.Audience = "dev:team-b:nobody" },
+		func(r *Request) { r.Audience = []string{"dev:team-b:nobody"} },
 		func(r *Request) { r.SubjectToken = "garbage" },
 	} {
 		req := f.request(t, func(t *testing.T, r *Request) { r.ClientAssertion = assertion })
@@ -151,7 +151,7 @@ func benchRefusal(b *testing.B, forger *idptest.Key, client string) {
 	})
 	req := Request{
 		GrantType: GrantTypeTokenExchange, ClientAssertionType: ClientAssertionTypeJWT, ClientAssertion: assertion,
-		SubjectTokenType: TokenTypeJWT, SubjectToken: "x.y.z", Audience: "dev:team-b:app-b",
+		SubjectTokenType: TokenTypeJWT, SubjectToken: "x.y.z", Audience: []string{"dev:team-b:app-b"},
 	}
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -175,8 +175,8 @@ func TestUsedAssertionIsNoOracle(t *testing.T) {
 	assertion := f.assertion(t, clientA, nil)
 	f.mustExchange(t, f.request(t, func(t *testing.T, r *Request) { r.ClientAssertion = assertion }))
 	for name, edit := range map[string]func(r *Request){
-		"forbidden target":      func(r *Request) { r.Audience = clientDenied },
-		"unknown target":        func(r *Request) { r.Audience = "dev:team-x:nobody" },
+		"forbidden target":      func(r *Request) { r.Audience = []string{clientDenied} },
+		"unknown target":        func(r *Request) { r.Audience = []string{"dev:team-x:nobody"} },
 		"expired subject token": func(r *Request) { r.SubjectToken = "x.y.z" },
 	} {
 		req := f.request(t, func(t *testing.T, r *Request) { r.ClientAssertion = assertion })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/exchange"
@@ -21,13 +22,23 @@ type exchangeService struct {
 var _ vaktv1.TokenExchangeServiceServer = (*exchangeService)(nil)
 
 func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
+	var audience []string
+	if a := req.GetAudience(); a != "" {
+		audience = append(audience, a)
+	}
+	audience = append(audience, req.GetAdditionalAudience()...)
 	res, err := s.cur.Load().Authority.Exchange(ctx, exchange.Request{
 		GrantType:           req.GetGrantType(),
 		ClientAssertionType: req.GetClientAssertionType(),
 		ClientAssertion:     req.GetClientAssertion(),
 		SubjectTokenType:    req.GetSubjectTokenType(),
 		SubjectToken:        req.GetSubjectToken(),
-		Audience:            req.GetAudience(),
+		Audience:            audience,
+		Resource:            req.GetResource(),
+		Scope:               req.GetScope(),
+		RequestedTokenType:  req.GetRequestedTokenType(),
+		ActorToken:          req.GetActorToken(),
+		ActorTokenType:      req.GetActorTokenType(),
 	})
 	if e := s.metrics.observeExchange(err); e != nil {
 		return nil, oauthGRPCError(e)
@@ -41,6 +52,7 @@ func exchangeResponse(res *exchange.Response) *vaktv1.ExchangeResponse {
 		IssuedTokenType: res.IssuedTokenType,
 		TokenType:       res.TokenType,
 		ExpiresIn:       res.ExpiresIn,
+		Scope:           res.Scope,
 	}
 }
 
@@ -53,6 +65,15 @@ type tokenHandler struct {
 var _ http.Handler = (*tokenHandler)(nil)
 
 func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if scheme := authScheme(r); scheme != "" {
+		// RFC 6749 §5.2: a client that authenticated with the Authorization
+		// header gets 401 and a challenge for its scheme. vakt takes
+		// private_key_jwt only, in the body.
+		e := h.metrics.observeExchange(exchange.Refuse(authz.ReasonClientAuthentication, "", nil))
+		w.Header().Set("WWW-Authenticate", scheme+` realm="`+publicText(h.cur.Load().Config.Issuer)+`"`)
+		writeOAuthError(w, e, http.StatusUnauthorized)
+		return
+	}
 	form, rerr := readTokenForm(w, r)
 	if rerr != nil {
 		// RFC 6749 §5.2: a token endpoint answers 400 with an error code.
@@ -63,25 +84,70 @@ func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		GrantType:           form.Get("grant_type"),
 		ClientAssertionType: form.Get("client_assertion_type"),
 		ClientAssertion:     form.Get("client_assertion"),
+		ClientID:            form.Get("client_id"),
+		ClientSecret:        form.Get("client_secret"),
 		SubjectTokenType:    form.Get("subject_token_type"),
 		SubjectToken:        form.Get("subject_token"),
-		Audience:            form.Get("audience"),
+		Audience:            form["audience"],
+		Resource:            form["resource"],
+		Scope:               form.Get("scope"),
+		RequestedTokenType:  form.Get("requested_token_type"),
+		ActorToken:          form.Get("actor_token"),
+		ActorTokenType:      form.Get("actor_token_type"),
 	})
 	if e := h.metrics.observeExchange(err); e != nil {
 		writeOAuthError(w, e, 0)
 		return
 	}
 	w.Header().Set("Pragma", "no-cache")
-	writeJSON(w, http.StatusOK, map[string]any{
+	body := map[string]any{
 		"access_token":      res.AccessToken,
 		"issued_token_type": res.IssuedTokenType,
 		"token_type":        res.TokenType,
 		"expires_in":        res.ExpiresIn,
-	})
+	}
+	if res.Scope != "" {
+		body["scope"] = res.Scope
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
-// readTokenForm reads a form-encoded token request. A parameter may appear
-// once (RFC 6749 §3.2); the body is capped at 64 KiB.
+// authScheme is the scheme of a request's Authorization header, "" when it
+// has none.
+func authScheme(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if h == "" {
+		return ""
+	}
+	scheme, _, _ := strings.Cut(h, " ")
+	if scheme == "" || !validScheme(scheme) {
+		return "Basic" // what RFC 6749 §2.3.1 has clients send
+	}
+	return scheme
+}
+
+func validScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return len(s) <= 32
+}
+
+// singleParams are the token endpoint's defined parameters: each may be
+// given once (RFC 6749 §3.2). audience and resource may repeat (RFC 8693
+// §2.1, RFC 8707); parameters vakt does not define are ignored, repeated or
+// not.
+var singleParams = [...]string{
+	"grant_type", "client_assertion_type", "client_assertion", "client_id", "client_secret",
+	"subject_token", "subject_token_type", "actor_token", "actor_token_type",
+	"requested_token_type", "scope",
+}
+
+// readTokenForm reads a form-encoded token request; the body is capped at
+// 64 KiB.
 func readTokenForm(w http.ResponseWriter, r *http.Request) (url.Values, *requestError) {
 	_, body, rerr := readBody(w, r, "application/x-www-form-urlencoded")
 	if rerr != nil {
@@ -91,8 +157,8 @@ func readTokenForm(w http.ResponseWriter, r *http.Request) (url.Values, *request
 	if err != nil {
 		return nil, badRequest("request body is not valid form encoding")
 	}
-	for name, vs := range form {
-		if len(vs) > 1 {
+	for _, name := range singleParams {
+		if len(form[name]) > 1 {
 			return nil, badRequest(name + " is given more than once")
 		}
 	}

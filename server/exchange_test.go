@@ -110,7 +110,7 @@ func (e *xenv) request(t testing.TB, edit func(r *exchange.Request)) exchange.Re
 		ClientAssertion:     e.assertion(t, app1, nil),
 		SubjectTokenType:    exchange.TokenTypeJWT,
 		SubjectToken:        e.idp.Token(e.idp.Claims(time.Now(), "")),
-		Audience:            appB,
+		Audience:            []string{appB},
 	}
 	if edit != nil {
 		edit(&r)
@@ -125,10 +125,14 @@ type outcome struct {
 }
 
 func (e *xenv) viaGRPC(t *testing.T, r exchange.Request) outcome {
-	res, err := e.grpc.Exchange(context.Background(), &vaktv1.ExchangeRequest{
+	req := &vaktv1.ExchangeRequest{
 		GrantType: r.GrantType, ClientAssertionType: r.ClientAssertionType, ClientAssertion: r.ClientAssertion,
-		SubjectTokenType: r.SubjectTokenType, SubjectToken: r.SubjectToken, Audience: r.Audience,
-	})
+		SubjectTokenType: r.SubjectTokenType, SubjectToken: r.SubjectToken,
+	}
+	if len(r.Audience) > 0 {
+		req.Audience, req.AdditionalAudience = r.Audience[0], r.Audience[1:]
+	}
+	res, err := e.grpc.Exchange(context.Background(), req)
 	if err != nil {
 		st := status.Convert(err)
 		for _, d := range st.Details() {
@@ -148,12 +152,13 @@ func (e *xenv) viaHTTP(t *testing.T, r exchange.Request) outcome {
 	form := url.Values{}
 	for k, v := range map[string]string{
 		"grant_type": r.GrantType, "client_assertion_type": r.ClientAssertionType, "client_assertion": r.ClientAssertion,
-		"subject_token_type": r.SubjectTokenType, "subject_token": r.SubjectToken, "audience": r.Audience,
+		"subject_token_type": r.SubjectTokenType, "subject_token": r.SubjectToken,
 	} {
 		if v != "" {
 			form.Set(k, v)
 		}
 	}
+	form["audience"] = r.Audience
 	resp, err := testHTTP.PostForm(e.issuer+"/token", form)
 	if err != nil {
 		t.Fatal(err)
@@ -204,11 +209,12 @@ func TestExchange(t *testing.T) {
 		{name: "vakt's own token issued to the caller", edit: func(r *exchange.Request) { r.SubjectToken = own(app1) }},
 		{"no grant_type", func(r *exchange.Request) { r.GrantType = "" }, "invalid_request", "grant_type is required"},
 		{"other grant_type", func(r *exchange.Request) { r.GrantType = "client_credentials" }, "unsupported_grant_type", "grant_type must be"},
-		{"other client_assertion_type", func(r *exchange.Request) { r.ClientAssertionType = "urn:x" }, "invalid_request", "client_assertion_type must be"},
-		{"no client_assertion", func(r *exchange.Request) { r.ClientAssertion = "" }, "invalid_request", "client_assertion is required"},
-		{"other subject_token_type", func(r *exchange.Request) { r.SubjectTokenType = exchange.TokenTypeAccessToken }, "invalid_request", "subject_token_type must be"},
+		{"other client_assertion_type", func(r *exchange.Request) { r.ClientAssertionType = "urn:x" }, "invalid_client", "client_assertion_type must be"},
+		{"no client_assertion", func(r *exchange.Request) { r.ClientAssertion = "" }, "invalid_client", "client_assertion is required"},
+		{"other subject_token_type", func(r *exchange.Request) { r.SubjectTokenType = "urn:ietf:params:oauth:token-type:id_token" }, "invalid_request", "subject_token_type must be"},
+		{"subject_token_type access_token", func(r *exchange.Request) { r.SubjectTokenType = exchange.TokenTypeAccessToken }, "", ""},
 		{"no subject_token", func(r *exchange.Request) { r.SubjectToken = "" }, "invalid_request", "subject_token is required"},
-		{"no audience", func(r *exchange.Request) { r.Audience = "" }, "invalid_request", "audience is required"},
+		{"no audience", func(r *exchange.Request) { r.Audience = nil }, "invalid_request", "audience is required"},
 		{"assertion garbage", func(r *exchange.Request) { r.ClientAssertion = "garbage" }, "invalid_client", "client assertion is invalid: token is malformed"},
 		{"unknown client", func(r *exchange.Request) {
 			r.ClientAssertion = e.assertion(t, "dev-gcp:team-x:nobody", nil)
@@ -256,11 +262,11 @@ func TestExchange(t *testing.T) {
 			r.SubjectToken = e.idp.Token(map[string]any{"iss": "https://evil.example", "sub": "u", "exp": now.Add(time.Hour).Unix()})
 		}, "invalid_request", "invalid subject_token: token issuer is not trusted"},
 		{"vakt's own token issued to another application", func(r *exchange.Request) { r.SubjectToken = own(appB) }, "invalid_request", "invalid subject_token: token audience is invalid"},
-		{"unknown target", func(r *exchange.Request) { r.Audience = "dev-gcp:team-b:nobody" }, "invalid_target", "token exchange audience is invalid"},
+		{"unknown target", func(r *exchange.Request) { r.Audience = []string{"dev-gcp:team-b:nobody"} }, "invalid_target", "token exchange audience is invalid"},
 		{"target does not allow the client", func(r *exchange.Request) {
 			r.ClientAssertion = e.assertion(t, app3, nil)
 		}, "invalid_target", "token exchange audience is invalid"},
-		{"target is the client itself", func(r *exchange.Request) { r.Audience = app1 }, "invalid_target", "token exchange audience is invalid"},
+		{"target is the client itself", func(r *exchange.Request) { r.Audience = []string{app1} }, "invalid_target", "token exchange audience is invalid"},
 	}
 	transports := map[string]func(*testing.T, exchange.Request) outcome{"grpc": e.viaGRPC, "http": e.viaHTTP}
 	for _, tt := range tests {
@@ -297,7 +303,8 @@ func TestExchange(t *testing.T) {
 // its claims are the subject's plus vakt's.
 func (e *xenv) checkIssued(t *testing.T, got outcome, client, target, idp string) map[string]any {
 	t.Helper()
-	if got.expiresIn != 900 {
+	// The lifetime (15m), or what is left of the subject token's.
+	if got.expiresIn <= 0 || got.expiresIn > 900 {
 		t.Fatalf("expires_in %d", got.expiresIn)
 	}
 	res, err := e.introspec.Introspect(context.Background(), &vaktv1.IntrospectRequest{IdentityProvider: "tokenx", Token: got.token})
@@ -311,7 +318,7 @@ func (e *xenv) checkIssued(t *testing.T, got outcome, client, target, idp string
 	if c["idp"] != idp {
 		t.Fatalf("idp %v, want %s", c["idp"], idp)
 	}
-	if exp, iat := c["exp"].(float64), c["iat"].(float64); exp-iat != 900 || c["nbf"] != c["iat"] {
+	if exp, iat := c["exp"].(float64), c["iat"].(float64); exp-iat != float64(got.expiresIn) || c["nbf"] != c["iat"] {
 		t.Fatalf("times %v", c)
 	}
 	hdr, _ := idptestHeader(got.token)
@@ -485,7 +492,7 @@ func TestExchangeMetrics(t *testing.T) {
 	e := newExchangeEnv(t, nil)
 	e.viaGRPC(t, e.request(t, nil))
 	e.viaHTTP(t, e.request(t, nil))
-	e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.Audience = "dev-gcp:team-b:nobody" }))
+	e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.Audience = []string{"dev-gcp:team-b:nobody"} }))
 	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app3, nil) }))
 	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = "x" }))
 	resp, err := testHTTP.Get(e.issuer + "/metrics")

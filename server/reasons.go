@@ -27,6 +27,7 @@ const (
 	codeInvalidToken           = "invalid_token"
 	codeInsufficientScope      = "insufficient_scope"
 	codeAccessDenied           = "access_denied"
+	codeInvalidScope           = "invalid_scope"
 )
 
 // answer is how every face says one reason: the HTTP status, the gRPC code,
@@ -73,9 +74,16 @@ var answers = [...]answer{
 	authz.ReasonClaimNotForwardable: {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidToken},
 
 	authz.ReasonGrantTypeUnsupported: {http.StatusBadRequest, codes.InvalidArgument, codeUnsupportedGrantType},
-	authz.ReasonClientUnknown:        {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},
-	authz.ReasonAssertionInvalid:     {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},
-	authz.ReasonAssertionReplayed:    {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},
+	// invalid_client is 400: RFC 6749 §5.2 has 401 say which HTTP
+	// authentication schemes a token endpoint supports, and vakt's is none
+	// (private_key_jwt travels in the body). A client that did use the
+	// Authorization header gets 401 and a challenge for its scheme
+	// (tokenHandler).
+	authz.ReasonClientAuthentication: {http.StatusBadRequest, codes.Unauthenticated, codeInvalidClient},
+	authz.ReasonClientMismatch:       {http.StatusBadRequest, codes.Unauthenticated, codeInvalidClient},
+	authz.ReasonClientUnknown:        {http.StatusBadRequest, codes.Unauthenticated, codeInvalidClient},
+	authz.ReasonAssertionInvalid:     {http.StatusBadRequest, codes.Unauthenticated, codeInvalidClient},
+	authz.ReasonAssertionReplayed:    {http.StatusBadRequest, codes.Unauthenticated, codeInvalidClient},
 	// One client past its share of the replay store: its own load, not an
 	// outage; it retries later, as 429 says.
 	authz.ReasonAssertionQuota:      {http.StatusTooManyRequests, codes.ResourceExhausted, codeTemporarilyUnavailable},
@@ -83,6 +91,8 @@ var answers = [...]answer{
 	authz.ReasonSubjectTokenInvalid: {http.StatusBadRequest, codes.InvalidArgument, codeInvalidRequest},
 	authz.ReasonTargetUnknown:       {http.StatusBadRequest, codes.PermissionDenied, codeInvalidTarget},
 	authz.ReasonTargetDenied:        {http.StatusBadRequest, codes.PermissionDenied, codeInvalidTarget},
+	authz.ReasonTargetAmbiguous:     {http.StatusBadRequest, codes.InvalidArgument, codeInvalidTarget},
+	authz.ReasonScopeInvalid:        {http.StatusBadRequest, codes.PermissionDenied, codeInvalidScope},
 	authz.ReasonUpstreamUnavailable: {http.StatusServiceUnavailable, codes.Unavailable, codeTemporarilyUnavailable},
 	// The upstream's own code replaces this one (oauthAnswer).
 	authz.ReasonUpstreamRefused: {http.StatusBadRequest, codes.InvalidArgument, codeInvalidRequest},
@@ -106,10 +116,10 @@ func answerFor(r authz.Reason) answer {
 var oauthCodes = map[string]answer{
 	codeInvalidRequest:         {http.StatusBadRequest, codes.InvalidArgument, codeInvalidRequest},
 	codeUnsupportedGrantType:   {http.StatusBadRequest, codes.InvalidArgument, codeUnsupportedGrantType},
-	codeInvalidClient:          {http.StatusUnauthorized, codes.Unauthenticated, codeInvalidClient},
+	codeInvalidClient:          {http.StatusBadRequest, codes.Unauthenticated, codeInvalidClient},
 	codeInvalidTarget:          {http.StatusBadRequest, codes.PermissionDenied, codeInvalidTarget},
 	"invalid_grant":            {http.StatusBadRequest, codes.InvalidArgument, "invalid_grant"},
-	"invalid_scope":            {http.StatusBadRequest, codes.InvalidArgument, "invalid_scope"},
+	codeInvalidScope:           {http.StatusBadRequest, codes.PermissionDenied, codeInvalidScope},
 	"unauthorized_client":      {http.StatusBadRequest, codes.PermissionDenied, "unauthorized_client"},
 	codeTemporarilyUnavailable: {http.StatusServiceUnavailable, codes.Unavailable, codeTemporarilyUnavailable},
 	codeServerError:            {http.StatusBadGateway, codes.Unavailable, codeServerError},

@@ -34,14 +34,29 @@ type ExchangeRequest struct {
 	SubjectTokenType string `protobuf:"bytes,4,opt,name=subject_token_type,json=subjectTokenType,proto3" json:"subject_token_type,omitempty"`
 	// The token to exchange.
 	SubjectToken string `protobuf:"bytes,5,opt,name=subject_token,json=subjectToken,proto3" json:"subject_token,omitempty"`
-	// The target application id, cluster:namespace:name.
+	// The target application id, cluster:namespace:name. With resource, or
+	// additional_audience, every value must name the same target.
 	Audience string `protobuf:"bytes,6,opt,name=audience,proto3" json:"audience,omitempty"`
 	// Agent only (vakt agent): ask the token endpoint even if a cached token
 	// is still good, and cache the new one. An agent needs only subject_token,
 	// audience and this; it makes the rest itself.
-	SkipCache     bool `protobuf:"varint,7,opt,name=skip_cache,json=skipCache,proto3" json:"skip_cache,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SkipCache bool `protobuf:"varint,7,opt,name=skip_cache,json=skipCache,proto3" json:"skip_cache,omitempty"`
+	// RFC 8693 §2.1: more audience values (the form's repeated audience).
+	AdditionalAudience []string `protobuf:"bytes,8,rep,name=additional_audience,json=additionalAudience,proto3" json:"additional_audience,omitempty"`
+	// RFC 8707: absolute URIs of the target; each must name the same
+	// application as audience.
+	Resource []string `protobuf:"bytes,9,rep,name=resource,proto3" json:"resource,omitempty"`
+	// The scopes asked for, space-separated: a subset of the subject token's.
+	// Empty: the subject token's scopes.
+	Scope string `protobuf:"bytes,10,opt,name=scope,proto3" json:"scope,omitempty"`
+	// urn:ietf:params:oauth:token-type:access_token or
+	// urn:ietf:params:oauth:token-type:jwt (the same token); empty for either.
+	RequestedTokenType string `protobuf:"bytes,11,opt,name=requested_token_type,json=requestedTokenType,proto3" json:"requested_token_type,omitempty"`
+	// Actor tokens are not supported: a request with either is refused.
+	ActorToken     string `protobuf:"bytes,12,opt,name=actor_token,json=actorToken,proto3" json:"actor_token,omitempty"`
+	ActorTokenType string `protobuf:"bytes,13,opt,name=actor_token_type,json=actorTokenType,proto3" json:"actor_token_type,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ExchangeRequest) Reset() {
@@ -123,6 +138,48 @@ func (x *ExchangeRequest) GetSkipCache() bool {
 	return false
 }
 
+func (x *ExchangeRequest) GetAdditionalAudience() []string {
+	if x != nil {
+		return x.AdditionalAudience
+	}
+	return nil
+}
+
+func (x *ExchangeRequest) GetResource() []string {
+	if x != nil {
+		return x.Resource
+	}
+	return nil
+}
+
+func (x *ExchangeRequest) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *ExchangeRequest) GetRequestedTokenType() string {
+	if x != nil {
+		return x.RequestedTokenType
+	}
+	return ""
+}
+
+func (x *ExchangeRequest) GetActorToken() string {
+	if x != nil {
+		return x.ActorToken
+	}
+	return ""
+}
+
+func (x *ExchangeRequest) GetActorTokenType() string {
+	if x != nil {
+		return x.ActorTokenType
+	}
+	return ""
+}
+
 type ExchangeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The issued token.
@@ -132,7 +189,10 @@ type ExchangeResponse struct {
 	// Bearer
 	TokenType string `protobuf:"bytes,3,opt,name=token_type,json=tokenType,proto3" json:"token_type,omitempty"`
 	// Seconds until the token expires.
-	ExpiresIn     int64 `protobuf:"varint,4,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
+	ExpiresIn int64 `protobuf:"varint,4,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
+	// The issued token's scopes, space-separated, when they differ from the
+	// scopes asked for (RFC 8693 §2.2.1).
+	Scope         string `protobuf:"bytes,5,opt,name=scope,proto3" json:"scope,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -195,11 +255,18 @@ func (x *ExchangeResponse) GetExpiresIn() int64 {
 	return 0
 }
 
+func (x *ExchangeResponse) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
 var File_vakt_v1_exchange_proto protoreflect.FileDescriptor
 
 const file_vakt_v1_exchange_proto_rawDesc = "" +
 	"\n" +
-	"\x16vakt/v1/exchange.proto\x12\avakt.v1\"\x9d\x02\n" +
+	"\x16vakt/v1/exchange.proto\x12\avakt.v1\"\xfd\x03\n" +
 	"\x0fExchangeRequest\x12\x1d\n" +
 	"\n" +
 	"grant_type\x18\x01 \x01(\tR\tgrantType\x122\n" +
@@ -209,14 +276,23 @@ const file_vakt_v1_exchange_proto_rawDesc = "" +
 	"\rsubject_token\x18\x05 \x01(\tR\fsubjectToken\x12\x1a\n" +
 	"\baudience\x18\x06 \x01(\tR\baudience\x12\x1d\n" +
 	"\n" +
-	"skip_cache\x18\a \x01(\bR\tskipCache\"\x9f\x01\n" +
+	"skip_cache\x18\a \x01(\bR\tskipCache\x12/\n" +
+	"\x13additional_audience\x18\b \x03(\tR\x12additionalAudience\x12\x1a\n" +
+	"\bresource\x18\t \x03(\tR\bresource\x12\x14\n" +
+	"\x05scope\x18\n" +
+	" \x01(\tR\x05scope\x120\n" +
+	"\x14requested_token_type\x18\v \x01(\tR\x12requestedTokenType\x12\x1f\n" +
+	"\vactor_token\x18\f \x01(\tR\n" +
+	"actorToken\x12(\n" +
+	"\x10actor_token_type\x18\r \x01(\tR\x0eactorTokenType\"\xb5\x01\n" +
 	"\x10ExchangeResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12*\n" +
 	"\x11issued_token_type\x18\x02 \x01(\tR\x0fissuedTokenType\x12\x1d\n" +
 	"\n" +
 	"token_type\x18\x03 \x01(\tR\ttokenType\x12\x1d\n" +
 	"\n" +
-	"expires_in\x18\x04 \x01(\x03R\texpiresIn2W\n" +
+	"expires_in\x18\x04 \x01(\x03R\texpiresIn\x12\x14\n" +
+	"\x05scope\x18\x05 \x01(\tR\x05scope2W\n" +
 	"\x14TokenExchangeService\x12?\n" +
 	"\bExchange\x12\x18.vakt.v1.ExchangeRequest\x1a\x19.vakt.v1.ExchangeResponseB-Z+github.com/vakt-dev/vakt/gen/vakt/v1;vaktv1b\x06proto3"
 
