@@ -84,6 +84,11 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 		return deny(ReasonTokenMissing, nil)
 	}
 	token, err := splitBearer(req.Authorization)
+	if err == errNotBearer {
+		// RFC 6750 §3.1: another scheme is no token at all; the answer is
+		// a plain challenge, without an error code.
+		return deny(ReasonTokenMissing, err)
+	}
 	if err != nil {
 		return deny(ReasonAuthorizationInvalid, err)
 	}

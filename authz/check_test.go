@@ -358,7 +358,8 @@ func (e *checkEnv) cases(t *testing.T) []checkCase {
 
 		// The Authorization header.
 		{name: "no Authorization", path: "/read", want: authz.ReasonTokenMissing},
-		{name: "Basic credentials", path: "/read", auth: "Basic dXNlcjpwYXNz", want: authz.ReasonAuthorizationInvalid, err: authz.ErrBadAuthorization},
+		// RFC 6750 §3.1: another scheme is no bearer token at all.
+		{name: "Basic credentials", path: "/read", auth: "Basic dXNlcjpwYXNz", want: authz.ReasonTokenMissing},
 		{name: "two tokens", path: "/read", auth: read + "," + read, want: authz.ReasonAuthorizationInvalid},
 		{name: "two tokens, comma only", path: "/read", auth: read + "," + strings.TrimPrefix(read, "Bearer "), want: authz.ReasonAuthorizationInvalid},
 		{name: "two tokens, comma and space", path: "/read", auth: read + ", " + read, want: authz.ReasonAuthorizationInvalid},

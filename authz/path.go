@@ -164,7 +164,7 @@ func unhex(c byte) byte {
 func BearerToken(header string) (string, error) {
 	tok, err := splitBearer(header)
 	if err != nil {
-		return "", err
+		return "", ErrBadAuthorization
 	}
 	if !validB64Token(tok) {
 		return "", ErrBadAuthorization
@@ -178,7 +178,10 @@ func BearerToken(header string) (string, error) {
 // full check can wait for a cache miss.
 func splitBearer(header string) (string, error) {
 	scheme, rest, ok := strings.Cut(header, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
+	if !strings.EqualFold(scheme, "Bearer") {
+		return "", errNotBearer
+	}
+	if !ok {
 		return "", ErrBadAuthorization
 	}
 	tok := strings.TrimLeft(rest, " ")
@@ -187,6 +190,10 @@ func splitBearer(header string) (string, error) {
 	}
 	return tok, nil
 }
+
+// errNotBearer is an Authorization header of another scheme (Basic, say):
+// no bearer token at all, as RFC 6750 §3.1 reads it.
+var errNotBearer error = &rejection{ReasonTokenMissing}
 
 // validB64Token reports whether tok is a b64token:
 // 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".

@@ -125,8 +125,12 @@ type Application struct {
 	JWKSURI      string       `yaml:"jwksUri"`
 	AccessPolicy AccessPolicy `yaml:"accessPolicy"`
 	// Hosts are the request hosts (without port) that name the application
-	// in Check when Envoy's configuration does not.
+	// in Check when Envoy's configuration does not, and in a token
+	// exchange's resource (RFC 8707).
 	Hosts []string `yaml:"hosts"`
+	// Resources are absolute URIs that name the application in a token
+	// exchange's resource, besides the URIs of its hosts.
+	Resources []string `yaml:"resources"`
 	// Routes, matched in order; the first match decides. With routes, a
 	// request matching none is denied.
 	Routes []Route `yaml:"routes"`

@@ -50,10 +50,11 @@ var label = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 // validator collects FieldErrors, with lines found in the YAML, and
 // warnings.
 type validator struct {
-	file     *ast.File
-	config   *Config
-	errs     Errors
-	warnings []string
+	file      *ast.File
+	config    *Config
+	errs      Errors
+	warnings  []string
+	resources map[string]string // resource URI → application id
 }
 
 func (v *validator) warn(format string, args ...any) {
@@ -61,7 +62,7 @@ func (v *validator) warn(format string, args ...any) {
 }
 
 func newValidator(data []byte) *validator {
-	v := &validator{}
+	v := &validator{resources: map[string]string{}}
 	if f, err := parser.ParseBytes(data, 0); err == nil {
 		v.file = f
 	}
@@ -113,7 +114,7 @@ func (c *Config) validate(v *validator) {
 // validateServer checks the issuer, cluster, listen addresses and
 // validation limits.
 func (c *Config) validateServer(v *validator) {
-	if err := checkURL(c.Issuer); err != nil {
+	if err := checkIssuer(c.Issuer); err != nil {
 		v.fail("issuer", "%v", err)
 	}
 	if c.Cluster == "" {
@@ -299,6 +300,18 @@ func (v *validator) check(at string, a *Application, providers map[string]int, h
 			hosts[h] = a.ID()
 		}
 	}
+	for j, r := range a.Resources {
+		p := fmt.Sprintf("%s.resources[%d]", at, j)
+		u, err := url.Parse(r)
+		switch {
+		case err != nil || !u.IsAbs() || u.Fragment != "":
+			v.fail(p, "%q is not an absolute URI without a fragment", r)
+		case v.resources[r] != "":
+			v.fail(p, "%q already belongs to %s", r, v.resources[r])
+		default:
+			v.resources[r] = a.ID()
+		}
+	}
 	for j, r := range a.Routes {
 		p := fmt.Sprintf("%s.routes[%d]", at, j)
 		switch {
@@ -371,6 +384,31 @@ func (v *validator) name(path, s string, required bool) {
 	case s != "" && !label.MatchString(s):
 		v.fail(path, "%q is not a valid name (lowercase letters, digits and '-', at most 63)", s)
 	}
+}
+
+// checkIssuer accepts vakt's own issuer as RFC 8414 §2 has it: an https URL
+// with no query or fragment (a path is allowed); plain http only on a
+// loopback host, for development.
+func checkIssuer(s string) error {
+	if err := checkURL(s); err != nil {
+		return err
+	}
+	u, _ := url.Parse(s)
+	if u.RawQuery != "" || u.ForceQuery {
+		return fmt.Errorf("%q has a query; an issuer has none (RFC 8414 §2)", s)
+	}
+	if u.Scheme == "http" && !loopback(u.Hostname()) {
+		return fmt.Errorf("%q is not https; plain http is for loopback addresses only (RFC 8414 §2)", s)
+	}
+	return nil
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // checkURL accepts an absolute http or https URL without fragment.

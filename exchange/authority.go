@@ -362,7 +362,7 @@ func (a *Authority) target(req Request) (string, error) {
 	}
 	for _, r := range req.Resource {
 		u, err := url.Parse(r)
-		if err != nil || !u.IsAbs() || u.Host == "" || u.Fragment != "" {
+		if err != nil || !u.IsAbs() || u.Fragment != "" {
 			return "", Refuse(authz.ReasonTargetUnknown, "resource must be an absolute URI without a fragment", nil)
 		}
 		app, ok := a.cfg.Policy.ApplicationByResource(u)

@@ -120,12 +120,12 @@ func newAuthorityFixture(t *testing.T, replay func(now func() time.Time) ReplayS
 	}
 
 	apps := []authz.ApplicationPolicy{
-		{ID: clientA, Inbound: []string{clientRemote}},
+		{ID: clientA, Inbound: []string{clientRemote}, Hosts: []string{"app-1.example.com"}},
 		{ID: clientNoKeys},
 		{ID: clientDenied},
 		{ID: clientRemote},
 		{ID: clientKeysDown},
-		{ID: targetB, Inbound: []string{clientA, clientRemote, clientKeysDown}},
+		{ID: targetB, Inbound: []string{clientA, clientRemote, clientKeysDown}, Hosts: []string{"app-b.example.com"}, Resources: []string{"urn:example:app-b"}},
 	}
 	policy, err := authz.NewPolicy(apps)
 	if err != nil {

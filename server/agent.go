@@ -90,7 +90,7 @@ func AgentServices(rt *AgentRuntime, m *Metrics, log *slog.Logger) *Services {
 		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
 		vaktv1.RegisterTokenExchangeServiceServer(r, &agentExchangeService{agent: rt.Agent, metrics: m})
 	})
-	s.mux.Handle("POST /api/v1/introspect", s.limited(&introspectHandler{in: in}))
+	s.mux.Handle("POST /api/v1/introspect", s.limitedIntrospect(&introspectHandler{in: in}))
 	s.mux.Handle("POST /api/v1/token/exchange", s.limited(&agentExchangeHandler{agent: rt.Agent, metrics: m}))
 	return s
 }

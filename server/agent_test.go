@@ -36,7 +36,7 @@ func newAgentEnv(t testing.TB) *agentEnv {
 		Key:           &exchange.SigningKey{ID: k.ID, Alg: k.Alg, Private: k.Private},
 		TokenEndpoint: x.issuer + "/token",
 		Issuer:        x.issuer,
-		WellKnownURL:  x.issuer + "/.well-known/openid-configuration",
+		WellKnownURL:  x.issuer + "/.well-known/oauth-authorization-server",
 		IDPorten:      &agent.IDPortenEnv{Issuer: x.idp.URL, JWKSURI: x.idp.JWKSURI()},
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -178,7 +178,7 @@ func TestCheck(t *testing.T) {
 		{name: "lower-case bearer", req: creq{app: appB, path: "/read", headers: map[string]string{"authorization": "bearer " + read}}},
 		{name: "query string ignored", req: creq{app: appB, path: "/read?id=1&x=/create", headers: bearer(read)}},
 		{name: "two Authorization values", req: creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + read + ",Bearer " + read}}, status: 400, want: `error="invalid_request"`},
-		{name: "Basic credentials", req: creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Basic dXNlcjpwYXNz"}}, status: 400, want: `error="invalid_request"`},
+		{name: "Basic credentials", req: creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Basic dXNlcjpwYXNz"}}, status: 401, want: `Bearer realm="dev-gcp:team-b:app-b"`},
 		{name: "no token", req: creq{app: appB, path: "/read"}, status: 401, want: `Bearer realm="dev-gcp:team-b:app-b"`},
 		{name: "expired token", req: creq{app: appB, path: "/read", headers: bearer(e.own(app1, appB, "read:users", "exp", now.Add(-time.Minute).Unix()))}, status: 401, want: `error="invalid_token", error_description="token is expired"`},
 		{name: "garbage token", req: creq{app: appB, path: "/read", headers: bearer("abc")}, status: 401, want: `error="invalid_token"`},

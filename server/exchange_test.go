@@ -46,12 +46,19 @@ type xenv struct {
 
 func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
 	t.Helper()
+	return newExchangeEnvAt(t, replay, "")
+}
+
+// newExchangeEnvAt is newExchangeEnv with vakt's issuer at a path of its
+// HTTP base URL ("/tenant"), as RFC 8414 §3 allows.
+func newExchangeEnvAt(t testing.TB, replay exchange.ReplayStore, path string) *xenv {
+	t.Helper()
 	e := &xenv{idp: idptest.NewIssuer(t, "RS256"), keys: map[string]*idptest.Key{}, metrics: NewMetrics()}
 	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.issuer = "http://" + ls.HTTP.Addr().String()
+	e.issuer = "http://" + ls.HTTP.Addr().String() + path
 	e.keys[app1] = idptest.NewKey(t, "client-key-1", "RS256")
 	e.keys[app3] = idptest.NewKey(t, "client-key-1", "ES256")
 	yaml := exchangeYAML(t, e)
@@ -404,7 +411,13 @@ func TestMetadataAndJWKS(t *testing.T) {
 		}
 		return m
 	}
-	for _, p := range []string{"/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"} {
+	// vakt is no OpenID Provider: it serves RFC 8414 metadata only.
+	if resp, err := testHTTP.Get(e.issuer + "/.well-known/openid-configuration"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("openid-configuration: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	for _, p := range []string{"/.well-known/oauth-authorization-server"} {
 		m := get(p)
 		if m["issuer"] != e.issuer || m["token_endpoint"] != e.issuer+"/token" || m["jwks_uri"] != e.issuer+"/jwks" {
 			t.Fatalf("%s: %v", p, m)
@@ -429,8 +442,8 @@ func TestMetadataAndJWKS(t *testing.T) {
 	}
 }
 
-// go-oidc, a verifier no one here wrote, verifies an issued token through
-// vakt's discovery document and JWKS.
+// go-oidc, a verifier no one here wrote, verifies an issued token with the
+// key set vakt's RFC 8414 metadata names.
 func TestIssuedTokenVerifiesWithGoOIDC(t *testing.T) {
 	e := newExchangeEnv(t, nil)
 	got := e.viaHTTP(t, e.request(t, nil))
@@ -438,18 +451,29 @@ func TestIssuedTokenVerifiesWithGoOIDC(t *testing.T) {
 		t.Fatal(got.description)
 	}
 	ctx := context.Background()
-	p, err := oidc.NewProvider(ctx, e.issuer)
+	resp, err := testHTTP.Get(e.issuer + "/.well-known/oauth-authorization-server")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := p.Verifier(&oidc.Config{ClientID: appB}).Verify(ctx, got.token)
+	var meta struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&meta)
+	resp.Body.Close()
+	if err != nil || meta.Issuer != e.issuer {
+		t.Fatalf("metadata %+v %v", meta, err)
+	}
+	keys := oidc.NewRemoteKeySet(ctx, meta.JWKSURI)
+	algs := []string{"ES256"} // the signing key newExchangeEnv makes
+	tok, err := oidc.NewVerifier(meta.Issuer, keys, &oidc.Config{ClientID: appB, SupportedSigningAlgs: algs}).Verify(ctx, got.token)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tok.Subject != "user-1" || tok.Issuer != e.issuer {
 		t.Fatalf("token %+v", tok)
 	}
-	if _, err := p.Verifier(&oidc.Config{ClientID: app1}).Verify(ctx, got.token); err == nil {
+	if _, err := oidc.NewVerifier(meta.Issuer, keys, &oidc.Config{ClientID: app1, SupportedSigningAlgs: algs}).Verify(ctx, got.token); err == nil {
 		t.Fatal("verified for the wrong audience")
 	}
 }

@@ -102,6 +102,13 @@ func (s *introspectionService) Introspect(ctx context.Context, req *vaktv1.Intro
 	return out, nil
 }
 
+// writeIntrospectError answers a request that cannot be introspected as the
+// NAIS contract has every answer: with active (false) and the error, and
+// nothing else; the status says what was wrong with the request.
+func writeIntrospectError(w http.ResponseWriter, e *requestError) {
+	writeJSON(w, e.status, map[string]any{"active": false, "error": e.description})
+}
+
 // introspectHandler is POST /api/v1/introspect, the NAIS contract.
 type introspectHandler struct{ in *introspector }
 
@@ -110,12 +117,12 @@ var _ http.Handler = (*introspectHandler)(nil)
 func (h *introspectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f, rerr := readFields(w, r, "identity_provider", "token")
 	if rerr != nil {
-		writeRequestError(w, rerr)
+		writeIntrospectError(w, rerr)
 		return
 	}
 	res, bad := h.in.introspect(r.Context(), f["identity_provider"], f["token"])
 	if bad != "" {
-		writeRequestError(w, badRequest(bad))
+		writeIntrospectError(w, badRequest(bad))
 		return
 	}
 	// "The response is always a HTTP 200 OK response with a JSON body."

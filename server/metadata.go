@@ -2,11 +2,61 @@ package server
 
 import (
 	"net/http"
-	"slices"
+	"net/url"
 	"strings"
 
 	"github.com/vakt-dev/vakt/exchange"
 )
+
+// issuerRoutes serves the endpoints whose paths follow from vakt's issuer
+// (RFC 8414 §3): the token endpoint <issuer>/token, the key set
+// <issuer>/jwks, and the metadata at /.well-known/oauth-authorization-server
+// with the issuer's path appended (https://vakt.example/tenant has its
+// metadata at /.well-known/oauth-authorization-server/tenant). The issuer is
+// the running configuration's, so a reload that changes it moves them.
+//
+// vakt serves no /.well-known/openid-configuration: it is no OpenID
+// Provider (it has no authorization endpoint and issues no ID tokens), and a
+// discovery document that claimed otherwise would be invalid. OpenID
+// Connect clients read RFC 8414 metadata too (openid-client: algorithm
+// "oauth2").
+type issuerRoutes struct {
+	cur                   *Current
+	token, jwks, metadata http.Handler
+}
+
+func (h *issuerRoutes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	base := issuerPath(h.cur.Load().Config.Issuer)
+	var next http.Handler
+	method := http.MethodGet
+	switch r.URL.Path {
+	case base + "/token":
+		next, method = h.token, http.MethodPost
+	case base + "/jwks":
+		next = h.jwks
+	case "/.well-known/oauth-authorization-server" + base:
+		next = h.metadata
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	if r.Method != method && (method != http.MethodGet || r.Method != http.MethodHead) {
+		w.Header().Set("Allow", method)
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	next.ServeHTTP(w, r)
+}
+
+// issuerPath is the path of an issuer URL without its trailing slash: ""
+// for https://vakt.example, "/tenant" for https://vakt.example/tenant/.
+func issuerPath(issuer string) string {
+	u, err := url.Parse(issuer)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimRight(u.EscapedPath(), "/")
+}
 
 // jwksHandler is GET /jwks: the public keys of the tokens vakt issues.
 func jwksHandler(cur *Current) http.HandlerFunc {
@@ -24,8 +74,7 @@ func metadataHandler(cur *Current) http.HandlerFunc {
 	}
 }
 
-// metadata is RFC 8414 authorization server metadata, served as both
-// /.well-known/oauth-authorization-server and /.well-known/openid-configuration.
+// metadata is RFC 8414 authorization server metadata.
 func metadata(rt *Runtime) map[string]any {
 	iss := strings.TrimRight(rt.Config.Issuer, "/")
 	return map[string]any{
@@ -35,18 +84,7 @@ func metadata(rt *Runtime) map[string]any {
 		"grant_types_supported":                 []string{exchange.GrantTypeTokenExchange},
 		"token_endpoint_auth_methods_supported": []string{"private_key_jwt"},
 		"token_endpoint_auth_signing_alg_values_supported": exchange.AssertionAlgorithms,
-		"response_types_supported":                         []string{},
-		"subject_types_supported":                          []string{"public"},
-		"id_token_signing_alg_values_supported":            signingAlgorithms(rt.Signer),
+		// REQUIRED by RFC 8414 §2; vakt has no authorization endpoint.
+		"response_types_supported": []string{},
 	}
-}
-
-func signingAlgorithms(s *exchange.Signer) []string {
-	var algs []string
-	for _, k := range s.Keys() {
-		if !slices.Contains(algs, k.Alg) {
-			algs = append(algs, k.Alg)
-		}
-	}
-	return algs
 }

@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -61,11 +62,13 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, metrics: m})
 		authv3.RegisterAuthorizationServer(r, &authorizationService{cur: cur, log: log})
 	})
-	s.mux.Handle("POST /api/v1/introspect", s.limited(&introspectHandler{in: in}))
-	s.mux.Handle("POST /token", s.limited(&tokenHandler{cur: cur, metrics: m}))
-	s.mux.HandleFunc("GET /jwks", jwksHandler(cur))
-	s.mux.HandleFunc("GET /.well-known/oauth-authorization-server", metadataHandler(cur))
-	s.mux.HandleFunc("GET /.well-known/openid-configuration", metadataHandler(cur))
+	s.mux.Handle("/api/v1/introspect", onlyMethod(http.MethodPost, s.limitedIntrospect(&introspectHandler{in: in})))
+	s.mux.Handle("/", &issuerRoutes{
+		cur:      cur,
+		token:    s.limited(&tokenHandler{cur: cur, metrics: m}),
+		jwks:     jwksHandler(cur),
+		metadata: metadataHandler(cur),
+	})
 	return s
 }
 
@@ -147,7 +150,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	clients := make(map[string]authz.KeySource)
 	for i := range cfg.Applications {
 		a := &cfg.Applications[i]
-		ap := authz.ApplicationPolicy{ID: a.ID(), Hosts: a.Hosts, StripAuthorization: a.StripAuthorization}
+		ap := authz.ApplicationPolicy{ID: a.ID(), Hosts: a.Hosts, Resources: a.Resources, StripAuthorization: a.StripAuthorization}
 		if a.PathParameters == config.PathParametersStrip {
 			ap.PathParameters = authz.StripPathParameters
 		}

@@ -88,14 +88,41 @@ func (s *Services) WithLimits(check, other int) *Services {
 	return s
 }
 
+// onlyMethod serves h for method, and 405 for any other: the catch-all of
+// the issuer's routes must not turn a wrong method into a 404.
+func onlyMethod(method string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != method {
+			w.Header().Set("Allow", method)
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // limited admits an HTTP request within the budget for everything but
 // Check, answering 503 temporarily_unavailable past it.
 func (s *Services) limited(h http.Handler) http.Handler {
+	return s.limitedWith(h, func(w http.ResponseWriter) {
+		writeJSON(w, answerFor(authz.ReasonOverloaded).http, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
+	})
+}
+
+// limitedIntrospect is limited for introspection, whose every answer has
+// active (the NAIS contract), an overload's too.
+func (s *Services) limitedIntrospect(h http.Handler) http.Handler {
+	return s.limitedWith(h, func(w http.ResponseWriter) {
+		writeIntrospectError(w, &requestError{answerFor(authz.ReasonOverloaded).http, authz.ReasonOverloaded.Description()})
+	})
+}
+
+func (s *Services) limitedWith(h http.Handler, overloaded func(http.ResponseWriter)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		slots := s.budgets.other
 		if !take(slots) {
 			w.Header().Set("Retry-After", "1")
-			writeJSON(w, answerFor(authz.ReasonOverloaded).http, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
+			overloaded(w)
 			return
 		}
 		defer func() { <-slots }()
