@@ -12,9 +12,11 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jwk"
 )
 
-// TestInteropNode runs test/interop/exchange.test.mjs: Node's openid-client
-// performs a token exchange against vakt on loopback with private_key_jwt,
-// and jose verifies the issued token against /jwks. CI installs the
+// TestInteropNode runs test/interop: Node's openid-client performs a token
+// exchange against vakt on loopback with private_key_jwt, and jose verifies
+// the issued token against /jwks (exchange.test.mjs); oauth4webapi
+// exchanges a subject token with claims of protocol meaning and validates
+// the issued token as an RFC 9068 resource server (rfc9068.test.mjs). CI installs the
 // packages (npm ci); elsewhere the test skips when they are missing.
 func TestInteropNode(t *testing.T) {
 	dir, err := filepath.Abs("../test/interop")
@@ -42,7 +44,13 @@ func TestInteropNode(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "--test", "--test-timeout=60000", "exchange.test.mjs")
+	// A subject token with claims of protocol meaning, which the issued
+	// token must not carry over (RFC 9068, RFC 8693 §4).
+	rich := with(e.idp.Claims(time.Now(), ""), "scope", []string{"read:users", "write:users"})
+	rich["cnf"] = map[string]any{"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}
+	rich["act"] = map[string]any{"sub": "someone-else"}
+	rich["azp"] = app3
+	cmd := exec.CommandContext(ctx, node, "--test", "--test-timeout=60000", "exchange.test.mjs", "rfc9068.test.mjs")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(),
 		"VAKT_ISSUER="+e.issuer,
@@ -51,6 +59,7 @@ func TestInteropNode(t *testing.T) {
 		"VAKT_SUBJECT_TOKEN="+e.idp.Token(e.idp.Claims(time.Now(), "")),
 		"VAKT_TARGET="+appB,
 		"VAKT_FORBIDDEN_TARGET="+app3,
+		"VAKT_RICH_SUBJECT_TOKEN="+e.idp.Token(rich),
 	)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
