@@ -186,6 +186,9 @@ func (e *xenv) viaHTTP(t *testing.T, r exchange.Request) outcome {
 		desc, _ := body["error_description"].(string)
 		return outcome{code: code, description: desc}
 	}
+	if resp.Header.Get("Pragma") != "no-cache" {
+		t.Fatalf("Pragma %q", resp.Header.Get("Pragma"))
+	}
 	if body["token_type"] != "Bearer" || body["issued_token_type"] != exchange.TokenTypeAccessToken {
 		t.Fatalf("response %v", body)
 	}
