@@ -322,7 +322,7 @@ func readFields(w http.ResponseWriter, r *http.Request, names ...string) (map[st
 		obj, dup, err := decodeJSONObject(body)
 		switch {
 		case dup != "":
-			return nil, badRequest(strconv.Quote(truncateName(dup)) + " is given more than once")
+			return nil, badRequest(publicText(truncateName(dup)) + " is given more than once")
 		case err != nil:
 			return nil, badRequest("request body is not a JSON object")
 		}
@@ -411,5 +411,5 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // writeRequestError writes an unusable request as an OAuth-style error.
 func writeRequestError(w http.ResponseWriter, e *requestError) {
-	writeJSON(w, e.status, map[string]string{"error": codeInvalidRequest, "error_description": e.description})
+	writeJSON(w, e.status, map[string]string{"error": codeInvalidRequest, "error_description": publicText(e.description)})
 }
