@@ -29,6 +29,8 @@ type ApplicationPolicy struct {
 	ForwardClaims []ClaimHeader
 	// StripAuthorization removes the Authorization header on allow.
 	StripAuthorization bool
+	// NoDynamicMetadata leaves the claims out of Check's allow answer.
+	NoDynamicMetadata bool
 	// PathParameters says whether a path with ';' is refused (the default)
 	// or read as servlet containers read it.
 	PathParameters PathParameters

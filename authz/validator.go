@@ -164,7 +164,7 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
 	if v.cache == nil {
 		return
 	}
-	dot := strings.LastIndexByte(token, '.')
+	dot := signatureDot(token)
 	key := signatureKey(token[dot+1:])
 	// Clone: the token points into the caller's buffer, which must not be kept.
 	e := cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}
@@ -180,7 +180,7 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
 // set, an entry of another provider is a miss. ok reports a hit; err is set
 // when the hit has expired since (exp and nbf are re-checked on every hit).
 func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider, ok bool, err error) {
-	dot := strings.LastIndexByte(token, '.')
+	dot := signatureDot(token)
 	if dot < 0 {
 		return nil, nil, false, nil
 	}
@@ -210,6 +210,21 @@ func (v *Validator) cachedByIssuer(token string) (*Claims, *Provider, bool, erro
 		return nil, nil, false, nil
 	}
 	return v.cached(token, nil)
+}
+
+// signatureDot is the index of the dot before a compact JWS's signature:
+// the second dot, found scanning forward (IndexByte is vectorised; the
+// signature is the token's tail, often a third of it); -1 without two.
+func signatureDot(token string) int {
+	first := strings.IndexByte(token, '.')
+	if first < 0 {
+		return -1
+	}
+	second := strings.IndexByte(token[first+1:], '.')
+	if second < 0 {
+		return -1
+	}
+	return first + 1 + second
 }
 
 // signatureKey hashes the signature in place: a conversion would copy it.

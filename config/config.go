@@ -143,6 +143,10 @@ type Application struct {
 	ForwardClaims []ForwardClaim `yaml:"forwardClaims"`
 	// StripAuthorization removes the Authorization header on allow.
 	StripAuthorization bool `yaml:"stripAuthorization"`
+	// DynamicMetadata, when false, leaves the claims out of Check's allow
+	// answer (Envoy's dynamic_metadata, for access logs and later filters):
+	// a smaller answer. True when not set.
+	DynamicMetadata *bool `yaml:"dynamicMetadata"`
 	// PathParameters is what Check does with a path holding ';': reject
 	// (the default) or strip, as servlet containers read ";…" parameters.
 	PathParameters string `yaml:"pathParameters"`

@@ -41,6 +41,18 @@ var _ authv3.AuthorizationServer = (*authorizationService)(nil)
 // that cannot be had, overload) is an RPC error, so that Envoy's
 // status_on_error tells it from a refusal.
 func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	res, err := s.checkWire(ctx, req)
+	if p, ok := res.(*preMarshalled); ok {
+		return p.msg.(*authv3.CheckResponse), err
+	}
+	r, _ := res.(*authv3.CheckResponse)
+	return r, err
+}
+
+// checkWire is Check as the gRPC server calls it (authorizationDesc): an
+// allow that needs no change for this request is its pre-marshalled answer,
+// written as it is (codec); anything else a *authv3.CheckResponse.
+func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckRequest) (any, error) {
 	rt := s.cur.Load()
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
@@ -194,18 +206,32 @@ func spoofsIdentity(name string) bool {
 	return true
 }
 
-func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders) *authv3.CheckResponse {
-	var base *authv3.CheckResponse
-	if d.Claims != nil {
-		// The same token for the same application always gets the same
-		// headers and metadata: build them once per verified token.
-		base = d.Claims.Derive(app, func() any { return identityResponse(d, app) }).(*authv3.CheckResponse)
-	} else {
-		base = &authv3.CheckResponse{
-			Status:       &rpcstatus.Status{Code: int32(codes.OK)},
-			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},
-		}
+// publicAllow is the allow answer of a public route, and of any request
+// whose answer sets no header.
+var publicAllow = mustPreMarshal(&authv3.CheckResponse{
+	Status:       &rpcstatus.Status{Code: int32(codes.OK)},
+	HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},
+})
+
+func mustPreMarshal(m *authv3.CheckResponse) *preMarshalled {
+	p, err := newPreMarshalled(m)
+	if err != nil {
+		panic(err) // a literal above; cannot fail
 	}
+	return p
+}
+
+// allowed is the allow answer: the one built for this token and
+// application (once per verified token: the same token for the same
+// application always gets the same headers and metadata), or for a
+// public route the empty one, and a response of its own only when this
+// request's headers call for removals.
+func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders) any {
+	answer := publicAllow
+	if d.Claims != nil {
+		answer = d.Claims.Derive(app, func() any { return identityAnswer(d, app) }).(*preMarshalled)
+	}
+	base := answer.msg.(*authv3.CheckResponse)
 	set := base.GetOkResponse().GetHeaders()
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
@@ -220,7 +246,7 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 		remove = append(remove, "authorization")
 	}
 	if len(remove) == 0 {
-		return base // shared and never modified
+		return answer // shared and never modified
 	}
 	return &authv3.CheckResponse{
 		Status:          base.Status,
@@ -230,6 +256,17 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 			HeadersToRemove: remove,
 		}},
 	}
+}
+
+// identityAnswer is identityResponse, pre-marshalled.
+func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
+	p, err := newPreMarshalled(identityResponse(d, app))
+	if err != nil {
+		// A message built above from strings; cannot fail. Should it, the
+		// answer is still sent, marshalled on each Check.
+		return &preMarshalled{msg: identityResponse(d, app)}
+	}
+	return p
 }
 
 // identityResponse is the allow response for a token and an application:
@@ -255,6 +292,9 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 	res := &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+	}
+	if app.NoDynamicMetadata {
+		return res
 	}
 	if claims, err := claimsStruct(c.Raw); err == nil {
 		res.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{

@@ -34,6 +34,20 @@ const integrityYAML = checkYAML + `  - name: legacy
 
 const legacy = "dev-gcp:team-b:legacy"
 
+// dynamicMetadata: false leaves the claims out of the allow answer.
+func TestCheckWithoutDynamicMetadata(t *testing.T) {
+	e := newIntegrityEnv(t)
+	tok := e.own(app1, appB, "read:users")
+	if res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}}); res.GetDynamicMetadata() == nil {
+		t.Fatal("no dynamic metadata by default")
+	}
+	e.load(strings.Replace(e.yaml, "    hosts: [app-b.example.com]\n", "    hosts: [app-b.example.com]\n    dynamicMetadata: false\n", 1))
+	res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}})
+	if res.GetOkResponse() == nil || res.GetDynamicMetadata() != nil || len(res.GetOkResponse().GetHeaders()) == 0 {
+		t.Fatalf("dynamicMetadata: false: %v", res)
+	}
+}
+
 func newIntegrityEnv(t *testing.T) *cenv {
 	e := newCheckEnv(t)
 	e.yaml = strings.ReplaceAll(integrityYAML, "AUTH0", e.auth0.URL)

@@ -20,8 +20,6 @@ import (
 
 	"google.golang.org/grpc"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
@@ -60,7 +58,7 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 	s := newServices(log, m, func(r grpc.ServiceRegistrar) {
 		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
 		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, metrics: m})
-		authv3.RegisterAuthorizationServer(r, &authorizationService{cur: cur, log: log})
+		r.RegisterService(&authorizationDesc, &authorizationService{cur: cur, log: log})
 	})
 	s.mux.Handle("/api/v1/introspect", onlyMethod(http.MethodPost, s.limitedIntrospect(&introspectHandler{in: in})))
 	s.mux.Handle("/", &issuerRoutes{
@@ -151,6 +149,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	for i := range cfg.Applications {
 		a := &cfg.Applications[i]
 		ap := authz.ApplicationPolicy{ID: a.ID(), Hosts: a.Hosts, Resources: a.Resources, StripAuthorization: a.StripAuthorization}
+		ap.NoDynamicMetadata = a.DynamicMetadata != nil && !*a.DynamicMetadata
 		if a.PathParameters == config.PathParametersStrip {
 			ap.PathParameters = authz.StripPathParameters
 		}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -158,6 +159,10 @@ func (s *Services) NewGRPCServer() (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log), admitUnary(s.budgets)),
+		grpc.ForceServerCodecV2(newCodec()),
+		// A pool of goroutines serves the streams: no new goroutine, and no
+		// stack to grow, per Check.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	s.register(gs)
 	hs := health.NewServer()

@@ -1,0 +1,58 @@
+package server
+
+import (
+	"context"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// A cached allow is written as the bytes marshalled when the token was
+// first verified: they decode to the same answer as the message, over a
+// real gRPC connection too, and the codec marshals anything else as the
+// proto codec does.
+func TestPreMarshalledAnswer(t *testing.T) {
+	svc, tok := benchCheckAlg(t, 0, "ES256")
+	req := checkRequest("/read", "Bearer "+tok)
+	ctx := context.Background()
+	first, err := svc.checkWire(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := svc.checkWire(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := again.(*preMarshalled)
+	if !ok || first != again {
+		t.Fatalf("the second Check is not the shared pre-marshalled answer: %T", again)
+	}
+	c := newCodec()
+	wire, err := c.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded authv3.CheckResponse
+	if err := c.Unmarshal(wire, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(&decoded, p.msg) || decoded.GetOkResponse() == nil || len(decoded.GetOkResponse().GetHeaders()) == 0 {
+		t.Fatalf("decoded %v, want %v", &decoded, p.msg)
+	}
+	// A request whose answer must change (a spoofed header to remove) gets
+	// a message of its own, marshalled as usual.
+	spoofed := checkRequest("/read", "Bearer "+tok)
+	spoofed.Attributes.Request.Http.Headers["x-vakt-role"] = "admin"
+	res, err := svc.checkWire(ctx, spoofed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, ok := res.(*authv3.CheckResponse)
+	if !ok || len(msg.GetOkResponse().GetHeadersToRemove()) != 1 || msg.GetOkResponse().GetHeadersToRemove()[0] != "x-vakt-role" {
+		t.Fatalf("spoofed: %T %v", res, res)
+	}
+	if _, err := c.Marshal(msg); err != nil {
+		t.Fatal(err)
+	}
+}
