@@ -15,7 +15,12 @@ import (
 //
 // A Claims value is shared by every request that presents the same token
 // (through the verified-token cache), so it is read-only: callers must not
-// modify it or anything it points to, Raw included.
+// modify it or anything it points to.
+//
+// It keeps no map of the claims: a cached token costs its claims' JSON
+// (payload) and the few fields Check reads, not a tree of maps and
+// interfaces for the garbage collector to trace. Raw parses the payload
+// again for the callers that want every claim (Introspect, an exchange).
 type Claims struct {
 	Issuer    string
 	Subject   string
@@ -24,9 +29,10 @@ type Claims struct {
 	NotBefore time.Time // zero when the token has no nbf
 	IssuedAt  time.Time // zero when the token has no iat
 
-	// Raw holds every claim as the token carries it, numbers as json.Number
-	// so that they are copied verbatim.
-	Raw map[string]any
+	// payload is the token's claims, the JSON object as decoded from the
+	// token; caller, idp and jti are read from it once.
+	payload         []byte
+	caller, idp, id string
 
 	// Scopes are the token's scopes, from scope (a space-separated string),
 	// scp (a string or an array) and permissions (an array), as identity
@@ -73,11 +79,11 @@ func (c *Claims) Derive(key any, compute func() any) any {
 // not a NumericDate); iss and sub must be strings; aud a string or an array
 // of strings.
 func parseClaims(payload []byte) (*Claims, error) {
-	raw, size, err := parseJSONObjectSize(payload)
+	raw, err := parseJSONObject(payload)
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
-	c := &Claims{Raw: raw}
+	c := &Claims{payload: payload}
 	if c.Issuer, err = stringClaim(raw, "iss"); err != nil {
 		return nil, err
 	}
@@ -111,8 +117,32 @@ func parseClaims(payload []byte) (*Claims, error) {
 	c.ScopeText = strings.Join(c.Scopes, " ")
 	c.unsafe = unsafeClaims(raw)
 	c.unsafeScope = invalidScope
-	c.size = claimsOverhead + size + sizeSlice*3 + sizeElem*int64(len(c.Audience)+len(c.Scopes)+len(c.unsafe)) + int64(len(c.ScopeText))
+	if s, ok := raw["client_id"].(string); ok && s != "" {
+		c.caller = s
+	} else {
+		c.caller, _ = raw["azp"].(string)
+	}
+	c.idp, _ = raw["idp"].(string)
+	c.id, _ = raw["jti"].(string)
+	// The strings the parser made are copies of their own: keeping them
+	// keeps nothing else of the map alive.
+	c.size = claimsOverhead + int64(len(c.payload)) + c.stringBytes()
 	return c, nil
+}
+
+// stringBytes is about what the kept strings and slices take.
+func (c *Claims) stringBytes() int64 {
+	n := len(c.Issuer) + len(c.Subject) + len(c.caller) + len(c.idp) + len(c.id) + len(c.ScopeText)
+	for _, s := range c.Audience {
+		n += len(s) + sizeElem
+	}
+	for _, s := range c.Scopes {
+		n += len(s) + sizeElem
+	}
+	for _, s := range c.unsafe {
+		n += len(s) + sizeElem
+	}
+	return int64(n + 3*sizeSlice)
 }
 
 // unsafeClaims lists the top-level claims holding a string, or an array of
@@ -170,12 +200,24 @@ func (c *Claims) forwardable(names ...string) bool {
 
 // Caller is the application or client the token was issued to: client_id
 // (RFC 8693, RFC 9068), else azp (OpenID Connect).
-func (c *Claims) Caller() string {
-	if s, ok := c.Raw["client_id"].(string); ok && s != "" {
-		return s
+func (c *Claims) Caller() string { return c.caller }
+
+// IDP is the token's own idp claim, "" when it has none (see
+// Provider.IdentityProvider for the one to believe).
+func (c *Claims) IDP() string { return c.idp }
+
+// ID is the token's jti, "" when it has none.
+func (c *Claims) ID() string { return c.id }
+
+// Raw returns every claim as the token carries it, numbers as json.Number
+// so that they are copied verbatim, in a map of the caller's own (parsed
+// anew from the token's payload on every call: the cache keeps no map).
+func (c *Claims) Raw() map[string]any {
+	m, err := parseJSONObject(c.payload)
+	if err != nil {
+		return map[string]any{} // parsed once already; cannot fail
 	}
-	s, _ := c.Raw["azp"].(string)
-	return s
+	return m
 }
 
 // HasScope reports whether the token grants scope.

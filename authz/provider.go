@@ -122,10 +122,8 @@ func normalType(t string) string {
 // for); for any other token it is the provider's issuer, whatever the
 // token claims, so that no provider can pass as another.
 func (p *Provider) IdentityProvider(c *Claims) string {
-	if p.own {
-		if s, ok := c.Raw["idp"].(string); ok && s != "" {
-			return s
-		}
+	if p.own && c.idp != "" {
+		return c.idp
 	}
 	return p.issuer
 }

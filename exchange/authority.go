@@ -251,8 +251,9 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	if exp <= now.Unix() {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", authz.ErrExpired)
 	}
-	claims := make(map[string]any, len(subject.Raw)+4)
-	for name, v := range subject.Raw {
+	raw := subject.Raw()
+	claims := make(map[string]any, len(raw)+4)
+	for name, v := range raw {
 		if !protocolClaims[name] {
 			claims[name] = v // the user's identity: sub, pid, acr, amr, ...
 		}
@@ -272,7 +273,7 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 		// RFC 8693 §4.1: the token was issued to another client, which now
 		// acts for the user through this one; its own act, if any, nests.
 		act := map[string]any{"sub": subject.Caller()}
-		if prev, ok := subject.Raw["act"].(map[string]any); ok {
+		if prev, ok := raw["act"].(map[string]any); ok {
 			act["act"] = prev
 		}
 		claims["act"] = act
@@ -467,7 +468,7 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	if c.ExpiresAt.Sub(c.IssuedAt) > MaxAssertionLifetime || c.ExpiresAt.Sub(now) > MaxAssertionLifetime+assertionLeeway {
 		return bad("exp must be at most 120 seconds after iat and now")
 	}
-	jti, _ := c.Raw["jti"].(string)
+	jti := c.ID()
 	if jti == "" {
 		return bad("jti is required")
 	}

@@ -43,7 +43,7 @@ var _ authv3.AuthorizationServer = (*authorizationService)(nil)
 func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	res, err := s.checkWire(ctx, req)
 	if p, ok := res.(*preMarshalled); ok {
-		return p.msg.(*authv3.CheckResponse), err
+		return p.message(), err
 	}
 	r, _ := res.(*authv3.CheckResponse)
 	return r, err
@@ -216,7 +216,7 @@ var publicAllow = mustPreMarshal(&authv3.CheckResponse{
 func mustPreMarshal(m *authv3.CheckResponse) *preMarshalled {
 	p, err := newPreMarshalled(m)
 	if err != nil {
-		panic(err) // a literal above; cannot fail
+		panic(err) // a message of strings and numbers; cannot fail
 	}
 	return p
 }
@@ -231,8 +231,7 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	if d.Claims != nil {
 		answer = d.Claims.Derive(app, func() any { return identityAnswer(d, app) }).(*preMarshalled)
 	}
-	base := answer.msg.(*authv3.CheckResponse)
-	set := base.GetOkResponse().GetHeaders()
+	set := answer.sets
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
 	var remove []string
@@ -248,25 +247,14 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	if len(remove) == 0 {
 		return answer // shared and never modified
 	}
-	return &authv3.CheckResponse{
-		Status:          base.Status,
-		DynamicMetadata: base.DynamicMetadata,
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers:         set,
-			HeadersToRemove: remove,
-		}},
-	}
+	res := answer.message()
+	res.GetOkResponse().HeadersToRemove = remove
+	return res
 }
 
 // identityAnswer is identityResponse, pre-marshalled.
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
-	p, err := newPreMarshalled(identityResponse(d, app))
-	if err != nil {
-		// A message built above from strings; cannot fail. Should it, the
-		// answer is still sent, marshalled on each Check.
-		return &preMarshalled{msg: identityResponse(d, app)}
-	}
-	return p
+	return mustPreMarshal(identityResponse(d, app))
 }
 
 // identityResponse is the allow response for a token and an application:
@@ -282,12 +270,13 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 		}
 	}
 	c := d.Claims
+	raw := c.Raw() // once per token and application
 	set(authz.HeaderSubject, c.Subject)
 	set(authz.HeaderClientID, d.Caller)
 	set(authz.HeaderIdentityProvider, d.Provider.IdentityProvider(c))
 	set(authz.HeaderScope, c.ScopeText)
 	for _, fc := range app.ForwardClaims {
-		set(fc.Header, claimString(c.Raw[fc.Claim]))
+		set(fc.Header, claimString(raw[fc.Claim]))
 	}
 	res := &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
@@ -296,7 +285,7 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 	if app.NoDynamicMetadata {
 		return res
 	}
-	if claims, err := claimsStruct(c.Raw); err == nil {
+	if claims, err := claimsStruct(raw); err == nil {
 		res.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
 			metadataNamespace: structpb.NewStructValue(claims),
 		}}
@@ -304,9 +293,9 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 	return res
 }
 
-func setsHeader(hs []*corev3.HeaderValueOption, name string) bool {
-	for _, h := range hs {
-		if strings.EqualFold(h.GetHeader().GetKey(), name) {
+func setsHeader(names []string, name string) bool {
+	for _, n := range names {
+		if strings.EqualFold(n, name) {
 			return true
 		}
 	}

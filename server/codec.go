@@ -17,17 +17,35 @@ import (
 // answer for a token and an application, marshalled once when the token is
 // first verified and written as it is on every Check after. It is shared
 // and never modified.
+//
+// It keeps the bytes only, not the message they came from (a tree of
+// pointers the garbage collector would trace for every cached token), and
+// the names of the headers the answer sets.
 type preMarshalled struct {
 	wire mem.BufferSlice
-	msg  proto.Message // the same answer, for callers that want a message
+	sets []string
 }
 
-func newPreMarshalled(m proto.Message) (*preMarshalled, error) {
+func newPreMarshalled(m *authv3.CheckResponse) (*preMarshalled, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	return &preMarshalled{wire: mem.BufferSlice{mem.SliceBuffer(b)}, msg: m}, nil
+	p := &preMarshalled{wire: mem.BufferSlice{mem.SliceBuffer(b)}}
+	for _, h := range m.GetOkResponse().GetHeaders() {
+		p.sets = append(p.sets, h.GetHeader().GetKey())
+	}
+	return p, nil
+}
+
+// message decodes the answer, into a message of the caller's own: for the
+// rare answer that needs a change, and for callers that want a message.
+func (p *preMarshalled) message() *authv3.CheckResponse {
+	var m authv3.CheckResponse
+	if err := proto.Unmarshal(p.wire.Materialize(), &m); err != nil {
+		panic(err) // bytes proto.Marshal made; cannot fail
+	}
+	return &m
 }
 
 // codec is gRPC's proto codec, but for a *preMarshalled, whose bytes it
@@ -39,9 +57,6 @@ func newCodec() codec { return codec{proto: encoding.GetCodecV2("proto")} }
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if p, ok := v.(*preMarshalled); ok {
-		if p.wire == nil {
-			return c.proto.Marshal(p.msg)
-		}
 		return p.wire, nil // SliceBuffer's Free does nothing: the bytes stay ours
 	}
 	return c.proto.Marshal(v)

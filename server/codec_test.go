@@ -37,8 +37,12 @@ func TestPreMarshalledAnswer(t *testing.T) {
 	if err := c.Unmarshal(wire, &decoded); err != nil {
 		t.Fatal(err)
 	}
-	if !proto.Equal(&decoded, p.msg) || decoded.GetOkResponse() == nil || len(decoded.GetOkResponse().GetHeaders()) == 0 {
-		t.Fatalf("decoded %v, want %v", &decoded, p.msg)
+	want, err := svc.Check(ctx, checkRequest("/read", "Bearer "+tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(&decoded, want) || decoded.GetOkResponse() == nil || len(decoded.GetOkResponse().GetHeaders()) == 0 || decoded.GetDynamicMetadata() == nil {
+		t.Fatalf("decoded %v, want %v", &decoded, want)
 	}
 	// A request whose answer must change (a spoofed header to remove) gets
 	// a message of its own, marshalled as usual.

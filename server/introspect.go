@@ -29,7 +29,7 @@ type introspection struct {
 	Active bool
 	Reason authz.Reason   // why not active
 	Error  string         // the human-readable reason, when not active
-	Claims map[string]any // when active; read-only (shared with the cache)
+	Claims map[string]any // when active
 }
 
 // introspect validates token for provider. It returns a description of
@@ -52,7 +52,7 @@ func (in *introspector) introspect(ctx context.Context, provider, token string) 
 		in.metrics.observeIntrospection(res)
 		return res, ""
 	}
-	res := introspection{Active: true, Claims: c.Raw}
+	res := introspection{Active: true, Claims: c.Raw()}
 	in.metrics.observeIntrospection(res)
 	return res, ""
 }
