@@ -6,6 +6,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -22,7 +23,11 @@ const (
 	DefaultSafetyMargin = 120 * time.Second
 	// entryOverhead is what an entry costs besides its token's bytes.
 	entryOverhead = 256
+	// maxFetches bounds the exchanges the agent has under way upstream.
+	maxFetches = 256
 )
+
+var errTooManyFetches = errors.New("the agent has as many exchanges under way upstream as it takes")
 
 // Agent exchanges tokens for one application through an Upstream and
 // caches the results: the key is the subject token and the audience
@@ -115,6 +120,13 @@ func (a *Agent) Exchange(ctx context.Context, subjectToken, audience string, ski
 	a.mu.Lock()
 	call, joined := a.inflight[key]
 	if !joined {
+		// A fetch outlives the caller who started it (others may wait on
+		// it): the fetches under way are bounded, past which a miss is an
+		// outage at once rather than one more request to the upstream.
+		if len(a.inflight) >= maxFetches {
+			a.mu.Unlock()
+			return nil, unavailable(errTooManyFetches)
+		}
 		call = &agentCall{done: make(chan struct{})}
 		a.inflight[key] = call
 		go a.fetch(ctx, key, call, subjectToken, audience)

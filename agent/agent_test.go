@@ -385,3 +385,43 @@ func TestAgentHugeLifetime(t *testing.T) {
 		t.Fatalf("after a day the token must be fetched again: %v %v", res, err)
 	}
 }
+
+// Exchanges under way upstream are bounded: callers who give up do not
+// leave an unbounded number of fetches behind; past the bound a miss is
+// temporarily_unavailable at once.
+func TestAgentBoundsFetches(t *testing.T) {
+	release := make(chan struct{})
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"t","issued_token_type":"x","token_type":"Bearer","expires_in":900}`)
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	a, _ := newTestAgent(t, srv.URL, clock, 0)
+	var unavailable atomic.Int64
+	var wg sync.WaitGroup
+	for i := range maxFetches + 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			_, err := a.Exchange(ctx, fmt.Sprint("user-", i), "aud", false)
+			var e *exchange.Error
+			if errors.As(err, &e) && e.Reason() == authz.ReasonUpstreamUnavailable && errors.Is(err, errTooManyFetches) {
+				unavailable.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	a.mu.Lock()
+	n := len(a.inflight)
+	a.mu.Unlock()
+	if n > maxFetches || unavailable.Load() == 0 {
+		t.Fatalf("%d fetches under way, %d refused at once", n, unavailable.Load())
+	}
+}

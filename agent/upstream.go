@@ -43,6 +43,7 @@ func NewHTTPClient() *http.Client {
 			TLSHandshakeTimeout:   3 * time.Second,
 			ResponseHeaderTimeout: 5 * time.Second,
 			MaxIdleConnsPerHost:   16,
+			MaxConnsPerHost:       64, // the agent's one upstream: never a flood of connections
 			IdleConnTimeout:       90 * time.Second,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },

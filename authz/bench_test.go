@@ -164,6 +164,9 @@ func hostileTokens(b *testing.B, k *idptest.Key, now time.Time) []struct{ name, 
 		{"big_aud", sign(with(map[string]any{"aud": auds}))},
 		{"many_members", sign(with(members))},
 		{"deep_nesting", sign(strings.Replace(idptest.JSON(b, with(nil)), `"sub"`, `"d":[`+deepList+`],"sub"`, 1))},
+		// The header is parsed in full before the signature: it is capped.
+		{"header_objects", idptest.Sign(b, k, k.Alg, `{"alg":"`+k.Alg+`","kid":"unknown-kid","x":[`+strings.TrimSuffix(strings.Repeat("{},", 3400), ",")+`]}`, with(nil))},
+		{"header_members", idptest.Sign(b, k, k.Alg, strings.Replace(idptest.JSON(b, members), "{", `{"alg":"`+k.Alg+`","kid":"unknown-kid",`, 1), with(nil))},
 	}
 }
 

@@ -17,10 +17,11 @@ const (
 	// entryOverhead is what an entry costs besides its token and claims:
 	// the index, the slot and the entry itself.
 	entryOverhead = 160
-	// derivedAllowance is counted for what an adapter derives from the
+	// DerivedAllowance is counted for what an adapter derives from the
 	// claims once per token and application (Claims.Derive: Check's allow
-	// response), measured at under 2 KiB for a typical token.
-	derivedAllowance = 2 << 10
+	// answer, marshalled), and is the most it may keep: a typical token's
+	// answer is under 1 KiB.
+	DerivedAllowance = 2 << 10
 )
 
 // tokenCache maps the SHA-256 of a token's signature to the claims of a
@@ -56,7 +57,7 @@ func newTokenCache(entries int, maxBytes int64) *tokenCache {
 
 // entrySize is what e costs in memory, in bytes.
 func entrySize(e *cacheEntry) int64 {
-	return entryOverhead + derivedAllowance + int64(len(e.signed)) + e.claims.size
+	return entryOverhead + DerivedAllowance + int64(len(e.signed)) + e.claims.size
 }
 
 // expiryNanos is when a token with exp (seconds) leaves the cache: at exp

@@ -220,8 +220,8 @@ func TestCacheEntrySize(t *testing.T) {
 				t.Fatalf("%d entries", st.Entries)
 			}
 			// Counted bytes include an allowance for what adapters derive
-			// later (derivedAllowance), not yet on the heap here.
-			counted := float64(st.Bytes-n*derivedAllowance) / n
+			// later (DerivedAllowance), not yet on the heap here.
+			counted := float64(st.Bytes-n*DerivedAllowance) / n
 			measured := float64(after-before) / n
 			t.Logf("%s: %.0f bytes counted, %.0f measured per entry (%d-byte token)", tt.name, counted, measured, len(toks[0]))
 			if counted < measured*0.66 || counted > measured*1.5 {

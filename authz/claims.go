@@ -220,6 +220,11 @@ func (c *Claims) Raw() map[string]any {
 	return m
 }
 
+// ScopesValid reports whether every scope of the token is an RFC 6749
+// scope-token: only then can its scopes be written as one space-separated
+// string that says the same (a scope "read admin" would read as two).
+func (c *Claims) ScopesValid() bool { return !c.unsafeScope }
+
 // HasScope reports whether the token grants scope.
 func (c *Claims) HasScope(scope string) bool { return slices.Contains(c.Scopes, scope) }
 

@@ -24,7 +24,7 @@ var (
 	errJSONDepth     = errors.New("nests too deep")
 	errJSONNotObject = errors.New("is not a JSON object")
 	errJSONNumber    = errors.New("holds a number out of range")
-	errJSONValues    = errors.New("holds more than 4096 values")
+	errJSONValues    = errors.New("holds too many values")
 )
 
 // parseJSONObject parses data, which must be exactly one JSON object
@@ -42,7 +42,13 @@ func parseJSONObject(data []byte) (map[string]any, error) {
 // parseJSONObjectSize is parseJSONObject, also returning about how many
 // bytes of memory the result holds (for the verified-token cache's bound).
 func parseJSONObjectSize(data []byte) (map[string]any, int64, error) {
-	p := jsonParser{data: data}
+	return parseJSONObjectLimit(data, maxJSONValues)
+}
+
+// parseJSONObjectLimit is parseJSONObjectSize with a bound of its own on
+// the values (a JOSE header holds a handful).
+func parseJSONObjectLimit(data []byte, maxValues int) (map[string]any, int64, error) {
+	p := jsonParser{data: data, maxValues: maxValues}
 	p.skipSpace()
 	if p.i >= len(p.data) || p.data[p.i] != '{' {
 		return nil, 0, errJSONNotObject
@@ -59,10 +65,11 @@ func parseJSONObjectSize(data []byte) (map[string]any, int64, error) {
 }
 
 type jsonParser struct {
-	data   []byte
-	i      int
-	values int   // values parsed so far
-	size   int64 // bytes the result holds, estimated (see count)
+	data      []byte
+	i         int
+	values    int   // values parsed so far
+	maxValues int   // maxJSONValues when 0
+	size      int64 // bytes the result holds, estimated (see count)
 }
 
 // Memory the parser's values hold, estimated from Go's representation: a
@@ -79,7 +86,11 @@ const (
 
 // count notes one more value, refusing more than maxJSONValues.
 func (p *jsonParser) count() error {
-	if p.values++; p.values > maxJSONValues {
+	limit := p.maxValues
+	if limit == 0 {
+		limit = maxJSONValues
+	}
+	if p.values++; p.values > limit {
 		return errJSONValues
 	}
 	return nil

@@ -9,6 +9,12 @@ import (
 // DefaultMaxTokenSize caps the size of a token before any parsing.
 const DefaultMaxTokenSize = 16 << 10
 
+// Bounds of a JOSE header, parsed in full before the signature is checked.
+const (
+	maxHeaderSize   = 2 << 10
+	maxHeaderValues = 32
+)
+
 // b64 decodes base64url without padding and rejects non-canonical trailing
 // bits. The standard decoder silently skips '\r' and '\n', so callers check
 // the alphabet first (see validSegment).
@@ -69,13 +75,19 @@ func parseCompact(token string, maxSize int) (*parsedToken, error) {
 		}
 	}
 
+	// The header is parsed before the signature is checked: it is bounded
+	// so that it costs no more than a normal one. Real headers are a few
+	// hundred bytes of a handful of members.
+	if len(hSeg) > b64.EncodedLen(maxHeaderSize) {
+		return nil, fmt.Errorf("%w: header is larger than %d bytes", ErrMalformed, maxHeaderSize)
+	}
 	hdrJSON, err := decodeSegment(hSeg, "header")
 	if err != nil {
 		return nil, err
 	}
 	// A map, not a struct: encoding/json matches struct fields without regard
 	// to case, and "KID" is not "kid".
-	h, err := parseJSONObject(hdrJSON)
+	h, _, err := parseJSONObjectLimit(hdrJSON, maxHeaderValues)
 	if err != nil {
 		return nil, fmt.Errorf("%w: header %v", ErrMalformed, err)
 	}

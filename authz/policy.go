@@ -107,6 +107,11 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
 			p.byHost[h] = app
 		}
 		for _, r := range a.Resources {
+			u, err := url.Parse(r)
+			if err != nil || !u.IsAbs() {
+				return nil, fmt.Errorf("application %s: resource %q is not an absolute URI", a.ID, r)
+			}
+			r = CanonicalResource(u)
 			if other, dup := p.byResource[r]; dup {
 				return nil, fmt.Errorf("resource %s belongs to both %s and %s", r, other.ID, a.ID)
 			}
@@ -120,10 +125,33 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
 // ApplicationByResource returns the application a resource URI (RFC 8707)
 // names: one of its resources exactly, or else a URI of one of its hosts.
 func (p *Policy) ApplicationByResource(u *url.URL) (*Application, bool) {
-	if a, ok := p.byResource[u.String()]; ok {
+	if u.User != nil {
+		return nil, false // a URI with userinfo names no resource of ours
+	}
+	if a, ok := p.byResource[CanonicalResource(u)]; ok {
 		return a, true
 	}
-	return p.ApplicationByHost(u.Hostname())
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return nil, false
+	}
+	return p.ApplicationByHost(strings.ToLower(u.Hostname()))
+}
+
+// CanonicalResource is a resource URI as RFC 3986 §6.2.2–6.2.3 compares
+// it: scheme and host in lower case, no default port, an empty path as "/"
+// for http(s), the rest as written.
+func CanonicalResource(u *url.URL) string {
+	c := *u
+	c.Scheme = strings.ToLower(c.Scheme)
+	c.Host = strings.ToLower(c.Host)
+	switch {
+	case c.Scheme == "https" && c.Port() == "443", c.Scheme == "http" && c.Port() == "80":
+		c.Host = c.Hostname()
+	}
+	if (c.Scheme == "https" || c.Scheme == "http") && c.Path == "" && c.RawPath == "" {
+		c.Path = "/"
+	}
+	return c.String()
 }
 
 // Application returns the registered application with id.

@@ -400,6 +400,9 @@ func checkIssuer(s string) error {
 	if u.Scheme == "http" && !loopback(u.Hostname()) {
 		return fmt.Errorf("%q is not https; plain http is for loopback addresses only (RFC 8414 §2)", s)
 	}
+	if u.EscapedPath() != u.Path || strings.ContainsAny(u.Path, "%") {
+		return fmt.Errorf("%q has a path that needs percent-encoding; write an issuer of plain characters", s)
+	}
 	return nil
 }
 

@@ -380,6 +380,12 @@ func (a *Authority) target(req Request) (string, error) {
 // grantedScopes are the scopes the issued token carries: the requested
 // ones, each held by the subject token, or else all of the subject's.
 func grantedScopes(requested string, subject *authz.Claims) ([]string, error) {
+	if !subject.ScopesValid() {
+		// A scope with a space or a control character inside would become
+		// other scopes once written as one string: "read admin" is not
+		// "read" and "admin".
+		return nil, Refuse(authz.ReasonSubjectTokenInvalid, "invalid subject_token: a scope is no RFC 6749 scope-token", nil)
+	}
 	if requested == "" {
 		return subject.Scopes, nil
 	}

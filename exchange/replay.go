@@ -3,6 +3,7 @@ package exchange
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -69,7 +70,9 @@ type MemoryReplay struct {
 	mu        sync.Mutex
 	seen      map[cache.Key]replayEntry
 	wheel     [wheelSeconds][]wheelRef
-	swept     int64 // the last second whose bucket was emptied
+	refs      int    // references on the wheel, live or stale
+	gen       uint64 // claims so far
+	swept     int64  // the last second whose bucket was emptied
 	perClient map[string]int
 	max       int
 	maxClient int
@@ -77,14 +80,15 @@ type MemoryReplay struct {
 }
 
 type replayEntry struct {
-	expires int64 // unix nanoseconds
-	sec     int64 // the second of its bucket: expires, rounded up
+	expires int64  // unix nanoseconds
+	sec     int64  // the second of its bucket: expires, rounded up
+	gen     uint64 // the claim's number: a reference to an older claim of the same id is stale
 	client  string
 }
 
 type wheelRef struct {
 	key cache.Key
-	sec int64
+	gen uint64
 }
 
 // NewMemoryReplay returns an in-memory store bounded as cfg says.
@@ -127,11 +131,39 @@ func (m *MemoryReplay) Claim(_ context.Context, client, jti string, expires time
 	}
 	exp := expires.UnixNano()
 	sec := (exp + 999_999_999) / 1e9
-	m.seen[key] = replayEntry{expires: exp, sec: sec, client: client}
+	m.gen++
+	m.seen[key] = replayEntry{expires: exp, sec: sec, gen: m.gen, client: client}
 	m.perClient[client]++
 	b := &m.wheel[sec%wheelSeconds]
-	*b = append(*b, wheelRef{key: key, sec: sec})
+	*b = append(*b, wheelRef{key: key, gen: m.gen})
+	m.refs++
+	if m.refs > 2*len(m.seen)+4096 {
+		m.compact()
+	}
 	return true, nil
+}
+
+// compact drops the wheel's stale references (ids released, or claimed
+// again), which would otherwise pile up between turns: an id claimed and
+// released over and over must not grow the wheel. It runs once the stale
+// references outnumber the live ones, so its cost is amortised over them.
+func (m *MemoryReplay) compact() {
+	m.refs = 0
+	for i := range m.wheel {
+		b := &m.wheel[i]
+		kept := (*b)[:0]
+		for _, r := range *b {
+			if e, ok := m.seen[r.key]; ok && e.gen == r.gen {
+				kept = append(kept, r)
+			}
+		}
+		clear((*b)[len(kept):])
+		if cap(kept) > 2*len(kept)+64 {
+			kept = slices.Clone(kept) // give back what a burst took
+		}
+		*b = kept
+		m.refs += len(kept)
+	}
 }
 
 // Release implements ReplayStore.
@@ -163,7 +195,7 @@ func (m *MemoryReplay) sweep(now time.Time) {
 		for _, r := range *b {
 			e, ok := m.seen[r.key]
 			switch {
-			case !ok || e.sec != r.sec: // claimed again since, or gone
+			case !ok || e.gen != r.gen: // claimed again since, or gone
 			case e.sec <= sec:
 				m.forget(r.key, e)
 			default:
@@ -171,6 +203,10 @@ func (m *MemoryReplay) sweep(now time.Time) {
 			}
 		}
 		clear((*b)[len(kept):])
+		m.refs -= len(*b) - len(kept)
+		if cap(kept) > 2*len(kept)+64 {
+			kept = slices.Clone(kept)
+		}
 		*b = kept
 	}
 	if sec > m.swept {

@@ -268,3 +268,29 @@ func TestRedisReplayFairness(t *testing.T) {
 		t.Fatalf("after expiry: %v %v", ok, err)
 	}
 }
+
+// An id claimed and released over and over (a valid assertion sent again
+// and again with a bad subject token) does not grow the expiry wheel.
+func TestMemoryReplayReleaseDoesNotGrow(t *testing.T) {
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	m := NewMemoryReplay(MemoryReplayConfig{MaxEntries: 10, Now: clock.Now})
+	ctx := context.Background()
+	for range 100_000 {
+		if ok, err := m.Claim(ctx, "c", "j", clock.Now().Add(time.Minute)); !ok || err != nil {
+			t.Fatalf("claim: %v %v", ok, err)
+		}
+		_ = m.Release(ctx, "c", "j")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.refs > 5000 {
+		t.Fatalf("%d references on the wheel after 100,000 released claims", m.refs)
+	}
+	total := 0
+	for i := range m.wheel {
+		total += cap(m.wheel[i])
+	}
+	if total > 20_000 {
+		t.Fatalf("the wheel holds room for %d references", total)
+	}
+}

@@ -166,3 +166,36 @@ func TestRequestParameters(t *testing.T) {
 		})
 	}
 }
+
+// A subject token's scope that is no RFC 6749 scope-token ("orders:read
+// admin" as one array element) is never written into the issued token,
+// where it would read as two scopes.
+func TestInvalidScopeIsNotLaundered(t *testing.T) {
+	f := newAuthorityFixture(t, nil)
+	for _, scp := range []any{[]any{"orders:read admin"}, "read:users\u00a0admin", []any{"a\tb"}} {
+		req := f.request(t, func(t *testing.T, r *Request) {
+			r.SubjectToken = f.subject(t, func(c map[string]any) { c["scp"] = scp })
+		})
+		if e := refused(t, f, req); e.Reason() != authz.ReasonSubjectTokenInvalid {
+			t.Fatalf("scp %q: %s", scp, e.Reason())
+		}
+	}
+}
+
+// Resource URIs are compared in canonical form: the case of scheme and
+// host, the default port and an empty path do not make another resource;
+// userinfo names none.
+func TestResourceCanonicalForm(t *testing.T) {
+	f := newAuthorityFixture(t, nil)
+	for _, r := range []string{"HTTPS://APP-B.example.com/api", "https://app-b.example.com:443/api", "https://app-b.example.com"} {
+		if _, err := f.a.Exchange(t.Context(), f.request(t, func(t *testing.T, req *Request) { req.Audience, req.Resource = nil, []string{r} })); err != nil {
+			t.Errorf("%s: %v", r, err)
+		}
+	}
+	for _, r := range []string{"https://x@app-b.example.com/", "ftp://app-b.example.com/"} {
+		req := f.request(t, func(t *testing.T, req *Request) { req.Audience, req.Resource = nil, []string{r} })
+		if e := refused(t, f, req); e.Reason() != authz.ReasonTargetUnknown {
+			t.Errorf("%s: %s", r, e.Reason())
+		}
+	}
+}

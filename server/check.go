@@ -27,6 +27,9 @@ const ContextExtensionApp = "vakt_app"
 // metadataNamespace is the dynamic metadata namespace of the claims.
 const metadataNamespace = "vakt"
 
+// maxCheckHeaders bounds the headers of a CheckRequest vakt works on.
+const maxCheckHeaders = 1024
+
 // authorizationService is Envoy's envoy.service.auth.v3.Authorization.
 type authorizationService struct {
 	authv3.UnimplementedAuthorizationServer
@@ -59,6 +62,11 @@ func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckR
 		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), nil
 	}
 	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
+	if len(headers.m)+len(headers.raw) > maxCheckHeaders {
+		// Envoy sends 100 headers at most by default; a request with
+		// thousands did not come through a proxy, and is not worked on.
+		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), nil
+	}
 	grpcCall := strings.HasPrefix(headers.get("content-type"), "application/grpc")
 	app, ok := findApplication(rt, req.GetAttributes())
 	if !ok {
@@ -236,11 +244,14 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	// list only the client's x-vakt-* headers vakt does not set itself.
 	var remove []string
 	reqHeaders.each(func(name string) {
-		if spoofsIdentity(name) && !setsHeader(set, name) && !slices.Contains(remove, name) {
+		if spoofsIdentity(name) && !setsHeader(set, name) {
 			remove = append(remove, name)
 		}
 	})
-	slices.Sort(remove) // the map's order is random; the answer's is not
+	// Sorted, as the map's order is random and the answer's is not; each
+	// once (a name may repeat in header_map), in O(n log n).
+	slices.Sort(remove)
+	remove = slices.Compact(remove)
 	if app.StripAuthorization && d.Claims != nil {
 		remove = append(remove, "authorization")
 	}
@@ -252,14 +263,22 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	return res
 }
 
-// identityAnswer is identityResponse, pre-marshalled.
+// identityAnswer is identityResponse, pre-marshalled. The answer is kept
+// with the token in the verified-token cache, which counts it at
+// authz.DerivedAllowance bytes: a token whose claims would make it larger
+// is answered without them in dynamic_metadata (the identity headers are
+// always there).
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
-	return mustPreMarshal(identityResponse(d, app))
+	p := mustPreMarshal(identityResponse(d, app, !app.NoDynamicMetadata))
+	if p.wire.Len() > authz.DerivedAllowance && !app.NoDynamicMetadata {
+		p = mustPreMarshal(identityResponse(d, app, false))
+	}
+	return p
 }
 
 // identityResponse is the allow response for a token and an application:
 // the identity headers and the claims as dynamic metadata.
-func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckResponse {
+func identityResponse(d authz.Decision, app *authz.Application, metadata bool) *authv3.CheckResponse {
 	ok := &authv3.OkHttpResponse{}
 	set := func(name, value string) {
 		if value != "" {
@@ -282,7 +301,7 @@ func identityResponse(d authz.Decision, app *authz.Application) *authv3.CheckRes
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
 	}
-	if app.NoDynamicMetadata {
+	if !metadata {
 		return res
 	}
 	if claims, err := claimsStruct(raw); err == nil {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -58,5 +59,28 @@ func TestPreMarshalledAnswer(t *testing.T) {
 	}
 	if _, err := c.Marshal(msg); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A CheckRequest with thousands of headers, which no proxy sends, is
+// refused before any work on them; hundreds of spoofed ones are removed in
+// O(n log n), each once.
+func TestCheckManyHeaders(t *testing.T) {
+	svc, tok := benchCheckAlg(t, 0, "ES256")
+	req := checkRequest("/read", "Bearer "+tok)
+	h := req.Attributes.Request.Http.Headers
+	for i := range 500 {
+		h[fmt.Sprintf("x_vakt_%04d", i)] = "x"
+	}
+	res, err := svc.Check(context.Background(), req)
+	if err != nil || len(res.GetOkResponse().GetHeadersToRemove()) != 500 {
+		t.Fatalf("500 spoofed headers: %v", err)
+	}
+	for i := 500; i < 1100; i++ {
+		h[fmt.Sprintf("x_vakt_%04d", i)] = "x"
+	}
+	res, err = svc.Check(context.Background(), req)
+	if err != nil || res.GetDeniedResponse().GetStatus().GetCode() != 400 {
+		t.Fatalf("1100 headers: %v %v", res, err)
 	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -318,5 +319,21 @@ func TestIntrospectJSONDuplicateMember(t *testing.T) {
 		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "more than once") {
 			t.Errorf("%s: %d %s", body, resp.StatusCode, b)
 		}
+	}
+}
+
+// The answer kept with a cached token is bounded: a token whose claims
+// would make it larger than the cache counts is answered without them in
+// dynamic_metadata, its identity headers all there.
+func TestCheckAnswerBounded(t *testing.T) {
+	e := newIntegrityEnv(t)
+	groups := make([]string, 300)
+	for i := range groups {
+		groups[i] = fmt.Sprintf("group-%03d", i)
+	}
+	tok := e.own(app1, appB, "read:users", "groups", groups)
+	res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}})
+	if res.GetOkResponse() == nil || res.GetDynamicMetadata() != nil || headerMap(res.GetOkResponse().GetHeaders())[authz.HeaderSubject] != "user-1" {
+		t.Fatalf("a large token's answer: %v", res)
 	}
 }

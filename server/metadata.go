@@ -55,7 +55,7 @@ func issuerPath(issuer string) string {
 	if err != nil {
 		return ""
 	}
-	return strings.TrimRight(u.EscapedPath(), "/")
+	return strings.TrimRight(u.Path, "/") // config refuses paths that need escaping
 }
 
 // jwksHandler is GET /jwks: the public keys of the tokens vakt issues.
