@@ -14,7 +14,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vakt-dev/vakt/authz"
 )
@@ -269,16 +269,26 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 // is answered without them in dynamic_metadata (the identity headers are
 // always there).
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
-	p := mustPreMarshal(identityResponse(d, app, !app.NoDynamicMetadata))
-	if p.wire.Len() > authz.DerivedAllowance && !app.NoDynamicMetadata {
-		p = mustPreMarshal(identityResponse(d, app, false))
+	raw := d.Claims.Raw() // once per token and application
+	res := identityResponse(d, app, raw)
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
+	if err != nil {
+		panic(err) // a message of strings; cannot fail
 	}
-	return p
+	if !app.NoDynamicMetadata {
+		// An answer past the allowance goes without its metadata, so that
+		// one large token cannot take a large share of the cache.
+		if full, err := appendDynamicMetadata(slices.Clip(b), metadataNamespace, raw); err == nil && len(full) <= authz.DerivedAllowance {
+			b = full
+		}
+	}
+	return newPreMarshalledBytes(b, res)
 }
 
 // identityResponse is the allow response for a token and an application:
-// the identity headers and the claims as dynamic metadata.
-func identityResponse(d authz.Decision, app *authz.Application, metadata bool) *authv3.CheckResponse {
+// the identity headers. The claims as dynamic metadata are appended to its
+// wire form (identityAnswer).
+func identityResponse(d authz.Decision, app *authz.Application, raw map[string]any) *authv3.CheckResponse {
 	ok := &authv3.OkHttpResponse{}
 	set := func(name, value string) {
 		if value != "" {
@@ -289,7 +299,6 @@ func identityResponse(d authz.Decision, app *authz.Application, metadata bool) *
 		}
 	}
 	c := d.Claims
-	raw := c.Raw() // once per token and application
 	set(authz.HeaderSubject, c.Subject)
 	set(authz.HeaderClientID, d.Caller)
 	set(authz.HeaderIdentityProvider, d.Provider.IdentityProvider(c))
@@ -297,19 +306,10 @@ func identityResponse(d authz.Decision, app *authz.Application, metadata bool) *
 	for _, fc := range app.ForwardClaims {
 		set(fc.Header, claimString(raw[fc.Claim]))
 	}
-	res := &authv3.CheckResponse{
+	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
 	}
-	if !metadata {
-		return res
-	}
-	if claims, err := claimsStruct(raw); err == nil {
-		res.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{
-			metadataNamespace: structpb.NewStructValue(claims),
-		}}
-	}
-	return res
 }
 
 func setsHeader(names []string, name string) bool {

@@ -99,10 +99,14 @@ func BenchmarkCheckCached(b *testing.B) {
 	}
 }
 
-// BenchmarkCheckUncachedRS256: an allowed request verified from scratch.
-func BenchmarkCheckUncachedRS256(b *testing.B) {
-	svc, tok := benchCheck(b, -1)
-	benchmarkCheck(b, svc, checkRequest("/read", "Bearer "+tok), codes.OK)
+// BenchmarkCheckUncached: an allowed request verified from scratch.
+func BenchmarkCheckUncached(b *testing.B) {
+	for _, alg := range []string{"RS256", "ES256"} {
+		b.Run(alg, func(b *testing.B) {
+			svc, tok := benchCheckAlg(b, -1, alg)
+			benchmarkCheck(b, svc, checkRequest("/read", "Bearer "+tok), codes.OK)
+		})
+	}
 }
 
 // BenchmarkCheckDenied: a request without a token, refused with 401.

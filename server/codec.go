@@ -31,11 +31,17 @@ func newPreMarshalled(m *authv3.CheckResponse) (*preMarshalled, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newPreMarshalledBytes(b, m), nil
+}
+
+// newPreMarshalledBytes keeps b, m's wire form with perhaps more appended,
+// and the names of the headers m sets.
+func newPreMarshalledBytes(b []byte, m *authv3.CheckResponse) *preMarshalled {
 	p := &preMarshalled{wire: mem.BufferSlice{mem.SliceBuffer(b)}}
 	for _, h := range m.GetOkResponse().GetHeaders() {
 		p.sets = append(p.sets, h.GetHeader().GetKey())
 	}
-	return p, nil
+	return p
 }
 
 // message decodes the answer, into a message of the caller's own: for the
