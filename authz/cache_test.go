@@ -2,9 +2,12 @@ package authz
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -239,4 +242,33 @@ func heapInUse() uint64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
+}
+
+// Raw re-derives every claim from the signed part the cache keeps, with or
+// without a cache, and verbatim (numbers as the token wrote them).
+func TestRawFromCachedToken(t *testing.T) {
+	k := idptest.NewKey(t, "k1", "ES256")
+	p, _ := staticProvider(t, "a", "https://a.example", k)
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	exp := clock.Now().Add(time.Hour)
+	tok := token(t, k, "https://a.example", exp, "nested", map[string]any{"n": 1.5, "l": []any{"x", nil, true}}, "big", json.Number("12345678901234567890"))
+	want := map[string]any{
+		"iss": "https://a.example", "sub": "user-1", "exp": json.Number(strconv.FormatInt(exp.Unix(), 10)),
+		"nested": map[string]any{"n": json.Number("1.5"), "l": []any{"x", nil, true}}, "big": json.Number("12345678901234567890"),
+	}
+	for _, size := range []int{0, -1} {
+		v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, CacheSize: size, Now: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 { // the second from the cache, when there is one
+			c, err := v.Validate(context.Background(), "a", tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Raw(); !reflect.DeepEqual(got, want) {
+				t.Fatalf("cache %d, validation %d: Raw() = %v, want %v", size, i, got, want)
+			}
+		}
+	}
 }

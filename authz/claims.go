@@ -29,9 +29,11 @@ type Claims struct {
 	NotBefore time.Time // zero when the token has no nbf
 	IssuedAt  time.Time // zero when the token has no iat
 
-	// payload is the token's claims, the JSON object as decoded from the
-	// token; caller, idp and jti are read from it once.
-	payload         []byte
+	// signed is the token's header.payload as it was signed, which the
+	// verified-token cache keeps anyway: Raw decodes the payload from it
+	// rather than the claims keeping a second, decoded copy. caller, idp
+	// and jti are read from the payload once.
+	signed          string
 	caller, idp, id string
 
 	// Scopes are the token's scopes, from scope (a space-separated string),
@@ -83,7 +85,7 @@ func parseClaims(payload []byte) (*Claims, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
-	c := &Claims{payload: payload}
+	c := &Claims{}
 	if c.Issuer, err = stringClaim(raw, "iss"); err != nil {
 		return nil, err
 	}
@@ -126,7 +128,7 @@ func parseClaims(payload []byte) (*Claims, error) {
 	c.id, _ = raw["jti"].(string)
 	// The strings the parser made are copies of their own: keeping them
 	// keeps nothing else of the map alive.
-	c.size = claimsOverhead + int64(len(c.payload)) + c.stringBytes()
+	c.size = claimsOverhead + c.stringBytes()
 	return c, nil
 }
 
@@ -213,7 +215,15 @@ func (c *Claims) ID() string { return c.id }
 // so that they are copied verbatim, in a map of the caller's own (parsed
 // anew from the token's payload on every call: the cache keeps no map).
 func (c *Claims) Raw() map[string]any {
-	m, err := parseJSONObject(c.payload)
+	dot := strings.IndexByte(c.signed, '.')
+	if dot < 0 {
+		return map[string]any{}
+	}
+	payload, err := b64.DecodeString(c.signed[dot+1:])
+	if err != nil {
+		return map[string]any{} // decoded once already; cannot fail
+	}
+	m, err := parseJSONObject(payload)
 	if err != nil {
 		return map[string]any{} // parsed once already; cannot fail
 	}

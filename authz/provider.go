@@ -200,6 +200,7 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, top *topCl
 	if err != nil {
 		return nil, err
 	}
+	c.signed = pt.signingInput
 	switch {
 	case p.sigFirst:
 		if err := p.checkClaims(pt, c, now, true); err != nil {

@@ -168,6 +168,7 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
 	key := signatureKey(token[dot+1:])
 	// Clone: the token points into the caller's buffer, which must not be kept.
 	e := cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}
+	c.signed = e.signed // one copy, shared: not yet seen by any other goroutine
 	v.cache.Put(&key, e, entrySize(&e), expiryNanos(c.exp, p), now.UnixNano())
 }
 
