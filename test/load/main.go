@@ -35,6 +35,7 @@ func main() {
 	fs.IntVar(&opts.inFlight, "in-flight", 50, "requests in flight at once")
 	fs.IntVar(&opts.conns, "conns", 4, "gRPC connections")
 	fs.BoolVar(&opts.uncached, "uncached", false, "run vakt with its verified-token cache off (compare with naive)")
+	fs.BoolVar(&opts.noMetadata, "no-metadata", false, "run vakt with dynamicMetadata: false for the application (no claims in the answer)")
 	fs.StringVar(&opts.only, "only", "", "measure one server only: null, naive or vakt")
 	_ = fs.Parse(os.Args[1:])
 	if err := run(opts); err != nil {

@@ -36,6 +36,7 @@ type options struct {
 	tokens, inFlight, conns int
 	duration                time.Duration
 	uncached                bool
+	noMetadata              bool
 	only                    string
 }
 
@@ -93,6 +94,10 @@ func prepare(dir string, o options) ([][]byte, error) {
 	if o.uncached {
 		cache = -1
 	}
+	metadata := "true"
+	if o.noMetadata {
+		metadata = "false"
+	}
 	yaml := fmt.Sprintf(`issuer: %s
 cluster: dev-gcp
 validation:
@@ -105,13 +110,14 @@ applications:
     namespace: team-a
   - name: app-b
     namespace: team-b
+    dynamicMetadata: %s
     routes:
       - {methods: [GET], path: /read, scopes: ["read:users"]}
     accessPolicy:
       inbound:
         rules:
           - {application: app-1, namespace: team-a}
-`, issuer, cache)
+`, issuer, cache, metadata)
 	if err := os.WriteFile(filepath.Join(dir, "vakt.yaml"), []byte(yaml), 0o600); err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -37,6 +38,18 @@ func serve(args []string) error {
 	dir := fs.String("dir", "", "the directory with keys.json and vakt.yaml")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	// LOAD_CPUPROFILE=prefix writes each server's CPU profile, warm-up
+	// included, to prefix.KIND.
+	if prefix := os.Getenv("LOAD_CPUPROFILE"); prefix != "" {
+		f, err := os.Create(prefix + "." + *kind)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
