@@ -33,8 +33,9 @@ const maxCheckHeaders = 1024
 // authorizationService is Envoy's envoy.service.auth.v3.Authorization.
 type authorizationService struct {
 	authv3.UnimplementedAuthorizationServer
-	cur *Current
-	log *slog.Logger
+	cur     *Current
+	log     *slog.Logger
+	metrics *Metrics // nil counts nothing
 }
 
 var _ authv3.AuthorizationServer = (*authorizationService)(nil)
@@ -56,16 +57,29 @@ func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckReque
 // allow that needs no change for this request is its pre-marshalled answer,
 // written as it is (codec); anything else a *authv3.CheckResponse.
 func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckRequest) (any, error) {
+	if s.metrics == nil {
+		res, _, err := s.decide(ctx, req)
+		return res, err
+	}
+	start := s.metrics.checkStart()
+	res, reason, err := s.decide(ctx, req)
+	s.metrics.observeCheck(reason, start)
+	return res, err
+}
+
+// decide is checkWire's answer, and the reason for it (ReasonNone for an
+// allow).
+func (s *authorizationService) decide(ctx context.Context, req *authv3.CheckRequest) (any, authz.Reason, error) {
 	rt := s.cur.Load()
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
-		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), nil
+		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), authz.ReasonRequestInvalid, nil
 	}
 	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
 	if len(headers.m)+len(headers.raw) > maxCheckHeaders {
 		// Envoy sends 100 headers at most by default; a request with
 		// thousands did not come through a proxy, and is not worked on.
-		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), nil
+		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), authz.ReasonRequestInvalid, nil
 	}
 	grpcCall := strings.HasPrefix(headers.get("content-type"), "application/grpc")
 	app, ok := findApplication(rt, req.GetAttributes())
@@ -77,7 +91,8 @@ func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckR
 			"context_extension", attrs.GetContextExtensions()[ContextExtensionApp],
 			"destination_principal", attrs.GetDestination().GetPrincipal(),
 			"host", httpReq.GetHost(), "path", truncatePath(httpReq.GetPath()))
-		return denied(authz.NoApplication(), "", grpcCall), nil
+		d := authz.NoApplication()
+		return denied(d, "", grpcCall), d.Reason, nil
 	}
 	path := httpReq.GetPath()
 	if path == "" {
@@ -93,11 +108,11 @@ func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckR
 			// The cause names URLs and addresses: the log has it, Envoy
 			// gets the reason's description.
 			s.log.Debug("check could not be decided", "application", app.ID, "reason", d.Reason.String(), "cause", d.Err)
-			return nil, status.Error(answerFor(d.Reason).grpc, d.Reason.Description())
+			return nil, d.Reason, status.Error(answerFor(d.Reason).grpc, d.Reason.Description())
 		}
-		return denied(d, app.ID, grpcCall), nil
+		return denied(d, app.ID, grpcCall), d.Reason, nil
 	}
-	return allowed(d, app, headers), nil
+	return allowed(d, app, headers), authz.ReasonNone, nil
 }
 
 func truncatePath(p string) string {

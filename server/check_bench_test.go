@@ -43,7 +43,8 @@ func benchCheckAlg(b testing.TB, cacheSize int, alg string) (*authorizationServi
 			"scope": "openid read:users", "iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
 			"jti": "5c7a1d1e-6b1f-4e5e-9a53-2f7a3c8d9b10",
 		})
-	return &authorizationService{cur: cur, log: quiet}, tok
+	// As vakt serve runs it: with its metrics.
+	return &authorizationService{cur: cur, log: quiet, metrics: NewMetrics()}, tok
 }
 
 func checkRequest(path, auth string) *authv3.CheckRequest {

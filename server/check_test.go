@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -54,12 +56,13 @@ applications:
 `
 
 type cenv struct {
-	t      *testing.T
-	auth0  *idptest.Issuer
-	signer *exchange.Signer
-	cur    *Current
-	client authv3.AuthorizationClient
-	yaml   string
+	t       *testing.T
+	auth0   *idptest.Issuer
+	signer  *exchange.Signer
+	cur     *Current
+	client  authv3.AuthorizationClient
+	yaml    string
+	metrics *Metrics
 }
 
 func newCheckEnv(t *testing.T) *cenv {
@@ -73,7 +76,8 @@ func newCheckEnv(t *testing.T) *cenv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, _ := AuthorityServices(e.cur, nil, quiet).NewGRPCServer()
+	e.metrics = NewMetrics()
+	gs, _ := AuthorityServices(e.cur, e.metrics, quiet).NewGRPCServer()
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), testDialOptions()...)
@@ -322,5 +326,81 @@ func TestCheckRuleRemovedByReload(t *testing.T) {
 	res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}})
 	if d := res.GetDeniedResponse(); d == nil || d.GetStatus().GetCode() != 403 || !strings.Contains(d.GetBody(), "access_denied") {
 		t.Fatalf("after the rule was removed: %v", res)
+	}
+}
+
+// Every Check is counted by result and reason, and timed; every series
+// exists from the start.
+func TestCheckMetrics(t *testing.T) {
+	e := newCheckEnv(t)
+	scrape := func() string {
+		srv := httptest.NewServer(e.metrics.Handler())
+		defer srv.Close()
+		resp, err := testHTTP.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	before := scrape()
+	for _, want := range []string{
+		`vakt_check_decisions_total{reason="none",result="allow"} 0`,
+		`vakt_check_decisions_total{reason="caller_denied",result="deny"} 0`,
+		`vakt_check_decisions_total{reason="keys_unavailable",result="error"} 0`,
+		`vakt_check_decisions_total{reason="overloaded",result="error"} 0`,
+		`vakt_check_duration_seconds_count 0`,
+	} {
+		if !strings.Contains(before, want) {
+			t.Errorf("before any Check, metrics lack %s", want)
+		}
+	}
+	auth := func(tok string) map[string]string { return map[string]string{"authorization": "Bearer " + tok} }
+	e.check(creq{app: appB, path: "/read", headers: auth(e.own(app1, appB, "read:users"))})
+	e.check(creq{app: appB, path: "/read", headers: auth(e.own(app1, appB, "read:users"))})
+	e.check(creq{app: appB, path: "/read"})
+	e.check(creq{app: appB, path: "/read", headers: auth(e.own(app3, appB, "read:users"))})
+	e.check(creq{app: appB, method: "POST", path: "/create", headers: auth(e.own(app1, appB, "read:users"))})
+	e.check(creq{app: "dev-gcp:team-x:nobody", path: "/read"})
+	after := scrape()
+	for _, want := range []string{
+		`vakt_check_decisions_total{reason="none",result="allow"} 2`,
+		`vakt_check_decisions_total{reason="token_missing",result="deny"} 1`,
+		`vakt_check_decisions_total{reason="caller_denied",result="deny"} 1`,
+		`vakt_check_decisions_total{reason="scope_insufficient",result="deny"} 1`,
+		`vakt_check_decisions_total{reason="application_unknown",result="deny"} 1`,
+		`vakt_check_duration_seconds_count 6`,
+		`vakt_check_duration_seconds_bucket{le="+Inf"} 6`,
+		`vakt_check_duration_seconds_bucket{le="1e-06"}`,
+	} {
+		if !strings.Contains(after, want) {
+			t.Errorf("after six Checks, metrics lack %s", want)
+		}
+	}
+}
+
+func TestCheckBucket(t *testing.T) {
+	for _, tt := range []struct {
+		d    time.Duration
+		want int
+	}{
+		{0, 0}, {-time.Second, 0}, {time.Microsecond, 0},
+		{time.Microsecond + 1, 1}, {4 * time.Microsecond, 1},
+		{4*time.Microsecond + 1, 2}, {16 * time.Microsecond, 2},
+		{17 * time.Microsecond, 3}, {time.Millisecond, 5}, {1024 * time.Microsecond, 5},
+		{1025 * time.Microsecond, 6}, {1048576 * time.Microsecond, 10},
+		{1048577 * time.Microsecond, checkBuckets}, {time.Hour, checkBuckets},
+	} {
+		if got := checkBucket(tt.d); got != tt.want {
+			t.Errorf("checkBucket(%v) = %d, want %d", tt.d, got, tt.want)
+		}
+		// The bucket's bound holds d, and the one before does not.
+		if b := checkBucket(tt.d); b < checkBuckets {
+			bound := time.Microsecond << (2 * b)
+			if tt.d > bound || (b > 0 && tt.d <= bound>>2) {
+				t.Errorf("%v in bucket %d (le %v)", tt.d, b, bound)
+			}
+		}
 	}
 }

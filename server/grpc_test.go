@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/vakt-dev/vakt/authz"
 )
 
 // vakt's own failures are RPC errors, never denials: Envoy's status_on_error
@@ -28,7 +30,8 @@ func TestRecoveredPanicIsAnError(t *testing.T) {
 // way round; health is always answered.
 func TestOverloadIsAnError(t *testing.T) {
 	b := newBudgets(1, 1)
-	admit := admitUnary(b)
+	m := NewMetrics()
+	admit := admitUnary(b, m)
 	check := &grpc.UnaryServerInfo{FullMethod: "/envoy.service.auth.v3.Authorization/Check"}
 	introspect := &grpc.UnaryServerInfo{FullMethod: "/vakt.v1.IntrospectionService/Introspect"}
 	health := &grpc.UnaryServerInfo{FullMethod: "/grpc.health.v1.Health/Check"}
@@ -60,6 +63,15 @@ func TestOverloadIsAnError(t *testing.T) {
 			t.Fatal("the slot was never released")
 		}
 		time.Sleep(time.Millisecond)
+	}
+
+	// A Check past its budget is counted as decided for overloaded.
+	b.check <- struct{}{}
+	if _, err := admit(context.Background(), nil, check, ok); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a Check while its budget is full: %v", err)
+	}
+	if n := m.checks.decisions[authz.ReasonOverloaded].Load(); n != 1 {
+		t.Fatalf("%v Checks counted as overloaded, want 1", n)
 	}
 }
 

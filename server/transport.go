@@ -59,6 +59,7 @@ type Services struct {
 	mux      *http.ServeMux
 	log      *slog.Logger
 	budgets  *budgets
+	metrics  *Metrics
 }
 
 // budgets are the admission budgets: slots taken while a request is in
@@ -135,7 +136,7 @@ func newServices(log *slog.Logger, m *Metrics, register func(grpc.ServiceRegistr
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Services{register: register, mux: http.NewServeMux(), log: log, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight)}
+	s := &Services{register: register, mux: http.NewServeMux(), log: log, metrics: m, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight)}
 	if m != nil {
 		s.mux.Handle("GET /metrics", m.Handler())
 	}
@@ -158,7 +159,7 @@ func (s *Services) Handler() http.Handler { return s.mux }
 func (s *Services) NewGRPCServer() (*grpc.Server, *health.Server) {
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
-		grpc.ChainUnaryInterceptor(recoverUnary(s.log), admitUnary(s.budgets)),
+		grpc.ChainUnaryInterceptor(recoverUnary(s.log), admitUnary(s.budgets, s.metrics)),
 		grpc.ForceServerCodecV2(newCodec()),
 		// A pool of goroutines serves the streams: no new goroutine, and no
 		// stack to grow, per Check.
@@ -185,7 +186,8 @@ func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 
 // admitUnary admits Checks within their budget and Introspect and Exchange
 // within theirs; health and reflection are always answered.
-func admitUnary(b *budgets) grpc.UnaryServerInterceptor {
+// A Check refused is counted as a Check decided for overloaded.
+func admitUnary(b *budgets, m *Metrics) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		var slots chan struct{}
 		switch {
@@ -197,6 +199,9 @@ func admitUnary(b *budgets) grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		if !take(slots) {
+			if slots == b.check {
+				m.checkRefused()
+			}
 			return nil, status.Error(answerFor(authz.ReasonOverloaded).grpc, authz.ReasonOverloaded.Description())
 		}
 		defer func() { <-slots }()
