@@ -4,6 +4,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 
@@ -56,6 +58,9 @@ type Config struct {
 	// Warnings are what Load accepted but an operator should hear of, every
 	// time it loads (an audience: any, say).
 	Warnings []string `yaml:"-"`
+	// Hash names the document loaded: the first 16 hex digits of its
+	// SHA-256, so that a fleet shows which configuration each replica runs.
+	Hash string `yaml:"-"`
 }
 
 // Signing configures the tokens vakt issues.
@@ -259,6 +264,8 @@ func Load(data []byte, dir string) (*Config, error) {
 		return nil, decodeError(err, data)
 	}
 	c.applyDefaults(dir)
+	sum := sha256.Sum256(data)
+	c.Hash = hex.EncodeToString(sum[:8])
 	v := newValidator(data)
 	v.config = &c
 	c.loadKeys(v, dir)

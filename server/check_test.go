@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -377,6 +378,27 @@ func TestCheckMetrics(t *testing.T) {
 		if !strings.Contains(after, want) {
 			t.Errorf("after six Checks, metrics lack %s", want)
 		}
+	}
+
+	// Which vakt, and which configuration: a reload shows its own hash.
+	first := e.cur.Load().Config.Hash
+	e.load(e.yaml + "# changed\n")
+	second := e.cur.Load().Config.Hash
+	if first == second || len(first) != 16 {
+		t.Fatalf("hashes %q and %q", first, second)
+	}
+	info := scrape()
+	for _, want := range []string{
+		`vakt_build_info{goversion="` + runtime.Version() + `",revision="unknown",version="(devel)"} 1`,
+		`vakt_config_info{hash="` + second + `"} 1`,
+		`vakt_config_load_timestamp_seconds `,
+	} {
+		if !strings.Contains(info, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(info, first) {
+		t.Errorf("metrics still name the configuration replaced")
 	}
 }
 

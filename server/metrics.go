@@ -12,6 +12,7 @@ import (
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/buildinfo"
 )
 
 // Metrics are vakt's Prometheus metrics, on a registry of their own.
@@ -45,7 +46,14 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 	}
 	m.checks = newCheckStats()
-	m.registry.MustRegister(m.checks, m.exchanges, m.introspections, m.reloads,
+	build := buildinfo.Read()
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "vakt_build_info",
+		Help:        "Always 1; the labels say which vakt runs: its version, source revision and Go version.",
+		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision, "goversion": build.GoVersion},
+	})
+	buildInfo.Set(1)
+	m.registry.MustRegister(buildInfo, m.checks, m.exchanges, m.introspections, m.reloads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +73,39 @@ func (m *Metrics) Reloaded(err error) {
 	} else {
 		m.reloads.WithLabelValues("ok").Inc()
 	}
+}
+
+// watchConfig reports the configuration in force in cur, read at scrape
+// time. The first Current watched is the one reported.
+func (m *Metrics) watchConfig(cur *Current) {
+	if m == nil {
+		return
+	}
+	_ = m.registry.Register(configCollector{cur: cur,
+		info: prometheus.NewDesc("vakt_config_info",
+			"Always 1; hash names the configuration in force (the first 16 hex digits of its file's SHA-256).", []string{"hash"}, nil),
+		loaded: prometheus.NewDesc("vakt_config_load_timestamp_seconds",
+			"When the configuration in force was loaded, in seconds since the epoch.", nil, nil),
+	})
+}
+
+type configCollector struct {
+	cur          *Current
+	info, loaded *prometheus.Desc
+}
+
+func (c configCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.info
+	ch <- c.loaded
+}
+
+func (c configCollector) Collect(ch chan<- prometheus.Metric) {
+	rt := c.cur.Load()
+	if rt == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, rt.Config.Hash)
+	ch <- prometheus.MustNewConstMetric(c.loaded, prometheus.GaugeValue, float64(rt.LoadedAt.UnixNano())/1e9)
 }
 
 // checkStart is when a Check started, for observeCheck.

@@ -35,6 +35,8 @@ type Runtime struct {
 	Signer    *exchange.Signer
 	Authority *exchange.Authority
 	Checker   *authz.Checker
+	// LoadedAt is when the runtime was built.
+	LoadedAt time.Time
 }
 
 // Current holds the runtime every request reads; a reload swaps it whole.
@@ -54,6 +56,7 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 	if log == nil {
 		log = slog.Default()
 	}
+	m.watchConfig(cur)
 	in := &introspector{validator: func() *authz.Validator { return cur.Load().Validator }, metrics: m, log: log}
 	s := newServices(log, m, func(r grpc.ServiceRegistrar) {
 		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
@@ -200,8 +203,13 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
 	return &Runtime{
-		Config: cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
+		LoadedAt: now(),
+		Config:   cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
 		Checker: &authz.Checker{Validator: v, Own: config.ProviderTokenX},
 	}, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/buildinfo"
 	"github.com/vakt-dev/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/server"
 )
@@ -35,6 +36,7 @@ Usage:
   vakt keys generate [--alg RS256|ES256|EdDSA] [--add FILE]
   vakt keys promote FILE KID
   vakt keys retire FILE KID
+  vakt version              the version, source revision and Go version
 
 Without --config, serve runs on the embedded development default
 (deploy/examples/vakt.yaml) with an ephemeral signing key.
@@ -62,6 +64,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return assertion(args[1:], stdout, stderr)
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "version", "--version":
+		b := buildinfo.Read()
+		fmt.Fprintf(stdout, "vakt %s (revision %s, %s)\n", b.Version, b.Revision, b.GoVersion)
+		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -38,6 +39,8 @@ func TestRun(t *testing.T) {
 		{"serve empty config, = form", []string{"serve", "--config="}, 2, "", []string{"--config is empty"}},
 		{"keys generate --out and --add", []string{"keys", "generate", "--out", "a", "--add", "b"}, 2, "", []string{"usage"}},
 		{"help", []string{"help"}, 0, "", nil},
+		// A test binary records no VCS revision.
+		{"version", []string{"version"}, 0, "vakt (devel) (revision unknown, " + runtime.Version() + ")\n", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
