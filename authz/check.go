@@ -26,12 +26,18 @@ type Decision struct {
 	Err error
 	// Scope lists the scopes the route needs, on ReasonScopeInsufficient.
 	Scope string
-	// Claims of the token, on allow; nil on a public route.
+	// Claims of the token, once it verified: on allow (nil on a public
+	// route), and on a refusal of a verified token, for the decision log.
 	Claims *Claims
-	// Provider verified the token, on allow; nil on a public route.
+	// Provider verified the token, whenever Claims is set.
 	Provider *Provider
-	// Caller is the calling application the token names, if any.
+	// Caller is the calling application the token names, if any (an
+	// application id: a token naming anything else has none).
 	Caller string
+	// Route is the application's route that matched, numbered from 1 in
+	// the order of its routes; 0 when none matched or it has none. It says
+	// which rule decided (the decision log, explain).
+	Route int
 }
 
 // Checker decides Check requests: the bearer token, the application's
@@ -66,10 +72,11 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 		return deny(ReasonPathInvalid, err)
 	}
 	var route *Route
+	number := 0
 	if routes := req.App.Routes; len(routes) > 0 {
 		for i := range routes {
 			if routes[i].matches(req.Method, path) {
-				route = &routes[i]
+				route, number = &routes[i], i+1
 				break
 			}
 		}
@@ -77,9 +84,17 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 			return deny(ReasonRouteNotFound, nil)
 		}
 		if route.Public {
-			return Decision{Allow: true}
+			return Decision{Allow: true, Route: number}
 		}
 	}
+	d := c.checkToken(ctx, req, route)
+	d.Route = number
+	return d
+}
+
+// checkToken is Check past the route: the token, the caller and the
+// route's scopes.
+func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route) Decision {
 	if req.Authorization == "" {
 		return deny(ReasonTokenMissing, nil)
 	}
@@ -103,14 +118,19 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 	if err != nil {
 		return deny(ReasonOf(err), err)
 	}
+	// A refusal of a verified token says whose it was, for the decision
+	// log; the answer to the client never carries any of it.
+	refuse := func(r Reason, caller string) Decision {
+		return Decision{Reason: r, Claims: claims, Provider: provider, Caller: caller}
+	}
 	app := req.App
 	own := provider.Name() == c.Own
 	if own {
 		if !slices.Contains(claims.Audience, app.ID) {
-			return deny(ReasonTokenAudience, nil)
+			return refuse(ReasonTokenAudience, "")
 		}
 	} else if r := acceptsExternal(app, provider.Name(), claims); r != ReasonNone {
-		return deny(r, nil)
+		return refuse(r, "")
 	}
 	// The caller is named only by vakt's own tokens, which vakt minted for
 	// a client it authenticated. An external provider's client_id or azp
@@ -121,23 +141,23 @@ func (c *Checker) Check(ctx context.Context, req CheckRequest) Decision {
 	if own {
 		caller = claims.Caller()
 		if !isApplicationID(caller) {
-			return deny(ReasonCallerMissing, nil)
+			return refuse(ReasonCallerMissing, "")
 		}
 		if !app.Allows(caller) {
-			return deny(ReasonCallerDenied, nil)
+			return refuse(ReasonCallerDenied, caller)
 		}
 	}
 	if route != nil {
 		for _, s := range route.Scopes {
 			if !claims.HasScope(s) {
-				d := deny(ReasonScopeInsufficient, nil)
+				d := refuse(ReasonScopeInsufficient, caller)
 				d.Scope = route.scopeText
 				return d
 			}
 		}
 	}
 	if !forwardable(claims, own, app) {
-		return deny(ReasonClaimNotForwardable, nil)
+		return refuse(ReasonClaimNotForwardable, caller)
 	}
 	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller}
 }

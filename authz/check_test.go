@@ -262,7 +262,19 @@ func (tt *checkCase) verify(t *testing.T, d authz.Decision) {
 	if d.Err != nil && authz.ReasonOf(d.Err) != d.Reason {
 		t.Errorf("Err %v is of reason %v, the decision's is %v", d.Err, authz.ReasonOf(d.Err), d.Reason)
 	}
-	if !d.Allow || tt.provider == "" {
+	if !d.Allow {
+		// A refusal names the token's claims (for the decision log) only
+		// once it verified: never beside an error, always with its
+		// provider, and a caller only with them.
+		if d.Claims == nil && (d.Provider != nil || d.Caller != "") {
+			t.Fatalf("Provider %v, Caller %q without Claims", d.Provider, d.Caller)
+		}
+		if d.Claims != nil && (d.Err != nil || d.Provider == nil) {
+			t.Fatalf("Claims of a token refused with Err %v, Provider %v", d.Err, d.Provider)
+		}
+		return
+	}
+	if tt.provider == "" {
 		if d.Claims != nil || d.Provider != nil || d.Caller != "" {
 			t.Fatalf("Claims %+v, Provider %v, Caller %q: want none", d.Claims, d.Provider, d.Caller)
 		}
@@ -475,6 +487,36 @@ func TestCheckerCache(t *testing.T) {
 		d := c.Check(ctx, authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: tok})
 		if d.Reason != authz.ReasonTokenExpired || !errors.Is(d.Err, authz.ErrExpired) {
 			t.Fatalf("expired since it was cached: %v (%v)", d.Reason, d.Err)
+		}
+	}
+}
+
+// A decision names the route that decided it, numbered from 1 in the
+// application's order; 0 when none matched or the application has none.
+func TestDecisionNamesRoute(t *testing.T) {
+	e := newCheckEnv(t)
+	ctx := context.Background()
+	b, _ := e.policy.Application(appB)
+	api, _ := e.policy.Application(appAPI)
+	tok := "Bearer " + e.own(t, app1, []string{appB, appAPI}, "read:users")
+	for _, tt := range []struct {
+		app          *authz.Application
+		method, path string
+		auth         string
+		reason       authz.Reason
+		route        int
+	}{
+		{b, "GET", "/read", tok, authz.ReasonNone, 1},
+		{b, "POST", "/create", tok, authz.ReasonScopeInsufficient, 2},
+		{b, "POST", "/create", "", authz.ReasonTokenMissing, 2},
+		{b, "GET", "/public/x", "", authz.ReasonNone, 4},
+		{b, "GET", "/reports/summary", "", authz.ReasonNone, 7},
+		{b, "GET", "/nowhere", tok, authz.ReasonRouteNotFound, 0},
+		{api, "GET", "/", tok, authz.ReasonNone, 0},
+	} {
+		d := e.cached.Check(ctx, authz.CheckRequest{App: tt.app, Method: tt.method, Path: tt.path, Authorization: tt.auth})
+		if d.Reason != tt.reason || d.Route != tt.route {
+			t.Errorf("%s %s %s: %v, route %d; want %v, route %d", tt.app.ID, tt.method, tt.path, d.Reason, d.Route, tt.reason, tt.route)
 		}
 	}
 }

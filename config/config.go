@@ -54,6 +54,7 @@ type Config struct {
 	Signing           Signing            `yaml:"signing"`
 	Replay            Replay             `yaml:"replay"`
 	Limits            Limits             `yaml:"limits"`
+	Log               Log                `yaml:"log"`
 
 	// Warnings are what Load accepted but an operator should hear of, every
 	// time it loads (an audience: any, say).
@@ -216,6 +217,20 @@ func (r Rule) ID() string {
 // Limits bound the work vakt takes on at once, so that no flood of one kind
 // of request, and no identity provider that hangs, starves the rest. They
 // are read at start: a change needs a restart.
+// Which decisions get a log line of their own.
+const (
+	LogDecisionsDeny = "deny" // refusals and outages (the default)
+	LogDecisionsAll  = "all"  // allows too
+	LogDecisionsNone = "none"
+)
+
+// Log is what vakt logs besides its own events.
+type Log struct {
+	// Decisions is which Check decisions get a line: deny (the default),
+	// all or none.
+	Decisions string `yaml:"decisions"`
+}
+
 type Limits struct {
 	// Check is how many Checks may be in flight at once (default 4096):
 	// past it, Check answers RESOURCE_EXHAUSTED. Introspect and Exchange

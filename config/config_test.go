@@ -68,6 +68,7 @@ func TestLoadRejects(t *testing.T) {
 		{"resource twice", base + "applications:\n  - name: b\n    namespace: t\n    resources: [urn:x]\n  - name: c\n    namespace: t\n    resources: [urn:x]\n", []string{"applications[1].resources[0]", "already belongs to dev-gcp:t:b"}},
 		{"bad trust domain", base + "trustDomain: Evil/Domain\n", []string{"line 3", "trustDomain", "not a SPIFFE trust domain"}},
 		{"bad typ", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    typ: \"at jwt\"\n", []string{"line 7", "identityProviders[0].typ"}},
+		{"bad log.decisions", base + "log:\n  decisions: allow\n", []string{"line 4", "log.decisions", `"allow" is not deny, all or none`}},
 		{"bad pathParameters", base + "applications:\n  - name: b\n    namespace: t\n    pathParameters: keep\n", []string{"line 6", "applications[0].pathParameters", `"keep" is not reject or strip`}},
 		// Neither the entry nor the provider names an audience: a token the
 		// provider issued for any API would be accepted.

@@ -133,6 +133,11 @@ func (c *Config) validateServer(v *validator) {
 			v.fail(l.path, "%q is not host:port", l.addr)
 		}
 	}
+	switch c.Log.Decisions {
+	case LogDecisionsDeny, LogDecisionsAll, LogDecisionsNone:
+	default:
+		v.fail("log.decisions", "%q is not deny, all or none", c.Log.Decisions)
+	}
 	if c.Limits.Check < 0 || c.Limits.Other < 0 {
 		v.fail("limits", "check and other must not be negative")
 	}

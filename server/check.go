@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -57,29 +58,48 @@ func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckReque
 // allow that needs no change for this request is its pre-marshalled answer,
 // written as it is (codec); anything else a *authv3.CheckResponse.
 func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckRequest) (any, error) {
-	if s.metrics == nil {
-		res, _, err := s.decide(ctx, req)
-		return res, err
+	var start time.Duration
+	if s.metrics != nil {
+		start = s.metrics.checkStart()
 	}
-	start := s.metrics.checkStart()
-	res, reason, err := s.decide(ctx, req)
-	s.metrics.observeCheck(reason, start)
-	return res, err
+	o := s.decide(ctx, req)
+	if s.metrics != nil {
+		s.metrics.observeCheck(o.d.Reason, start)
+	}
+	if o.app != nil && o.rt.logs(o.d.Reason) {
+		var latency time.Duration
+		if s.metrics != nil {
+			latency = s.metrics.checkStart() - start
+		}
+		s.logDecision(ctx, req, &o, latency)
+	}
+	return o.res, o.err
 }
 
-// decide is checkWire's answer, and the reason for it (ReasonNone for an
-// allow).
-func (s *authorizationService) decide(ctx context.Context, req *authv3.CheckRequest) (any, authz.Reason, error) {
+// checkOutcome is a Check decided: the answer, and what the decision log
+// says of it.
+type checkOutcome struct {
+	res any
+	err error
+	rt  *Runtime
+	d   authz.Decision
+	app *authz.Application // nil when the request named none (logged apart)
+}
+
+// decide is checkWire's answer, and the decision behind it.
+func (s *authorizationService) decide(ctx context.Context, req *authv3.CheckRequest) checkOutcome {
 	rt := s.cur.Load()
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	if httpReq == nil {
-		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), authz.ReasonRequestInvalid, nil
+		d := authz.Decision{Reason: authz.ReasonRequestInvalid}
+		return checkOutcome{res: denied(d, "", false), rt: rt, d: d}
 	}
 	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
 	if len(headers.m)+len(headers.raw) > maxCheckHeaders {
 		// Envoy sends 100 headers at most by default; a request with
 		// thousands did not come through a proxy, and is not worked on.
-		return denied(authz.Decision{Reason: authz.ReasonRequestInvalid}, "", false), authz.ReasonRequestInvalid, nil
+		d := authz.Decision{Reason: authz.ReasonRequestInvalid}
+		return checkOutcome{res: denied(d, "", false), rt: rt, d: d}
 	}
 	grpcCall := strings.HasPrefix(headers.get("content-type"), "application/grpc")
 	app, ok := findApplication(rt, req.GetAttributes())
@@ -92,7 +112,7 @@ func (s *authorizationService) decide(ctx context.Context, req *authv3.CheckRequ
 			"destination_principal", attrs.GetDestination().GetPrincipal(),
 			"host", httpReq.GetHost(), "path", truncatePath(httpReq.GetPath()))
 		d := authz.NoApplication()
-		return denied(d, "", grpcCall), d.Reason, nil
+		return checkOutcome{res: denied(d, "", grpcCall), rt: rt, d: d}
 	}
 	path := httpReq.GetPath()
 	if path == "" {
@@ -105,14 +125,13 @@ func (s *authorizationService) decide(ctx context.Context, req *authv3.CheckRequ
 	d := rt.Checker.Check(ctx, authz.CheckRequest{App: app, Method: method, Path: path, Authorization: headers.get("authorization")})
 	if !d.Allow {
 		if d.Reason.Outage() {
-			// The cause names URLs and addresses: the log has it, Envoy
-			// gets the reason's description.
-			s.log.Debug("check could not be decided", "application", app.ID, "reason", d.Reason.String(), "cause", d.Err)
-			return nil, d.Reason, status.Error(answerFor(d.Reason).grpc, d.Reason.Description())
+			// The cause names URLs and addresses: the decision log has
+			// it, Envoy gets the reason's description.
+			return checkOutcome{err: status.Error(answerFor(d.Reason).grpc, d.Reason.Description()), rt: rt, d: d, app: app}
 		}
-		return denied(d, app.ID, grpcCall), d.Reason, nil
+		return checkOutcome{res: denied(d, app.ID, grpcCall), rt: rt, d: d, app: app}
 	}
-	return allowed(d, app, headers), authz.ReasonNone, nil
+	return checkOutcome{res: allowed(d, app, headers), rt: rt, d: d, app: app}
 }
 
 func truncatePath(p string) string {

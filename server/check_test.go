@@ -1,13 +1,17 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,6 +68,40 @@ type cenv struct {
 	client  authv3.AuthorizationClient
 	yaml    string
 	metrics *Metrics
+	logs    *lockedBuffer // the decision log, as JSON lines
+}
+
+// lockedBuffer is a log sink handlers may write to at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// lines returns the JSON lines logged with msg, and forgets every line.
+func (l *lockedBuffer) lines(t *testing.T, msg string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(l.b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if m["msg"] == msg {
+			out = append(out, m)
+		}
+	}
+	l.b.Reset()
+	return out
 }
 
 func newCheckEnv(t *testing.T) *cenv {
@@ -78,7 +116,9 @@ func newCheckEnv(t *testing.T) *cenv {
 		t.Fatal(err)
 	}
 	e.metrics = NewMetrics()
-	gs, _ := AuthorityServices(e.cur, e.metrics, quiet).NewGRPCServer()
+	e.logs = &lockedBuffer{}
+	log := slog.New(slog.NewJSONHandler(e.logs, nil))
+	gs, _ := AuthorityServices(e.cur, e.metrics, log).NewGRPCServer()
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), testDialOptions()...)
@@ -423,6 +463,84 @@ func TestCheckBucket(t *testing.T) {
 			if tt.d > bound || (b > 0 && tt.d <= bound>>2) {
 				t.Errorf("%v in bucket %d (le %v)", tt.d, b, bound)
 			}
+		}
+	}
+}
+
+// One log line per Check refused (by default) or per Check (log.decisions:
+// all), naming the rule or route that decided, and never the token or the
+// subject.
+func TestCheckDecisionLog(t *testing.T) {
+	e := newCheckEnv(t)
+	auth := func(tok string) map[string]string { return map[string]string{"authorization": "Bearer " + tok} }
+	allowTok := e.own(app1, appB, "read:users", "jti", "jti-allow")
+	e.check(creq{app: appB, path: "/read", headers: auth(allowTok)})
+	if got := e.logs.lines(t, "check"); len(got) != 0 {
+		t.Fatalf("an allow is not logged by default: %v", got)
+	}
+	e.check(creq{app: appB, method: "POST", path: "/create?secret=1", headers: map[string]string{
+		"authorization": "Bearer " + e.own(app1, appB, "read:users", "jti", "jti-scope"),
+		"x-request-id":  "req-1", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+	}})
+	e.check(creq{app: appB, path: "/read", headers: auth(e.own(app3, appB, "read:users"))})
+	e.check(creq{app: appB, path: "/nowhere", headers: auth(allowTok)})
+	got := e.logs.lines(t, "check")
+	want := []map[string]any{
+		{"decision": "deny", "reason": "scope_insufficient", "application": appB, "method": "POST", "path": "/create",
+			"rule": "routes[1] POST /create needs create:users", "caller": app1, "jti": "jti-scope",
+			"request_id": "req-1", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"},
+		{"decision": "deny", "reason": "caller_denied", "application": appB, "path": "/read", "caller": app3,
+			"rule": "routes[0] GET /read needs read:users; accessPolicy.inbound.rules: no rule names " + app3},
+		{"decision": "deny", "reason": "route_not_found", "path": "/nowhere", "rule": "no route matches"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d lines, want %d: %v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if got[i][k] != v {
+				t.Errorf("line %d: %s = %v, want %v", i, k, got[i][k], v)
+			}
+		}
+		if got[i]["level"] != "INFO" {
+			t.Errorf("line %d: level %v", i, got[i]["level"])
+		}
+	}
+	if sub := got[0]["sub_hash"]; sub == nil || sub == "user-1" {
+		t.Errorf("sub_hash %v", sub)
+	}
+	for _, line := range got {
+		for k, v := range line {
+			if s, ok := v.(string); ok && (strings.Contains(s, allowTok[:20]) || strings.Contains(s, "user-1") || strings.Contains(s, "12345678901") || strings.Contains(s, "secret")) {
+				t.Errorf("%s carries a token, the subject, a pid or the query: %q", k, s)
+			}
+		}
+	}
+
+	// log.decisions: all logs allows too, with the rule that allowed them;
+	// none logs nothing.
+	e.load(e.yaml + "log:\n  decisions: all\n")
+	e.check(creq{app: appB, path: "/read", headers: auth(allowTok)})
+	if got := e.logs.lines(t, "check"); len(got) != 1 || got[0]["decision"] != "allow" || got[0]["rule"] != "routes[0] GET /read needs read:users; accessPolicy.inbound.rules: "+app1 {
+		t.Fatalf("log.decisions all: %v", got)
+	}
+	e.load(e.yaml + "log:\n  decisions: none\n")
+	e.check(creq{app: appB, path: "/read"})
+	if got := e.logs.lines(t, "check"); len(got) != 0 {
+		t.Fatalf("log.decisions none: %v", got)
+	}
+}
+
+func TestTraceID(t *testing.T) {
+	for in, want := range map[string]string{
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01": "4bf92f3577b34da6a3ce929d0e0e4736",
+		"": "", "garbage": "",
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01": "",
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01": "",
+		"00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01": "",
+	} {
+		if got := traceID(in); got != want {
+			t.Errorf("traceID(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
