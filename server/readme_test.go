@@ -5,9 +5,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"unicode"
-
-	"google.golang.org/grpc/codes"
 
 	"github.com/vakt-dev/vakt/authz"
 )
@@ -71,16 +68,4 @@ func TestReadmeReasons(t *testing.T) {
 			t.Errorf("%s: README lists it as an outage: %v; it is one: %v", r, outage, r.Outage())
 		}
 	}
-}
-
-// grpcName is a code as gRPC's documentation spells it: PERMISSION_DENIED.
-func grpcName(c codes.Code) string {
-	var b strings.Builder
-	for i, r := range c.String() {
-		if i > 0 && unicode.IsUpper(r) {
-			b.WriteByte('_')
-		}
-		b.WriteRune(unicode.ToUpper(r))
-	}
-	return b.String()
 }

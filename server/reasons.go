@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"strings"
+	"unicode"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -181,4 +182,16 @@ func oauthGRPCError(e *exchange.Error) error {
 // requestError is a gRPC request vakt cannot use, as InvalidArgument.
 func grpcRequestError(description string) error {
 	return status.Error(codes.InvalidArgument, description)
+}
+
+// grpcName is a code as gRPC's documentation spells it: PERMISSION_DENIED.
+func grpcName(c codes.Code) string {
+	var b strings.Builder
+	for i, r := range c.String() {
+		if i > 0 && unicode.IsUpper(r) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+	}
+	return b.String()
 }

@@ -33,6 +33,9 @@ Usage:
   vakt assertion --key FILE --client ID --audience URL
       print a client assertion (RFC 7523) signed with a private JWK
   vakt check-config FILE
+  vakt explain --config FILE --app CLUSTER:NS:APP [--method GET] --path PATH
+      [--token T | --caller CLUSTER:NS:APP [--scope "a b"]]
+      what Check would answer, and why; exit 0 allow, 1 deny
   vakt keys generate [--alg RS256|ES256|EdDSA] [--add FILE]
   vakt keys promote FILE KID
   vakt keys retire FILE KID
@@ -64,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return assertion(args[1:], stdout, stderr)
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "explain":
+		return explain(args[1:], stdout, stderr)
 	case "version", "--version":
 		b := buildinfo.Read()
 		fmt.Fprintf(stdout, "vakt %s (revision %s, %s)\n", b.Version, b.Revision, b.GoVersion)

@@ -181,3 +181,51 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("a step failed:\n%s", out.String())
 	}
 }
+
+// explain runs the engine on a request that has not happened and says
+// why; its exit status is the decision.
+func TestExplain(t *testing.T) {
+	const cfg = "../../deploy/examples/vakt.yaml"
+	base := []string{"explain", "--config", cfg, "--app", "dev-gcp:team-b:app-b"}
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout []string
+		stderr string
+	}{
+		{"allowed", []string{"--path", "/read", "--caller", "dev-gcp:team-a:app-1", "--scope", "read:users"}, 0,
+			[]string{"route        routes[0] GET /read needs read:users", "caller       dev-gcp:team-a:app-1: allowed by accessPolicy.inbound.rules",
+				`scopes       needs read:users; the token holds "read:users"`, "decision     allow"}, ""},
+		{"scope missing", []string{"--method", "POST", "--path", "/create", "--caller", "dev-gcp:team-a:app-1", "--scope", "read:users"}, 1,
+			[]string{"routes[1] POST /create needs create:users", "decision     deny (scope_insufficient: token lacks a scope the request needs): HTTP 403"}, ""},
+		{"caller not in the rules", []string{"--path", "/read", "--caller", "dev-gcp:team-c:app-3"}, 1,
+			[]string{"dev-gcp:team-c:app-3: accessPolicy.inbound.rules has no rule naming it", "deny (caller_denied"}, ""},
+		{"no token", []string{"--path", "/read"}, 1, []string{"token        none", "deny (token_missing"}, ""},
+		{"public route", []string{"--path", "/public/x"}, 0, []string{"routes[3] any method /public/* public", "decision     allow"}, ""},
+		{"no route", []string{"--path", "/nowhere"}, 1, []string{"none of the application's 4 routes matches", "deny (route_not_found"}, ""},
+		{"bad token", []string{"--path", "/read", "--token", "abc.def.ghi"}, 1, []string{"token        refused: token is malformed", "HTTP 401"}, ""},
+		{"no path", nil, 2, nil, "usage"},
+		{"token and caller", []string{"--path", "/read", "--token", "x", "--caller", "dev-gcp:team-a:app-1"}, 2, nil, "exclude each other"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			if code := run(append(base[:len(base):len(base)], tt.args...), &out, &errb); code != tt.code {
+				t.Fatalf("exit %d, want %d; stdout %s stderr %s", code, tt.code, out.String(), errb.String())
+			}
+			for _, s := range tt.stdout {
+				if !strings.Contains(out.String(), s) {
+					t.Errorf("stdout lacks %q:\n%s", s, out.String())
+				}
+			}
+			if !strings.Contains(errb.String(), tt.stderr) {
+				t.Errorf("stderr %q lacks %q", errb.String(), tt.stderr)
+			}
+		})
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"explain", "--config", cfg, "--app", "dev-gcp:team-x:nope", "--path", "/"}, &out, &errb); code != 1 || !strings.Contains(out.String(), "dev-gcp:team-x:nope is not configured") {
+		t.Errorf("unknown application: exit %d, %s", code, out.String())
+	}
+}
