@@ -217,11 +217,13 @@ func (c *Claims) ID() string { return c.id }
 func (c *Claims) Raw() map[string]any {
 	dot := strings.IndexByte(c.signed, '.')
 	if dot < 0 {
-		return map[string]any{}
+		// Every Claims comes from a verified token: claims without one
+		// would mint and forward tokens without their subject.
+		panic("authz: Claims without the token they came from")
 	}
 	payload, err := b64.DecodeString(c.signed[dot+1:])
 	if err != nil {
-		return map[string]any{} // decoded once already; cannot fail
+		panic("authz: Claims whose token does not decode: " + err.Error())
 	}
 	m, err := parseJSONObject(payload)
 	if err != nil {

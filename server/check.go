@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"log/slog"
 	"slices"
@@ -37,6 +38,15 @@ type authorizationService struct {
 	cur     *Current
 	log     *slog.Logger
 	metrics *Metrics // nil counts nothing
+	// subKey keys the decision log's sub_hash; made at start, so that a
+	// hash follows a user within one process and is no one's to reverse.
+	subKey [32]byte
+}
+
+func newAuthorizationService(cur *Current, log *slog.Logger, m *Metrics) *authorizationService {
+	s := &authorizationService{cur: cur, log: log, metrics: m}
+	_, _ = rand.Read(s.subKey[:]) // crypto/rand.Read never fails (Go 1.24)
+	return s
 }
 
 var _ authv3.AuthorizationServer = (*authorizationService)(nil)
@@ -66,12 +76,18 @@ func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckR
 	if s.metrics != nil {
 		s.metrics.observeCheck(o.d.Reason, start)
 	}
-	if o.app != nil && o.rt.logs(o.d.Reason) {
-		var latency time.Duration
-		if s.metrics != nil {
-			latency = s.metrics.checkStart() - start
+	if o.app != nil {
+		switch {
+		case o.rt.logs(o.d.Reason):
+			var latency time.Duration
+			if s.metrics != nil {
+				latency = s.metrics.checkStart() - start
+			}
+			s.logDecision(ctx, req, &o, latency)
+		case o.d.Reason.Outage():
+			// log.decisions: none still leaves the cause of an outage.
+			s.log.Debug("check could not be decided", "application", o.app.ID, "reason", o.d.Reason.String(), "cause", o.d.Err)
 		}
-		s.logDecision(ctx, req, &o, latency)
 	}
 	return o.res, o.err
 }
@@ -195,8 +211,10 @@ type requestHeaders struct {
 
 // get returns a header's value; repeated values are joined with ",", as
 // HTTP combines them (and as Envoy's headers map has them).
+// Joining is linear: a request may repeat a header a thousand times.
 func (h requestHeaders) get(name string) string {
 	v := h.m[name]
+	var b *strings.Builder
 	for _, hv := range h.raw {
 		if hv.GetKey() != name {
 			continue
@@ -205,11 +223,20 @@ func (h requestHeaders) get(name string) string {
 		if raw := hv.GetRawValue(); len(raw) > 0 {
 			s = string(raw)
 		}
-		if v == "" {
+		switch {
+		case v == "" && b == nil:
 			v = s
-		} else {
-			v += "," + s
+		case b == nil:
+			b = &strings.Builder{}
+			b.WriteString(v)
+			fallthrough
+		default:
+			b.WriteByte(',')
+			b.WriteString(s)
 		}
+	}
+	if b != nil {
+		return b.String()
 	}
 	return v
 }

@@ -533,8 +533,14 @@ func TestCheckDecisionLog(t *testing.T) {
 
 func TestTraceID(t *testing.T) {
 	for in, want := range map[string]string{
-		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01": "4bf92f3577b34da6a3ce929d0e0e4736",
-		"": "", "garbage": "",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":       "4bf92f3577b34da6a3ce929d0e0e4736",
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later": "4bf92f3577b34da6a3ce929d0e0e4736",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more":  "",
+		"zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":       "",
+		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01":       "",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bX-01":       "",
+		strings.Repeat("-", 1<<20):                                      "",
+		"":                                                              "", "garbage": "",
 		"00-00000000000000000000000000000000-00f067aa0ba902b7-01": "",
 		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01": "",
 		"00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01": "",
@@ -542,5 +548,26 @@ func TestTraceID(t *testing.T) {
 		if got := traceID(in); got != want {
 			t.Errorf("traceID(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A header repeated a thousand times in header_map is joined in linear
+// time and memory.
+func TestHeaderJoinLinear(t *testing.T) {
+	value := strings.Repeat("v", 1024)
+	raw := make([]*corev3.HeaderValue, 1000)
+	for i := range raw {
+		raw[i] = &corev3.HeaderValue{Key: "traceparent", Value: value}
+	}
+	h := requestHeaders{m: map[string]string{"traceparent": "first"}, raw: raw}
+	if got := h.get("traceparent"); len(got) != len("first")+1000*(1+len(value)) || !strings.HasPrefix(got, "first,vvv") {
+		t.Fatalf("joined %d bytes", len(got))
+	}
+	if n := testing.AllocsPerRun(10, func() { _ = h.get("traceparent") }); n > 40 {
+		t.Errorf("%v allocations to join 1000 values: not linear", n)
+	}
+	one := requestHeaders{raw: []*corev3.HeaderValue{{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "a", RawValue: []byte("3")}}}
+	if got := one.get("a"); got != "1,3" {
+		t.Errorf("get(a) = %q", got)
 	}
 }

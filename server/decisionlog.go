@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -35,6 +36,13 @@ func (rt *Runtime) logs(r authz.Reason) bool {
 // query.
 func (s *authorizationService) logDecision(ctx context.Context, req *authv3.CheckRequest, o *checkOutcome, latency time.Duration) {
 	d := &o.d
+	level := slog.LevelInfo
+	if d.Reason.Outage() {
+		level = slog.LevelWarn
+	}
+	if !s.log.Enabled(ctx, level) {
+		return
+	}
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
 	method, path := httpReq.GetMethod(), httpReq.GetPath()
@@ -44,15 +52,11 @@ func (s *authorizationService) logDecision(ctx context.Context, req *authv3.Chec
 	if path == "" {
 		path = headers.get(":path")
 	}
-	result, level := checkResult(d.Reason), slog.LevelInfo
-	if d.Reason.Outage() {
-		level = slog.LevelWarn
-	}
 	attrs := []slog.Attr{
-		slog.String("decision", result),
+		slog.String("decision", checkResult(d.Reason)),
 		slog.String("reason", d.Reason.String()),
 		slog.String("application", o.app.ID),
-		slog.String("method", method),
+		slog.String("method", truncate(method, 32)),
 		slog.String("path", truncatePath(path)),
 		slog.String("rule", decidingRule(o.app, d)),
 	}
@@ -64,20 +68,23 @@ func (s *authorizationService) logDecision(ctx context.Context, req *authv3.Chec
 	}
 	if d.Claims != nil {
 		if jti := d.Claims.ID(); jti != "" {
-			attrs = append(attrs, slog.String("jti", jti))
+			attrs = append(attrs, slog.String("jti", truncate(jti, 128)))
 		}
 		if d.Claims.Subject != "" {
-			// A hash, so that one user's requests can be followed without
-			// the log holding who they are.
-			sum := sha256.Sum256([]byte(d.Claims.Subject))
-			attrs = append(attrs, slog.String("sub_hash", hex.EncodeToString(sum[:8])))
+			// A keyed hash, so that one user's requests can be followed
+			// without the log holding who they are, nor a guess at a
+			// small space of subjects (employee or national ids) finding
+			// them.
+			mac := hmac.New(sha256.New, s.subKey[:])
+			mac.Write([]byte(d.Claims.Subject))
+			attrs = append(attrs, slog.String("sub_hash", hex.EncodeToString(mac.Sum(nil)[:8])))
 		}
 	}
 	if latency > 0 {
 		attrs = append(attrs, slog.Float64("latency_seconds", latency.Seconds()))
 	}
 	if id := headers.get("x-request-id"); id != "" {
-		attrs = append(attrs, slog.String("request_id", truncatePath(id)))
+		attrs = append(attrs, slog.String("request_id", truncate(id, 128)))
 	}
 	if trace := traceID(headers.get("traceparent")); trace != "" {
 		attrs = append(attrs, slog.String("trace_id", trace))
@@ -94,6 +101,8 @@ func (s *authorizationService) logDecision(ctx context.Context, req *authv3.Chec
 func decidingRule(app *authz.Application, d *authz.Decision) string {
 	var route string
 	switch {
+	case d.Reason == authz.ReasonPathInvalid:
+		route = "the path was refused before any route"
 	case d.Route > 0 && d.Route <= len(app.Routes):
 		route = describeRoute(d.Route-1, &app.Routes[d.Route-1])
 	case len(app.Routes) > 0:
@@ -141,14 +150,34 @@ func describeRoute(i int, r *authz.Route) string {
 }
 
 // traceID is the trace id of a W3C traceparent header
-// (version-traceid-parentid-flags), or "" when it has none valid.
+// (version-traceid-parentid-flags, 55 characters at version 00), or ""
+// when it has none valid. It reads fixed offsets: a hostile header costs
+// nothing to refuse.
 func traceID(traceparent string) string {
-	parts := strings.Split(traceparent, "-")
-	if len(parts) < 4 || len(parts[0]) != 2 || len(parts[1]) != 32 || parts[1] == strings.Repeat("0", 32) {
+	if len(traceparent) < 55 || traceparent[2] != '-' || traceparent[35] != '-' || traceparent[52] != '-' ||
+		!lowerHex(traceparent[:2]) || traceparent[:2] == "ff" || (traceparent[:2] == "00" && len(traceparent) != 55) {
 		return ""
 	}
-	if _, err := hex.DecodeString(parts[1]); err != nil || strings.ToLower(parts[1]) != parts[1] {
+	id := traceparent[3:35]
+	if !lowerHex(id) || !lowerHex(traceparent[36:52]) || id == "00000000000000000000000000000000" {
 		return ""
 	}
-	return parts[1]
+	return id
+}
+
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// truncate cuts s to at most n bytes, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

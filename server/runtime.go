@@ -61,7 +61,7 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 	s := newServices(log, m, func(r grpc.ServiceRegistrar) {
 		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
 		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, metrics: m})
-		r.RegisterService(&authorizationDesc, &authorizationService{cur: cur, log: log, metrics: m})
+		r.RegisterService(&authorizationDesc, newAuthorizationService(cur, log, m))
 	})
 	s.mux.Handle("/api/v1/introspect", onlyMethod(http.MethodPost, s.limitedIntrospect(&introspectHandler{in: in})))
 	s.mux.Handle("/", &issuerRoutes{

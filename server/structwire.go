@@ -27,9 +27,10 @@ const (
 )
 
 // appendDynamicMetadata appends CheckResponse.dynamic_metadata to a
-// marshalled CheckResponse: {namespace: claims}, in the wire form
-// proto.Marshal gives the same Struct (TestDynamicMetadataWire), keys in
-// order. It is what claimsStruct and a reflective Marshal make, at a
+// marshalled CheckResponse: {namespace: claims}, the field byte for byte
+// as proto.Marshal writes it (TestDynamicMetadataWire), keys in order. The
+// whole response is the same message as proto.Marshal's, not the same
+// bytes: it writes field 4 before the ok_response oneof (3), this after. It is what claimsStruct and a reflective Marshal make, at a
 // fraction of their cost, paid on every cache miss.
 func appendDynamicMetadata(b []byte, namespace string, claims map[string]any) ([]byte, error) {
 	inner, err := appendStruct(nil, claims)
