@@ -94,6 +94,28 @@ type RemoteKeys struct {
 	inflight  *fetchCall
 	lastFetch time.Time // start of the last fetch, for the refetch limit
 	jwksURI   string    // resolved by discovery; touched only by fetch
+
+	fetchesOK, fetchesFailed atomic.Uint64
+	lastSuccess              atomic.Int64 // unix nanoseconds; 0 before the first
+}
+
+// KeyStats are a remote key set's fetches so far, for metrics.
+type KeyStats struct {
+	FetchesOK, FetchesFailed uint64
+	LastSuccess              time.Time // zero before the first success
+	Keys                     int       // keys in the set in use
+}
+
+// Stats returns the key set's fetches so far and its size.
+func (r *RemoteKeys) Stats() KeyStats {
+	s := KeyStats{FetchesOK: r.fetchesOK.Load(), FetchesFailed: r.fetchesFailed.Load()}
+	if ns := r.lastSuccess.Load(); ns != 0 {
+		s.LastSuccess = time.Unix(0, ns)
+	}
+	if st := r.state.Load(); st != nil && st.keys != nil {
+		s.Keys = st.keys.Len()
+	}
+	return s
 }
 
 type remoteState struct {
@@ -271,6 +293,7 @@ func (r *RemoteKeys) fetchOnce(ctx context.Context) error {
 		next.keys, next.maxAge = prev.keys, prev.maxAge
 	}
 	if err != nil {
+		r.fetchesFailed.Add(1)
 		next.err = err
 		r.state.Store(next)
 		if next.keys != nil {
@@ -282,6 +305,8 @@ func (r *RemoteKeys) fetchOnce(ctx context.Context) error {
 	}
 	next.keys, next.maxAge = set, maxAge
 	r.state.Store(next)
+	r.fetchesOK.Add(1)
+	r.lastSuccess.Store(next.fetched.UnixNano())
 	r.log.Debug("key set fetched", "keys", set.Len(), "refresh_in", maxAge)
 	return nil
 }

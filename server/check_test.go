@@ -571,3 +571,70 @@ func TestHeaderJoinLinear(t *testing.T) {
 		t.Errorf("get(a) = %q", got)
 	}
 }
+
+// Each identity provider's key set reports its fetches, its last success
+// and its size.
+func TestKeySetMetrics(t *testing.T) {
+	good, down := idptest.NewIssuer(t, "RS256"), idptest.NewIssuer(t, "RS256")
+	down.SetDown(true)
+	yaml := "issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nidentityProviders:\n" +
+		"  - {name: good, issuer: " + good.URL + ", wellKnownUrl: " + good.WellKnownURL() + ", audience: [api]}\n" +
+		"  - {name: down, issuer: " + down.URL + ", wellKnownUrl: " + down.WellKnownURL() + ", audience: [api]}\n"
+	cfg, err := config.Load([]byte(yaml), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateSigningKey("ES256")
+	signer, _ := exchange.NewSigner(key)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := &Current{}
+	cur.Store(rt)
+	m := NewMetrics()
+	m.watchConfig(cur)
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	want := []string{
+		`vakt_jwks_fetches_total{provider="good",result="ok"} 1`,
+		`vakt_jwks_fetches_total{provider="good",result="error"} 0`,
+		`vakt_jwks_fetches_total{provider="down",result="ok"} 0`,
+		`vakt_jwks_fetches_total{provider="down",result="error"} `, // 1 or more: it retries
+		`vakt_jwks_keys{provider="good"} 1`,
+		`vakt_jwks_keys{provider="down"} 0`,
+		`vakt_jwks_last_success_timestamp_seconds{provider="down"} 0`,
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := testHTTP.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var missing []string
+		for _, w := range want {
+			if !strings.Contains(string(b), w) {
+				missing = append(missing, w)
+			}
+		}
+		for _, zero := range []string{
+			`vakt_jwks_last_success_timestamp_seconds{provider="good"} 0`,
+			`vakt_jwks_fetches_total{provider="down",result="error"} 0`,
+		} {
+			if strings.Contains(string(b), zero) {
+				missing = append(missing, "not "+zero)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %v:\n%s", missing, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

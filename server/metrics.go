@@ -86,17 +86,26 @@ func (m *Metrics) watchConfig(cur *Current) {
 			"Always 1; hash names the configuration in force (the first 16 hex digits of its file's SHA-256).", []string{"hash"}, nil),
 		loaded: prometheus.NewDesc("vakt_config_load_timestamp_seconds",
 			"When the configuration in force was loaded, in seconds since the epoch.", nil, nil),
+		fetches: prometheus.NewDesc("vakt_jwks_fetches_total",
+			"Fetches of an identity provider's key set by result (ok or error).", []string{"provider", "result"}, nil),
+		lastSuccess: prometheus.NewDesc("vakt_jwks_last_success_timestamp_seconds",
+			"When an identity provider's key set was last fetched successfully, in seconds since the epoch; 0 before the first.", []string{"provider"}, nil),
+		keys: prometheus.NewDesc("vakt_jwks_keys",
+			"Keys in the identity provider's key set in use.", []string{"provider"}, nil),
 	})
 }
 
+// configCollector reports the runtime in force: its configuration and its
+// identity providers' key sets.
 type configCollector struct {
-	cur          *Current
-	info, loaded *prometheus.Desc
+	cur                                      *Current
+	info, loaded, fetches, lastSuccess, keys *prometheus.Desc
 }
 
 func (c configCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.info
-	ch <- c.loaded
+	for _, d := range []*prometheus.Desc{c.info, c.loaded, c.fetches, c.lastSuccess, c.keys} {
+		ch <- d
+	}
 }
 
 func (c configCollector) Collect(ch chan<- prometheus.Metric) {
@@ -106,6 +115,17 @@ func (c configCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, rt.Config.Hash)
 	ch <- prometheus.MustNewConstMetric(c.loaded, prometheus.GaugeValue, float64(rt.LoadedAt.UnixNano())/1e9)
+	for _, k := range rt.remoteKeys {
+		s := k.keys.Stats()
+		ch <- prometheus.MustNewConstMetric(c.fetches, prometheus.CounterValue, float64(s.FetchesOK), k.provider, "ok")
+		ch <- prometheus.MustNewConstMetric(c.fetches, prometheus.CounterValue, float64(s.FetchesFailed), k.provider, "error")
+		var last float64
+		if !s.LastSuccess.IsZero() {
+			last = float64(s.LastSuccess.UnixNano()) / 1e9
+		}
+		ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last, k.provider)
+		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(s.Keys), k.provider)
+	}
 }
 
 // checkStart is when a Check started, for observeCheck.

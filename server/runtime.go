@@ -37,6 +37,13 @@ type Runtime struct {
 	Checker   *authz.Checker
 	// LoadedAt is when the runtime was built.
 	LoadedAt time.Time
+
+	remoteKeys []namedKeys // the identity providers' key sets, for metrics
+}
+
+type namedKeys struct {
+	provider string
+	keys     *authz.RemoteKeys
 }
 
 // Current holds the runtime every request reads; a reload swaps it whole.
@@ -101,6 +108,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		keySets = NewKeySets(ctx, log, opts.Now)
 	}
 	var providers []*authz.Provider
+	var remote []namedKeys
 	for _, ip := range cfg.IdentityProviders {
 		keys, err := keySets.take(ctx, authz.RemoteKeysConfig{
 			Name:         ip.Name,
@@ -112,6 +120,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		if err != nil {
 			return nil, fmt.Errorf("identity provider %s: %w", ip.Name, err)
 		}
+		remote = append(remote, namedKeys{ip.Name, keys})
 		p, err := authz.NewProvider(authz.ProviderConfig{
 			Name:       ip.Name,
 			Issuer:     ip.Issuer,
@@ -208,8 +217,9 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		now = opts.Now
 	}
 	return &Runtime{
-		LoadedAt: now(),
-		Config:   cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
+		LoadedAt:   now(),
+		remoteKeys: remote,
+		Config:     cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
 		Checker: &authz.Checker{Validator: v, Own: config.ProviderTokenX},
 	}, nil
 }
