@@ -34,6 +34,9 @@ const (
 // allowances for the rest).
 type tokenCache = cache.Cache[cacheEntry]
 
+// CacheStats are the verified-token cache's counts (Validator.CacheStats).
+type CacheStats = cache.Stats
+
 type cacheEntry struct {
 	provider *Provider
 	signed   string // header.payload of the verified token

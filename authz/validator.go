@@ -80,6 +80,15 @@ func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 }
 
 // Provider returns the provider with a name or alias.
+// CacheStats counts the verified-token cache: entries, bytes, evictions,
+// hits and misses. ok is false when the cache is off.
+func (v *Validator) CacheStats() (_ CacheStats, ok bool) {
+	if v.cache == nil {
+		return CacheStats{}, false
+	}
+	return v.cache.Stats(), true
+}
+
 func (v *Validator) Provider(name string) (*Provider, bool) {
 	p, ok := v.providers[name]
 	return p, ok

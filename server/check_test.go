@@ -398,8 +398,9 @@ func TestCheckMetrics(t *testing.T) {
 		}
 	}
 	auth := func(tok string) map[string]string { return map[string]string{"authorization": "Bearer " + tok} }
-	e.check(creq{app: appB, path: "/read", headers: auth(e.own(app1, appB, "read:users"))})
-	e.check(creq{app: appB, path: "/read", headers: auth(e.own(app1, appB, "read:users"))})
+	again := e.own(app1, appB, "read:users")
+	e.check(creq{app: appB, path: "/read", headers: auth(again)})
+	e.check(creq{app: appB, path: "/read", headers: auth(again)})
 	e.check(creq{app: appB, path: "/read"})
 	e.check(creq{app: appB, path: "/read", headers: auth(e.own(app3, appB, "read:users"))})
 	e.check(creq{app: appB, method: "POST", path: "/create", headers: auth(e.own(app1, appB, "read:users"))})
@@ -414,6 +415,11 @@ func TestCheckMetrics(t *testing.T) {
 		`vakt_check_duration_seconds_count 6`,
 		`vakt_check_duration_seconds_bucket{le="+Inf"} 6`,
 		`vakt_check_duration_seconds_bucket{le="1e-06"}`,
+		// The same token twice: one miss, then a hit; two more tokens miss.
+		`vakt_token_cache_lookups_total{result="hit"} 1`,
+		`vakt_token_cache_lookups_total{result="miss"} 3`,
+		`vakt_token_cache_entries 3`,
+		`vakt_token_cache_evictions_total 0`,
 	} {
 		if !strings.Contains(after, want) {
 			t.Errorf("after six Checks, metrics lack %s", want)

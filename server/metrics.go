@@ -92,6 +92,14 @@ func (m *Metrics) watchConfig(cur *Current) {
 			"When an identity provider's key set was last fetched successfully, in seconds since the epoch; 0 before the first.", []string{"provider"}, nil),
 		keys: prometheus.NewDesc("vakt_jwks_keys",
 			"Keys in the identity provider's key set in use.", []string{"provider"}, nil),
+		cacheLookups: prometheus.NewDesc("vakt_token_cache_lookups_total",
+			"Lookups in the verified-token cache by result (hit or miss), since the configuration in force was loaded.", []string{"result"}, nil),
+		cacheEvictions: prometheus.NewDesc("vakt_token_cache_evictions_total",
+			"Entries the verified-token cache dropped to make room, since the configuration in force was loaded.", nil, nil),
+		cacheEntries: prometheus.NewDesc("vakt_token_cache_entries",
+			"Tokens in the verified-token cache.", nil, nil),
+		cacheBytes: prometheus.NewDesc("vakt_token_cache_bytes",
+			"Bytes the verified-token cache counts for its entries.", nil, nil),
 	})
 }
 
@@ -100,10 +108,13 @@ func (m *Metrics) watchConfig(cur *Current) {
 type configCollector struct {
 	cur                                      *Current
 	info, loaded, fetches, lastSuccess, keys *prometheus.Desc
+
+	cacheLookups, cacheEvictions, cacheEntries, cacheBytes *prometheus.Desc
 }
 
 func (c configCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.info, c.loaded, c.fetches, c.lastSuccess, c.keys} {
+	for _, d := range []*prometheus.Desc{c.info, c.loaded, c.fetches, c.lastSuccess, c.keys,
+		c.cacheLookups, c.cacheEvictions, c.cacheEntries, c.cacheBytes} {
 		ch <- d
 	}
 }
@@ -115,6 +126,13 @@ func (c configCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, rt.Config.Hash)
 	ch <- prometheus.MustNewConstMetric(c.loaded, prometheus.GaugeValue, float64(rt.LoadedAt.UnixNano())/1e9)
+	if st, ok := rt.Validator.CacheStats(); ok {
+		ch <- prometheus.MustNewConstMetric(c.cacheLookups, prometheus.CounterValue, float64(st.Hits), "hit")
+		ch <- prometheus.MustNewConstMetric(c.cacheLookups, prometheus.CounterValue, float64(st.Misses), "miss")
+		ch <- prometheus.MustNewConstMetric(c.cacheEvictions, prometheus.CounterValue, float64(st.Evictions))
+		ch <- prometheus.MustNewConstMetric(c.cacheEntries, prometheus.GaugeValue, float64(st.Entries))
+		ch <- prometheus.MustNewConstMetric(c.cacheBytes, prometheus.GaugeValue, float64(st.Bytes))
+	}
 	for _, k := range rt.remoteKeys {
 		s := k.keys.Stats()
 		ch <- prometheus.MustNewConstMetric(c.fetches, prometheus.CounterValue, float64(s.FetchesOK), k.provider, "ok")

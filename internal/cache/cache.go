@@ -39,7 +39,8 @@ type shard[V any] struct {
 	maxBytes int64
 	maxSlots int
 
-	evictions atomic.Int64
+	evictions    atomic.Int64
+	hits, misses atomic.Uint64 // beside the lock's own counter, whose line a Get writes anyway
 }
 
 type slot[V any] struct {
@@ -87,12 +88,14 @@ func (c *Cache[V]) Get(k *Key, now int64) (V, bool) {
 	i, ok := s.index[*k]
 	if !ok {
 		s.mu.RUnlock()
+		s.misses.Add(1)
 		var zero V
 		return zero, false
 	}
 	sl := &s.slots[i]
 	if now >= sl.expires {
 		s.mu.RUnlock()
+		s.misses.Add(1)
 		var zero V
 		return zero, false
 	}
@@ -101,6 +104,7 @@ func (c *Cache[V]) Get(k *Key, now int64) (V, bool) {
 	}
 	v := sl.val
 	s.mu.RUnlock()
+	s.hits.Add(1)
 	return v, true
 }
 
@@ -216,9 +220,10 @@ func (c *Cache[V]) Remove(k *Key) {
 
 // Stats are a cache's counts, for metrics and tests.
 type Stats struct {
-	Entries   int
-	Bytes     int64
-	Evictions int64
+	Entries      int
+	Bytes        int64
+	Evictions    int64
+	Hits, Misses uint64
 }
 
 // Stats counts the entries and bytes held, and the evictions so far.
@@ -231,6 +236,8 @@ func (c *Cache[V]) Stats() Stats {
 		st.Bytes += s.bytes
 		s.mu.RUnlock()
 		st.Evictions += s.evictions.Load()
+		st.Hits += s.hits.Load()
+		st.Misses += s.misses.Load()
 	}
 	return st
 }

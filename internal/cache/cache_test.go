@@ -31,7 +31,8 @@ func TestGetPutExpire(t *testing.T) {
 	if v, ok := c.Get(&k, 2*hour); !ok || v != "b" {
 		t.Fatalf("replaced: %q %v", v, ok)
 	}
-	if st := c.Stats(); st.Entries != 1 || st.Bytes != 10 {
+	// Two hits, and one miss (the expired entry).
+	if st := c.Stats(); st.Entries != 1 || st.Bytes != 10 || st.Hits != 2 || st.Misses != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 	c.Remove(&k)
