@@ -107,8 +107,9 @@ type agentExchangeService struct {
 var _ vaktv1.TokenExchangeServiceServer = (*agentExchangeService)(nil)
 
 func (s *agentExchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
+	start := time.Now()
 	res, err := s.agent.Exchange(ctx, req.GetSubjectToken(), req.GetAudience(), req.GetSkipCache())
-	if e := s.metrics.observeExchange(err); e != nil {
+	if e := s.metrics.observeExchange(start, err); e != nil {
 		return nil, oauthGRPCError(e)
 	}
 	return exchangeResponse(res), nil
@@ -125,6 +126,7 @@ type agentExchangeHandler struct {
 var _ http.Handler = (*agentExchangeHandler)(nil)
 
 func (h *agentExchangeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	fields, rerr := readFields(w, r, "identity_provider", "target", "user_token", "skip_cache")
 	if rerr != nil {
 		writeRequestError(w, rerr)
@@ -136,7 +138,7 @@ func (h *agentExchangeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request)
 	}
 	skip := fields["skip_cache"] == "true"
 	res, err := h.agent.Exchange(r.Context(), fields["user_token"], fields["target"], skip)
-	if e := h.metrics.observeExchange(err); e != nil {
+	if e := h.metrics.observeExchange(start, err); e != nil {
 		writeOAuthError(w, e, 0)
 		return
 	}

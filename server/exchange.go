@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/exchange"
@@ -22,6 +23,7 @@ type exchangeService struct {
 var _ vaktv1.TokenExchangeServiceServer = (*exchangeService)(nil)
 
 func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
+	start := time.Now()
 	var audience []string
 	if a := req.GetAudience(); a != "" {
 		audience = append(audience, a)
@@ -40,7 +42,7 @@ func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequ
 		ActorToken:          req.GetActorToken(),
 		ActorTokenType:      req.GetActorTokenType(),
 	})
-	if e := s.metrics.observeExchange(err); e != nil {
+	if e := s.metrics.observeExchange(start, err); e != nil {
 		return nil, oauthGRPCError(e)
 	}
 	return exchangeResponse(res), nil
@@ -65,11 +67,12 @@ type tokenHandler struct {
 var _ http.Handler = (*tokenHandler)(nil)
 
 func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	if scheme := authScheme(r); scheme != "" {
 		// RFC 6749 §5.2: a client that authenticated with the Authorization
 		// header gets 401 and a challenge for its scheme. vakt takes
 		// private_key_jwt only, in the body.
-		e := h.metrics.observeExchange(exchange.Refuse(authz.ReasonClientAuthentication, "", nil))
+		e := h.metrics.observeExchange(start, exchange.Refuse(authz.ReasonClientAuthentication, "", nil))
 		w.Header().Set("WWW-Authenticate", scheme+` realm="`+publicText(h.cur.Load().Config.Issuer)+`"`)
 		writeOAuthError(w, e, http.StatusUnauthorized)
 		return
@@ -77,7 +80,7 @@ func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	form, rerr := readTokenForm(w, r)
 	if rerr != nil {
 		// RFC 6749 §5.2: a token endpoint answers 400 with an error code.
-		writeOAuthError(w, h.metrics.observeExchange(exchange.Refuse(authz.ReasonRequestInvalid, rerr.description, nil)), 0)
+		writeOAuthError(w, h.metrics.observeExchange(start, exchange.Refuse(authz.ReasonRequestInvalid, rerr.description, nil)), 0)
 		return
 	}
 	res, err := h.cur.Load().Authority.Exchange(r.Context(), exchange.Request{
@@ -95,7 +98,7 @@ func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ActorToken:          form.Get("actor_token"),
 		ActorTokenType:      form.Get("actor_token_type"),
 	})
-	if e := h.metrics.observeExchange(err); e != nil {
+	if e := h.metrics.observeExchange(start, err); e != nil {
 		writeOAuthError(w, e, 0)
 		return
 	}

@@ -533,6 +533,9 @@ func TestExchangeMetrics(t *testing.T) {
 		`vakt_token_exchanges_total{reason="target_unknown",result="invalid_target"} 1`,
 		`vakt_token_exchanges_total{reason="target_denied",result="invalid_target"} 1`,
 		`vakt_token_exchanges_total{reason="assertion_invalid",result="invalid_client"} 1`,
+		`vakt_token_exchange_duration_seconds_count 5`,
+		`vakt_introspection_duration_seconds_count 0`,
+		`vakt_requests_refused_overload_total{service="exchange"} 0`,
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %s", want)

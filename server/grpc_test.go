@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -47,6 +48,9 @@ func TestOverloadIsAnError(t *testing.T) {
 	if _, err := admit(context.Background(), nil, introspect, ok); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("second Introspect while full: %v", err)
 	}
+	if n := testutil.ToFloat64(m.overloaded.WithLabelValues("introspect")); n != 1 {
+		t.Fatalf("%v Introspects counted as refused for overload, want 1", n)
+	}
 	if res, err := admit(context.Background(), nil, check, ok); err != nil || res != "ok" {
 		t.Fatalf("a Check while Introspect's budget is full: %v %v", res, err)
 	}
@@ -70,7 +74,7 @@ func TestOverloadIsAnError(t *testing.T) {
 	if _, err := admit(context.Background(), nil, check, ok); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("a Check while its budget is full: %v", err)
 	}
-	if n := m.checks.decisions[authz.ReasonOverloaded].Load(); n != 1 {
+	if n := m.checks.decisions[authz.ReasonOverloaded].Load(); n != 1 || testutil.ToFloat64(m.overloaded.WithLabelValues("check")) != 1 {
 		t.Fatalf("%v Checks counted as overloaded, want 1", n)
 	}
 }

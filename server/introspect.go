@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -36,6 +37,7 @@ type introspection struct {
 // what is missing for an unusable request; every verdict on the token itself
 // is an introspection.
 func (in *introspector) introspect(ctx context.Context, provider, token string) (introspection, string) {
+	start := time.Now()
 	switch {
 	case provider == "":
 		return introspection{}, "identity_provider is required"
@@ -49,11 +51,11 @@ func (in *introspector) introspect(ctx context.Context, provider, token string) 
 			in.log.Debug("introspection could not be decided", "identity_provider", provider, "reason", r.String(), "cause", err)
 		}
 		res := introspection{Reason: r, Error: introspectionError(err, r, provider)}
-		in.metrics.observeIntrospection(res)
+		in.metrics.observeIntrospection(start, res)
 		return res, ""
 	}
 	res := introspection{Active: true, Claims: c.Raw()}
-	in.metrics.observeIntrospection(res)
+	in.metrics.observeIntrospection(start, res)
 	return res, ""
 }
 

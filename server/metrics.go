@@ -26,6 +26,9 @@ type Metrics struct {
 	reloads        *prometheus.CounterVec
 
 	checks *checkStats
+
+	introspectionDuration, exchangeDuration prometheus.Histogram
+	overloaded                              *prometheus.CounterVec
 }
 
 // NewMetrics registers vakt's metrics and the Go runtime's.
@@ -46,6 +49,21 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 	}
 	m.checks = newCheckStats()
+	// Introspect and Exchange verify a token or sign one: 10 µs to 10 s.
+	buckets := prometheus.ExponentialBuckets(1e-5, 4, 11)
+	m.introspectionDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "vakt_introspection_duration_seconds", Help: "Time vakt took to answer an introspection.", Buckets: buckets,
+	})
+	m.exchangeDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "vakt_token_exchange_duration_seconds", Help: "Time vakt took to answer a token exchange, refusals included.", Buckets: buckets,
+	})
+	m.overloaded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vakt_requests_refused_overload_total",
+		Help: "Requests refused before any work, their budget (limits.check, limits.other) being spent, by service (check, introspect, exchange).",
+	}, []string{"service"})
+	for _, svc := range []string{"check", "introspect", "exchange"} {
+		m.overloaded.WithLabelValues(svc)
+	}
 	build := buildinfo.Read()
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "vakt_build_info",
@@ -53,7 +71,7 @@ func NewMetrics() *Metrics {
 		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision, "goversion": build.GoVersion},
 	})
 	buildInfo.Set(1)
-	m.registry.MustRegister(buildInfo, m.checks, m.exchanges, m.introspections, m.reloads,
+	m.registry.MustRegister(buildInfo, m.checks, m.introspectionDuration, m.exchangeDuration, m.overloaded, m.exchanges, m.introspections, m.reloads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -158,13 +176,22 @@ func (m *Metrics) observeCheck(r authz.Reason, start time.Duration) {
 func (m *Metrics) checkRefused() {
 	if m != nil {
 		m.checks.decisions[authz.ReasonOverloaded].Add(1)
+		m.overloaded.WithLabelValues("check").Inc()
 	}
 }
 
-func (m *Metrics) observeIntrospection(res introspection) {
+// refusedOverload counts an Introspect or Exchange refused past its budget.
+func (m *Metrics) refusedOverload(service string) {
+	if m != nil {
+		m.overloaded.WithLabelValues(service).Inc()
+	}
+}
+
+func (m *Metrics) observeIntrospection(start time.Time, res introspection) {
 	if m == nil {
 		return
 	}
+	m.introspectionDuration.Observe(time.Since(start).Seconds())
 	if res.Active {
 		m.introspections.WithLabelValues("true").Inc()
 	} else {
@@ -174,7 +201,10 @@ func (m *Metrics) observeIntrospection(res introspection) {
 
 // observeExchange counts an exchange's outcome, and returns its error typed
 // (nil when the exchange succeeded).
-func (m *Metrics) observeExchange(err error) *exchange.Error {
+func (m *Metrics) observeExchange(start time.Time, err error) *exchange.Error {
+	if m != nil {
+		m.exchangeDuration.Observe(time.Since(start).Seconds())
+	}
 	if err == nil {
 		if m != nil {
 			m.exchanges.WithLabelValues("ok", "").Inc()

@@ -107,6 +107,7 @@ func onlyMethod(method string, h http.Handler) http.Handler {
 // Check, answering 503 temporarily_unavailable past it.
 func (s *Services) limited(h http.Handler) http.Handler {
 	return s.limitedWith(h, func(w http.ResponseWriter) {
+		s.metrics.refusedOverload("exchange")
 		writeJSON(w, answerFor(authz.ReasonOverloaded).http, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
 	})
 }
@@ -115,6 +116,7 @@ func (s *Services) limited(h http.Handler) http.Handler {
 // active (the NAIS contract), an overload's too.
 func (s *Services) limitedIntrospect(h http.Handler) http.Handler {
 	return s.limitedWith(h, func(w http.ResponseWriter) {
+		s.metrics.refusedOverload("introspect")
 		writeIntrospectError(w, &requestError{answerFor(authz.ReasonOverloaded).http, authz.ReasonOverloaded.Description()})
 	})
 }
@@ -199,8 +201,13 @@ func admitUnary(b *budgets, m *Metrics) grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		if !take(slots) {
-			if slots == b.check {
+			switch {
+			case slots == b.check:
 				m.checkRefused()
+			case strings.HasPrefix(info.FullMethod, "/vakt.v1.IntrospectionService/"):
+				m.refusedOverload("introspect")
+			default:
+				m.refusedOverload("exchange")
 			}
 			return nil, status.Error(answerFor(authz.ReasonOverloaded).grpc, authz.ReasonOverloaded.Description())
 		}
