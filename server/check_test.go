@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
@@ -642,5 +644,40 @@ func TestKeySetMetrics(t *testing.T) {
 			t.Fatalf("metrics lack %v:\n%s", missing, b)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Every claim of a client assertion id is counted by its result, a store
+// that is down included.
+func TestReplayMetrics(t *testing.T) {
+	m := NewMetrics()
+	ctx := context.Background()
+	exp := time.Now().Add(time.Minute)
+	mem := m.CountReplay(exchange.NewMemoryReplay(exchange.MemoryReplayConfig{MaxPerClient: 1}))
+	if fresh, err := mem.Claim(ctx, app1, "a", exp); !fresh || err != nil {
+		t.Fatalf("first claim: %v %v", fresh, err)
+	}
+	if fresh, err := mem.Claim(ctx, app1, "a", exp); fresh || err != nil {
+		t.Fatalf("replayed: %v %v", fresh, err)
+	}
+	if _, err := mem.Claim(ctx, app1, "b", exp); !errors.Is(err, exchange.ErrReplayQuota) {
+		t.Fatalf("past the quota: %v", err)
+	}
+	// A Redis that is not there: nothing listens on the port.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: addr}, nil)
+	defer rr.Close()
+	if _, err := m.CountReplay(rr).Claim(ctx, app1, "c", exp); err == nil {
+		t.Fatal("a claim in a Redis that is down succeeded")
+	}
+	for r, want := range map[string]float64{"ok": 1, "replayed": 1, "quota": 1, "error": 1} {
+		if n := testutil.ToFloat64(m.replayClaims.WithLabelValues(r)); n != want {
+			t.Errorf("%s: %v claims, want %v", r, n, want)
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"math/bits"
 	"net/http"
 	"sync/atomic"
@@ -29,6 +31,7 @@ type Metrics struct {
 
 	introspectionDuration, exchangeDuration prometheus.Histogram
 	overloaded                              *prometheus.CounterVec
+	replayClaims                            *prometheus.CounterVec
 }
 
 // NewMetrics registers vakt's metrics and the Go runtime's.
@@ -64,6 +67,13 @@ func NewMetrics() *Metrics {
 	for _, svc := range []string{"check", "introspect", "exchange"} {
 		m.overloaded.WithLabelValues(svc)
 	}
+	m.replayClaims = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vakt_replay_claims_total",
+		Help: "Client assertion ids claimed in the replay store, by result: ok, replayed (used before), quota (the client holds its share), error (the store failed).",
+	}, []string{"result"})
+	for _, r := range []string{"ok", "replayed", "quota", "error"} {
+		m.replayClaims.WithLabelValues(r)
+	}
 	build := buildinfo.Read()
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "vakt_build_info",
@@ -71,7 +81,7 @@ func NewMetrics() *Metrics {
 		ConstLabels: prometheus.Labels{"version": build.Version, "revision": build.Revision, "goversion": build.GoVersion},
 	})
 	buildInfo.Set(1)
-	m.registry.MustRegister(buildInfo, m.checks, m.introspectionDuration, m.exchangeDuration, m.overloaded, m.exchanges, m.introspections, m.reloads,
+	m.registry.MustRegister(buildInfo, m.checks, m.introspectionDuration, m.exchangeDuration, m.overloaded, m.replayClaims, m.exchanges, m.introspections, m.reloads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -308,4 +318,33 @@ func (c *checkStats) Collect(ch chan<- prometheus.Metric) {
 	count += c.buckets[checkBuckets].Load()
 	ch <- prometheus.MustNewConstHistogram(c.durationDesc, count,
 		float64(c.sumNanos.Load())/1e9, cumulative)
+}
+
+// CountReplay wraps store so that every claim of a client assertion id is
+// counted by result: vakt_replay_claims_total{result="ok|replayed|quota|error"}.
+func (m *Metrics) CountReplay(store exchange.ReplayStore) exchange.ReplayStore {
+	if m == nil {
+		return store
+	}
+	return &countedReplay{ReplayStore: store, claims: m.replayClaims}
+}
+
+type countedReplay struct {
+	exchange.ReplayStore
+	claims *prometheus.CounterVec
+}
+
+func (c *countedReplay) Claim(ctx context.Context, client, jti string, expires time.Time) (bool, error) {
+	fresh, err := c.ReplayStore.Claim(ctx, client, jti, expires)
+	result := "ok"
+	switch {
+	case errors.Is(err, exchange.ErrReplayQuota):
+		result = "quota"
+	case err != nil:
+		result = "error"
+	case !fresh:
+		result = "replayed"
+	}
+	c.claims.WithLabelValues(result).Inc()
+	return fresh, err
 }

@@ -170,11 +170,12 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	metrics := server.NewMetrics()
+	loader.Replay = metrics.CountReplay(loader.Replay)
 	// Identity providers' keys outlive each configuration: a reload while a
 	// provider is down keeps its last good keys.
 	loader.KeySets = server.NewKeySets(ctx, log, nil)
 	var cur server.Current
-	metrics := server.NewMetrics()
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
 	if *cfgPath != "" {
 		reloader.Files = server.WatchedFiles(*cfgPath, cfg)
