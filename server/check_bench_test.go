@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +23,12 @@ func benchCheck(b testing.TB, cacheSize int) (*authorizationService, string) {
 }
 
 func benchCheckAlg(b testing.TB, cacheSize int, alg string) (*authorizationService, string) {
-	yaml := strings.ReplaceAll(checkYAML, "AUTH0", "https://auth0.example") + "validation:\n  cacheSize: " + map[bool]string{true: "-1", false: "0"}[cacheSize < 0] + "\n"
+	return benchCheckWith(b, cacheSize, alg, "")
+}
+
+// benchCheckWith is benchCheckAlg with more configuration appended.
+func benchCheckWith(b testing.TB, cacheSize int, alg, extra string) (*authorizationService, string) {
+	yaml := strings.ReplaceAll(checkYAML, "AUTH0", "https://auth0.example") + "validation:\n  cacheSize: " + map[bool]string{true: "-1", false: "0"}[cacheSize < 0] + "\n" + extra
 	cfg, err := config.Load([]byte(yaml), b.TempDir())
 	if err != nil {
 		b.Fatal(err)
@@ -114,4 +121,12 @@ func BenchmarkCheckUncached(b *testing.B) {
 func BenchmarkCheckDenied(b *testing.B) {
 	svc, _ := benchCheck(b, 0)
 	benchmarkCheck(b, svc, checkRequest("/read", ""), codes.Unauthenticated)
+}
+
+// BenchmarkCheckCachedLogged: a cached allow with log.decisions: all, its
+// line written as JSON (to nowhere): what logging every allow costs.
+func BenchmarkCheckCachedLogged(b *testing.B) {
+	svc, tok := benchCheckWith(b, 0, "ES256", "log:\n  decisions: all\n")
+	svc.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	benchmarkCheck(b, svc, checkRequest("/read", "Bearer "+tok), codes.OK)
 }
