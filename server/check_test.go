@@ -588,20 +588,8 @@ func TestKeySetMetrics(t *testing.T) {
 	yaml := "issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nidentityProviders:\n" +
 		"  - {name: good, issuer: " + good.URL + ", wellKnownUrl: " + good.WellKnownURL() + ", audience: [api]}\n" +
 		"  - {name: down, issuer: " + down.URL + ", wellKnownUrl: " + down.WellKnownURL() + ", audience: [api]}\n"
-	cfg, err := config.Load([]byte(yaml), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := exchange.GenerateSigningKey("ES256")
-	signer, _ := exchange.NewSigner(key)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cur := &Current{}
-	cur.Store(rt)
+	cur.Store(testRuntime(t, yaml))
 	m := NewMetrics()
 	m.watchConfig(cur)
 	srv := httptest.NewServer(m.Handler())

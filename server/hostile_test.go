@@ -14,8 +14,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
-	"github.com/vakt-dev/vakt/config"
-	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 	"github.com/vakt-dev/vakt/internal/idptest"
 )
@@ -48,20 +46,10 @@ applications:
       - {identityProvider: good}
       - {identityProvider: bad}
 `
-	cfg, err := config.Load([]byte(yaml), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := exchange.GenerateSigningKey("ES256")
-	signer, _ := exchange.NewSigner(key)
+	cur := &Current{}
+	cur.Store(testRuntime(t, yaml))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := &Current{}
-	cur.Store(rt)
 	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

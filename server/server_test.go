@@ -330,18 +330,8 @@ identityProviders:
     issuer: https://nowhere.example/
     jwksUri: http://127.0.0.1:1/jwks
 `
-	cfg, err := config.Load([]byte(yaml), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := exchange.GenerateSigningKey("ES256")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	signer, _ := exchange.NewSigner(key)
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
-	if err != nil {
-		t.Fatalf("vakt must start with providers down: %v", err)
-	}
+	rt := testRuntime(t, yaml) // vakt must start with providers down
+	ctx := context.Background()
 	now := time.Now()
 	for _, tt := range []struct {
 		provider, token, want string
@@ -367,4 +357,30 @@ identityProviders:
 			t.Fatalf("%s: active %v, error %q (%v), want %q", tt.provider, res.Active, res.Error, res.Reason, tt.want)
 		}
 	}
+}
+
+// testRuntime builds the runtime of a configuration as vakt serve does,
+// signing with a new ES256 key; its key sets stop fetching when the test
+// ends.
+func testRuntime(t testing.TB, yaml string) *Runtime {
+	t.Helper()
+	cfg, err := config.Load([]byte(yaml), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := exchange.GenerateSigningKey("ES256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := exchange.NewSigner(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
 }
