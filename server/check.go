@@ -100,6 +100,8 @@ type checkOutcome struct {
 	rt  *Runtime
 	d   authz.Decision
 	app *authz.Application // nil when the request named none (logged apart)
+
+	method, path string // as Check read them, when app is set
 }
 
 // decide is checkWire's answer, and the decision behind it.
@@ -143,11 +145,11 @@ func (s *authorizationService) decide(ctx context.Context, req *authv3.CheckRequ
 		if d.Reason.Outage() {
 			// The cause names URLs and addresses: the decision log has
 			// it, Envoy gets the reason's description.
-			return checkOutcome{err: status.Error(answerFor(d.Reason).grpc, d.Reason.Description()), rt: rt, d: d, app: app}
+			return checkOutcome{err: status.Error(answerFor(d.Reason).grpc, d.Reason.Description()), rt: rt, d: d, app: app, method: method, path: path}
 		}
-		return checkOutcome{res: denied(d, app.ID, grpcCall), rt: rt, d: d, app: app}
+		return checkOutcome{res: denied(d, app.ID, grpcCall), rt: rt, d: d, app: app, method: method, path: path}
 	}
-	return checkOutcome{res: allowed(d, app, headers), rt: rt, d: d, app: app}
+	return checkOutcome{res: allowed(d, app, headers), rt: rt, d: d, app: app, method: method, path: path}
 }
 
 func truncatePath(p string) string {

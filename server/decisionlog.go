@@ -31,9 +31,10 @@ func (rt *Runtime) logs(r authz.Reason) bool {
 
 // logDecision writes the decision log line of a Check: which application,
 // which caller, what was asked, the decision, its reason, and the rule or
-// route that decided it. It never carries a token or personal data: the
-// token is named by its jti, the subject not at all, the path without its
-// query.
+// route that decided it. It never carries a token or a claim's value: the
+// token is named by its jti, the subject by a keyed hash; the path goes
+// without its query (an API with personal data in its paths has it here:
+// the README says so).
 func (s *authorizationService) logDecision(ctx context.Context, req *authv3.CheckRequest, o *checkOutcome, latency time.Duration) {
 	d := &o.d
 	level := slog.LevelInfo
@@ -45,19 +46,12 @@ func (s *authorizationService) logDecision(ctx context.Context, req *authv3.Chec
 	}
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
-	method, path := httpReq.GetMethod(), httpReq.GetPath()
-	if method == "" {
-		method = headers.get(":method")
-	}
-	if path == "" {
-		path = headers.get(":path")
-	}
 	attrs := []slog.Attr{
 		slog.String("decision", checkResult(d.Reason)),
 		slog.String("reason", d.Reason.String()),
 		slog.String("application", o.app.ID),
-		slog.String("method", truncate(method, 32)),
-		slog.String("path", truncatePath(path)),
+		slog.String("method", truncate(o.method, 32)),
+		slog.String("path", truncatePath(o.path)),
 		slog.String("rule", decidingRule(o.app, d)),
 	}
 	if d.Caller != "" {
