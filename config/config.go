@@ -18,6 +18,8 @@ import (
 const (
 	DefaultGRPCAddress = "127.0.0.1:9000"
 	DefaultHTTPAddress = "127.0.0.1:8080"
+	// DefaultAdminAddress is the admin listener's: /metrics, pprof, health.
+	DefaultAdminAddress = "127.0.0.1:9090"
 	// DefaultTrustDomain is Istio's default SPIFFE trust domain.
 	DefaultTrustDomain = "cluster.local"
 	// AnyAudience, as an authentication entry's audience, accepts a
@@ -99,8 +101,12 @@ type Redis struct {
 
 // Listen holds the listen addresses.
 type Listen struct {
-	GRPC string `yaml:"grpc"` // Introspect (later Check and Exchange), health, reflection
-	HTTP string `yaml:"http"` // /api/v1/introspect, /healthz
+	GRPC string `yaml:"grpc"` // Check, Introspect, Exchange, health, reflection
+	HTTP string `yaml:"http"` // introspection, /token, /jwks, metadata, /healthz
+	// Admin serves /metrics, /debug/pprof/, /healthz, /readyz and
+	// /buildinfo: on the loopback by default, so that the mesh never
+	// reaches profiles and metrics by accident.
+	Admin string `yaml:"admin"`
 }
 
 // IdentityProvider is an external issuer whose tokens vakt accepts.

@@ -36,7 +36,7 @@ func TestExamplesLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Listen.GRPC != "127.0.0.1:9000" || len(d.Applications) != 4 {
+	if d.Listen.GRPC != "127.0.0.1:9000" || d.Listen.Admin != config.DefaultAdminAddress || len(d.Applications) != 4 {
 		t.Fatalf("development default: %+v", d)
 	}
 }
@@ -60,6 +60,8 @@ func TestLoadRejects(t *testing.T) {
 		{"bad issuer", "issuer: 127.0.0.1:8080\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not an absolute http(s) URL"}},
 		{"missing cluster", "issuer: http://127.0.0.1:8080\n", []string{"cluster: is required"}},
 		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
+		{"bad admin listen", base + "listen:\n  admin: localhost\n", []string{"line 4", `listen.admin: "localhost" is not host:port`}},
+		{"admin on the http listener", base + "listen:\n  http: 0.0.0.0:8080\n  admin: 0.0.0.0:8080\n", []string{"line 5", `listen.admin: "0.0.0.0:8080" is also listen.http`}},
 		{"provider without keys", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n", []string{"line 4", "identityProviders[0]: needs wellKnownUrl or jwksUri"}},
 		{"issuer not https", "issuer: http://vakt.example.com\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not https"}},
 		{"issuer with a query", "issuer: https://vakt.example.com/?tenant=a\ncluster: dev-gcp\n", []string{"line 1", "issuer", "has a query"}},

@@ -17,6 +17,9 @@ func (c *Config) applyDefaults(dir string) {
 	if c.Listen.HTTP == "" {
 		c.Listen.HTTP = DefaultHTTPAddress
 	}
+	if c.Listen.Admin == "" {
+		c.Listen.Admin = DefaultAdminAddress
+	}
 	if c.Log.Decisions == "" {
 		c.Log.Decisions = LogDecisionsDeny
 	}

@@ -125,12 +125,21 @@ func (c *Config) validateServer(v *validator) {
 	if !trustDomain.MatchString(c.TrustDomain) {
 		v.fail("trustDomain", "%q is not a SPIFFE trust domain (lowercase letters, digits, '.', '-' and '_')", c.TrustDomain)
 	}
-	for _, l := range []struct{ path, addr string }{
+	listens := []struct{ path, addr string }{
 		{"listen.grpc", c.Listen.GRPC},
 		{"listen.http", c.Listen.HTTP},
-	} {
-		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+		{"listen.admin", c.Listen.Admin},
+	}
+	for i, l := range listens {
+		_, port, err := net.SplitHostPort(l.addr)
+		if err != nil {
 			v.fail(l.path, "%q is not host:port", l.addr)
+			continue
+		}
+		for _, o := range listens[:i] {
+			if o.addr == l.addr && port != "0" {
+				v.fail(l.path, "%q is also %s: each listener needs its own address", l.addr, o.path)
+			}
 		}
 	}
 	switch c.Log.Decisions {

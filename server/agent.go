@@ -79,8 +79,8 @@ func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger) (*Ag
 
 // AgentServices are what `vakt agent` serves: gRPC Introspect and Exchange
 // (no Check: that is the authority's), and what NAIS applications call over
-// HTTP: POST /api/v1/introspect, POST /api/v1/token/exchange, /metrics (when
-// m is not nil) and /healthz.
+// HTTP: POST /api/v1/introspect, POST /api/v1/token/exchange and /healthz;
+// and the admin endpoints (AdminHandler).
 func AgentServices(rt *AgentRuntime, m *Metrics, log *slog.Logger) *Services {
 	if log == nil {
 		log = slog.Default()

@@ -44,7 +44,7 @@ func newAgentEnv(t testing.TB) *agentEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
+	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0", "")
 	if err != nil {
 		t.Fatal(err)
 	}

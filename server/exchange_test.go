@@ -35,6 +35,7 @@ const (
 // xenv is vakt serving on loopback, as a token exchange authority.
 type xenv struct {
 	issuer    string // vakt's, = its HTTP base URL
+	admin     string // the admin listener's base URL
 	idp       *idptest.Issuer
 	keys      map[string]*idptest.Key // client keys by application id
 	cur       *Current
@@ -54,11 +55,12 @@ func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
 func newExchangeEnvAt(t testing.TB, replay exchange.ReplayStore, path string) *xenv {
 	t.Helper()
 	e := &xenv{idp: idptest.NewIssuer(t, "RS256"), keys: map[string]*idptest.Key{}, metrics: NewMetrics()}
-	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
+	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.issuer = "http://" + ls.HTTP.Addr().String() + path
+	e.admin = "http://" + ls.Admin.Addr().String()
 	e.keys[app1] = idptest.NewKey(t, "client-key-1", "RS256")
 	e.keys[app3] = idptest.NewKey(t, "client-key-1", "ES256")
 	yaml := exchangeYAML(t, e)
@@ -522,7 +524,7 @@ func TestExchangeMetrics(t *testing.T) {
 	e.viaHTTP(t, e.request(t, func(r *exchange.Request) { r.Audience = []string{"dev-gcp:team-b:nobody"} }))
 	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = e.assertion(t, app3, nil) }))
 	e.viaGRPC(t, e.request(t, func(r *exchange.Request) { r.ClientAssertion = "x" }))
-	resp, err := testHTTP.Get(e.issuer + "/metrics")
+	resp, err := testHTTP.Get(e.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

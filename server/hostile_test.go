@@ -50,7 +50,7 @@ applications:
 	cur.Store(testRuntime(t, yaml))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
+	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0", "")
 	if err != nil {
 		t.Fatal(err)
 	}

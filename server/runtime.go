@@ -57,8 +57,8 @@ func (c *Current) Store(rt *Runtime) { c.p.Store(rt) }
 
 // AuthorityServices are what `vakt serve` serves, each request on the
 // runtime in force: gRPC Check, Introspect and Exchange; HTTP
-// /api/v1/introspect, /token, /jwks, the metadata documents, /metrics (when
-// m is not nil) and /healthz.
+// /api/v1/introspect, /token, /jwks, the metadata documents and /healthz;
+// and the admin endpoints (AdminHandler).
 func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 	if log == nil {
 		log = slog.Default()

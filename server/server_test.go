@@ -279,7 +279,7 @@ func TestIntrospectHTTP(t *testing.T) {
 
 func TestServeStopsGracefully(t *testing.T) {
 	e := newEnv(t)
-	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0")
+	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -57,9 +58,12 @@ const (
 type Services struct {
 	register func(grpc.ServiceRegistrar)
 	mux      *http.ServeMux
+	admin    *http.ServeMux
 	log      *slog.Logger
 	budgets  *budgets
 	metrics  *Metrics
+	// ready is whether Serve is serving and not shutting down: /readyz.
+	ready atomic.Bool
 }
 
 // budgets are the admission budgets: slots taken while a request is in
@@ -139,12 +143,8 @@ func newServices(log *slog.Logger, m *Metrics, register func(grpc.ServiceRegistr
 		log = slog.Default()
 	}
 	s := &Services{register: register, mux: http.NewServeMux(), log: log, metrics: m, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight)}
-	if m != nil {
-		s.mux.Handle("GET /metrics", m.Handler())
-	}
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	s.admin = newAdminMux(m, &s.ready)
+	s.mux.HandleFunc("GET /healthz", healthz)
 	return s
 }
 
@@ -154,6 +154,10 @@ func (s *Services) Mount(prefix string, h http.Handler) { s.mux.Handle(prefix+"/
 
 // Handler returns the HTTP endpoints.
 func (s *Services) Handler() http.Handler { return s.mux }
+
+// AdminHandler returns the admin endpoints: /metrics, /debug/pprof/,
+// /healthz, /readyz and /buildinfo.
+func (s *Services) AdminHandler() http.Handler { return s.admin }
 
 // NewGRPCServer returns a gRPC server with the mode's services, grpc.health.v1
 // and server reflection registered. Panics in handlers become Internal
@@ -220,10 +224,13 @@ func admitUnary(b *budgets, m *Metrics) grpc.UnaryServerInterceptor {
 type Listeners struct {
 	GRPC net.Listener
 	HTTP net.Listener
+	// Admin serves metrics, pprof, health and build info; nil serves none.
+	Admin net.Listener
 }
 
-// Listen opens the configured addresses.
-func Listen(grpcAddr, httpAddr string) (*Listeners, error) {
+// Listen opens the configured addresses. An empty adminAddr opens no admin
+// listener.
+func Listen(grpcAddr, httpAddr, adminAddr string) (*Listeners, error) {
 	g, err := net.Listen("tcp", grpcAddr)
 	if err != nil {
 		return nil, fmt.Errorf("gRPC listener: %w", err)
@@ -233,7 +240,15 @@ func Listen(grpcAddr, httpAddr string) (*Listeners, error) {
 		g.Close()
 		return nil, fmt.Errorf("HTTP listener: %w", err)
 	}
-	return &Listeners{GRPC: g, HTTP: h}, nil
+	ls := &Listeners{GRPC: g, HTTP: h}
+	if adminAddr != "" {
+		if ls.Admin, err = net.Listen("tcp", adminAddr); err != nil {
+			g.Close()
+			h.Close()
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+	}
+	return ls, nil
 }
 
 // Serve serves s on ls until ctx ends, then stops gracefully: health turns
@@ -241,21 +256,23 @@ func Listen(grpcAddr, httpAddr string) (*Listeners, error) {
 func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	log := s.log
 	gs, hs := s.NewGRPCServer()
-	httpSrv := &http.Server{
-		Handler:           s.mux,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	httpSrv := newHTTPServer(s.mux, log, 15*time.Second)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
 	go func() { errs <- gs.Serve(ls.GRPC) }()
 	go func() { errs <- httpSrv.Serve(ls.HTTP) }()
-	log.Info("vakt serving", "grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String())
+	addrs := []any{"grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String()}
+	var adminSrv *http.Server
+	if ls.Admin != nil {
+		// A CPU profile or trace takes as long as it is asked to: the
+		// admin listener has no write timeout.
+		adminSrv = newHTTPServer(s.admin, log, 0)
+		go func() { errs <- adminSrv.Serve(ls.Admin) }()
+		addrs = append(addrs, "admin", ls.Admin.Addr().String())
+	}
+	s.ready.Store(true)
+	log.Info("vakt serving", addrs...)
 
 	var err error
 	select {
@@ -264,6 +281,7 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 		log.Error("server stopped", "error", err)
 	}
 	log.Info("shutting down", "grace", shutdownGrace.String())
+	s.ready.Store(false)
 	hs.Shutdown()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
@@ -277,10 +295,26 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	case <-sctx.Done():
 		gs.Stop()
 	}
+	if adminSrv != nil {
+		// Last, so that metrics are scraped while the others drain.
+		_ = adminSrv.Close()
+	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
+}
+
+func newHTTPServer(h http.Handler, log *slog.Logger, writeTimeout time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }
 
 // requestError is an HTTP request that cannot be answered: the status and

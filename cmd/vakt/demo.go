@@ -70,7 +70,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	ls, err := server.Listen("127.0.0.1:0", "127.0.0.1:0")
+	ls, err := server.Listen("127.0.0.1:0", "127.0.0.1:0", "")
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt demo: %v\n", err)
 		return 1

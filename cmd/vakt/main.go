@@ -27,7 +27,7 @@ const usage = `vakt: authorization for a service mesh
 
 Usage:
   vakt serve [--config FILE] [--log-level debug|info|warn|error] [--log-format json|text]
-  vakt agent [--grpc ADDR] [--http ADDR] [--log-level ...] [--log-format ...]
+  vakt agent [--grpc ADDR] [--http ADDR] [--admin ADDR] [--log-level ...] [--log-format ...]
       beside one application, configured by TOKEN_X_* and IDPORTEN_* variables
   vakt demo                 the whole flow, step by step, on the development defaults
   vakt assertion --key FILE --client ID --audience URL
@@ -163,7 +163,7 @@ func serve(args []string, stderr io.Writer) int {
 	// Listen before building: key sets start fetching at once, and a fetch
 	// from vakt's own HTTP port (the development identity provider) must
 	// wait in the accept queue rather than be refused.
-	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP)
+	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP, cfg.Listen.Admin)
 	if err != nil {
 		log.Error("cannot listen", "error", err)
 		return 1
@@ -248,6 +248,7 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	grpcAddr := fs.String("grpc", "127.0.0.1:9100", "gRPC listen address")
 	httpAddr := fs.String("http", "", "HTTP listen address (default: BIND_ADDRESS, else 127.0.0.1:3000)")
+	adminAddr := fs.String("admin", "127.0.0.1:9091", "admin listen address: /metrics, /debug/pprof/, /healthz, /readyz")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -275,7 +276,7 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	ls, err := server.Listen(*grpcAddr, *httpAddr)
+	ls, err := server.Listen(*grpcAddr, *httpAddr, *adminAddr)
 	if err != nil {
 		log.Error("cannot listen", "error", err)
 		return 1
