@@ -27,7 +27,8 @@ const (
 	DefaultRefreshInterval = 15 * time.Minute
 	// maxDocumentSize caps a discovery document or key set.
 	maxDocumentSize = 1 << 20
-	fetchTimeout    = 10 * time.Second
+	// FetchTimeout bounds one fetch of a key set or metadata document.
+	FetchTimeout = 10 * time.Second
 	// DefaultKeyWait is how long a request waits for keys being fetched
 	// before it is answered as an outage, so that a provider that hangs
 	// holds no request (and no admission slot) for long.
@@ -145,7 +146,7 @@ func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
 	}
 	r := &RemoteKeys{cfg: cfg, client: cfg.Client, log: cfg.Logger, now: cfg.Now, jwksURI: cfg.JWKSURI}
 	if r.client == nil {
-		r.client = &http.Client{Timeout: fetchTimeout}
+		r.client = &http.Client{Timeout: FetchTimeout}
 	}
 	if r.log == nil {
 		r.log = slog.Default()
@@ -244,7 +245,7 @@ func (r *RemoteKeys) fetch(ctx context.Context, scheduled bool) error {
 		r.inflight = call
 		r.lastFetch = now
 		go func() {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), FetchTimeout)
 			call.err = r.fetchOnce(fctx)
 			cancel()
 			r.mu.Lock()

@@ -232,9 +232,22 @@ const (
 
 // Log is what vakt logs besides its own events.
 type Log struct {
-	// Decisions is which Check decisions get a line: deny (the default),
-	// all or none.
+	// Decisions is which decisions (of Check, Exchange and Introspect)
+	// get a line: deny (the default), all or none.
 	Decisions string `yaml:"decisions"`
+	// SampleAllows is the share of allows logged when Decisions is all,
+	// from above 0 to 1 (the default, every one): a busy mesh can keep
+	// every denial and a sample of what was let through.
+	SampleAllows *float64 `yaml:"sampleAllows"`
+}
+
+// AllowShare is the share of allows the decision log keeps: SampleAllows,
+// or 1.
+func (l Log) AllowShare() float64 {
+	if l.SampleAllows == nil {
+		return 1
+	}
+	return *l.SampleAllows
 }
 
 type Limits struct {

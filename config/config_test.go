@@ -60,6 +60,8 @@ func TestLoadRejects(t *testing.T) {
 		{"bad issuer", "issuer: 127.0.0.1:8080\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not an absolute http(s) URL"}},
 		{"missing cluster", "issuer: http://127.0.0.1:8080\n", []string{"cluster: is required"}},
 		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
+		{"sample of allows out of range", base + "log:\n  decisions: all\n  sampleAllows: 0\n", []string{"line 5", "log.sampleAllows: must be above 0"}},
+		{"sample of allows over 1", base + "log:\n  decisions: all\n  sampleAllows: 1.5\n", []string{"line 5", "log.sampleAllows"}},
 		{"bad admin listen", base + "listen:\n  admin: localhost\n", []string{"line 4", `listen.admin: "localhost" is not host:port`}},
 		{"admin on the http listener", base + "listen:\n  http: 0.0.0.0:8080\n  admin: 0.0.0.0:8080\n", []string{"line 5", `listen.admin: "0.0.0.0:8080" is also listen.http`}},
 		{"provider without keys", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n", []string{"line 4", "identityProviders[0]: needs wellKnownUrl or jwksUri"}},
@@ -258,6 +260,31 @@ func TestAuthenticationAudience(t *testing.T) {
 		}
 		if got := len(c.Warnings) > 0; got != tt.warn || (tt.warn && !strings.Contains(c.Warnings[0], "any audience")) {
 			t.Fatalf("%s: warnings %q", tt.name, c.Warnings)
+		}
+	}
+}
+
+// log.sampleAllows is read as a share, 1 when left out, and warned of
+// where it does nothing.
+func TestSampleAllows(t *testing.T) {
+	for _, tt := range []struct {
+		yaml  string
+		share float64
+		warn  bool
+	}{
+		{"", 1, false},
+		{"log:\n  decisions: all\n  sampleAllows: 0.25\n", 0.25, false},
+		{"log:\n  sampleAllows: 0.25\n", 0.25, true},
+	} {
+		c, err := config.Load([]byte(base+tt.yaml), t.TempDir())
+		if err != nil {
+			t.Fatalf("%q: %v", tt.yaml, err)
+		}
+		if got := c.Log.AllowShare(); got != tt.share {
+			t.Errorf("%q: share %v, want %v", tt.yaml, got, tt.share)
+		}
+		if got := len(c.Warnings) > 0; got != tt.warn || (tt.warn && !strings.Contains(c.Warnings[0], "sampleAllows has no effect")) {
+			t.Errorf("%q: warnings %q", tt.yaml, c.Warnings)
 		}
 	}
 }

@@ -147,6 +147,14 @@ func (c *Config) validateServer(v *validator) {
 	default:
 		v.fail("log.decisions", "%q is not deny, all or none", c.Log.Decisions)
 	}
+	if s := c.Log.SampleAllows; s != nil {
+		switch {
+		case !(*s > 0 && *s <= 1):
+			v.fail("log.sampleAllows", "must be above 0 and at most 1 (log.decisions: deny logs no allow)")
+		case c.Log.Decisions != LogDecisionsAll:
+			v.warn("log.sampleAllows has no effect: log.decisions is %s, which logs no allow", c.Log.Decisions)
+		}
+	}
 	if c.Limits.Check < 0 || c.Limits.Other < 0 {
 		v.fail("limits", "check and other must not be negative")
 	}

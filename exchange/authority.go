@@ -160,20 +160,50 @@ func (a *Authority) TokenEndpoint() string { return a.tokenEndpoint }
 
 // Exchange performs a token exchange. Every refusal is an *Error.
 func (a *Authority) Exchange(ctx context.Context, req Request) (*Response, error) {
-	client, target := "", strings.Join(req.Audience, " ")
-	res, err := a.exchange(ctx, req, &client)
-	if err != nil {
-		e := AsError(err)
-		a.log.Info("token exchange refused", "client_id", client, "audience", truncate(target), "reason", e.Reason().String(), "description", e.Description(), "cause", e.Err)
-		return nil, e
+	o := a.Decide(ctx, req)
+	if o.Err != nil {
+		return nil, o.Err
 	}
-	a.log.Debug("token exchanged", "client_id", client, "audience", target)
-	return res, nil
+	return o.Response, nil
+}
+
+// Outcome is an exchange decided: its response or its refusal, and what
+// the decision log and the trace say of it. The facts are filled in as the
+// exchange gets to them: a refusal of the assertion names no client, one of
+// the subject token no provider.
+type Outcome struct {
+	Response *Response // nil when refused
+	Err      *Error    // nil when granted
+	// Client is the client the assertion authenticated.
+	Client string
+	// Target is the target application once named; before, the audience
+	// as asked (cut to 200 bytes).
+	Target string
+	// Subject is the verified subject token, issued by Provider.
+	Subject  *authz.Claims
+	Provider string
+	// Rule is what in the target's access policy decided, once the
+	// exchange got to it: "accessPolicy.inbound.rules: <client>" or
+	// "accessPolicy.inbound.rules: no rule names <client>".
+	Rule string
+}
+
+// Decide performs a token exchange, as Exchange does, and returns it with
+// what decided it. It logs nothing of the decision: the caller does.
+func (a *Authority) Decide(ctx context.Context, req Request) Outcome {
+	o := Outcome{Target: truncate(strings.Join(req.Audience, " "))}
+	res, err := a.exchange(ctx, req, &o)
+	if err != nil {
+		o.Err = AsError(err)
+		return o
+	}
+	o.Response = res
+	return o
 }
 
 func badRequest(detail string) *Error { return Refuse(authz.ReasonRequestInvalid, detail, nil) }
 
-func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string) (*Response, error) {
+func (a *Authority) exchange(ctx context.Context, req Request, o *Outcome) (*Response, error) {
 	if err := checkRequest(&req); err != nil {
 		return nil, err
 	}
@@ -181,7 +211,7 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 
 	as, err := a.authenticate(ctx, req.ClientAssertion, now)
 	client := as.client
-	*clientOut = client
+	o.Client = client
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +227,7 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 	if err := a.record(ctx, as); err != nil {
 		return nil, err
 	}
-	res, err := a.mint(ctx, req, as, now)
+	res, err := a.mint(ctx, req, as, now, o)
 	if err != nil {
 		if rerr := a.cfg.Replay.Release(context.WithoutCancel(ctx), as.client, as.jti); rerr != nil {
 			a.log.Warn("a refused exchange's assertion could not be released; its client must make a new one", "client_id", client, "error", rerr)
@@ -209,13 +239,14 @@ func (a *Authority) exchange(ctx context.Context, req Request, clientOut *string
 
 // mint is the exchange after the client's assertion: the subject token, the
 // target's access policy, and the token.
-func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, now time.Time) (*Response, error) {
+func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, now time.Time, o *Outcome) (*Response, error) {
 	client := as.client
 
 	subject, provider, err := a.cfg.Subjects.ValidateByIssuer(ctx, req.SubjectToken)
 	if err != nil {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", err)
 	}
+	o.Subject, o.Provider = subject, provider.Name()
 	// A token vakt issued may be exchanged only by the application it was
 	// issued to.
 	own := provider.Own()
@@ -233,13 +264,18 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	if err != nil {
 		return nil, err
 	}
+	o.Target = target
 	if err := a.cfg.Policy.MayCall(client, target); err != nil {
 		reason := authz.ReasonTargetDenied
 		if errors.Is(err, authz.ErrApplicationUnknown) {
 			reason = authz.ReasonTargetUnknown
+			o.Rule = "applications: " + truncate(target) + " is not registered"
+		} else {
+			o.Rule = "accessPolicy.inbound.rules: no rule names " + client
 		}
 		return nil, Refuse(reason, "", err)
 	}
+	o.Rule = "accessPolicy.inbound.rules: " + client
 	scopes, err := grantedScopes(req.Scope, subject)
 	if err != nil {
 		return nil, err

@@ -23,6 +23,7 @@ import (
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/redistest"
 )
 
 // The applications of TestAuthority and what they are.
@@ -615,7 +616,7 @@ func TestAuthority(t *testing.T) {
 // store that is full of unexpired ids.
 func TestAuthorityReplayStoreDown(t *testing.T) {
 	t.Run("redis", func(t *testing.T) {
-		addr := startRedis(t) // skips without redis-server, except in CI
+		addr := redistest.Start(t) // skips without redis-server, except in CI
 		var rr *RedisReplay
 		f := newAuthorityFixture(t, func(now func() time.Time) ReplayStore {
 			rr = NewRedisReplay(RedisOptions{Address: addr}, now)

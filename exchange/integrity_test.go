@@ -8,6 +8,7 @@ import (
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/redistest"
 )
 
 // What the issued token says of the user's identity provider is true: an
@@ -192,7 +193,7 @@ func TestReplayRelease(t *testing.T) {
 	ctx := context.Background()
 	clock := idptest.NewClock(time.Now())
 	stores := map[string]ReplayStore{"memory": NewMemoryReplay(MemoryReplayConfig{MaxEntries: 10, MaxPerClient: 1, Now: clock.Now})}
-	if addr := startRedis(t); addr != "" {
+	if addr := redistest.Start(t); addr != "" {
 		r := NewRedisReplay(RedisOptions{Address: addr, MaxPerClient: 1}, clock.Now)
 		t.Cleanup(func() { r.Close() })
 		stores["redis"] = r

@@ -74,6 +74,10 @@ func NewRedisReplay(o RedisOptions, now func() time.Time) *RedisReplay {
 	}
 }
 
+// AddHook adds a go-redis hook to the store's client (tracing, say),
+// before it is used.
+func (r *RedisReplay) AddHook(h redis.Hook) { r.client.AddHook(h) }
+
 // Claim implements ReplayStore: the id is kept until the assertion's exp
 // (at least a second), so Redis forgets ids once they could no longer be
 // replayed anyway. Client and jti are hashed: neither reaches Redis as sent.

@@ -1,13 +1,9 @@
 package exchange
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"runtime"
 	"testing"
 	"time"
@@ -15,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/redistest"
 )
 
 func TestMemoryReplay(t *testing.T) {
@@ -145,55 +142,8 @@ func BenchmarkMemoryReplayFull(b *testing.B) {
 	}
 }
 
-// startRedis runs a real redis-server on a free loopback port.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("redis-server is not installed; .ci/run installs it")
-		}
-		t.Skip("redis-server is not installed (apt-get install redis-server); skipping the Redis replay tests")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	c := redis.NewClient(&redis.Options{Addr: addr, DialerRetries: 1})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("redis-server exited (%v):\n%s", err, out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server did not answer on %s:\n%s", addr, out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return addr
-}
-
 func TestRedisReplay(t *testing.T) {
-	addr := startRedis(t)
+	addr := redistest.Start(t)
 	ctx := context.Background()
 	// Two replicas, one Redis: what one has seen, the other refuses.
 	a := NewRedisReplay(RedisOptions{Address: addr}, nil)
@@ -224,7 +174,7 @@ func TestRedisReplay(t *testing.T) {
 }
 
 func TestRedisReplayDown(t *testing.T) {
-	addr := startRedis(t)
+	addr := redistest.Start(t)
 	r := NewRedisReplay(RedisOptions{Address: addr}, nil)
 	defer r.Close()
 	ctx := context.Background()
@@ -247,7 +197,7 @@ func TestRedisReplayDown(t *testing.T) {
 // One client's share is bounded in Redis too, without a scan: its expired
 // ids are trimmed by score on every claim.
 func TestRedisReplayFairness(t *testing.T) {
-	addr := startRedis(t)
+	addr := redistest.Start(t)
 	clock := idptest.NewClock(time.Now())
 	r := NewRedisReplay(RedisOptions{Address: addr, MaxPerClient: 3}, clock.Now)
 	defer r.Close()

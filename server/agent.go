@@ -7,11 +7,14 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
 	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 )
 
@@ -22,13 +25,21 @@ import (
 type AgentRuntime struct {
 	Validator *authz.Validator
 	Agent     *agent.Agent
+	// ClientID is the application's: the client of every exchange.
+	ClientID string
+	// Log is what the agent's decision log holds (log.decisions; deny by
+	// default).
+	Log config.Log
 }
 
 // NewAgentRuntime builds the agent's runtime from its environment. Remote
-// key sets fetch in the background until ctx ends.
-func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger) (*AgentRuntime, error) {
+// key sets fetch in the background until ctx ends. With tracing (nil for
+// none), key set fetches and upstream exchanges are spans, and an upstream
+// exchange carries its trace to the authority.
+func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger, tracing *Tracing) (*AgentRuntime, error) {
 	remote := func(name, issuer, jwksURI, wellKnown string) (*authz.RemoteKeys, error) {
-		k, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: name, Issuer: issuer, JWKSURI: jwksURI, WellKnownURL: wellKnown, Logger: log})
+		client := tracing.HTTPClient(&http.Client{Timeout: authz.FetchTimeout}, "jwks fetch", attribute.String("vakt.provider", name))
+		k, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: name, Issuer: issuer, JWKSURI: jwksURI, WellKnownURL: wellKnown, Logger: log, Client: client})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
@@ -68,13 +79,13 @@ func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger) (*Ag
 	up := &agent.Upstream{
 		Endpoint:  env.TokenEndpoint,
 		Assertion: &agent.AssertionBuilder{ClientID: env.ClientID, TokenEndpoint: env.TokenEndpoint, Key: env.Key, Now: time.Now},
-		Client:    agent.NewHTTPClient(),
+		Client:    tracing.HTTPClient(agent.NewHTTPClient(), "token exchange upstream"),
 		Retries:   2,
 		Backoff:   100 * time.Millisecond,
 		Timeout:   10 * time.Second,
 		Logger:    log,
 	}
-	return &AgentRuntime{Validator: v, Agent: agent.New(agent.Config{Upstream: up})}, nil
+	return &AgentRuntime{Validator: v, Agent: agent.New(agent.Config{Upstream: up}), ClientID: env.ClientID, Log: config.Log{Decisions: config.LogDecisionsDeny}}, nil
 }
 
 // AgentServices are what `vakt agent` serves: gRPC Introspect and Exchange
@@ -85,14 +96,36 @@ func AgentServices(rt *AgentRuntime, m *Metrics, log *slog.Logger) *Services {
 	if log == nil {
 		log = slog.Default()
 	}
-	in := &introspector{validator: func() *authz.Validator { return rt.Validator }, metrics: m, log: log}
-	s := newServices(log, m, func(r grpc.ServiceRegistrar) {
+	obs := newObserver(log, func() config.Log { return rt.Log })
+	in := &introspector{validator: func() *authz.Validator { return rt.Validator }, metrics: m, log: log, obs: obs}
+	x := agentExchanger{rt: rt, x: exchangeRecorder{m, obs}}
+	s := newServices(log, m, obs, func(r grpc.ServiceRegistrar) {
 		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
-		vaktv1.RegisterTokenExchangeServiceServer(r, &agentExchangeService{agent: rt.Agent, metrics: m})
+		vaktv1.RegisterTokenExchangeServiceServer(r, &agentExchangeService{x: x})
 	})
 	s.mux.Handle("POST /api/v1/introspect", s.limitedIntrospect(&introspectHandler{in: in}))
-	s.mux.Handle("POST /api/v1/token/exchange", s.limited(&agentExchangeHandler{agent: rt.Agent, metrics: m}))
+	s.mux.Handle("POST /api/v1/token/exchange", s.limited(&agentExchangeHandler{x: x}))
 	return s
+}
+
+// agentExchanger exchanges through the upstream, and records each
+// exchange as the authority does: its client is the agent's application,
+// its target the audience asked for.
+type agentExchanger struct {
+	rt *AgentRuntime
+	x  exchangeRecorder
+}
+
+func (a agentExchanger) exchange(ctx context.Context, span trace.Span, start time.Time, subjectToken, audience string, skipCache bool) (*exchange.Response, *exchange.Error) {
+	res, err := a.rt.Agent.Exchange(ctx, subjectToken, audience, skipCache)
+	o := exchange.Outcome{Client: a.rt.ClientID, Target: truncate(audience, 200)}
+	if err != nil {
+		o.Err = exchange.AsError(err)
+	}
+	if e := a.x.done(ctx, span, start, &o); e != nil {
+		return nil, e
+	}
+	return res, nil
 }
 
 // agentExchangeService is vakt.v1.TokenExchangeService on the agent: the
@@ -100,16 +133,16 @@ func AgentServices(rt *AgentRuntime, m *Metrics, log *slog.Logger) *Services {
 // the client assertion itself.
 type agentExchangeService struct {
 	vaktv1.UnimplementedTokenExchangeServiceServer
-	agent   *agent.Agent
-	metrics *Metrics
+	x agentExchanger
 }
 
 var _ vaktv1.TokenExchangeServiceServer = (*agentExchangeService)(nil)
 
 func (s *agentExchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
 	start := time.Now()
-	res, err := s.agent.Exchange(ctx, req.GetSubjectToken(), req.GetAudience(), req.GetSkipCache())
-	if e := s.metrics.observeExchange(start, err); e != nil {
+	ctx, span := s.x.x.obs.startGRPC(ctx, vaktv1.TokenExchangeService_Exchange_FullMethodName)
+	res, e := s.x.exchange(ctx, span, start, req.GetSubjectToken(), req.GetAudience(), req.GetSkipCache())
+	if e != nil {
 		return nil, oauthGRPCError(e)
 	}
 	return exchangeResponse(res), nil
@@ -118,27 +151,27 @@ func (s *agentExchangeService) Exchange(ctx context.Context, req *vaktv1.Exchang
 // agentExchangeHandler is POST /api/v1/token/exchange, as NAIS applications
 // call it: identity_provider (tokenx), target, user_token, skip_cache, in
 // JSON or a form; the answer is access_token, token_type and expires_in.
-type agentExchangeHandler struct {
-	agent   *agent.Agent
-	metrics *Metrics
-}
+type agentExchangeHandler struct{ x agentExchanger }
 
 var _ http.Handler = (*agentExchangeHandler)(nil)
 
 func (h *agentExchangeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	ctx, span := h.x.x.obs.startHTTP(r)
 	fields, rerr := readFields(w, r, "identity_provider", "target", "user_token", "skip_cache")
+	if rerr == nil {
+		if p := fields["identity_provider"]; p != config.ProviderTokenX && p != config.ProviderVakt {
+			rerr = badRequest(`identity_provider must be "tokenx"`)
+		}
+	}
 	if rerr != nil {
+		h.x.x.done(ctx, span, start, &exchange.Outcome{Client: h.x.rt.ClientID, Err: exchange.Refuse(authz.ReasonRequestInvalid, rerr.description, nil)})
 		writeRequestError(w, rerr)
 		return
 	}
-	if p := fields["identity_provider"]; p != config.ProviderTokenX && p != config.ProviderVakt {
-		writeRequestError(w, badRequest(`identity_provider must be "tokenx"`))
-		return
-	}
 	skip := fields["skip_cache"] == "true"
-	res, err := h.agent.Exchange(r.Context(), fields["user_token"], fields["target"], skip)
-	if e := h.metrics.observeExchange(start, err); e != nil {
+	res, e := h.x.exchange(ctx, span, start, fields["user_token"], fields["target"], skip)
+	if e != nil {
 		writeOAuthError(w, e, 0)
 		return
 	}

@@ -40,7 +40,7 @@ func newAgentEnv(t testing.TB) *agentEnv {
 		IDPorten:      &agent.IDPortenEnv{Issuer: x.idp.URL, JWKSURI: x.idp.JWKSURI()},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	rt, err := NewAgentRuntime(ctx, env, quiet)
+	rt, err := NewAgentRuntime(ctx, env, quiet, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestAgentAgainstVakt(t *testing.T) {
 		t.Fatalf("response %v", res)
 	}
 	// The issued token passes vakt's Check for app-b (whose policy allows app-1).
-	check := authorizationService{cur: x.cur, log: quiet}
+	check := newAuthorizationService(x.cur, quiet, nil, nil)
 	cr, err := check.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		ContextExtensions: map[string]string{ContextExtensionApp: appB},
 		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{

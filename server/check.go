@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"log/slog"
 	"slices"
@@ -13,12 +12,14 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel/trace"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/vakt-dev/vakt/authz"
+	"github.com/vakt-dev/vakt/config"
 )
 
 // ContextExtensionApp is the key of Envoy's check_settings.context_extensions
@@ -38,15 +39,14 @@ type authorizationService struct {
 	cur     *Current
 	log     *slog.Logger
 	metrics *Metrics // nil counts nothing
-	// subKey keys the decision log's sub_hash; made at start, so that a
-	// hash follows a user within one process and is no one's to reverse.
-	subKey [32]byte
+	obs     *observer
 }
 
-func newAuthorizationService(cur *Current, log *slog.Logger, m *Metrics) *authorizationService {
-	s := &authorizationService{cur: cur, log: log, metrics: m}
-	_, _ = rand.Read(s.subKey[:]) // crypto/rand.Read never fails (Go 1.24)
-	return s
+func newAuthorizationService(cur *Current, log *slog.Logger, m *Metrics, obs *observer) *authorizationService {
+	if obs == nil {
+		obs = newObserver(log, func() config.Log { return cur.Load().Config.Log })
+	}
+	return &authorizationService{cur: cur, log: log, metrics: m, obs: obs}
 }
 
 var _ authv3.AuthorizationServer = (*authorizationService)(nil)
@@ -72,13 +72,20 @@ func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckR
 	if s.metrics != nil {
 		start = s.metrics.checkStart()
 	}
+	var span trace.Span // nil unless traced: the untraced Check pays a comparison
+	if s.obs.tracer != nil {
+		ctx, span = s.startCheck(ctx, req)
+	}
 	o := s.decide(ctx, req)
 	if s.metrics != nil {
 		s.metrics.observeCheck(o.d.Reason, start)
 	}
+	if span != nil {
+		endCheckSpan(span, &o)
+	}
 	if o.app != nil {
 		switch {
-		case o.rt.logs(o.d.Reason):
+		case logs(o.rt.Config.Log, o.d.Reason):
 			var latency time.Duration
 			if s.metrics != nil {
 				latency = s.metrics.checkStart() - start

@@ -51,7 +51,7 @@ func benchCheckWith(b testing.TB, cacheSize int, alg, extra string) (*authorizat
 			"jti": "5c7a1d1e-6b1f-4e5e-9a53-2f7a3c8d9b10",
 		})
 	// As vakt serve runs it: with its metrics.
-	return &authorizationService{cur: cur, log: quiet, metrics: NewMetrics()}, tok
+	return newAuthorizationService(cur, quiet, NewMetrics(), nil), tok
 }
 
 func checkRequest(path, auth string) *authv3.CheckRequest {
@@ -129,4 +129,19 @@ func BenchmarkCheckCachedLogged(b *testing.B) {
 	svc, tok := benchCheckWith(b, 0, "ES256", "log:\n  decisions: all\n")
 	svc.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	benchmarkCheck(b, svc, checkRequest("/read", "Bearer "+tok), codes.OK)
+}
+
+// BenchmarkCheckCachedTraced: a cached allow with tracing on, the caller's
+// trace sampled: a span per Check, exported in batches over OTLP/HTTP to a
+// receiver on loopback. What tracing every Check costs; with tracing off
+// (BenchmarkCheckCached) Check compares one pointer.
+func BenchmarkCheckCachedTraced(b *testing.B) {
+	recv := newOTLPReceiver(b)
+	tr := tracingTo(b, recv, "http/protobuf")
+	defer tr.Shutdown(context.Background())
+	svc, tok := benchCheckAlg(b, 0, "ES256")
+	svc.obs.tracer = tr.tracer
+	req := checkRequest("/read", "Bearer "+tok)
+	req.Attributes.Request.Http.Headers["traceparent"] = "00-" + callerTrace + "-" + callerSpan + "-01"
+	benchmarkCheck(b, svc, req, codes.OK)
 }

@@ -71,6 +71,7 @@ type cenv struct {
 	yaml    string
 	metrics *Metrics
 	logs    *lockedBuffer // the decision log, as JSON lines
+	keySets *KeySets      // nil: each runtime fetches its own
 }
 
 // lockedBuffer is a log sink handlers may write to at once.
@@ -106,8 +107,18 @@ func (l *lockedBuffer) lines(t *testing.T, msg string) []map[string]any {
 	return out
 }
 
-func newCheckEnv(t *testing.T) *cenv {
+func newCheckEnv(t *testing.T) *cenv { return newCheckEnvTraced(t, nil) }
+
+// newCheckEnvTraced is newCheckEnv with tracing (nil for none): of Check,
+// and of key set fetches.
+func newCheckEnvTraced(t *testing.T, tracing *Tracing) *cenv {
 	e := &cenv{t: t, auth0: idptest.NewIssuer(t, "RS256")}
+	if tracing != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		e.keySets = NewKeySets(ctx, quiet, nil)
+		e.keySets.TraceWith(tracing)
+	}
 	e.yaml = strings.ReplaceAll(checkYAML, "AUTH0", e.auth0.URL)
 	key, _ := exchange.GenerateSigningKey("ES256")
 	e.signer, _ = exchange.NewSigner(key)
@@ -120,7 +131,7 @@ func newCheckEnv(t *testing.T) *cenv {
 	e.metrics = NewMetrics()
 	e.logs = &lockedBuffer{}
 	log := slog.New(slog.NewJSONHandler(e.logs, nil))
-	gs, _ := AuthorityServices(e.cur, e.metrics, log).NewGRPCServer()
+	gs, _ := AuthorityServices(e.cur, e.metrics, log).WithTracing(tracing).NewGRPCServer()
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), testDialOptions()...)
@@ -140,7 +151,7 @@ func (e *cenv) load(yaml string) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.t.Cleanup(cancel)
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: e.signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), KeySets: e.keySets})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -3,30 +3,155 @@ package server
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"strings"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
 )
 
-// logs reports whether a Check decided for reason r gets a decision log
-// line: log.decisions deny (the default) logs refusals and outages, all
-// every Check, none nothing.
-func (rt *Runtime) logs(r authz.Reason) bool {
-	switch rt.Config.Log.Decisions {
+// decisionLog writes the decision log: a line per decision of Check,
+// Exchange and Introspect, as log.decisions asks.
+type decisionLog struct {
+	log *slog.Logger
+	// subKey keys sub_hash; made at start, so that a hash follows a user
+	// within one process (across Check, Exchange and Introspect) and is
+	// no one's to reverse.
+	subKey [32]byte
+}
+
+func newDecisionLog(log *slog.Logger) *decisionLog {
+	l := &decisionLog{log: log}
+	_, _ = rand.Read(l.subKey[:]) // crypto/rand.Read never fails (Go 1.24)
+	return l
+}
+
+// logs reports whether a decision for reason r gets a line: log.decisions
+// deny (the default) logs refusals and outages, all every decision (allows
+// sampled by log.sampleAllows), none nothing.
+func logs(l config.Log, r authz.Reason) bool {
+	switch l.Decisions {
 	case config.LogDecisionsAll:
+		if r == authz.ReasonNone && l.SampleAllows != nil {
+			return mathrand.Float64() < *l.SampleAllows
+		}
 		return true
 	case config.LogDecisionsNone:
 		return false
 	}
 	return r != authz.ReasonNone
+}
+
+// level is a decision's: an outage is a warning, any other decision INFO.
+func decisionLevel(r authz.Reason) slog.Level {
+	if r.Outage() {
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
+}
+
+// subHash is a keyed hash of a subject, so that one user's requests can be
+// followed without the log holding who they are, nor a guess at a small
+// space of subjects (employee or national ids) finding them.
+func (l *decisionLog) subHash(sub string) string {
+	mac := hmac.New(sha256.New, l.subKey[:])
+	mac.Write([]byte(sub))
+	return hex.EncodeToString(mac.Sum(nil)[:8])
+}
+
+// tokenAttrs are what a line says of a verified token: its jti and
+// sub_hash, never its contents.
+func (l *decisionLog) tokenAttrs(attrs []slog.Attr, c *authz.Claims) []slog.Attr {
+	if c == nil {
+		return attrs
+	}
+	if jti := c.ID(); jti != "" {
+		attrs = append(attrs, slog.String("jti", truncate(jti, 128)))
+	}
+	if c.Subject != "" {
+		attrs = append(attrs, slog.String("sub_hash", l.subHash(c.Subject)))
+	}
+	return attrs
+}
+
+// traceAttrs are the trace a decision belongs to: ctx's span, or the
+// caller's trace context read into ctx.
+func traceAttrs(ctx context.Context, attrs []slog.Attr) []slog.Attr {
+	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
+	return attrs
+}
+
+// logExchange writes an exchange's decision log line.
+func (l *decisionLog) logExchange(ctx context.Context, setting config.Log, o *exchange.Outcome, latency time.Duration) {
+	r := authz.ReasonNone
+	if o.Err != nil {
+		r = o.Err.Reason()
+	}
+	level := decisionLevel(r)
+	if !logs(setting, r) || !l.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("decision", checkResult(r)),
+		slog.String("reason", r.String()),
+	}
+	if o.Client != "" {
+		attrs = append(attrs, slog.String("client", o.Client))
+	}
+	if o.Target != "" {
+		attrs = append(attrs, slog.String("target", truncate(o.Target, 200)))
+	}
+	if o.Provider != "" {
+		attrs = append(attrs, slog.String("provider", o.Provider))
+	}
+	if o.Rule != "" {
+		attrs = append(attrs, slog.String("rule", o.Rule))
+	}
+	attrs = l.tokenAttrs(attrs, o.Subject)
+	attrs = append(attrs, slog.Float64("latency_seconds", latency.Seconds()))
+	attrs = traceAttrs(ctx, attrs)
+	if o.Err != nil && o.Err.Err != nil {
+		attrs = append(attrs, slog.String("cause", o.Err.Err.Error()))
+	}
+	l.log.LogAttrs(ctx, level, "exchange", attrs...)
+}
+
+// logIntrospection writes an introspection's decision log line: the token
+// active (allow) or not (deny, with the reason), or an outage (error).
+func (l *decisionLog) logIntrospection(ctx context.Context, setting config.Log, provider string, c *authz.Claims, r authz.Reason, cause error, latency time.Duration) {
+	level := decisionLevel(r)
+	if !logs(setting, r) || !l.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("decision", checkResult(r)),
+		slog.String("reason", r.String()),
+		slog.String("provider", truncate(provider, 64)),
+	}
+	if c != nil {
+		if caller := c.Caller(); caller != "" {
+			attrs = append(attrs, slog.String("caller", truncate(caller, 200)))
+		}
+	}
+	attrs = l.tokenAttrs(attrs, c)
+	attrs = append(attrs, slog.Float64("latency_seconds", latency.Seconds()))
+	attrs = traceAttrs(ctx, attrs)
+	if cause != nil {
+		attrs = append(attrs, slog.String("cause", cause.Error()))
+	}
+	l.log.LogAttrs(ctx, level, "introspect", attrs...)
 }
 
 // logDecision writes the decision log line of a Check: which application,
@@ -37,10 +162,7 @@ func (rt *Runtime) logs(r authz.Reason) bool {
 // the README says so).
 func (s *authorizationService) logDecision(ctx context.Context, req *authv3.CheckRequest, o *checkOutcome, latency time.Duration) {
 	d := &o.d
-	level := slog.LevelInfo
-	if d.Reason.Outage() {
-		level = slog.LevelWarn
-	}
+	level := decisionLevel(d.Reason)
 	if !s.log.Enabled(ctx, level) {
 		return
 	}
@@ -60,28 +182,20 @@ func (s *authorizationService) logDecision(ctx context.Context, req *authv3.Chec
 	if d.Provider != nil {
 		attrs = append(attrs, slog.String("provider", d.Provider.Name()))
 	}
-	if d.Claims != nil {
-		if jti := d.Claims.ID(); jti != "" {
-			attrs = append(attrs, slog.String("jti", truncate(jti, 128)))
-		}
-		if d.Claims.Subject != "" {
-			// A keyed hash, so that one user's requests can be followed
-			// without the log holding who they are, nor a guess at a
-			// small space of subjects (employee or national ids) finding
-			// them.
-			mac := hmac.New(sha256.New, s.subKey[:])
-			mac.Write([]byte(d.Claims.Subject))
-			attrs = append(attrs, slog.String("sub_hash", hex.EncodeToString(mac.Sum(nil)[:8])))
-		}
-	}
+	attrs = s.obs.decisions.tokenAttrs(attrs, d.Claims)
 	if latency > 0 {
 		attrs = append(attrs, slog.Float64("latency_seconds", latency.Seconds()))
 	}
 	if id := headers.get("x-request-id"); id != "" {
 		attrs = append(attrs, slog.String("request_id", truncate(id, 128)))
 	}
-	if trace := traceID(headers.get("traceparent")); trace != "" {
-		attrs = append(attrs, slog.String("trace_id", trace))
+	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
+		// Check's span, traced.
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	} else if id := traceID(headers.get("traceparent")); id != "" {
+		attrs = append(attrs, slog.String("trace_id", id))
+	} else if id := b3TraceID(headers); id != "" {
+		attrs = append(attrs, slog.String("trace_id", id))
 	}
 	if d.Err != nil {
 		attrs = append(attrs, slog.String("cause", d.Err.Error()))
@@ -155,6 +269,23 @@ func traceID(traceparent string) string {
 	id := traceparent[3:35]
 	if !lowerHex(id) || !lowerHex(traceparent[36:52]) || id == "00000000000000000000000000000000" {
 		return ""
+	}
+	return id
+}
+
+// b3TraceID is the trace id of Zipkin's B3 headers, single (b3:
+// traceid-spanid-…) or multi (x-b3-traceid), as 32 hex digits (a 64-bit
+// id left-padded, as OpenTelemetry reads it), or "" when none is valid.
+func b3TraceID(h requestHeaders) string {
+	id := h.get("x-b3-traceid")
+	if id == "" {
+		id, _, _ = strings.Cut(h.get("b3"), "-")
+	}
+	if (len(id) != 16 && len(id) != 32) || !lowerHex(id) || strings.Trim(id, "0") == "" {
+		return ""
+	}
+	if len(id) == 16 {
+		id = "0000000000000000" + id
 	}
 	return id
 }

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
@@ -16,20 +19,53 @@ import (
 // 8693 token exchange by the runtime in force.
 type exchangeService struct {
 	vaktv1.UnimplementedTokenExchangeServiceServer
-	cur     *Current
-	metrics *Metrics
+	cur *Current
+	x   exchangeRecorder
 }
 
 var _ vaktv1.TokenExchangeServiceServer = (*exchangeService)(nil)
 
+// exchangeRecorder records an exchange decided: its metrics, its decision
+// log line and its span.
+type exchangeRecorder struct {
+	metrics *Metrics
+	obs     *observer
+}
+
+// done records o, decided since start, and returns its refusal, if any.
+// span is the exchange's, ended here.
+func (x exchangeRecorder) done(ctx context.Context, span trace.Span, start time.Time, o *exchange.Outcome) *exchange.Error {
+	var err error
+	if o.Err != nil {
+		err = o.Err
+	}
+	e := x.metrics.observeExchange(start, err)
+	r := authz.ReasonNone
+	if e != nil {
+		r = e.Reason()
+	}
+	x.obs.decisions.logExchange(ctx, x.obs.setting(), o, time.Since(start))
+	if span.IsRecording() {
+		attrs := make([]attribute.KeyValue, 0, 4)
+		for _, a := range [...]struct{ k, v string }{{"vakt.client", o.Client}, {"vakt.target", o.Target}, {"vakt.provider", o.Provider}, {"vakt.rule", o.Rule}} {
+			if a.v != "" {
+				attrs = append(attrs, attribute.String(a.k, a.v))
+			}
+		}
+		endSpan(span, r, attrs...)
+	}
+	return e
+}
+
 func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
 	start := time.Now()
+	ctx, span := s.x.obs.startGRPC(ctx, vaktv1.TokenExchangeService_Exchange_FullMethodName)
 	var audience []string
 	if a := req.GetAudience(); a != "" {
 		audience = append(audience, a)
 	}
 	audience = append(audience, req.GetAdditionalAudience()...)
-	res, err := s.cur.Load().Authority.Exchange(ctx, exchange.Request{
+	o := s.cur.Load().Authority.Decide(ctx, exchange.Request{
 		GrantType:           req.GetGrantType(),
 		ClientAssertionType: req.GetClientAssertionType(),
 		ClientAssertion:     req.GetClientAssertion(),
@@ -42,10 +78,10 @@ func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequ
 		ActorToken:          req.GetActorToken(),
 		ActorTokenType:      req.GetActorTokenType(),
 	})
-	if e := s.metrics.observeExchange(start, err); e != nil {
+	if e := s.x.done(ctx, span, start, &o); e != nil {
 		return nil, oauthGRPCError(e)
 	}
-	return exchangeResponse(res), nil
+	return exchangeResponse(o.Response), nil
 }
 
 func exchangeResponse(res *exchange.Response) *vaktv1.ExchangeResponse {
@@ -60,19 +96,20 @@ func exchangeResponse(res *exchange.Response) *vaktv1.ExchangeResponse {
 
 // tokenHandler is POST /token: RFC 8693 §2.1, form-encoded.
 type tokenHandler struct {
-	cur     *Current
-	metrics *Metrics
+	cur *Current
+	x   exchangeRecorder
 }
 
 var _ http.Handler = (*tokenHandler)(nil)
 
 func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	ctx, span := h.x.obs.startHTTP(r)
 	if scheme := authScheme(r); scheme != "" {
 		// RFC 6749 §5.2: a client that authenticated with the Authorization
 		// header gets 401 and a challenge for its scheme. vakt takes
 		// private_key_jwt only, in the body.
-		e := h.metrics.observeExchange(start, exchange.Refuse(authz.ReasonClientAuthentication, "", nil))
+		e := h.x.done(ctx, span, start, &exchange.Outcome{Err: exchange.Refuse(authz.ReasonClientAuthentication, "", nil)})
 		w.Header().Set("WWW-Authenticate", scheme+` realm="`+publicText(h.cur.Load().Config.Issuer)+`"`)
 		writeOAuthError(w, e, http.StatusUnauthorized)
 		return
@@ -80,10 +117,10 @@ func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	form, rerr := readTokenForm(w, r)
 	if rerr != nil {
 		// RFC 6749 §5.2: a token endpoint answers 400 with an error code.
-		writeOAuthError(w, h.metrics.observeExchange(start, exchange.Refuse(authz.ReasonRequestInvalid, rerr.description, nil)), 0)
+		writeOAuthError(w, h.x.done(ctx, span, start, &exchange.Outcome{Err: exchange.Refuse(authz.ReasonRequestInvalid, rerr.description, nil)}), 0)
 		return
 	}
-	res, err := h.cur.Load().Authority.Exchange(r.Context(), exchange.Request{
+	o := h.cur.Load().Authority.Decide(ctx, exchange.Request{
 		GrantType:           form.Get("grant_type"),
 		ClientAssertionType: form.Get("client_assertion_type"),
 		ClientAssertion:     form.Get("client_assertion"),
@@ -98,10 +135,11 @@ func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ActorToken:          form.Get("actor_token"),
 		ActorTokenType:      form.Get("actor_token_type"),
 	})
-	if e := h.metrics.observeExchange(start, err); e != nil {
+	if e := h.x.done(ctx, span, start, &o); e != nil {
 		writeOAuthError(w, e, 0)
 		return
 	}
+	res := o.Response
 	w.Header().Set("Pragma", "no-cache")
 	body := map[string]any{
 		"access_token":      res.AccessToken,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -43,6 +44,9 @@ type xenv struct {
 	introspec vaktv1.IntrospectionServiceClient
 	metrics   *Metrics
 	jti       atomic.Int64
+	logs      *lockedBuffer // the decision log, as JSON lines
+	// reload puts the configuration, with extra YAML appended, in force.
+	reload func(t testing.TB, extra string)
 }
 
 func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
@@ -53,6 +57,12 @@ func newExchangeEnv(t testing.TB, replay exchange.ReplayStore) *xenv {
 // newExchangeEnvAt is newExchangeEnv with vakt's issuer at a path of its
 // HTTP base URL ("/tenant"), as RFC 8414 §3 allows.
 func newExchangeEnvAt(t testing.TB, replay exchange.ReplayStore, path string) *xenv {
+	t.Helper()
+	return newExchangeEnvTraced(t, replay, path, nil)
+}
+
+// newExchangeEnvTraced is newExchangeEnvAt with tracing (nil for none).
+func newExchangeEnvTraced(t testing.TB, replay exchange.ReplayStore, path string, tracing *Tracing) *xenv {
 	t.Helper()
 	e := &xenv{idp: idptest.NewIssuer(t, "RS256"), keys: map[string]*idptest.Key{}, metrics: NewMetrics()}
 	ls, err := Listen("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0")
@@ -80,8 +90,21 @@ func newExchangeEnvAt(t testing.TB, replay exchange.ReplayStore, path string) *x
 	}
 	e.cur = &Current{}
 	e.cur.Store(rt)
+	e.reload = func(t testing.TB, extra string) {
+		cfg, err := config.Load([]byte(yaml+extra), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, err := NewRuntime(ctx, cfg, Options{Logger: quiet, Signer: signer, Replay: replay})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.cur.Store(rt)
+	}
+	e.logs = &lockedBuffer{}
+	log := slog.New(slog.NewJSONHandler(e.logs, nil))
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, AuthorityServices(e.cur, e.metrics, quiet), ls) }()
+	go func() { done <- Serve(ctx, AuthorityServices(e.cur, e.metrics, log).WithTracing(tracing), ls) }()
 	t.Cleanup(func() { cancel(); <-done })
 	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), testDialOptions()...)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -23,6 +25,7 @@ type introspector struct {
 	validator func() *authz.Validator
 	metrics   *Metrics
 	log       *slog.Logger
+	obs       *observer // nil logs no decision and traces nothing
 }
 
 // introspection is the answer about one token.
@@ -47,16 +50,57 @@ func (in *introspector) introspect(ctx context.Context, provider, token string) 
 	c, err := in.validator().Validate(ctx, provider, token)
 	if err != nil {
 		r := authz.ReasonOf(err)
-		if r.Outage() {
-			in.log.Debug("introspection could not be decided", "identity_provider", provider, "reason", r.String(), "cause", err)
-		}
 		res := introspection{Reason: r, Error: introspectionError(err, r, provider)}
 		in.metrics.observeIntrospection(start, res)
+		in.observe(ctx, start, provider, nil, r, err)
 		return res, ""
 	}
 	res := introspection{Active: true, Claims: c.Raw()}
 	in.metrics.observeIntrospection(start, res)
+	in.observe(ctx, start, provider, c, authz.ReasonNone, nil)
 	return res, ""
+}
+
+// observe writes an introspection's decision log line and sets its span's
+// attributes (the face that started the span ends it).
+func (in *introspector) observe(ctx context.Context, start time.Time, provider string, c *authz.Claims, r authz.Reason, err error) {
+	if in.obs == nil {
+		return
+	}
+	setting := in.obs.setting()
+	if !logs(setting, r) && r.Outage() {
+		// log.decisions: none still leaves the cause of an outage.
+		in.log.Debug("introspection could not be decided", "identity_provider", truncate(provider, 64), "reason", r.String(), "cause", err)
+	}
+	in.obs.decisions.logIntrospection(ctx, setting, provider, c, r, err, time.Since(start))
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.String("vakt.provider", truncate(provider, 64)))
+	}
+}
+
+// startGRPC and startHTTP start an introspection's span (a recording one
+// only when traced).
+func (in *introspector) startGRPC(ctx context.Context, method string) (context.Context, trace.Span) {
+	if in.obs == nil {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	return in.obs.startGRPC(ctx, method)
+}
+
+func (in *introspector) startHTTP(r *http.Request) (context.Context, trace.Span) {
+	if in.obs == nil {
+		return r.Context(), trace.SpanFromContext(r.Context())
+	}
+	return in.obs.startHTTP(r)
+}
+
+// introspectionReason is an introspection's reason, for its span: none
+// when active, request_invalid for a request that could not be asked.
+func introspectionReason(res introspection, bad string) authz.Reason {
+	if bad != "" {
+		return authz.ReasonRequestInvalid
+	}
+	return res.Reason
 }
 
 // introspectionError is the human-readable reason a token was rejected.
@@ -87,7 +131,9 @@ type introspectionService struct {
 var _ vaktv1.IntrospectionServiceServer = (*introspectionService)(nil)
 
 func (s *introspectionService) Introspect(ctx context.Context, req *vaktv1.IntrospectRequest) (*vaktv1.IntrospectResponse, error) {
+	ctx, span := s.in.startGRPC(ctx, vaktv1.IntrospectionService_Introspect_FullMethodName)
 	res, bad := s.in.introspect(ctx, req.GetIdentityProvider(), req.GetToken())
+	defer func() { endSpan(span, introspectionReason(res, bad)) }()
 	if bad != "" {
 		return nil, grpcRequestError(bad)
 	}
@@ -117,12 +163,15 @@ type introspectHandler struct{ in *introspector }
 var _ http.Handler = (*introspectHandler)(nil)
 
 func (h *introspectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, span := h.in.startHTTP(r)
 	f, rerr := readFields(w, r, "identity_provider", "token")
 	if rerr != nil {
+		endSpan(span, authz.ReasonRequestInvalid)
 		writeIntrospectError(w, rerr)
 		return
 	}
-	res, bad := h.in.introspect(r.Context(), f["identity_provider"], f["token"])
+	res, bad := h.in.introspect(ctx, f["identity_provider"], f["token"])
+	endSpan(span, introspectionReason(res, bad))
 	if bad != "" {
 		writeIntrospectError(w, badRequest(bad))
 		return

@@ -3,8 +3,11 @@ package server
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/vakt-dev/vakt/authz"
 )
@@ -16,9 +19,10 @@ import (
 // down keeps its tokens verifying. A new or changed one starts fetching in
 // the background. A set no runtime holds any more stops.
 type KeySets struct {
-	ctx context.Context
-	log *slog.Logger
-	now func() time.Time
+	ctx     context.Context
+	log     *slog.Logger
+	now     func() time.Time
+	tracing *Tracing // nil: fetches are not traced
 
 	mu   sync.Mutex
 	sets map[keySpec]*heldKeys
@@ -44,6 +48,13 @@ func NewKeySets(ctx context.Context, log *slog.Logger, now func() time.Time) *Ke
 	return &KeySets{ctx: ctx, log: log, now: now, sets: map[keySpec]*heldKeys{}}
 }
 
+// TraceWith traces the fetches of the key sets taken from now on with t.
+func (k *KeySets) TraceWith(t *Tracing) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.tracing = t
+}
+
 // take returns the key set cfg describes, holding it until holder ends.
 func (k *KeySets) take(holder context.Context, cfg authz.RemoteKeysConfig) (*authz.RemoteKeys, error) {
 	spec := keySpec{cfg.Name, cfg.WellKnownURL, cfg.JWKSURI, cfg.Issuer, cfg.Wait}
@@ -52,6 +63,9 @@ func (k *KeySets) take(holder context.Context, cfg authz.RemoteKeysConfig) (*aut
 	h, ok := k.sets[spec]
 	if !ok {
 		cfg.Logger, cfg.Now = k.log, k.now
+		if k.tracing != nil && cfg.Client == nil {
+			cfg.Client = k.tracing.HTTPClient(&http.Client{Timeout: authz.FetchTimeout}, "jwks fetch", attribute.String("vakt.provider", cfg.Name))
+		}
 		keys, err := authz.NewRemoteKeys(cfg)
 		if err != nil {
 			return nil, err

@@ -64,16 +64,17 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 		log = slog.Default()
 	}
 	m.watchConfig(cur)
-	in := &introspector{validator: func() *authz.Validator { return cur.Load().Validator }, metrics: m, log: log}
-	s := newServices(log, m, func(r grpc.ServiceRegistrar) {
+	obs := newObserver(log, func() config.Log { return cur.Load().Config.Log })
+	in := &introspector{validator: func() *authz.Validator { return cur.Load().Validator }, metrics: m, log: log, obs: obs}
+	s := newServices(log, m, obs, func(r grpc.ServiceRegistrar) {
 		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
-		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, metrics: m})
-		r.RegisterService(&authorizationDesc, newAuthorizationService(cur, log, m))
+		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, x: exchangeRecorder{m, obs}})
+		r.RegisterService(&authorizationDesc, newAuthorizationService(cur, log, m, obs))
 	})
 	s.mux.Handle("/api/v1/introspect", onlyMethod(http.MethodPost, s.limitedIntrospect(&introspectHandler{in: in})))
 	s.mux.Handle("/", &issuerRoutes{
 		cur:      cur,
-		token:    s.limited(&tokenHandler{cur: cur, metrics: m}),
+		token:    s.limited(&tokenHandler{cur: cur, x: exchangeRecorder{m, obs}}),
 		jwks:     jwksHandler(cur),
 		metadata: metadataHandler(cur),
 	})

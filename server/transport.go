@@ -62,6 +62,7 @@ type Services struct {
 	log      *slog.Logger
 	budgets  *budgets
 	metrics  *Metrics
+	obs      *observer
 	// ready is whether Serve is serving and not shutting down: /readyz.
 	ready atomic.Bool
 }
@@ -138,11 +139,8 @@ func (s *Services) limitedWith(h http.Handler, overloaded func(http.ResponseWrit
 	})
 }
 
-func newServices(log *slog.Logger, m *Metrics, register func(grpc.ServiceRegistrar)) *Services {
-	if log == nil {
-		log = slog.Default()
-	}
-	s := &Services{register: register, mux: http.NewServeMux(), log: log, metrics: m, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight)}
+func newServices(log *slog.Logger, m *Metrics, obs *observer, register func(grpc.ServiceRegistrar)) *Services {
+	s := &Services{register: register, mux: http.NewServeMux(), log: log, metrics: m, obs: obs, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight)}
 	s.admin = newAdminMux(m, &s.ready)
 	s.mux.HandleFunc("GET /healthz", healthz)
 	return s

@@ -27,7 +27,8 @@ const usage = `vakt: authorization for a service mesh
 
 Usage:
   vakt serve [--config FILE] [--log-level debug|info|warn|error] [--log-format json|text]
-  vakt agent [--grpc ADDR] [--http ADDR] [--admin ADDR] [--log-level ...] [--log-format ...]
+  vakt agent [--grpc ADDR] [--http ADDR] [--admin ADDR] [--log-decisions deny|all|none]
+      [--log-level ...] [--log-format ...]
       beside one application, configured by TOKEN_X_* and IDPORTEN_* variables
   vakt demo                 the whole flow, step by step, on the development defaults
   vakt assertion --key FILE --client ID --audience URL
@@ -151,11 +152,20 @@ func serve(args []string, stderr io.Writer) int {
 			return 1
 		}
 	}
+	tracing, err := startTracing(log)
+	if err != nil {
+		log.Error("tracing", "error", err)
+		return 1
+	}
+	defer stopTracing(tracing, log)
 	loader.Replay = exchange.NewMemoryReplay(exchange.MemoryReplayConfig{MaxBytes: int64(cfg.Replay.Memory), MaxPerClient: cfg.Replay.MaxPerClient})
 	if r := cfg.Replay.Redis; r != nil {
 		redis.SetLogger(exchange.RedisLogger{Log: log})
 		rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Password, DB: r.DB, MaxPerClient: cfg.Replay.MaxPerClient}, nil)
 		defer rr.Close()
+		if h := tracing.RedisHook(r.Address); h != nil {
+			rr.AddHook(h)
+		}
 		loader.Replay = rr
 		log.Info("client assertion ids are kept in Redis", "address", r.Address)
 	}
@@ -175,6 +185,7 @@ func serve(args []string, stderr io.Writer) int {
 	// Identity providers' keys outlive each configuration: a reload while a
 	// provider is down keeps its last good keys.
 	loader.KeySets = server.NewKeySets(ctx, log, nil)
+	loader.KeySets.TraceWith(tracing)
 	var cur server.Current
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
 	if *cfgPath != "" {
@@ -187,7 +198,7 @@ func serve(args []string, stderr io.Writer) int {
 	if _, err := reloader.Watch(ctx); err != nil {
 		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
 	}
-	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other)
+	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other).WithTracing(tracing)
 	if devIDP != nil {
 		services.Mount(devidp.PathPrefix, devIDP.Handler())
 	}
@@ -249,6 +260,7 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 	grpcAddr := fs.String("grpc", "127.0.0.1:9100", "gRPC listen address")
 	httpAddr := fs.String("http", "", "HTTP listen address (default: BIND_ADDRESS, else 127.0.0.1:3000)")
 	adminAddr := fs.String("admin", "127.0.0.1:9091", "admin listen address: /metrics, /debug/pprof/, /healthz, /readyz")
+	decisions := fs.String("log-decisions", config.LogDecisionsDeny, "decisions logged: deny, all or none")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -256,6 +268,12 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 	log, err := logger()
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt: %v\n", err)
+		return 2
+	}
+	switch *decisions {
+	case config.LogDecisionsDeny, config.LogDecisionsAll, config.LogDecisionsNone:
+	default:
+		fmt.Fprintf(stderr, "vakt: --log-decisions: %q is not deny, all or none\n", *decisions)
 		return 2
 	}
 	env, err := agent.EnvFrom(getenv)
@@ -271,18 +289,25 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	rt, err := server.NewAgentRuntime(ctx, env, log)
+	tracing, err := startTracing(log)
+	if err != nil {
+		log.Error("tracing", "error", err)
+		return 1
+	}
+	defer stopTracing(tracing, log)
+	rt, err := server.NewAgentRuntime(ctx, env, log, tracing)
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
+	rt.Log.Decisions = *decisions
 	ls, err := server.Listen(*grpcAddr, *httpAddr, *adminAddr)
 	if err != nil {
 		log.Error("cannot listen", "error", err)
 		return 1
 	}
 	log.Info("agent", "client_id", env.ClientID, "token_endpoint", env.TokenEndpoint, "kid", env.Key.ID)
-	if err := server.Serve(ctx, server.AgentServices(rt, server.NewMetrics(), log), ls); err != nil {
+	if err := server.Serve(ctx, server.AgentServices(rt, server.NewMetrics(), log).WithTracing(tracing), ls); err != nil {
 		log.Error("stopped with an error", "error", err)
 		return 1
 	}

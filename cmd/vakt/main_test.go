@@ -229,3 +229,17 @@ func TestExplain(t *testing.T) {
 		t.Errorf("unknown application: exit %d, %s", code, out.String())
 	}
 }
+
+// A tracing setting vakt cannot honour stops serve and agent at start,
+// naming the variable, rather than running untraced.
+func TestTracingSettingRefused(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "zipkin")
+	var out, errb bytes.Buffer
+	if code := run([]string{"serve", "--config", "../../deploy/examples/full.yaml"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "OTEL_TRACES_EXPORTER") {
+		t.Fatalf("serve: exit %d, stderr %s", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"agent", "--log-decisions", "some"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--log-decisions") {
+		t.Fatalf("agent --log-decisions some: exit %d, stderr %s", code, errb.String())
+	}
+}
