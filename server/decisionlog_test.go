@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -164,5 +165,52 @@ func TestCheckDecisionLogB3(t *testing.T) {
 	got := e.logs.lines(t, "check")
 	if len(got) != 3 || got[0]["trace_id"] != b3Trace || got[1]["trace_id"] != b3Trace || got[2]["trace_id"] != "0000000000000000"+b3Trace[16:] {
 		t.Fatalf("trace ids: %v", got)
+	}
+}
+
+// Introspections are counted by whether the token was active and why not;
+// every series exists from the start, as do the exchanges'.
+func TestIntrospectionMetrics(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	scrape := func() string {
+		resp, err := testHTTP.Get(e.admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		if _, err := io.Copy(&b, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	before := scrape()
+	for _, want := range []string{
+		`vakt_introspections_total{active="true",reason="none"} 0`,
+		`vakt_introspections_total{active="false",reason="token_expired"} 0`,
+		`vakt_introspections_total{active="false",reason="keys_unavailable"} 0`,
+		`vakt_token_exchanges_total{reason="",result="ok"} 0`,
+		`vakt_token_exchanges_total{reason="assertion_replayed",result="invalid_client"} 0`,
+		`vakt_token_exchanges_total{reason="replay_unavailable",result="temporarily_unavailable"} 0`,
+	} {
+		if !strings.Contains(before, want) {
+			t.Errorf("before any request, the metrics lack %s", want)
+		}
+	}
+	ctx := context.Background()
+	for _, tok := range []string{e.idp.Token(e.idp.Claims(time.Now(), "")), "x.y.z", "x.y.z"} {
+		if _, err := e.introspec.Introspect(ctx, &vaktv1.IntrospectRequest{IdentityProvider: "idporten", Token: tok}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := scrape()
+	for _, want := range []string{
+		`vakt_introspections_total{active="true",reason="none"} 1`,
+		`vakt_introspections_total{active="false",reason="token_malformed"} 2`,
+		`vakt_introspection_duration_seconds_count 3`,
+	} {
+		if !strings.Contains(after, want) {
+			t.Errorf("the metrics lack %s", want)
+		}
 	}
 }

@@ -44,14 +44,23 @@ func NewMetrics() *Metrics {
 		}, []string{"result", "reason"}),
 		introspections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vakt_introspections_total",
-			Help: "Introspections by whether the token was active.",
-		}, []string{"active"}),
+			Help: "Introspections by whether the token was active, and the reason it was not (none when it was).",
+		}, []string{"active", "reason"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vakt_config_reloads_total",
 			Help: "Configuration and key reloads by result (ok or refused).",
 		}, []string{"result"}),
 	}
 	m.checks = newCheckStats()
+	// Every series from the start, at zero: each reason with the answer
+	// it gets. (An upstream's refusal is counted under the OAuth code the
+	// upstream gave, one of a fixed few, and appears when first seen.)
+	m.exchanges.WithLabelValues("ok", "")
+	m.introspections.WithLabelValues("true", authz.ReasonNone.String())
+	for _, r := range authz.Reasons() {
+		m.exchanges.WithLabelValues(answerFor(r).code, r.String())
+		m.introspections.WithLabelValues("false", r.String())
+	}
 	// Introspect and Exchange verify a token or sign one: 10 µs to 10 s.
 	buckets := prometheus.ExponentialBuckets(1e-5, 4, 11)
 	m.introspectionDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -203,9 +212,9 @@ func (m *Metrics) observeIntrospection(start time.Time, res introspection) {
 	}
 	m.introspectionDuration.Observe(time.Since(start).Seconds())
 	if res.Active {
-		m.introspections.WithLabelValues("true").Inc()
+		m.introspections.WithLabelValues("true", authz.ReasonNone.String()).Inc()
 	} else {
-		m.introspections.WithLabelValues("false").Inc()
+		m.introspections.WithLabelValues("false", res.Reason.String()).Inc()
 	}
 }
 
