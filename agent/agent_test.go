@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -333,32 +334,50 @@ func TestAgentEnv(t *testing.T) {
 	priv, _ := exchange.MarshalPrivateKeys([]*exchange.SigningKey{key})
 	var set struct{ Keys []json.RawMessage }
 	_ = json.Unmarshal(priv, &set)
+	// The variables NAIS injects for TokenX and ID-porten (agent.Env
+	// names its documentation), both well-known URL and jwks_uri included.
 	env := map[string]string{
 		"TOKEN_X_CLIENT_ID": "dev-gcp:team-a:app-1", "TOKEN_X_PRIVATE_JWK": string(set.Keys[0]),
 		"TOKEN_X_TOKEN_ENDPOINT": "https://tokenx.example/token", "TOKEN_X_ISSUER": "https://tokenx.example",
-		"TOKEN_X_JWKS_URI": "https://tokenx.example/jwks",
+		"TOKEN_X_JWKS_URI": "https://tokenx.example/jwks", "TOKEN_X_WELL_KNOWN_URL": "https://tokenx.example/.well-known/oauth-authorization-server",
+		"IDPORTEN_ISSUER": "https://idporten.example/", "IDPORTEN_JWKS_URI": "https://idporten.example/jwks",
+		"IDPORTEN_WELL_KNOWN_URL": "https://idporten.example/.well-known/openid-configuration", "IDPORTEN_AUDIENCE": "https://nav.no",
 	}
-	e, err := EnvFrom(func(k string) string { return env[k] })
-	if err != nil || e.Key.ID != key.ID || e.Key.Alg != "RS256" {
+	with := func(unset []string, set, value string) func(string) string {
+		m := maps.Clone(env)
+		for _, k := range unset {
+			delete(m, k)
+		}
+		if set != "" {
+			m[set] = value
+		}
+		return func(k string) string { return m[k] }
+	}
+	e, err := EnvFrom(with(nil, "", ""))
+	if err != nil || e.Key.ID != key.ID || e.Key.Alg != "RS256" || e.JWKSURI != env["TOKEN_X_JWKS_URI"] || e.WellKnownURL != env["TOKEN_X_WELL_KNOWN_URL"] ||
+		e.IDPorten == nil || *e.IDPorten != (IDPortenEnv{Issuer: "https://idporten.example/", JWKSURI: env["IDPORTEN_JWKS_URI"], WellKnownURL: env["IDPORTEN_WELL_KNOWN_URL"], Audience: "https://nav.no"}) {
 		t.Fatalf("%+v %v", e, err)
 	}
-	for _, tt := range []struct{ unset, set, value, want string }{
-		{unset: "TOKEN_X_CLIENT_ID", want: "TOKEN_X_CLIENT_ID is not set"},
-		{unset: "TOKEN_X_PRIVATE_JWK", want: "TOKEN_X_PRIVATE_JWK is not set"},
+	// Either address alone is enough.
+	for _, unset := range []string{"TOKEN_X_JWKS_URI", "TOKEN_X_WELL_KNOWN_URL", "IDPORTEN_JWKS_URI", "IDPORTEN_WELL_KNOWN_URL"} {
+		if _, err := EnvFrom(with([]string{unset}, "", "")); err != nil {
+			t.Errorf("without %s: %v", unset, err)
+		}
+	}
+	for _, tt := range []struct {
+		unset      []string
+		set, value string
+		want       string
+	}{
+		{unset: []string{"TOKEN_X_CLIENT_ID"}, want: "TOKEN_X_CLIENT_ID is not set"},
+		{unset: []string{"TOKEN_X_PRIVATE_JWK"}, want: "TOKEN_X_PRIVATE_JWK is not set"},
 		{set: "TOKEN_X_PRIVATE_JWK", value: `{"kty":"RSA","n":"secret-looking","e":"AQAB","d":"TOP-SECRET"}`, want: "TOKEN_X_PRIVATE_JWK is not one private JWK"},
 		{set: "TOKEN_X_TOKEN_ENDPOINT", value: "tokenx/token", want: "TOKEN_X_TOKEN_ENDPOINT is not an absolute"},
-		{unset: "TOKEN_X_JWKS_URI", want: "TOKEN_X_JWKS_URI or TOKEN_X_WELL_KNOWN_URL"},
-		{set: "IDPORTEN_ISSUER", value: "https://idporten.example/", want: "IDPORTEN_JWKS_URI or IDPORTEN_WELL_KNOWN_URL"},
+		{set: "TOKEN_X_WELL_KNOWN_URL", value: "tokenx/.well-known", want: "TOKEN_X_WELL_KNOWN_URL is not an absolute"},
+		{unset: []string{"TOKEN_X_JWKS_URI", "TOKEN_X_WELL_KNOWN_URL"}, want: "TOKEN_X_JWKS_URI or TOKEN_X_WELL_KNOWN_URL must be set"},
+		{unset: []string{"IDPORTEN_JWKS_URI", "IDPORTEN_WELL_KNOWN_URL"}, want: "IDPORTEN_JWKS_URI or IDPORTEN_WELL_KNOWN_URL must be set"},
 	} {
-		m := map[string]string{}
-		for k, v := range env {
-			m[k] = v
-		}
-		delete(m, tt.unset)
-		if tt.set != "" {
-			m[tt.set] = tt.value
-		}
-		_, err := EnvFrom(func(k string) string { return m[k] })
+		_, err := EnvFrom(with(tt.unset, tt.set, tt.value))
 		if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "TOP-SECRET") {
 			t.Errorf("%v: %v", tt, err)
 		}

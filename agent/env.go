@@ -10,21 +10,36 @@ import (
 
 // Env is an agent's configuration, from the environment variables NAIS
 // gives applications, so an existing NAIS application can use it as is.
+//
+// NAIS documents (https://docs.nais.io/auth/tokenx/reference/, "Runtime
+// variables & credentials") TOKEN_X_CLIENT_ID, TOKEN_X_PRIVATE_JWK and
+// TOKEN_X_TOKEN_ENDPOINT for acquiring tokens, and TOKEN_X_CLIENT_ID,
+// TOKEN_X_WELL_KNOWN_URL, TOKEN_X_ISSUER and TOKEN_X_JWKS_URI for
+// validating them; and (https://docs.nais.io/auth/idporten/reference/)
+// IDPORTEN_AUDIENCE, IDPORTEN_WELL_KNOWN_URL, IDPORTEN_ISSUER and
+// IDPORTEN_JWKS_URI. It injects both the well-known URL and the jwks_uri
+// (its docs call the well-known URL optional when ISSUER and JWKS_URI are
+// used). With both, the agent uses discovery and requires its jwks_uri to
+// be JWKS_URI; either alone is enough. NAIS_TOKEN_*_ENDPOINT, the addresses
+// of NAIS's own sidecar, are not read.
 type Env struct {
 	ClientID      string               // TOKEN_X_CLIENT_ID
 	Key           *exchange.SigningKey // TOKEN_X_PRIVATE_JWK
 	TokenEndpoint string               // TOKEN_X_TOKEN_ENDPOINT
 	Issuer        string               // TOKEN_X_ISSUER
-	JWKSURI       string               // TOKEN_X_JWKS_URI, or
+	JWKSURI       string               // TOKEN_X_JWKS_URI, and/or
 	WellKnownURL  string               // TOKEN_X_WELL_KNOWN_URL
 	IDPorten      *IDPortenEnv
 	BindAddress   string // BIND_ADDRESS: the HTTP listen address
+	// UpstreamCAFile (vakt agent --upstream-ca) holds the CAs (PEM) that
+	// verify the token endpoint's certificate; the system's when empty.
+	UpstreamCAFile string
 }
 
 // IDPortenEnv is the identity provider whose tokens the application receives.
 type IDPortenEnv struct {
 	Issuer       string // IDPORTEN_ISSUER
-	JWKSURI      string // IDPORTEN_JWKS_URI, or
+	JWKSURI      string // IDPORTEN_JWKS_URI, and/or
 	WellKnownURL string // IDPORTEN_WELL_KNOWN_URL
 	Audience     string // IDPORTEN_AUDIENCE
 }

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,9 +37,14 @@ type Upstream struct {
 // NewHTTPClient is an HTTP client for token endpoints: connect and response
 // timeouts, no redirects followed (a token request must not be replayed
 // elsewhere).
-func NewHTTPClient() *http.Client {
+func NewHTTPClient() *http.Client { return NewHTTPClientWithCAs(nil) }
+
+// NewHTTPClientWithCAs is NewHTTPClient verifying the token endpoint's
+// certificate against roots (the system's when nil), with TLS 1.2 at least.
+func NewHTTPClientWithCAs(roots *x509.CertPool) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
+			TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 			Proxy:                 http.ProxyFromEnvironment,
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
 			TLSHandshakeTimeout:   3 * time.Second,

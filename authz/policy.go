@@ -198,10 +198,10 @@ func (p *Policy) Registered(id string) bool {
 func (p *Policy) MayCall(caller, target string) error {
 	app, ok := p.apps[target]
 	if !ok {
-		return fmt.Errorf("%w: %s is not registered", ErrApplicationUnknown, target)
+		return fmt.Errorf("%w: %s is not registered", ErrApplicationUnknown, clip(target))
 	}
 	if !app.Allows(caller) {
-		return fmt.Errorf("%w: %s may not call %s", ErrAccessDenied, caller, target)
+		return fmt.Errorf("%w: %s may not call %s", ErrAccessDenied, clip(caller), clip(target))
 	}
 	return nil
 }
@@ -210,4 +210,12 @@ func (p *Policy) MayCall(caller, target string) error {
 func (a *Application) Allows(caller string) bool {
 	_, ok := a.allowed[caller]
 	return ok
+}
+
+// clip keeps a client's value short enough to repeat in an error.
+func clip(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
 }

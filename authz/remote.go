@@ -64,7 +64,15 @@ type RemoteKeysConfig struct {
 	WellKnownURL string
 	JWKSURI      string
 	Issuer       string
-	Client       *http.Client // http.DefaultClient's transport when nil, with a timeout
+	// ExpectJWKSURI, when set with WellKnownURL, is the jwks_uri the
+	// discovery document must give: a document that gives another is a
+	// fetch error (logged; the provider's tokens fail as an outage until a
+	// discovery agrees), and its keys are never fetched. ExpectSource names
+	// where the two addresses were set, for that error (e.g.
+	// "TOKEN_X_WELL_KNOWN_URL and TOKEN_X_JWKS_URI"); optional.
+	ExpectJWKSURI string
+	ExpectSource  string
+	Client        *http.Client // http.DefaultClient's transport when nil, with a timeout
 	// Wait bounds how long a lookup waits for a fetch it needs (the first
 	// one, or one for an unknown kid); DefaultKeyWait when zero.
 	Wait   time.Duration
@@ -143,6 +151,9 @@ var (
 func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
 	if (cfg.WellKnownURL == "") == (cfg.JWKSURI == "") {
 		return nil, errors.New("exactly one of wellKnownUrl and jwksUri is required")
+	}
+	if cfg.ExpectJWKSURI != "" && cfg.WellKnownURL == "" {
+		return nil, errors.New("an expected jwks_uri needs wellKnownUrl")
 	}
 	r := &RemoteKeys{cfg: cfg, client: cfg.Client, log: cfg.Logger, now: cfg.Now, jwksURI: cfg.JWKSURI}
 	if r.client == nil {
@@ -357,6 +368,13 @@ func (r *RemoteKeys) discover(ctx context.Context) (string, error) {
 	u, err := url.Parse(doc.JWKSURI)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return "", fmt.Errorf("discovery document %s has no valid jwks_uri", r.cfg.WellKnownURL)
+	}
+	if want := r.cfg.ExpectJWKSURI; want != "" && doc.JWKSURI != want {
+		source := r.cfg.ExpectSource
+		if source == "" {
+			source = "the well-known URL and the expected jwks_uri"
+		}
+		return "", fmt.Errorf("discovery document %s gives jwks_uri %q, not %q: %s disagree", r.cfg.WellKnownURL, doc.JWKSURI, want, source)
 	}
 	return doc.JWKSURI, nil
 }

@@ -1,9 +1,12 @@
 package authz
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,5 +100,77 @@ func TestRunSchedule(t *testing.T) {
 	}
 	if n := iss.JWKSRequests(); n != int64(len(steps)) {
 		t.Fatalf("%d fetches, want %d", n, len(steps))
+	}
+}
+
+// TestExpectJWKSURI is a well-known URL given with the jwks_uri its
+// discovery document should name, as NAIS gives both: the addresses are
+// checked at the first discovery that succeeds, not at start, so that a
+// provider that is down delays nothing but its own tokens.
+func TestExpectJWKSURI(t *testing.T) {
+	iss := idptest.NewIssuer(t, "ES256")
+	for _, cfg := range []RemoteKeysConfig{
+		{Name: "idp", Issuer: iss.URL, WellKnownURL: iss.WellKnownURL(), JWKSURI: iss.JWKSURI()},
+		{Name: "idp", Issuer: iss.URL, JWKSURI: iss.JWKSURI(), ExpectJWKSURI: iss.JWKSURI()},
+		{Name: "idp", Issuer: iss.URL},
+	} {
+		if _, err := NewRemoteKeys(cfg); err == nil {
+			t.Errorf("%+v: no error", cfg)
+		}
+	}
+	newKeys := func(expect string) (*RemoteKeys, *idptest.Clock, *bytes.Buffer) {
+		var logs bytes.Buffer
+		clock := idptest.NewClock(time.Now())
+		r, err := NewRemoteKeys(RemoteKeysConfig{
+			Name: "idp", Issuer: iss.URL, WellKnownURL: iss.WellKnownURL(), ExpectJWKSURI: expect,
+			ExpectSource: "IDP_WELL_KNOWN_URL and IDP_JWKS_URI", Logger: slog.New(slog.NewTextHandler(&logs, nil)), Now: clock.Now,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, clock, &logs
+	}
+	ctx := context.Background()
+
+	// Agreeing: the keys are those of the jwks_uri.
+	r, _, _ := newKeys(iss.JWKSURI())
+	if _, err := r.Key(ctx, "key-1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Disagreeing: a fetch error that names both addresses and where they
+	// were set; no key set is fetched, from either address.
+	before := iss.JWKSRequests()
+	other := iss.URL + "/other-jwks"
+	r, clock, logs := newKeys(other)
+	_, err := r.Key(ctx, "key-1")
+	if !errors.Is(err, ErrKeysUnavailable) {
+		t.Fatalf("disagreeing: %v", err)
+	}
+	for _, want := range []string{iss.WellKnownURL(), iss.JWKSURI(), other, "IDP_WELL_KNOWN_URL and IDP_JWKS_URI disagree"} {
+		if !strings.Contains(err.Error(), want) || !strings.Contains(logs.String(), want) {
+			t.Errorf("the error and its log line should name %q: %v\n%s", want, err, logs)
+		}
+	}
+	// Every discovery checks again, and refuses again.
+	clock.Advance(MinRefetchInterval)
+	if _, err := r.Key(ctx, "key-1"); !errors.Is(err, ErrKeysUnavailable) || !strings.Contains(err.Error(), "disagree") {
+		t.Fatalf("disagreeing, again: %v", err)
+	}
+	if n := iss.JWKSRequests(); n != before {
+		t.Fatalf("%d key set fetches despite the disagreement", n-before)
+	}
+
+	// Down at start: an outage, not the disagreement; once the provider is
+	// back, the check passes and the keys arrive.
+	iss.SetDown(true)
+	r, clock, _ = newKeys(iss.JWKSURI())
+	if _, err := r.Key(ctx, "key-1"); !errors.Is(err, ErrKeysUnavailable) || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("down: %v", err)
+	}
+	iss.SetDown(false)
+	clock.Advance(MinRefetchInterval)
+	if _, err := r.Key(ctx, "key-1"); err != nil {
+		t.Fatalf("back: %v", err)
 	}
 }

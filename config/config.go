@@ -20,6 +20,8 @@ const (
 	DefaultHTTPAddress = "127.0.0.1:8080"
 	// DefaultAdminAddress is the admin listener's: /metrics, pprof, health.
 	DefaultAdminAddress = "127.0.0.1:9090"
+	// AdminOff as listen.admin opens no admin listener.
+	AdminOff = "off"
 	// DefaultTrustDomain is Istio's default SPIFFE trust domain.
 	DefaultTrustDomain = "cluster.local"
 	// AnyAudience, as an authentication entry's audience, accepts a
@@ -57,6 +59,7 @@ type Config struct {
 	Replay            Replay             `yaml:"replay"`
 	Limits            Limits             `yaml:"limits"`
 	Log               Log                `yaml:"log"`
+	Shutdown          Shutdown           `yaml:"shutdown"`
 
 	// Warnings are what Load accepted but an operator should hear of, every
 	// time it loads (an audience: any, say).
@@ -64,6 +67,8 @@ type Config struct {
 	// Hash names the document loaded: the first 16 hex digits of its
 	// SHA-256, so that a fleet shows which configuration each replica runs.
 	Hash string `yaml:"-"`
+
+	dir string // relative file names are resolved against it
 }
 
 // Signing configures the tokens vakt issues.
@@ -95,8 +100,27 @@ type Replay struct {
 type Redis struct {
 	Address  string `yaml:"address"`
 	Username string `yaml:"username"`
-	Password string `yaml:"password"`
-	DB       int    `yaml:"db"`
+	// The password: in a file (a mounted Secret; a trailing newline is
+	// dropped), in an environment variable, or inline (warned of). At
+	// most one of the three.
+	Password     string    `yaml:"password"`
+	PasswordFile string    `yaml:"passwordFile"`
+	PasswordEnv  string    `yaml:"passwordEnv"`
+	DB           int       `yaml:"db"`
+	TLS          *RedisTLS `yaml:"tls"`
+
+	secret string
+}
+
+// Secret is the password, wherever it was given.
+func (r *Redis) Secret() string { return r.secret }
+
+// AdminAddress is the admin listener's address, "" when it is off.
+func (l *Listen) AdminAddress() string {
+	if l.Admin == AdminOff {
+		return ""
+	}
+	return l.Admin
 }
 
 // Listen holds the listen addresses.
@@ -105,8 +129,11 @@ type Listen struct {
 	HTTP string `yaml:"http"` // introspection, /token, /jwks, metadata, /healthz
 	// Admin serves /metrics, /debug/pprof/, /healthz, /readyz and
 	// /buildinfo: on the loopback by default, so that the mesh never
-	// reaches profiles and metrics by accident.
+	// reaches profiles and metrics by accident; "off" serves none of them.
 	Admin string `yaml:"admin"`
+	// TLS, when set, is the gRPC and HTTP listeners' (the admin listener
+	// stays plaintext, on the loopback or behind a NetworkPolicy).
+	TLS *TLS `yaml:"tls"`
 }
 
 // IdentityProvider is an external issuer whose tokens vakt accepts.
@@ -230,6 +257,16 @@ const (
 	LogDecisionsNone = "none"
 )
 
+// Shutdown is how vakt stops on SIGTERM: NOT_SERVING at once (gRPC health
+// and /readyz), still answering for DrainDelay so that endpoints are
+// removed before connections stop, then in-flight requests get Grace.
+type Shutdown struct {
+	// DrainDelay defaults to 5s; 0s stops accepting at once.
+	DrainDelay Duration `yaml:"drainDelay"`
+	// Grace defaults to 10s.
+	Grace Duration `yaml:"grace"`
+}
+
 // Log is what vakt logs besides its own events.
 type Log struct {
 	// Decisions is which decisions (of Check, Exchange and Introspect)
@@ -298,11 +335,14 @@ func Load(data []byte, dir string) (*Config, error) {
 		return nil, decodeError(err, data)
 	}
 	c.applyDefaults(dir)
+	c.dir = dir
+	c.resolveSecretPaths(dir)
 	sum := sha256.Sum256(data)
 	c.Hash = hex.EncodeToString(sum[:8])
 	v := newValidator(data)
 	v.config = &c
 	c.loadKeys(v, dir)
+	c.loadSecrets(v)
 	c.validate(v)
 	if err := v.result(); err != nil {
 		return nil, err

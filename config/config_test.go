@@ -9,6 +9,7 @@ import (
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/deploy/examples"
+	"github.com/vakt-dev/vakt/internal/tlstest"
 )
 
 func TestExamplesLoad(t *testing.T) {
@@ -64,6 +65,7 @@ func TestLoadRejects(t *testing.T) {
 		{"sample of allows over 1", base + "log:\n  decisions: all\n  sampleAllows: 1.5\n", []string{"line 5", "log.sampleAllows"}},
 		{"bad admin listen", base + "listen:\n  admin: localhost\n", []string{"line 4", `listen.admin: "localhost" is not host:port`}},
 		{"admin on the http listener", base + "listen:\n  http: 0.0.0.0:8080\n  admin: 0.0.0.0:8080\n", []string{"line 5", `listen.admin: "0.0.0.0:8080" is also listen.http`}},
+		{"admin on every host, http on one", base + "listen:\n  http: 127.0.0.1:8080\n  admin: :8080\n", []string{"line 5", `listen.admin: ":8080" is also listen.http ("127.0.0.1:8080")`}},
 		{"provider without keys", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n", []string{"line 4", "identityProviders[0]: needs wellKnownUrl or jwksUri"}},
 		{"issuer not https", "issuer: http://vakt.example.com\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not https"}},
 		{"issuer with a query", "issuer: https://vakt.example.com/?tenant=a\ncluster: dev-gcp\n", []string{"line 1", "issuer", "has a query"}},
@@ -266,6 +268,20 @@ func TestAuthenticationAudience(t *testing.T) {
 
 // log.sampleAllows is read as a share, 1 when left out, and warned of
 // where it does nothing.
+// listen.admin: off opens no admin listener.
+func TestAdminOff(t *testing.T) {
+	c, err := config.Load([]byte(base+"listen:\n  admin: off\n"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen.AdminAddress() != "" {
+		t.Fatalf("admin address %q", c.Listen.AdminAddress())
+	}
+	if c, _ := config.Load([]byte(base), t.TempDir()); c.Listen.AdminAddress() != config.DefaultAdminAddress {
+		t.Fatalf("default admin address %q", c.Listen.AdminAddress())
+	}
+}
+
 func TestSampleAllows(t *testing.T) {
 	for _, tt := range []struct {
 		yaml  string
@@ -285,6 +301,74 @@ func TestSampleAllows(t *testing.T) {
 		}
 		if got := len(c.Warnings) > 0; got != tt.warn || (tt.warn && !strings.Contains(c.Warnings[0], "sampleAllows has no effect")) {
 			t.Errorf("%q: warnings %q", tt.yaml, c.Warnings)
+		}
+	}
+}
+
+// listen.tls and replay.redis read their files at load: a bad or missing
+// one is an error naming the field, and never a start without TLS.
+func TestTLSAndRedisSecrets(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "test CA")
+	leaf := ca.Server(t, 2)
+	cert := tlstest.Write(t, dir, "tls.crt", leaf.CertPEM)
+	key := tlstest.Write(t, dir, "tls.key", leaf.KeyPEM)
+	caFile := tlstest.Write(t, dir, "ca.crt", ca.PEM)
+	tlstest.Write(t, dir, "password", []byte("s3cret\n"))
+	tlstest.Write(t, dir, "garbage", []byte("not pem"))
+	t.Setenv("VAKT_TEST_REDIS_PASSWORD", "from-env")
+	for _, tt := range []struct {
+		name, yaml string
+		want       string // an error's text, "" for none
+		check      func(*config.Config) bool
+	}{
+		{"tls", "listen:\n  tls: {certFile: tls.crt, keyFile: " + key + ", clientCAFile: ca.crt, requireClientCert: true}\n", "",
+			func(c *config.Config) bool {
+				return c.Listen.TLS.Certificate() != nil && c.Listen.TLS.ClientCAs() != nil && c.Listen.TLS.CertFile == cert
+			}},
+		{"tls without a key", "listen:\n  tls: {certFile: tls.crt}\n", "listen.tls: needs certFile and keyFile", nil},
+		{"tls key missing", "listen:\n  tls: {certFile: tls.crt, keyFile: nope.key}\n", "nope.key: no such file", nil},
+		{"tls key mismatch", "listen:\n  tls: {certFile: tls.crt, keyFile: ca.crt}\n", "listen.tls:", nil},
+		{"client CA not PEM", "listen:\n  tls: {certFile: tls.crt, keyFile: tls.key, clientCAFile: garbage}\n", "listen.tls.clientCAFile:", nil},
+		{"client cert required without CAs", "listen:\n  tls: {certFile: tls.crt, keyFile: tls.key, requireClientCert: true}\n", "needs clientCAFile", nil},
+		{"redis password file", "replay:\n  redis: {address: 127.0.0.1:6379, passwordFile: password}\n", "",
+			func(c *config.Config) bool { return c.Replay.Redis.Secret() == "s3cret" && len(c.Warnings) == 0 }},
+		{"redis password env", "replay:\n  redis: {address: 127.0.0.1:6379, passwordEnv: VAKT_TEST_REDIS_PASSWORD}\n", "",
+			func(c *config.Config) bool { return c.Replay.Redis.Secret() == "from-env" }},
+		{"redis password inline", "replay:\n  redis: {address: 127.0.0.1:6379, password: inline}\n", "",
+			func(c *config.Config) bool {
+				return c.Replay.Redis.Secret() == "inline" && len(c.Warnings) == 1 && strings.Contains(c.Warnings[0], "passwordFile")
+			}},
+		{"redis password env unset", "replay:\n  redis: {address: 127.0.0.1:6379, passwordEnv: VAKT_TEST_UNSET}\n", "VAKT_TEST_UNSET is empty or not set", nil},
+		{"redis two passwords", "replay:\n  redis: {address: 127.0.0.1:6379, password: a, passwordFile: password}\n", "at most one of password, passwordFile and passwordEnv", nil},
+		{"redis tls", "replay:\n  redis: {address: 127.0.0.1:6379, tls: {caFile: ca.crt, certFile: tls.crt, keyFile: tls.key}}\n", "",
+			func(c *config.Config) bool {
+				cfg := c.Replay.Redis.TLS.Config()
+				return cfg.RootCAs != nil && len(cfg.Certificates) == 1
+			}},
+		{"redis tls cert without key", "replay:\n  redis: {address: 127.0.0.1:6379, tls: {certFile: tls.crt}}\n", "certFile and keyFile together", nil},
+	} {
+		c, err := config.Load([]byte(base+tt.yaml), dir)
+		switch {
+		case tt.want != "":
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("%s: error %v, want %q", tt.name, err, tt.want)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", tt.name, err)
+		case !tt.check(c):
+			t.Errorf("%s: loaded wrong: %+v %v", tt.name, c.Listen, c.Warnings)
+		}
+	}
+	// Every file named is one a reload follows.
+	c, err := config.Load([]byte(base+"listen:\n  tls: {certFile: tls.crt, keyFile: tls.key, clientCAFile: ca.crt}\nreplay:\n  redis: {address: 127.0.0.1:6379, passwordFile: password}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(c.Files(), " ")
+	for _, f := range []string{cert, key, caFile, filepath.Join(dir, "password")} {
+		if !strings.Contains(got, f) {
+			t.Errorf("Files() %q lacks %s", got, f)
 		}
 	}
 }

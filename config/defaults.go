@@ -7,6 +7,13 @@ import (
 
 const defaultTokenLifetime = 15 * time.Minute
 
+// Shutdown defaults: long enough for Kubernetes to take a pod's endpoints
+// out of rotation, short enough for its default 30 s termination grace.
+const (
+	DefaultDrainDelay = 5 * time.Second
+	DefaultGrace      = 10 * time.Second
+)
+
 // applyDefaults fills in what a configuration may leave out and resolves
 // the signing key file against dir. It reports nothing: validate checks
 // the result, defaults included.
@@ -28,6 +35,12 @@ func (c *Config) applyDefaults(dir string) {
 	}
 	if c.Signing.Algorithm == "" {
 		c.Signing.Algorithm = "RS256"
+	}
+	if !c.Shutdown.DrainDelay.set {
+		c.Shutdown.DrainDelay = Duration{d: DefaultDrainDelay, set: true}
+	}
+	if !c.Shutdown.Grace.set {
+		c.Shutdown.Grace = Duration{d: DefaultGrace, set: true}
 	}
 	if !c.Signing.TokenLifetime.set {
 		c.Signing.TokenLifetime = Duration{d: defaultTokenLifetime, set: true}

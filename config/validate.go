@@ -130,15 +130,21 @@ func (c *Config) validateServer(v *validator) {
 		{"listen.http", c.Listen.HTTP},
 		{"listen.admin", c.Listen.Admin},
 	}
+	if c.Listen.Admin == AdminOff {
+		listens = listens[:2]
+	}
 	for i, l := range listens {
-		_, port, err := net.SplitHostPort(l.addr)
+		host, port, err := net.SplitHostPort(l.addr)
 		if err != nil {
 			v.fail(l.path, "%q is not host:port", l.addr)
 			continue
 		}
 		for _, o := range listens[:i] {
-			if o.addr == l.addr && port != "0" {
-				v.fail(l.path, "%q is also %s: each listener needs its own address", l.addr, o.path)
+			ohost, oport, err := net.SplitHostPort(o.addr)
+			// One port on one host, or on all hosts (":8080",
+			// "0.0.0.0:8080") and any: the second cannot bind.
+			if err == nil && port == oport && port != "0" && (host == ohost || wildcard(host) || wildcard(ohost)) {
+				v.fail(l.path, "%q is also %s (%q): each listener needs its own port", l.addr, o.path, o.addr)
 			}
 		}
 	}
@@ -150,13 +156,19 @@ func (c *Config) validateServer(v *validator) {
 	if s := c.Log.SampleAllows; s != nil {
 		switch {
 		case !(*s > 0 && *s <= 1):
-			v.fail("log.sampleAllows", "must be above 0 and at most 1 (log.decisions: deny logs no allow)")
+			v.fail("log.sampleAllows", "must be above 0 and at most 1")
 		case c.Log.Decisions != LogDecisionsAll:
 			v.warn("log.sampleAllows has no effect: log.decisions is %s, which logs no allow", c.Log.Decisions)
 		}
 	}
 	if c.Limits.Check < 0 || c.Limits.Other < 0 {
 		v.fail("limits", "check and other must not be negative")
+	}
+	if d := c.Shutdown.DrainDelay.Std(); d < 0 || d > 5*time.Minute {
+		v.fail("shutdown.drainDelay", "must be between 0s and 5m")
+	}
+	if d := c.Shutdown.Grace.Std(); d < time.Second || d > 10*time.Minute {
+		v.fail("shutdown.grace", "must be between 1s and 10m")
 	}
 	if d := c.Limits.KeyWait.Std(); d < 0 || d > time.Minute {
 		v.fail("limits.keyWait", "must be between 0s and 1m")
@@ -447,3 +459,6 @@ func checkURL(s string) error {
 	}
 	return nil
 }
+
+// wildcard reports whether a listen host is every address.
+func wildcard(host string) bool { return host == "" || host == "0.0.0.0" || host == "::" }

@@ -264,7 +264,7 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	if err != nil {
 		return nil, err
 	}
-	o.Target = target
+	o.Target = truncate(target)
 	if err := a.cfg.Policy.MayCall(client, target); err != nil {
 		reason := authz.ReasonTargetDenied
 		if errors.Is(err, authz.ErrApplicationUnknown) {
@@ -275,7 +275,6 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 		}
 		return nil, Refuse(reason, "", err)
 	}
-	o.Rule = "accessPolicy.inbound.rules: " + client
 	scopes, err := grantedScopes(req.Scope, subject)
 	if err != nil {
 		return nil, err
@@ -327,6 +326,9 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	if granted := strings.Join(scopes, " "); granted != normalScope(req.Scope) {
 		res.Scope = granted
 	}
+	// The rule is named on a grant only: a later refusal (a scope, an
+	// expired subject token) was not the access policy's.
+	o.Rule = "accessPolicy.inbound.rules: " + client
 	return res, nil
 }
 

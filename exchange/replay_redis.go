@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,8 @@ type RedisOptions struct {
 	Username string
 	Password string
 	DB       int
+	// TLS, when set, is how vakt speaks TLS to Redis.
+	TLS *tls.Config
 	// MaxPerClient is how many unexpired ids one client may hold
 	// (DefaultRedisPerClient when zero).
 	MaxPerClient int
@@ -63,6 +66,7 @@ func NewRedisReplay(o RedisOptions, now func() time.Time) *RedisReplay {
 			Username:      o.Username,
 			Password:      o.Password,
 			DB:            o.DB,
+			TLSConfig:     o.TLS,
 			DialTimeout:   time.Second,
 			DialerRetries: 1,
 			ReadTimeout:   500 * time.Millisecond,

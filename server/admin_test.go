@@ -58,6 +58,8 @@ func TestAdminListener(t *testing.T) {
 		{admin + "/debug/pprof/cmdline", "", 200},
 		{admin + "/debug/pprof/goroutine?debug=1", "goroutine profile", 200},
 		{admin + "/healthz", `"ok"`, 200},
+		{admin + "/debug/pprof/trace?seconds=86400", "at most 120", 400},
+		{admin + "/debug/pprof/profile?seconds=-1", "at most 120", 400},
 		{admin + "/buildinfo", runtime.Version(), 200},
 		{public + "/healthz", `"ok"`, 200},
 		// Neither metrics nor profiles on the listener the mesh reaches.

@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -30,6 +32,8 @@ type AgentRuntime struct {
 	// Log is what the agent's decision log holds (log.decisions; deny by
 	// default).
 	Log config.Log
+
+	keys []namedKeys // the identity providers' key sets, for readiness
 }
 
 // NewAgentRuntime builds the agent's runtime from its environment. Remote
@@ -37,16 +41,27 @@ type AgentRuntime struct {
 // none), key set fetches and upstream exchanges are spans, and an upstream
 // exchange carries its trace to the authority.
 func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger, tracing *Tracing) (*AgentRuntime, error) {
-	remote := func(name, issuer, jwksURI, wellKnown string) (*authz.RemoteKeys, error) {
+	// NAIS gives both the well-known URL and the jwks_uri its document
+	// names (prefix + WELL_KNOWN_URL and JWKS_URI). With both, discovery is
+	// used and must name that jwks_uri; the check is at the first discovery
+	// that succeeds, so that the agent starts while a provider is down.
+	var keys []namedKeys
+	remote := func(name, prefix, issuer, jwksURI, wellKnown string) (*authz.RemoteKeys, error) {
 		client := tracing.HTTPClient(&http.Client{Timeout: authz.FetchTimeout}, "jwks fetch", attribute.String("vakt.provider", name))
-		k, err := authz.NewRemoteKeys(authz.RemoteKeysConfig{Name: name, Issuer: issuer, JWKSURI: jwksURI, WellKnownURL: wellKnown, Logger: log, Client: client})
+		cfg := authz.RemoteKeysConfig{Name: name, Issuer: issuer, JWKSURI: jwksURI, WellKnownURL: wellKnown, Logger: log, Client: client}
+		if wellKnown != "" {
+			cfg.JWKSURI, cfg.ExpectJWKSURI = "", jwksURI
+			cfg.ExpectSource = prefix + "WELL_KNOWN_URL and " + prefix + "JWKS_URI"
+		}
+		k, err := authz.NewRemoteKeys(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		go k.Run(ctx)
+		keys = append(keys, namedKeys{name, k})
 		return k, nil
 	}
-	tkeys, err := remote(config.ProviderTokenX, env.Issuer, env.JWKSURI, env.WellKnownURL)
+	tkeys, err := remote(config.ProviderTokenX, "TOKEN_X_", env.Issuer, env.JWKSURI, env.WellKnownURL)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +73,7 @@ func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger, trac
 	}
 	providers := []*authz.Provider{tokenx}
 	if ip := env.IDPorten; ip != nil {
-		ikeys, err := remote("idporten", ip.Issuer, ip.JWKSURI, ip.WellKnownURL)
+		ikeys, err := remote("idporten", "IDPORTEN_", ip.Issuer, ip.JWKSURI, ip.WellKnownURL)
 		if err != nil {
 			return nil, err
 		}
@@ -76,17 +91,31 @@ func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger, trac
 	if err != nil {
 		return nil, err
 	}
+	var roots *x509.CertPool
+	if env.UpstreamCAFile != "" {
+		pem, err := os.ReadFile(env.UpstreamCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--upstream-ca: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--upstream-ca: %s holds no PEM certificate", env.UpstreamCAFile)
+		}
+	}
 	up := &agent.Upstream{
 		Endpoint:  env.TokenEndpoint,
 		Assertion: &agent.AssertionBuilder{ClientID: env.ClientID, TokenEndpoint: env.TokenEndpoint, Key: env.Key, Now: time.Now},
-		Client:    tracing.HTTPClient(agent.NewHTTPClient(), "token exchange upstream"),
+		Client:    tracing.PropagatingHTTPClient(agent.NewHTTPClientWithCAs(roots), "token exchange upstream"),
 		Retries:   2,
 		Backoff:   100 * time.Millisecond,
 		Timeout:   10 * time.Second,
 		Logger:    log,
 	}
-	return &AgentRuntime{Validator: v, Agent: agent.New(agent.Config{Upstream: up}), ClientID: env.ClientID, Log: config.Log{Decisions: config.LogDecisionsDeny}}, nil
+	return &AgentRuntime{Validator: v, Agent: agent.New(agent.Config{Upstream: up}), ClientID: env.ClientID, Log: config.Log{Decisions: config.LogDecisionsDeny}, keys: keys}, nil
 }
+
+// Ready reports whether each identity provider's keys have arrived.
+func (rt *AgentRuntime) Ready() error { return keysReady(rt.keys) }
 
 // AgentServices are what `vakt agent` serves: gRPC Introspect and Exchange
 // (no Check: that is the authority's), and what NAIS applications call over
@@ -105,6 +134,7 @@ func AgentServices(rt *AgentRuntime, m *Metrics, log *slog.Logger) *Services {
 	})
 	s.mux.Handle("POST /api/v1/introspect", s.limitedIntrospect(&introspectHandler{in: in}))
 	s.mux.Handle("POST /api/v1/token/exchange", s.limited(&agentExchangeHandler{x: x}))
+	s.readiness = rt.Ready
 	return s
 }
 
@@ -141,6 +171,7 @@ var _ vaktv1.TokenExchangeServiceServer = (*agentExchangeService)(nil)
 func (s *agentExchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
 	start := time.Now()
 	ctx, span := s.x.x.obs.startGRPC(ctx, vaktv1.TokenExchangeService_Exchange_FullMethodName)
+	defer endOnPanic(span)
 	res, e := s.x.exchange(ctx, span, start, req.GetSubjectToken(), req.GetAudience(), req.GetSkipCache())
 	if e != nil {
 		return nil, oauthGRPCError(e)
@@ -158,6 +189,7 @@ var _ http.Handler = (*agentExchangeHandler)(nil)
 func (h *agentExchangeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ctx, span := h.x.x.obs.startHTTP(r)
+	defer endOnPanic(span)
 	fields, rerr := readFields(w, r, "identity_provider", "target", "user_token", "skip_cache")
 	if rerr == nil {
 		if p := fields["identity_provider"]; p != config.ProviderTokenX && p != config.ProviderVakt {

@@ -75,6 +75,7 @@ func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckR
 	var span trace.Span // nil unless traced: the untraced Check pays a comparison
 	if s.obs.tracer != nil {
 		ctx, span = s.startCheck(ctx, req)
+		defer endOnPanic(span)
 	}
 	o := s.decide(ctx, req)
 	if s.metrics != nil {

@@ -20,6 +20,9 @@ import (
 	"github.com/vakt-dev/vakt/exchange"
 )
 
+// maxCause bounds a logged cause, which may quote what a client sent.
+const maxCause = 512
+
 // decisionLog writes the decision log: a line per decision of Check,
 // Exchange and Introspect, as log.decisions asks.
 type decisionLog struct {
@@ -122,8 +125,13 @@ func (l *decisionLog) logExchange(ctx context.Context, setting config.Log, o *ex
 	attrs = l.tokenAttrs(attrs, o.Subject)
 	attrs = append(attrs, slog.Float64("latency_seconds", latency.Seconds()))
 	attrs = traceAttrs(ctx, attrs)
-	if o.Err != nil && o.Err.Err != nil {
-		attrs = append(attrs, slog.String("cause", o.Err.Err.Error()))
+	if o.Err != nil {
+		// What the client was told: the reason's words, or the detail
+		// that replaced them ("sub must equal iss").
+		attrs = append(attrs, slog.String("description", publicText(truncate(o.Err.Description(), 200))))
+		if o.Err.Err != nil {
+			attrs = append(attrs, slog.String("cause", truncate(o.Err.Err.Error(), maxCause)))
+		}
 	}
 	l.log.LogAttrs(ctx, level, "exchange", attrs...)
 }
@@ -149,7 +157,7 @@ func (l *decisionLog) logIntrospection(ctx context.Context, setting config.Log, 
 	attrs = append(attrs, slog.Float64("latency_seconds", latency.Seconds()))
 	attrs = traceAttrs(ctx, attrs)
 	if cause != nil {
-		attrs = append(attrs, slog.String("cause", cause.Error()))
+		attrs = append(attrs, slog.String("cause", truncate(cause.Error(), maxCause)))
 	}
 	l.log.LogAttrs(ctx, level, "introspect", attrs...)
 }
@@ -177,7 +185,7 @@ func (s *authorizationService) logDecision(ctx context.Context, req *authv3.Chec
 		slog.String("rule", decidingRule(o.app, d)),
 	}
 	if d.Caller != "" {
-		attrs = append(attrs, slog.String("caller", d.Caller))
+		attrs = append(attrs, slog.String("caller", truncate(d.Caller, 200)))
 	}
 	if d.Provider != nil {
 		attrs = append(attrs, slog.String("provider", d.Provider.Name()))
@@ -198,7 +206,7 @@ func (s *authorizationService) logDecision(ctx context.Context, req *authv3.Chec
 		attrs = append(attrs, slog.String("trace_id", id))
 	}
 	if d.Err != nil {
-		attrs = append(attrs, slog.String("cause", d.Err.Error()))
+		attrs = append(attrs, slog.String("cause", truncate(d.Err.Error(), maxCause)))
 	}
 	s.log.LogAttrs(ctx, level, "check", attrs...)
 }

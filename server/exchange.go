@@ -44,12 +44,17 @@ func (x exchangeRecorder) done(ctx context.Context, span trace.Span, start time.
 	if e != nil {
 		r = e.Reason()
 	}
-	x.obs.decisions.logExchange(ctx, x.obs.setting(), o, time.Since(start))
+	setting := x.obs.setting()
+	if !logs(setting, r) && r.Outage() {
+		// log.decisions: none still leaves the cause of an outage.
+		x.obs.decisions.log.Debug("exchange could not be decided", "reason", r.String(), "cause", e.Err)
+	}
+	x.obs.decisions.logExchange(ctx, setting, o, time.Since(start))
 	if span.IsRecording() {
 		attrs := make([]attribute.KeyValue, 0, 4)
 		for _, a := range [...]struct{ k, v string }{{"vakt.client", o.Client}, {"vakt.target", o.Target}, {"vakt.provider", o.Provider}, {"vakt.rule", o.Rule}} {
 			if a.v != "" {
-				attrs = append(attrs, attribute.String(a.k, a.v))
+				attrs = append(attrs, attribute.String(a.k, truncate(a.v, 256)))
 			}
 		}
 		endSpan(span, r, attrs...)
@@ -60,6 +65,7 @@ func (x exchangeRecorder) done(ctx context.Context, span trace.Span, start time.
 func (s *exchangeService) Exchange(ctx context.Context, req *vaktv1.ExchangeRequest) (*vaktv1.ExchangeResponse, error) {
 	start := time.Now()
 	ctx, span := s.x.obs.startGRPC(ctx, vaktv1.TokenExchangeService_Exchange_FullMethodName)
+	defer endOnPanic(span)
 	var audience []string
 	if a := req.GetAudience(); a != "" {
 		audience = append(audience, a)
@@ -105,6 +111,7 @@ var _ http.Handler = (*tokenHandler)(nil)
 func (h *tokenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ctx, span := h.x.obs.startHTTP(r)
+	defer endOnPanic(span)
 	if scheme := authScheme(r); scheme != "" {
 		// RFC 6749 §5.2: a client that authenticated with the Authorization
 		// header gets 401 and a challenge for its scheme. vakt takes

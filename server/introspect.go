@@ -132,6 +132,7 @@ var _ vaktv1.IntrospectionServiceServer = (*introspectionService)(nil)
 
 func (s *introspectionService) Introspect(ctx context.Context, req *vaktv1.IntrospectRequest) (*vaktv1.IntrospectResponse, error) {
 	ctx, span := s.in.startGRPC(ctx, vaktv1.IntrospectionService_Introspect_FullMethodName)
+	defer endOnPanic(span)
 	res, bad := s.in.introspect(ctx, req.GetIdentityProvider(), req.GetToken())
 	defer func() { endSpan(span, introspectionReason(res, bad)) }()
 	if bad != "" {
@@ -164,6 +165,7 @@ var _ http.Handler = (*introspectHandler)(nil)
 
 func (h *introspectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, span := h.in.startHTTP(r)
+	defer endOnPanic(span)
 	f, rerr := readFields(w, r, "identity_provider", "token")
 	if rerr != nil {
 		endSpan(span, authz.ReasonRequestInvalid)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
@@ -25,6 +26,10 @@ type Loader struct {
 	// KeySets keeps identity providers' keys across reloads (see KeySets);
 	// without it, a reload fetches every key set anew.
 	KeySets *KeySets
+	// Started, when set, is the configuration the process started with: a
+	// reload that changes what only a restart can (the listeners, the
+	// replay store) is refused, saying so, rather than half applied.
+	Started *config.Config
 }
 
 // Build loads the configuration and keys and builds a runtime.
@@ -32,6 +37,11 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 	cfg, err := l.Config()
 	if err != nil {
 		return nil, err
+	}
+	if l.Started != nil {
+		if err := needsRestart(l.Started, cfg); err != nil {
+			return nil, err
+		}
 	}
 	for _, w := range cfg.Warnings {
 		l.Logger.Warn("configuration: " + w)
@@ -57,11 +67,60 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 }
 
 // WatchedFiles are the files whose change calls for a reload: the
-// configuration file and the keys file it names.
-func WatchedFiles(configPath string, cfg *config.Config) []string {
-	files := []string{configPath}
-	if cfg.Signing.KeysFile != "" {
-		files = append(files, cfg.Signing.KeysFile)
+// configuration file and every file the configuration in force names
+// (signing keys, applications' key files, certificates, the Redis
+// password).
+func WatchedFiles(configPath string, cur *Current) func() []string {
+	return func() []string {
+		files := []string{configPath}
+		if rt := cur.Load(); rt != nil {
+			files = append(files, rt.Config.Files()...)
+		}
+		return files
 	}
-	return files
+}
+
+// needsRestart says what in next only a restart can apply: listen
+// addresses, TLS turned on or off (a certificate, a key or client CAs
+// changed are applied), and the replay store (a Redis client is made once:
+// a password rotated in its file is seen, and needs a restart too).
+func needsRestart(started, next *config.Config) error {
+	a, b := &started.Listen, &next.Listen
+	var changed []string
+	for _, f := range []struct {
+		name string
+		a, b string
+	}{{"listen.grpc", a.GRPC, b.GRPC}, {"listen.http", a.HTTP, b.HTTP}, {"listen.admin", a.Admin, b.Admin}} {
+		if f.a != f.b {
+			changed = append(changed, fmt.Sprintf("%s (%s → %s)", f.name, f.a, f.b))
+		}
+	}
+	if (a.TLS == nil) != (b.TLS == nil) {
+		changed = append(changed, "listen.tls (turned on or off)")
+	}
+	if !sameReplay(&started.Replay, &next.Replay) {
+		changed = append(changed, "replay")
+	}
+	if len(changed) > 0 {
+		return fmt.Errorf("%s changed: these changes need a restart; the running configuration stays in force", strings.Join(changed, ", "))
+	}
+	return nil
+}
+
+func sameReplay(a, b *config.Replay) bool {
+	if a.Memory != b.Memory || a.MaxPerClient != b.MaxPerClient || (a.Redis == nil) != (b.Redis == nil) {
+		return false
+	}
+	if a.Redis == nil {
+		return true
+	}
+	ra, rb := a.Redis, b.Redis
+	if ra.Address != rb.Address || ra.Username != rb.Username || ra.Secret() != rb.Secret() || ra.DB != rb.DB || (ra.TLS == nil) != (rb.TLS == nil) {
+		return false
+	}
+	if ra.TLS == nil {
+		return true
+	}
+	ta, tb := ra.TLS, rb.TLS
+	return ta.CAFile == tb.CAFile && ta.CertFile == tb.CertFile && ta.KeyFile == tb.KeyFile && ta.ServerName == tb.ServerName
 }

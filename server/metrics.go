@@ -52,14 +52,19 @@ func NewMetrics() *Metrics {
 		}, []string{"result"}),
 	}
 	m.checks = newCheckStats()
-	// Every series from the start, at zero: each reason with the answer
-	// it gets. (An upstream's refusal is counted under the OAuth code the
-	// upstream gave, one of a fixed few, and appears when first seen.)
+	// Every series from the start, at zero: each reason an exchange or an
+	// introspection may end with, and the answer it gets. (The agent counts
+	// an upstream's refusal under the OAuth code the upstream gave, one of
+	// a fixed few, from when it is first seen.)
 	m.exchanges.WithLabelValues("ok", "")
 	m.introspections.WithLabelValues("true", authz.ReasonNone.String())
 	for _, r := range authz.Reasons() {
-		m.exchanges.WithLabelValues(answerFor(r).code, r.String())
-		m.introspections.WithLabelValues("false", r.String())
+		if exchangeReason(r) {
+			m.exchanges.WithLabelValues(answerFor(r).code, r.String())
+		}
+		if inactiveReason(r) {
+			m.introspections.WithLabelValues("false", r.String())
+		}
 	}
 	// Introspect and Exchange verify a token or sign one: 10 µs to 10 s.
 	buckets := prometheus.ExponentialBuckets(1e-5, 4, 11)
@@ -356,4 +361,23 @@ func (c *countedReplay) Claim(ctx context.Context, client, jti string, expires t
 	}
 	c.claims.WithLabelValues(result).Inc()
 	return fresh, err
+}
+
+// inactiveReason reports whether an introspection may find a token
+// inactive for r: what validating a token refuses, and vakt's own failure.
+func inactiveReason(r authz.Reason) bool {
+	return r >= authz.ReasonTokenMissing && r <= authz.ReasonKeysUnavailable || r == authz.ReasonInternal
+}
+
+// exchangeReason reports whether an exchange may be refused for r: the
+// exchange's own reasons, a request it cannot read, and the outages.
+// (An upstream's refusal is counted under the upstream's code.)
+func exchangeReason(r authz.Reason) bool {
+	switch r {
+	case authz.ReasonUpstreamRefused:
+		return false
+	case authz.ReasonRequestInvalid, authz.ReasonKeysUnavailable, authz.ReasonOverloaded, authz.ReasonInternal:
+		return true
+	}
+	return r >= authz.ReasonGrantTypeUnsupported && r <= authz.ReasonUpstreamInvalid
 }

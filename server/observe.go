@@ -72,6 +72,16 @@ func splitMethod(full string) (service, method string) {
 	return full, ""
 }
 
+// endOnPanic, deferred right after a span starts, ends it as an internal
+// error when the handler panics (the panic goes on, to the recovery that
+// answers it); on any other return it does nothing.
+func endOnPanic(span trace.Span) {
+	if r := recover(); r != nil {
+		endSpan(span, authz.ReasonInternal)
+		panic(r)
+	}
+}
+
 // endSpan ends a decision's span with the decision and its reason; an
 // outage is an error.
 func endSpan(span trace.Span, r authz.Reason, attrs ...attribute.KeyValue) {
@@ -127,6 +137,9 @@ func endCheckSpan(span trace.Span, o *checkOutcome) {
 // headers; the span is named for the method and the route.
 func (o *observer) startHTTP(r *http.Request) (context.Context, trace.Span) {
 	route := r.Pattern
+	if _, path, ok := strings.Cut(route, " "); ok {
+		route = path // "POST /api/v1/introspect": the method is named apart
+	}
 	if route == "" || route == "/" {
 		// The issuer's routes (the token endpoint under the issuer's
 		// path) are served from "/"; each handler serves one path.

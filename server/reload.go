@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -22,8 +23,10 @@ type Reloader struct {
 	// Build makes a new runtime; its context lives as long as the runtime
 	// is in force (background key fetches stop when it is replaced).
 	Build func(ctx context.Context) (*Runtime, error)
-	// Files whose change triggers a rebuild.
-	Files  []string
+	// Files returns the files whose change triggers a rebuild. Watch asks
+	// again after each reload, so that a file a new configuration names
+	// is followed from then on.
+	Files  func() []string
 	Logger *slog.Logger
 	// OnResult, when set, is told of every reload's outcome (for metrics).
 	OnResult func(err error)
@@ -78,22 +81,36 @@ func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	watched := map[string]bool{}
-	names := map[string]bool{}
-	for _, f := range r.Files {
-		abs, err := filepath.Abs(f)
-		if err != nil {
-			w.Close()
-			return nil, err
+	watched := map[string]bool{} // directories
+	names := map[string]bool{}   // files
+	follow := func() error {
+		if r.Files == nil {
+			return nil
 		}
-		names[abs] = true
-		dir := filepath.Dir(abs)
-		if !watched[dir] {
-			if err := w.Add(dir); err != nil {
-				w.Close()
-				return nil, err
+		for _, f := range r.Files() {
+			abs, err := filepath.Abs(f)
+			if err != nil {
+				return err
 			}
-			watched[dir] = true
+			names[abs] = true
+			if dir := filepath.Dir(abs); !watched[dir] {
+				if err := w.Add(dir); err != nil {
+					return fmt.Errorf("watching %s: %w", dir, err)
+				}
+				watched[dir] = true
+			}
+		}
+		return nil
+	}
+	if err := follow(); err != nil {
+		w.Close()
+		return nil, err
+	}
+	reload := func() {
+		if r.Reload(ctx) == nil {
+			if err := follow(); err != nil {
+				r.Logger.Warn("a file the new configuration names cannot be watched; its changes need SIGHUP", "error", err)
+			}
 		}
 	}
 	hup := make(chan os.Signal, 1)
@@ -111,7 +128,7 @@ func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 				return
 			case <-hup:
 				r.Logger.Info("SIGHUP: reloading")
-				_ = r.Reload(ctx)
+				reload()
 			case ev := <-w.Events:
 				// Kubernetes swaps a ..data symlink; editors rename temp files.
 				if names[ev.Name] || filepath.Base(ev.Name) == "..data" {
@@ -121,7 +138,7 @@ func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 				r.Logger.Warn("file watch", "error", err)
 			case <-pending:
 				pending = nil
-				_ = r.Reload(ctx)
+				reload()
 			}
 		}
 	}()

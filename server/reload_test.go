@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/tlstest"
 )
 
 // rotationEnv is vakt serving from files on disk, reloading on change.
@@ -24,6 +26,7 @@ type rotationEnv struct {
 	dir, cfgFile, keysFile string
 	baseYAML               string
 	reloads, failures      atomic.Int64
+	loader                 *Loader
 }
 
 func newRotationEnv(t *testing.T) *rotationEnv {
@@ -47,17 +50,19 @@ func newRotationEnv(t *testing.T) *rotationEnv {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(r.cfgFile) }, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: log}
+	started, err := loader.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	loader.Started = started
+	r.loader = loader
 	rl := &Reloader{Current: x.cur, Build: loader.Build, Logger: log, OnResult: func(err error) {
 		r.reloads.Add(1)
 		if err != nil {
 			r.failures.Add(1)
 		}
 	}}
-	cfg, err := loader.Config()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rl.Files = WatchedFiles(r.cfgFile, cfg)
+	rl.Files = WatchedFiles(r.cfgFile, x.cur)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if err := rl.Start(ctx); err != nil {
@@ -278,5 +283,67 @@ func TestReloadPolicy(t *testing.T) {
 	})
 	if got := r.viaGRPC(t, r.request(t, nil)); got.code != "" {
 		t.Fatalf("after the rule came back: %+v", got)
+	}
+}
+
+// writeConfig replaces the configuration file as an editor or kubelet
+// does, and waits for the reload it causes.
+func (r *rotationEnv) writeConfig(t *testing.T, yaml string) {
+	t.Helper()
+	r.change(t, func() { tlstest.Write(t, r.dir, "vakt.yaml", []byte(yaml)) })
+}
+
+// An application's jwksFile is followed: a client key rotated in it (as a
+// key-rotation controller writes a Secret) is accepted without SIGHUP, and
+// so is a file a reloaded configuration names for the first time.
+func TestReloadFollowsClientKeyFiles(t *testing.T) {
+	r := newRotationEnv(t)
+	jwks := func(k *idptest.Key) []byte { return []byte(idptest.JSON(t, map[string]any{"keys": []any{k.JWK(t)}})) }
+	tlstest.Write(t, r.dir, "app-1.jwks", jwks(r.keys[app1]))
+	withFile := regexp.MustCompile(`(?m)^(  - name: app-1\n    namespace: team-a\n)    jwks: .*$`).ReplaceAllString(r.baseYAML, "${1}    jwksFile: app-1.jwks")
+	if withFile == r.baseYAML {
+		t.Fatal("app-1's inline keys not found")
+	}
+	r.writeConfig(t, withFile)
+	if got := r.viaGRPC(t, r.request(t, nil)); got.code != "" {
+		t.Fatalf("with the key file: %+v", got)
+	}
+	rotated := idptest.NewKey(t, "client-key-2", "ES256")
+	r.change(t, func() { tlstest.Write(t, r.dir, "app-1.jwks", jwks(rotated)) })
+	old := r.keys[app1]
+	r.keys[app1] = rotated
+	if got := r.viaGRPC(t, r.request(t, nil)); got.code != "" {
+		t.Fatalf("with the rotated key: %+v", got)
+	}
+	r.keys[app1] = old
+	if got := r.viaGRPC(t, r.request(t, nil)); got.code != "invalid_client" {
+		t.Fatalf("with the key rotated out: %+v", got)
+	}
+}
+
+// A reload that changes what only a restart applies (the listeners, the
+// replay store) is refused, saying so, and the running configuration stays.
+func TestReloadRefusesWhatNeedsARestart(t *testing.T) {
+	r := newRotationEnv(t)
+	before := r.cur.Load()
+	for _, tt := range []struct{ extra, want string }{
+		{"listen:\n  grpc: 127.0.0.1:9999\n", "listen.grpc (127.0.0.1:9000 → 127.0.0.1:9999) changed: these changes need a restart"},
+		{"listen:\n  admin: \"off\"\n", "listen.admin (127.0.0.1:9090 → off)"},
+		{"replay:\n  maxPerClient: 7\n", "replay changed"},
+		{"replay:\n  redis: {address: 127.0.0.1:6379}\n", "replay changed"},
+	} {
+		failures := r.failures.Load()
+		r.writeConfig(t, r.baseYAML+tt.extra)
+		if r.failures.Load() == failures || r.cur.Load() != before {
+			t.Fatalf("%q: put in force", tt.extra)
+		}
+		if _, err := r.loader.Build(context.Background()); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Fatalf("%q: %v, want %q", tt.extra, err, tt.want)
+		}
+	}
+	// Anything else still reloads.
+	r.writeConfig(t, r.baseYAML+"log:\n  decisions: all\n")
+	if r.cur.Load() == before || r.cur.Load().Config.Log.Decisions != "all" {
+		t.Fatal("a reload of the policy was refused")
 	}
 }

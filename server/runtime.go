@@ -12,6 +12,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -46,6 +47,22 @@ type namedKeys struct {
 	keys     *authz.RemoteKeys
 }
 
+// Ready reports whether the runtime can decide every request it may be
+// asked: each identity provider's keys have arrived (fetched, or carried
+// over from the runtime before a reload). The error names a provider
+// still without keys. A provider that stays down keeps a new replica out
+// of rotation, while the replicas that have its keys serve on.
+func (rt *Runtime) Ready() error { return keysReady(rt.remoteKeys) }
+
+func keysReady(keys []namedKeys) error {
+	for _, nk := range keys {
+		if nk.keys.Stats().LastSuccess.IsZero() {
+			return fmt.Errorf("identity provider %s has no keys yet", nk.provider)
+		}
+	}
+	return nil
+}
+
 // Current holds the runtime every request reads; a reload swaps it whole.
 type Current struct{ p atomic.Pointer[Runtime] }
 
@@ -71,6 +88,13 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, x: exchangeRecorder{m, obs}})
 		r.RegisterService(&authorizationDesc, newAuthorizationService(cur, log, m, obs))
 	})
+	s.readiness = func() error {
+		rt := cur.Load()
+		if rt == nil {
+			return errors.New("no configuration loaded yet")
+		}
+		return rt.Ready()
+	}
 	s.mux.Handle("/api/v1/introspect", onlyMethod(http.MethodPost, s.limitedIntrospect(&introspectHandler{in: in})))
 	s.mux.Handle("/", &issuerRoutes{
 		cur:      cur,

@@ -40,7 +40,7 @@ func tracingEnabled(getenv func(string) string) (bool, error) {
 	if strings.EqualFold(strings.TrimSpace(getenv("OTEL_SDK_DISABLED")), "true") {
 		return false, nil
 	}
-	switch e := strings.TrimSpace(getenv("OTEL_TRACES_EXPORTER")); e {
+	switch e := strings.ToLower(strings.TrimSpace(getenv("OTEL_TRACES_EXPORTER"))); e {
 	case "none":
 		return false, nil
 	case "otlp":
@@ -91,7 +91,10 @@ func NewTracing(ctx context.Context) (*Tracing, error) {
 		resource.WithAttributes(attribute.String("service.name", "vakt"), attribute.String("service.version", build.Version)),
 		resource.WithFromEnv(),
 	)
-	if err != nil && res == nil {
+	if err != nil {
+		// OTEL_RESOURCE_ATTRIBUTES that cannot be read, say: refused, as
+		// every setting vakt cannot honour.
+		_ = exporter.Shutdown(ctx)
 		return nil, fmt.Errorf("tracing resource: %w", err)
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res), sdktrace.WithSampler(sampler))
@@ -168,21 +171,37 @@ func (t *Tracing) HTTPClient(client *http.Client, name string, attrs ...attribut
 	return &c
 }
 
+// PropagatingHTTPClient is HTTPClient whose requests also carry their
+// trace (traceparent), for a server that joins it: an upstream vakt.
+// Third parties (identity providers) are not told vakt's traces.
+func (t *Tracing) PropagatingHTTPClient(client *http.Client, name string, attrs ...attribute.KeyValue) *http.Client {
+	c := t.HTTPClient(client, name, attrs...)
+	if tt, ok := c.Transport.(*tracedTransport); ok {
+		tt.propagate = true
+	}
+	return c
+}
+
 type tracedTransport struct {
-	tracer trace.Tracer
-	next   http.RoundTripper
-	name   string
-	attrs  []attribute.KeyValue
+	tracer    trace.Tracer
+	next      http.RoundTripper
+	name      string
+	attrs     []attribute.KeyValue
+	propagate bool
 }
 
 func (t *tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	ctx, span := t.tracer.Start(r.Context(), t.name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(t.attrs...),
-		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.full", r.URL.Redacted()), attribute.String("server.address", r.URL.Host)))
+		// Scheme, host and path: a query or user info may hold a secret.
+		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.full", r.URL.Scheme+"://"+r.URL.Host+r.URL.Path), attribute.String("server.address", r.URL.Host)))
 	defer span.End()
-	// The server joins the trace (an upstream vakt does): the request is
-	// cloned, as a RoundTripper must not change the one it was given.
-	r = r.Clone(ctx)
-	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(r.Header))
+	r = r.WithContext(ctx)
+	if t.propagate {
+		// The request is cloned: a RoundTripper must not change the one
+		// it was given.
+		r = r.Clone(ctx)
+		propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(r.Header))
+	}
 	resp, err := t.next.RoundTrip(r)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())

@@ -5,7 +5,9 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +24,7 @@ import (
 	grpcmd "google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 	"github.com/vakt-dev/vakt/internal/redistest"
@@ -382,5 +385,93 @@ func TestTracingFromEnv(t *testing.T) {
 			t.Errorf("%v: tracing on %v, want %v", tt.env, tr != nil, tt.on)
 		}
 		_ = tr.Shutdown(context.Background())
+	}
+}
+
+// Hostile trace headers change nothing of the decision: a repeated or
+// oversized traceparent, a tracestate of thousands of members, B3 garbage.
+// The Check is answered as it would be, and traced as a new root or as the
+// caller's child, never refused for its headers.
+func TestTracingHostileHeaders(t *testing.T) {
+	recv := newOTLPReceiver(t)
+	tr := tracingTo(t, recv, "http/protobuf")
+	e := newCheckEnvTraced(t, tr)
+	tok := "Bearer " + e.own(app1, appB, "read:users")
+	valid := "00-" + callerTrace + "-" + callerSpan + "-01"
+	members := make([]string, 3000)
+	for i := range members {
+		members[i] = fmt.Sprintf("k%d=v%d", i, i)
+	}
+	for i, h := range []map[string]string{
+		{"traceparent": strings.Repeat(valid+",", 200) + valid},
+		{"traceparent": valid + strings.Repeat("-x", 4000)},
+		{"traceparent": valid, "tracestate": strings.Join(members, ",")},
+		{"b3": strings.Repeat("f", 5000) + "-" + b3Span + "-1"},
+		{"x-b3-traceid": strings.Repeat("z", 32), "x-b3-spanid": b3Span, "x-b3-sampled": "1"},
+		{"x-b3-traceid": b3Trace, "x-b3-spanid": b3Span, "x-b3-flags": "1", "x-b3-sampled": strings.Repeat("1", 1000)},
+		{"traceparent": "ff-" + callerTrace + "-" + callerSpan + "-01"},
+	} {
+		h["authorization"] = tok
+		if res := e.check(creq{app: appB, path: "/read", headers: h}); res.GetStatus().GetCode() != 0 {
+			t.Errorf("headers %d: the Check was refused: %v", i, res.GetStatus())
+		}
+	}
+	if err := tr.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(recv.named("envoy.service.auth.v3.Authorization/Check")); n == 0 {
+		t.Error("no Check span at all")
+	}
+}
+
+// The agent's exchanges are spans too, named for their route, children of
+// the application's trace, with the upstream call beneath; the upstream
+// request carries the trace. Refusals are in its decision log.
+func TestTracingAgent(t *testing.T) {
+	recv := newOTLPReceiver(t)
+	tr := tracingTo(t, recv, "http/protobuf")
+	x := newExchangeEnv(t, nil)
+	k := x.keys[app1]
+	logs := &lockedBuffer{}
+	a := serveAgentTraced(t, x, &agent.Env{
+		ClientID: app1, Key: &exchange.SigningKey{ID: k.ID, Alg: k.Alg, Private: k.Private},
+		TokenEndpoint: x.issuer + "/token", Issuer: x.issuer, WellKnownURL: x.issuer + "/.well-known/oauth-authorization-server",
+	}, slog.New(slog.NewJSONHandler(logs, nil)), tr)
+	user := x.idp.Token(x.idp.Claims(time.Now(), ""))
+	for _, target := range []string{appB, "dev-gcp:team-b:nobody"} {
+		req, _ := http.NewRequest(http.MethodPost, a.http+"/api/v1/token/exchange",
+			strings.NewReader(url.Values{"identity_provider": {"tokenx"}, "target": {target}, "user_token": {user}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("traceparent", "00-"+callerTrace+"-"+callerSpan+"-01")
+		resp, err := testHTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if err := tr.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	spans := recv.named("POST /api/v1/token/exchange")
+	if len(spans) != 2 {
+		t.Fatalf("%d agent exchange spans", len(spans))
+	}
+	for i, want := range []string{"allow", "deny"} {
+		s := spans[i]
+		if hex.EncodeToString(s.GetTraceId()) != callerTrace || stringAttr(s.GetAttributes(), "vakt.decision") != want || stringAttr(s.GetAttributes(), "vakt.client") != app1 {
+			t.Errorf("span %d: trace %x, attributes %v", i, s.GetTraceId(), s.GetAttributes())
+		}
+	}
+	up := recv.named("token exchange upstream")
+	if len(up) == 0 || string(up[0].GetParentSpanId()) != string(spans[0].GetSpanId()) {
+		t.Errorf("upstream spans %v", up)
+	}
+	// The authority (untraced) read the trace from the upstream request.
+	if got := x.logs.lines(t, "exchange"); len(got) != 1 || got[0]["trace_id"] != callerTrace {
+		t.Errorf("the authority's decision log: %v", got)
+	}
+	got := logs.lines(t, "exchange")
+	if len(got) != 1 || got[0]["decision"] != "deny" || got[0]["client"] != app1 || got[0]["target"] != "dev-gcp:team-b:nobody" || got[0]["trace_id"] != callerTrace {
+		t.Errorf("the agent's decision log: %v", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -63,8 +65,42 @@ type Services struct {
 	budgets  *budgets
 	metrics  *Metrics
 	obs      *observer
-	// ready is whether Serve is serving and not shutting down: /readyz.
-	ready atomic.Bool
+	// serving is whether Serve is serving and not draining.
+	serving atomic.Bool
+	// readiness reports what keeps the mode from serving well (no
+	// configuration yet, a provider without keys); nil when nothing does.
+	readiness func() error
+	// drainDelay is how long Serve keeps serving, NOT_SERVING, after it is
+	// told to stop; grace how long in-flight requests then get.
+	drainDelay, grace time.Duration
+	// grpcTLS and httpTLS, when set, are the listeners' TLS (WithTLS).
+	grpcTLS, httpTLS *tls.Config
+}
+
+// ready reports whether the services are ready for traffic: serving, not
+// draining, and nothing in the way; the error says what is.
+func (s *Services) ready() error {
+	if !s.serving.Load() {
+		return errNotServing
+	}
+	if s.readiness != nil {
+		return s.readiness()
+	}
+	return nil
+}
+
+var errNotServing = errors.New("not serving: starting or draining")
+
+// WithShutdown sets how Serve stops (before it is called): it turns
+// NOT_SERVING at once, keeps serving for drain so that load balancers and
+// Kubernetes endpoints take it out of rotation first, then stops accepting
+// and gives in-flight requests grace (0 keeps the default, 10 s).
+func (s *Services) WithShutdown(drain, grace time.Duration) *Services {
+	s.drainDelay = max(drain, 0)
+	if grace > 0 {
+		s.grace = grace
+	}
+	return s
 }
 
 // budgets are the admission budgets: slots taken while a request is in
@@ -140,8 +176,8 @@ func (s *Services) limitedWith(h http.Handler, overloaded func(http.ResponseWrit
 }
 
 func newServices(log *slog.Logger, m *Metrics, obs *observer, register func(grpc.ServiceRegistrar)) *Services {
-	s := &Services{register: register, mux: http.NewServeMux(), log: log, metrics: m, obs: obs, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight)}
-	s.admin = newAdminMux(m, &s.ready)
+	s := &Services{register: register, mux: http.NewServeMux(), log: log, metrics: m, obs: obs, budgets: newBudgets(DefaultCheckInFlight, DefaultOtherInFlight), grace: shutdownGrace}
+	s.admin = newAdminMux(m, s.ready)
 	s.mux.HandleFunc("GET /healthz", healthz)
 	return s
 }
@@ -161,14 +197,18 @@ func (s *Services) AdminHandler() http.Handler { return s.admin }
 // and server reflection registered. Panics in handlers become Internal
 // errors, and requests beyond their budget are refused.
 func (s *Services) NewGRPCServer() (*grpc.Server, *health.Server) {
-	gs := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
 		grpc.ChainUnaryInterceptor(recoverUnary(s.log), admitUnary(s.budgets, s.metrics)),
 		grpc.ForceServerCodecV2(newCodec()),
 		// A pool of goroutines serves the streams: no new goroutine, and no
 		// stack to grow, per Check.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-	)
+	}
+	if s.grpcTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.grpcTLS)))
+	}
+	gs := grpc.NewServer(opts...)
 	s.register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -249,17 +289,30 @@ func Listen(grpcAddr, httpAddr, adminAddr string) (*Listeners, error) {
 	return ls, nil
 }
 
-// Serve serves s on ls until ctx ends, then stops gracefully: health turns
-// NOT_SERVING, in-flight requests get shutdownGrace to finish.
+// Serve serves s on ls until ctx ends, then stops gracefully: health (gRPC
+// and /readyz) turns NOT_SERVING first, the listeners keep serving for the
+// drain delay, then stop accepting, and in-flight requests get the grace
+// period to finish. While serving, health follows readiness: NOT_SERVING
+// until the configuration is loaded and every identity provider has keys.
 func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	log := s.log
 	gs, hs := s.NewGRPCServer()
 	httpSrv := newHTTPServer(s.mux, log, 15*time.Second)
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	// Health says whether vakt is ready before the first request can ask.
+	s.serving.Store(true)
+	status := healthStatus(s.ready())
+	hs.SetServingStatus("", status)
 
 	errs := make(chan error, 3)
 	go func() { errs <- gs.Serve(ls.GRPC) }()
-	go func() { errs <- httpSrv.Serve(ls.HTTP) }()
+	go func() {
+		if s.httpTLS != nil {
+			httpSrv.TLSConfig = s.httpTLS
+			errs <- httpSrv.ServeTLS(ls.HTTP, "", "")
+			return
+		}
+		errs <- httpSrv.Serve(ls.HTTP)
+	}()
 	addrs := []any{"grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String()}
 	var adminSrv *http.Server
 	if ls.Admin != nil {
@@ -269,8 +322,10 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 		go func() { errs <- adminSrv.Serve(ls.Admin) }()
 		addrs = append(addrs, "admin", ls.Admin.Addr().String())
 	}
-	s.ready.Store(true)
 	log.Info("vakt serving", addrs...)
+	watched := make(chan struct{})
+	stopWatch := make(chan struct{})
+	go func() { defer close(watched); s.followReadiness(hs, status, stopWatch) }()
 
 	var err error
 	select {
@@ -278,10 +333,22 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	case err = <-errs:
 		log.Error("server stopped", "error", err)
 	}
-	log.Info("shutting down", "grace", shutdownGrace.String())
-	s.ready.Store(false)
+	// NOT_SERVING first, and for good: the watcher stops before Shutdown,
+	// which ignores every later status.
+	s.serving.Store(false)
+	close(stopWatch)
+	<-watched
 	hs.Shutdown()
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	if err == nil && s.drainDelay > 0 {
+		log.Info("draining: NOT_SERVING, still answering", "drain_delay", s.drainDelay.String())
+		select {
+		case <-time.After(s.drainDelay):
+		case err = <-errs:
+			log.Error("server stopped while draining", "error", err)
+		}
+	}
+	log.Info("shutting down", "grace", s.grace.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.grace)
 	defer cancel()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
@@ -301,6 +368,31 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 		err = nil
 	}
 	return err
+}
+
+// followReadiness sets the gRPC health status from readiness until stop:
+// a probe sees NOT_SERVING while a provider has no keys, say.
+func (s *Services) followReadiness(hs *health.Server, last healthpb.HealthCheckResponse_ServingStatus, stop <-chan struct{}) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if st := healthStatus(s.ready()); st != last {
+			hs.SetServingStatus("", st)
+			last = st
+		}
+	}
+}
+
+func healthStatus(notReady error) healthpb.HealthCheckResponse_ServingStatus {
+	if notReady != nil {
+		return healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	return healthpb.HealthCheckResponse_SERVING
 }
 
 func newHTTPServer(h http.Handler, log *slog.Logger, writeTimeout time.Duration) *http.Server {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -27,8 +28,8 @@ const usage = `vakt: authorization for a service mesh
 
 Usage:
   vakt serve [--config FILE] [--log-level debug|info|warn|error] [--log-format json|text]
-  vakt agent [--grpc ADDR] [--http ADDR] [--admin ADDR] [--log-decisions deny|all|none]
-      [--log-level ...] [--log-format ...]
+  vakt agent [--grpc ADDR] [--http ADDR] [--admin ADDR|off] [--log-decisions deny|all|none]
+      [--drain-delay 5s] [--upstream-ca FILE] [--log-level ...] [--log-format ...]
       beside one application, configured by TOKEN_X_* and IDPORTEN_* variables
   vakt demo                 the whole flow, step by step, on the development defaults
   vakt assertion --key FILE --client ID --audience URL
@@ -146,6 +147,7 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("configuration is invalid", "file", *cfgPath, "error", err)
 		return 1
 	}
+	loader.Started = cfg
 	if cfg.Signing.KeysFile == "" {
 		if loader.Ephemeral, err = newEphemeralSigner(cfg, log); err != nil {
 			log.Error("signing keys", "error", err)
@@ -161,7 +163,11 @@ func serve(args []string, stderr io.Writer) int {
 	loader.Replay = exchange.NewMemoryReplay(exchange.MemoryReplayConfig{MaxBytes: int64(cfg.Replay.Memory), MaxPerClient: cfg.Replay.MaxPerClient})
 	if r := cfg.Replay.Redis; r != nil {
 		redis.SetLogger(exchange.RedisLogger{Log: log})
-		rr := exchange.NewRedisReplay(exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Password, DB: r.DB, MaxPerClient: cfg.Replay.MaxPerClient}, nil)
+		opts := exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Secret(), DB: r.DB, MaxPerClient: cfg.Replay.MaxPerClient}
+		if r.TLS != nil {
+			opts.TLS = r.TLS.Config()
+		}
+		rr := exchange.NewRedisReplay(opts, nil)
 		defer rr.Close()
 		if h := tracing.RedisHook(r.Address); h != nil {
 			rr.AddHook(h)
@@ -173,13 +179,12 @@ func serve(args []string, stderr io.Writer) int {
 	// Listen before building: key sets start fetching at once, and a fetch
 	// from vakt's own HTTP port (the development identity provider) must
 	// wait in the accept queue rather than be refused.
-	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP, cfg.Listen.Admin)
+	ls, err := server.Listen(cfg.Listen.GRPC, cfg.Listen.HTTP, cfg.Listen.AdminAddress())
 	if err != nil {
 		log.Error("cannot listen", "error", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx := signalContext()
 	metrics := server.NewMetrics()
 	loader.Replay = metrics.CountReplay(loader.Replay)
 	// Identity providers' keys outlive each configuration: a reload while a
@@ -189,7 +194,7 @@ func serve(args []string, stderr io.Writer) int {
 	var cur server.Current
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
 	if *cfgPath != "" {
-		reloader.Files = server.WatchedFiles(*cfgPath, cfg)
+		reloader.Files = server.WatchedFiles(*cfgPath, &cur)
 	}
 	if err := reloader.Start(ctx); err != nil {
 		log.Error("cannot start", "error", err)
@@ -198,7 +203,13 @@ func serve(args []string, stderr io.Writer) int {
 	if _, err := reloader.Watch(ctx); err != nil {
 		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
 	}
-	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other).WithTracing(tracing)
+	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other).WithTracing(tracing).
+		WithShutdown(cfg.Shutdown.DrainDelay.Std(), cfg.Shutdown.Grace.Std())
+	if cfg.Listen.TLS != nil {
+		// The certificate of each handshake is the configuration in
+		// force's: a reload renews it without a restart.
+		services.WithTLS(func() *config.TLS { return cur.Load().Config.Listen.TLS })
+	}
 	if devIDP != nil {
 		services.Mount(devidp.PathPrefix, devIDP.Handler())
 	}
@@ -208,6 +219,17 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// signalContext ends at the first SIGINT or SIGTERM, when vakt starts to
+// drain; a second signal stops it at once, as the signal's default does.
+func signalContext() context.Context {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return ctx
 }
 
 // flagGiven reports whether the flag name was set on the command line.
@@ -259,8 +281,10 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	grpcAddr := fs.String("grpc", "127.0.0.1:9100", "gRPC listen address")
 	httpAddr := fs.String("http", "", "HTTP listen address (default: BIND_ADDRESS, else 127.0.0.1:3000)")
-	adminAddr := fs.String("admin", "127.0.0.1:9091", "admin listen address: /metrics, /debug/pprof/, /healthz, /readyz")
+	adminAddr := fs.String("admin", "127.0.0.1:9091", "admin listen address (/metrics, /debug/pprof/, /healthz, /readyz), or off")
 	decisions := fs.String("log-decisions", config.LogDecisionsDeny, "decisions logged: deny, all or none")
+	drain := fs.Duration("drain-delay", config.DefaultDrainDelay, "on SIGTERM, how long to keep answering while NOT_SERVING")
+	upstreamCA := fs.String("upstream-ca", "", "CAs (PEM) that verify the token endpoint's certificate (default: the system's)")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -281,14 +305,18 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 		log.Error("the agent's environment is incomplete", "error", err)
 		return 1
 	}
+	env.UpstreamCAFile = *upstreamCA
 	if *httpAddr == "" {
 		*httpAddr = env.BindAddress
 	}
 	if *httpAddr == "" {
 		*httpAddr = "127.0.0.1:3000"
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	if *drain < 0 || *drain > 5*time.Minute {
+		fmt.Fprintln(stderr, "vakt: --drain-delay must be between 0s and 5m")
+		return 2
+	}
+	ctx := signalContext()
 	tracing, err := startTracing(log)
 	if err != nil {
 		log.Error("tracing", "error", err)
@@ -301,13 +329,16 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 1
 	}
 	rt.Log.Decisions = *decisions
+	if *adminAddr == config.AdminOff {
+		*adminAddr = ""
+	}
 	ls, err := server.Listen(*grpcAddr, *httpAddr, *adminAddr)
 	if err != nil {
 		log.Error("cannot listen", "error", err)
 		return 1
 	}
 	log.Info("agent", "client_id", env.ClientID, "token_endpoint", env.TokenEndpoint, "kid", env.Key.ID)
-	if err := server.Serve(ctx, server.AgentServices(rt, server.NewMetrics(), log).WithTracing(tracing), ls); err != nil {
+	if err := server.Serve(ctx, server.AgentServices(rt, server.NewMetrics(), log).WithTracing(tracing).WithShutdown(*drain, 0), ls); err != nil {
 		log.Error("stopped with an error", "error", err)
 		return 1
 	}
