@@ -385,11 +385,19 @@ func (r *RemoteKeys) get(ctx context.Context, uri string) ([]byte, http.Header, 
 		return nil, nil, err
 	}
 	req.Header.Set("Accept", "application/json")
+	// Errors name the URL without its query or user info, which may hold
+	// a secret (an API key in a key set's URL): errors reach logs.
+	shown := req.URL.Scheme + "://" + req.URL.Host + req.URL.Path
 	resp, err := r.client.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return nil, nil, fmt.Errorf("GET %s: %w", shown, ue.Err)
+		}
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
+	uri = shown
 	if resp.StatusCode != http.StatusOK {
 		return nil, nil, fmt.Errorf("GET %s: status %s", uri, resp.Status)
 	}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -172,5 +174,28 @@ func TestExpectJWKSURI(t *testing.T) {
 	clock.Advance(MinRefetchInterval)
 	if _, err := r.Key(ctx, "key-1"); err != nil {
 		t.Fatalf("back: %v", err)
+	}
+}
+
+// A key set URL's query (an API key, a signature) and user info never
+// reach an error, which goes to logs: down, refused with a status, or
+// answered with a body too large.
+func TestFetchErrorsHideTheQuery(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no", http.StatusForbidden)
+	}))
+	defer srv.Close()
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close()
+	for _, base := range []string{srv.URL, down.URL} {
+		u := strings.Replace(base, "http://", "http://user:pw-secret@", 1) + "/jwks?api-key=key-secret"
+		r, err := NewRemoteKeys(RemoteKeysConfig{Name: "idp", JWKSURI: u, Issuer: "https://idp.example/", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = r.Key(context.Background(), "k")
+		if err == nil || strings.Contains(err.Error(), "secret") || !strings.Contains(err.Error(), "/jwks") {
+			t.Errorf("%s: %v", base, err)
+		}
 	}
 }
