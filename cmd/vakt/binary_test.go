@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/tlstest"
+)
+
+// syncBuffer is a process's output, read while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// built is the vakt binary the tests run, built once.
+var built struct {
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+}
+
+func buildVakt(t *testing.T) string {
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "vakt-binary-test")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.path = filepath.Join(dir, "vakt")
+		built.out, built.err = exec.Command("go", "build", "-o", built.path, ".").CombinedOutput()
+	})
+	if built.err != nil {
+		t.Fatalf("go build: %v\n%s", built.err, built.out)
+	}
+	return built.path
+}
+
+// startBinary runs vakt with args and env until the test ends; its log is
+// returned, and shown when the test fails.
+func startBinary(t *testing.T, env []string, args ...string) (*exec.Cmd, *syncBuffer, chan error) {
+	t.Helper()
+	var logs syncBuffer
+	cmd := exec.Command(buildVakt(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		err := <-exited
+		exited <- err
+		if t.Failed() {
+			t.Logf("%s's log:\n%s", args[0], logs.String())
+		}
+	})
+	return cmd, &logs, exited
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// The vakt binary, run as an operator runs it: TLS with client
+// certificates on its listeners, a renewed certificate and a rotated
+// client key file picked up without a restart, a listen change refused,
+// and on SIGTERM a drain (NOT_SERVING, still answering) before it exits.
+func TestServeBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "vakt binary test CA")
+	leaf := ca.Server(t, 2)
+	tlstest.Write(t, dir, "tls.crt", leaf.CertPEM)
+	tlstest.Write(t, dir, "tls.key", leaf.KeyPEM)
+	tlstest.Write(t, dir, "ca.crt", ca.PEM)
+	signing, _ := exchange.GenerateSigningKey("ES256")
+	if err := exchange.WriteKeysFile(filepath.Join(dir, "keys.json"), []*exchange.SigningKey{signing}); err != nil {
+		t.Fatal(err)
+	}
+	clientKey := idptest.NewKey(t, "client-1", "ES256")
+	tlstest.Write(t, dir, "app-1.jwks", []byte(idptest.JSON(t, map[string]any{"keys": []any{clientKey.JWK(t)}})))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	yaml := func(grpc string) string {
+		return `issuer: https://` + httpAddr + `
+cluster: dev-gcp
+listen:
+  grpc: ` + grpc + `
+  http: ` + httpAddr + `
+  admin: ` + adminAddr + `
+  tls: {certFile: tls.crt, keyFile: tls.key, clientCAFile: ca.crt, requireClientCert: true}
+shutdown: {drainDelay: 1500ms, grace: 2s}
+signing: {keysFile: keys.json}
+applications:
+  - {name: app-1, namespace: team-a, jwksFile: app-1.jwks}
+`
+	}
+	cfgPath := tlstest.Write(t, dir, "vakt.yaml", []byte(yaml(grpcAddr)))
+	if err := os.Chmod(filepath.Join(dir, "keys.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd, logs, exited := startBinary(t, nil, "serve", "--config", cfgPath, "--log-format", "text")
+	admin := &http.Client{Timeout: 2 * time.Second}
+	readyz := func() int {
+		resp, err := admin.Get("http://" + adminAddr + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitFor(t, 20*time.Second, "vakt never ready", func() bool { return readyz() == http.StatusOK })
+
+	clientCert := ca.Client(t, 10, "envoy").TLS(t)
+	clientTLS := func(withCert bool) *tls.Config {
+		c := &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
+		if withCert {
+			c.Certificates = []tls.Certificate{clientCert}
+		}
+		return c
+	}
+	httpsSerial := func(withCert bool) (int64, error) {
+		c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: clientTLS(withCert), DisableKeepAlives: true}}
+		resp, err := c.Get("https://" + httpAddr + "/jwks")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return resp.TLS.PeerCertificates[0].SerialNumber.Int64(), nil
+	}
+	if serial, err := httpsSerial(true); err != nil || serial != 2 {
+		t.Fatalf("HTTPS with a client certificate: %d %v", serial, err)
+	}
+	if _, err := httpsSerial(false); err == nil {
+		t.Fatal("HTTPS without a client certificate was served")
+	}
+
+	// A renewed certificate, as cert-manager writes it.
+	renewed := ca.Server(t, 3)
+	tlstest.Write(t, dir, "tls.key", renewed.KeyPEM)
+	tlstest.Write(t, dir, "tls.crt", renewed.CertPEM)
+	waitFor(t, 10*time.Second, "the renewed certificate was never served", func() bool {
+		serial, err := httpsSerial(true)
+		return err == nil && serial == 3
+	})
+	// A rotated client key file is a reload.
+	reloads := strings.Count(logs.String(), "msg=reloaded")
+	rotated := idptest.NewKey(t, "client-2", "ES256")
+	tlstest.Write(t, dir, "app-1.jwks", []byte(idptest.JSON(t, map[string]any{"keys": []any{rotated.JWK(t)}})))
+	waitFor(t, 10*time.Second, "no reload after the client key file changed", func() bool {
+		return strings.Count(logs.String(), "msg=reloaded") > reloads
+	})
+	// A listen change is refused, saying why.
+	tlstest.Write(t, dir, "vakt.yaml", []byte(yaml(fmt.Sprintf("127.0.0.1:%d", freePort(t)))))
+	waitFor(t, 10*time.Second, "a listen change was not refused", func() bool {
+		return strings.Contains(logs.String(), "these changes need a restart")
+	})
+
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(true))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	health := func() healthpb.HealthCheckResponse_ServingStatus {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		res, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return healthpb.HealthCheckResponse_UNKNOWN
+		}
+		return res.GetStatus()
+	}
+	if st := health(); st != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC health over mutual TLS: %v", st)
+	}
+
+	signalled := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Second, "gRPC health never turned NOT_SERVING", func() bool { return health() == healthpb.HealthCheckResponse_NOT_SERVING })
+	if code := readyz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while draining: %d", code)
+	}
+	if _, err := httpsSerial(true); err != nil {
+		t.Fatalf("HTTPS while draining: %v", err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("vakt exited with %v", err)
+		}
+		if took := time.Since(signalled); took < 1500*time.Millisecond {
+			t.Fatalf("exited %v after SIGTERM, before its drain delay", took)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("vakt did not exit after SIGTERM")
+	}
+	if !strings.Contains(logs.String(), "draining") {
+		t.Fatal("the log does not say vakt drained")
+	}
+}
+
+// vakt agent, the binary, starts from exactly the variables NAIS injects
+// (both TOKEN_X_WELL_KNOWN_URL and TOKEN_X_JWKS_URI among them) beside a
+// vakt authority, and is ready once the authority's keys are in.
+func TestAgentBinaryNAISEnvironment(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	dir := t.TempDir()
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	private, err := os.ReadFile("../../deploy/examples/keys/app-1.jwk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := exchange.ParsePrivateKeys(private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := exchange.NewSigner(keys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	public := signer.JWKS() // the public half, as a JWK Set
+	cfgPath := tlstest.Write(t, dir, "vakt.yaml", []byte(`issuer: http://`+httpAddr+`
+cluster: dev-gcp
+listen: {grpc: 127.0.0.1:`+fmt.Sprint(freePort(t))+`, http: `+httpAddr+`, admin: "off"}
+shutdown: {drainDelay: 0s}
+applications:
+  - {name: app-1, namespace: team-a, jwks: `+string(public)+`}
+  - name: app-b
+    namespace: team-b
+    accessPolicy: {inbound: {rules: [{application: app-1, namespace: team-a}]}}
+`))
+	startBinary(t, nil, "serve", "--config", cfgPath)
+	issuer := "http://" + httpAddr
+	agentAdmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startBinary(t, []string{
+		"TOKEN_X_CLIENT_ID=dev-gcp:team-a:app-1",
+		"TOKEN_X_PRIVATE_JWK=" + string(private),
+		"TOKEN_X_TOKEN_ENDPOINT=" + issuer + "/token",
+		"TOKEN_X_ISSUER=" + issuer,
+		"TOKEN_X_JWKS_URI=" + issuer + "/jwks",
+		"TOKEN_X_WELL_KNOWN_URL=" + issuer + "/.well-known/oauth-authorization-server",
+		"NAIS_TOKEN_EXCHANGE_ENDPOINT=http://127.0.0.1:1/api/v1/token/exchange",
+		"NAIS_TOKEN_INTROSPECTION_ENDPOINT=http://127.0.0.1:1/api/v1/introspect",
+	}, "agent", "--grpc", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--http", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--admin", agentAdmin)
+	client := &http.Client{Timeout: 2 * time.Second}
+	waitFor(t, 20*time.Second, "the agent never became ready", func() bool {
+		resp, err := client.Get("http://" + agentAdmin + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.path != "" {
+		os.RemoveAll(filepath.Dir(built.path))
+	}
+	os.Exit(code)
+}
