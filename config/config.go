@@ -131,6 +131,11 @@ type Listen struct {
 	// /buildinfo: on the loopback by default, so that the mesh never
 	// reaches profiles and metrics by accident; "off" serves none of them.
 	Admin string `yaml:"admin"`
+	// Authz, when set, serves the HTTP authorization face (nginx
+	// auth_request, Caddy and Traefik forward_auth, Envoy's http_service):
+	// off by default, as it trusts the X-Original-* and X-Forwarded-*
+	// headers proxies send, so only proxies may reach it.
+	Authz string `yaml:"authz"`
 	// TLS, when set, is the gRPC and HTTP listeners' (the admin listener
 	// stays plaintext, on the loopback or behind a NetworkPolicy).
 	TLS *TLS `yaml:"tls"`

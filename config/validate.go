@@ -133,6 +133,9 @@ func (c *Config) validateServer(v *validator) {
 	if c.Listen.Admin == AdminOff {
 		listens = listens[:2]
 	}
+	if c.Listen.Authz != "" {
+		listens = append(listens, struct{ path, addr string }{"listen.authz", c.Listen.Authz})
+	}
 	for i, l := range listens {
 		host, port, err := net.SplitHostPort(l.addr)
 		if err != nil {

@@ -90,7 +90,7 @@ func needsRestart(started, next *config.Config) error {
 	for _, f := range []struct {
 		name string
 		a, b string
-	}{{"listen.grpc", a.GRPC, b.GRPC}, {"listen.http", a.HTTP, b.HTTP}, {"listen.admin", a.Admin, b.Admin}} {
+	}{{"listen.grpc", a.GRPC, b.GRPC}, {"listen.http", a.HTTP, b.HTTP}, {"listen.admin", a.Admin, b.Admin}, {"listen.authz", a.Authz, b.Authz}} {
 		if f.a != f.b {
 			changed = append(changed, fmt.Sprintf("%s (%s → %s)", f.name, f.a, f.b))
 		}

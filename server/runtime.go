@@ -83,11 +83,13 @@ func AuthorityServices(cur *Current, m *Metrics, log *slog.Logger) *Services {
 	m.watchConfig(cur)
 	obs := newObserver(log, func() config.Log { return cur.Load().Config.Log })
 	in := &introspector{validator: func() *authz.Validator { return cur.Load().Validator }, metrics: m, log: log, obs: obs}
+	check := newAuthorizationService(cur, log, m, obs)
 	s := newServices(log, m, obs, func(r grpc.ServiceRegistrar) {
 		vaktv1.RegisterIntrospectionServiceServer(r, &introspectionService{in: in})
 		vaktv1.RegisterTokenExchangeServiceServer(r, &exchangeService{cur: cur, x: exchangeRecorder{m, obs}})
-		r.RegisterService(&authorizationDesc, newAuthorizationService(cur, log, m, obs))
+		r.RegisterService(&authorizationDesc, check)
 	})
+	s.authz = &httpAuthz{check: check}
 	s.readiness = func() error {
 		rt := cur.Load()
 		if rt == nil {

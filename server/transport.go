@@ -75,6 +75,9 @@ type Services struct {
 	drainDelay, grace time.Duration
 	// grpcTLS and httpTLS, when set, are the listeners' TLS (WithTLS).
 	grpcTLS, httpTLS *tls.Config
+	// authz is the HTTP authorization face (the authority's only), served
+	// on a listener of its own.
+	authz http.Handler
 }
 
 // ready reports whether the services are ready for traffic: serving, not
@@ -189,6 +192,10 @@ func (s *Services) Mount(prefix string, h http.Handler) { s.mux.Handle(prefix+"/
 // Handler returns the HTTP endpoints.
 func (s *Services) Handler() http.Handler { return s.mux }
 
+// AuthzHandler returns the HTTP authorization face, nil for a mode
+// without Check.
+func (s *Services) AuthzHandler() http.Handler { return s.authz }
+
 // AdminHandler returns the admin endpoints: /metrics, /debug/pprof/,
 // /healthz, /readyz and /buildinfo.
 func (s *Services) AdminHandler() http.Handler { return s.admin }
@@ -264,6 +271,27 @@ type Listeners struct {
 	HTTP net.Listener
 	// Admin serves metrics, pprof, health and build info; nil serves none.
 	Admin net.Listener
+	// Authz serves the HTTP authorization face; nil serves none.
+	Authz net.Listener
+}
+
+// ListenAuthz opens the HTTP authorization face's listener.
+func (ls *Listeners) ListenAuthz(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("authz listener: %w", err)
+	}
+	ls.Authz = l
+	return nil
+}
+
+// Close closes every listener (on a start that fails after Listen).
+func (ls *Listeners) Close() {
+	for _, l := range []net.Listener{ls.GRPC, ls.HTTP, ls.Admin, ls.Authz} {
+		if l != nil {
+			l.Close()
+		}
+	}
 }
 
 // Listen opens the configured addresses. An empty adminAddr opens no admin
@@ -303,7 +331,7 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	status := healthStatus(s.ready())
 	hs.SetServingStatus("", status)
 
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	go func() { errs <- gs.Serve(ls.GRPC) }()
 	go func() {
 		if s.httpTLS != nil {
@@ -314,6 +342,12 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 		errs <- httpSrv.Serve(ls.HTTP)
 	}()
 	addrs := []any{"grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String()}
+	var authzSrv *http.Server
+	if ls.Authz != nil && s.authz != nil {
+		authzSrv = newHTTPServer(s.authz, log, 15*time.Second)
+		go func() { errs <- authzSrv.Serve(ls.Authz) }()
+		addrs = append(addrs, "authz", ls.Authz.Addr().String())
+	}
 	var adminSrv *http.Server
 	if ls.Admin != nil {
 		// A CPU profile or trace takes as long as it is asked to: the
@@ -352,6 +386,12 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	defer cancel()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
+	if authzSrv != nil {
+		// Its requests are Checks: they finish within the same grace.
+		if herr := authzSrv.Shutdown(sctx); herr != nil && !errors.Is(herr, http.ErrServerClosed) {
+			log.Warn("authz shutdown", "error", herr)
+		}
+	}
 	if herr := httpSrv.Shutdown(sctx); herr != nil && !errors.Is(herr, http.ErrServerClosed) {
 		log.Warn("HTTP shutdown", "error", herr)
 	}

@@ -184,6 +184,13 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("cannot listen", "error", err)
 		return 1
 	}
+	if cfg.Listen.Authz != "" {
+		if err := ls.ListenAuthz(cfg.Listen.Authz); err != nil {
+			ls.Close()
+			log.Error("cannot listen", "error", err)
+			return 1
+		}
+	}
 	ctx := signalContext()
 	metrics := server.NewMetrics()
 	loader.Replay = metrics.CountReplay(loader.Replay)

@@ -1,0 +1,149 @@
+package server
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// One table of requests through both faces, gRPC Check and HTTP (as Envoy's
+// http_service asks, and as nginx does): the same decision, the same
+// status, the same challenge, the same identity headers.
+func TestHTTPAuthzDecidesAsCheck(t *testing.T) {
+	e := newCheckEnv(t)
+	face := httptest.NewServer(AuthorityServices(e.cur, nil, quiet).AuthzHandler())
+	t.Cleanup(face.Close)
+	good := "Bearer " + e.own(app1, appB, "read:users")
+	for _, tc := range []struct {
+		name                    string
+		app, method, path, host string
+		auth                    string
+		wantStatus              int
+	}{
+		{"allowed", appB, "GET", "/read", "", good, 200},
+		{"allowed, with a query", appB, "GET", "/read?x=1&y=%20", "", good, 200},
+		{"no token", appB, "GET", "/read", "", "", 401},
+		{"a scope missing", appB, "POST", "/create", "", good, 403},
+		{"a caller no rule names", appB, "GET", "/read", "", "Bearer " + e.own(app3, appB, "read:users"), 403},
+		{"a public route without a token", appB, "GET", "/public/logo.png", "", "", 200},
+		{"no route", appB, "GET", "/nowhere", "", good, 403},
+		{"a dot-segment past a public prefix", appB, "GET", "/public/..;/read", "", "", 400},
+		{"an encoded slash", appB, "GET", "/public%2F..%2Fread", "", "", 400},
+		{"double encoding", appB, "GET", "/public/%252e%252e/read", "", "", 400},
+		{"found by host", "", "GET", "/read", "app-b.example.com", good, 200},
+		{"no application", "", "GET", "/read", "nowhere.example.com", good, 403},
+		{"a malformed token", appB, "GET", "/read", "", "Bearer a.b.c", 401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			headers := map[string]string{}
+			if tc.auth != "" {
+				headers["authorization"] = tc.auth
+			}
+			cr := e.check(creq{app: tc.app, method: tc.method, path: tc.path, host: tc.host, headers: headers})
+			checkStatus, checkHeaders := 200, map[string]string{}
+			if d := cr.GetDeniedResponse(); d != nil {
+				checkStatus = int(d.GetStatus().GetCode())
+				checkHeaders = headerMap(d.GetHeaders())
+			} else {
+				checkHeaders = headerMap(cr.GetOkResponse().GetHeaders())
+			}
+			if checkStatus != tc.wantStatus {
+				t.Fatalf("Check answered %d, want %d", checkStatus, tc.wantStatus)
+			}
+			prefix := AuthzPathPrefix
+			if tc.app != "" {
+				prefix += "/" + tc.app
+			}
+			for _, style := range []string{"envoy", "nginx", "forwarded"} {
+				target := face.URL + prefix + tc.path
+				req, _ := http.NewRequest(tc.method, target, nil)
+				if style != "envoy" {
+					req, _ = http.NewRequest(http.MethodGet, face.URL+prefix, nil)
+					if style == "nginx" {
+						req.Header.Set("X-Original-Method", tc.method)
+						req.Header.Set("X-Original-URI", tc.path)
+					} else {
+						req.Header.Set("X-Forwarded-Method", tc.method)
+						req.Header.Set("X-Forwarded-Uri", tc.path)
+					}
+				}
+				if tc.host != "" {
+					req.Host = tc.host
+					if style == "forwarded" {
+						req.Host = "vakt.internal"
+						req.Header.Set("X-Forwarded-Host", tc.host)
+					}
+				}
+				if tc.auth != "" {
+					req.Header.Set("Authorization", tc.auth)
+				}
+				resp, err := testHTTP.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				want := checkStatus
+				if style == "nginx" && want == 400 {
+					// nginx takes anything but 2xx, 401, 403 for its own
+					// error: 403, and the status vakt meant.
+					want = 403
+					if got := resp.Header.Get("X-Vakt-Status"); got != strconv.Itoa(checkStatus) {
+						t.Errorf("%s: X-Vakt-Status %q", style, got)
+					}
+				}
+				if resp.StatusCode != want {
+					t.Errorf("%s: %d, Check %d (body %s)", style, resp.StatusCode, checkStatus, body)
+				}
+				for k, v := range checkHeaders {
+					if k == "content-type" {
+						continue
+					}
+					if got := resp.Header.Get(k); got != v {
+						t.Errorf("%s: %s = %q, Check says %q", style, k, got, v)
+					}
+				}
+				if checkStatus != 200 {
+					if d := cr.GetDeniedResponse(); strings.TrimSpace(string(body)) != strings.TrimSpace(d.GetBody()) {
+						t.Errorf("%s: body %s, Check's %s", style, body, d.GetBody())
+					}
+				}
+			}
+		})
+	}
+}
+
+// Outside /authz nothing is answered but a 404; an outage is a 503, never
+// a refusal.
+func TestHTTPAuthzEdges(t *testing.T) {
+	e := newCheckEnv(t)
+	face := httptest.NewServer(AuthorityServices(e.cur, nil, quiet).AuthzHandler())
+	t.Cleanup(face.Close)
+	for _, path := range []string{"/", "/authzz", "/other/authz"} {
+		resp, err := testHTTP.Get(face.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	// auth0's keys cannot be had: its provider is down, and a reload
+	// fetches them anew.
+	e.auth0.SetDown(true)
+	e.load(e.yaml)
+	req, _ := http.NewRequest(http.MethodGet, face.URL+AuthzPathPrefix+"/dev-gcp:team-b:api/", nil)
+	req.Header.Set("Authorization", "Bearer "+e.auth0.Token(map[string]any{"iss": e.auth0.URL, "sub": "u", "aud": "https://api.example.com", "exp": 4102444800}))
+	resp, err := testHTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("an outage: %d", resp.StatusCode)
+	}
+}
