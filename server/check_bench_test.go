@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -145,3 +147,59 @@ func BenchmarkCheckCachedTraced(b *testing.B) {
 	req.Attributes.Request.Http.Headers["traceparent"] = "00-" + callerTrace + "-" + callerSpan + "-01"
 	benchmarkCheck(b, svc, req, codes.OK)
 }
+
+// BenchmarkHTTPAuthzCached: the HTTP face with a cached token, in-process
+// (the handler and its response; the request is made once): what the
+// translation to a CheckRequest and back costs over Check's.
+func BenchmarkHTTPAuthzCached(b *testing.B) {
+	svc, tok := benchCheckAlg(b, 0, "ES256")
+	h := &httpAuthz{check: svc}
+	req := httptest.NewRequest(http.MethodGet, AuthzPathPrefix+"/"+appB+"/read", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("User-Agent", "Go-http-client/1.1")
+	req.Header.Set("X-Request-Id", "0f8a6b52-1c2d-4e5f-9a8b-7c6d5e4f3a2b")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || rec.Header().Get("x-vakt-subject") == "" {
+		b.Fatalf("%d %v", rec.Code, rec.Header())
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := discardResponse{h: http.Header{}}
+		h.ServeHTTP(&rec, req)
+	}
+}
+
+// BenchmarkHTTPAuthzListener: the same through vakt's listener, a Go HTTP
+// client on loopback keeping its connections: requests per second as a
+// proxy on the same host would see them (client and server share the CPU).
+func BenchmarkHTTPAuthzListener(b *testing.B) {
+	svc, tok := benchCheckAlg(b, 0, "ES256")
+	srv := httptest.NewServer(&httpAuthz{check: svc})
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	url := srv.URL + AuthzPathPrefix + "/" + appB + "/read"
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest(http.MethodGet, url, nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := client.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Fatalf("%d", resp.StatusCode)
+			}
+		}
+	})
+}
+
+// discardResponse is an http.ResponseWriter that keeps nothing.
+type discardResponse struct{ h http.Header }
+
+func (d *discardResponse) Header() http.Header         { return d.h }
+func (d *discardResponse) Write(p []byte) (int, error) { return len(p), nil }
+func (d *discardResponse) WriteHeader(int)             {}
