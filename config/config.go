@@ -47,6 +47,11 @@ type Config struct {
 	Issuer string `yaml:"issuer"`
 	// Cluster is the default cluster of applications and access rules.
 	Cluster string `yaml:"cluster"`
+	// TokenEndpointAliases are other URLs clients post token requests to
+	// (http://vakt.vakt.svc.cluster.local:8080/token inside a cluster):
+	// client assertions whose aud names one are accepted, as RFC 7523
+	// lets a client name the token endpoint it uses.
+	TokenEndpointAliases []string `yaml:"tokenEndpointAliases"`
 	// TrustDomain is the SPIFFE trust domain of the mesh: Check finds an
 	// application by a destination principal spiffe://<trustDomain>/ns/…
 	// only (default cluster.local, as Istio's).

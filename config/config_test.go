@@ -63,6 +63,7 @@ func TestLoadRejects(t *testing.T) {
 		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
 		{"sample of allows out of range", base + "log:\n  decisions: all\n  sampleAllows: 0\n", []string{"line 5", "log.sampleAllows: must be above 0"}},
 		{"sample of allows over 1", base + "log:\n  decisions: all\n  sampleAllows: 1.5\n", []string{"line 5", "log.sampleAllows"}},
+		{"bad token endpoint alias", base + "tokenEndpointAliases: [vakt:8080/token]\n", []string{"line 3", "tokenEndpointAliases[0]"}},
 		{"bad admin listen", base + "listen:\n  admin: localhost\n", []string{"line 4", `listen.admin: "localhost" is not host:port`}},
 		{"admin on the http listener", base + "listen:\n  http: 0.0.0.0:8080\n  admin: 0.0.0.0:8080\n", []string{"line 5", `listen.admin: "0.0.0.0:8080" is also listen.http`}},
 		{"admin on every host, http on one", base + "listen:\n  http: 127.0.0.1:8080\n  admin: :8080\n", []string{"line 5", `listen.admin: ":8080" is also listen.http ("127.0.0.1:8080")`}},

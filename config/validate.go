@@ -117,6 +117,13 @@ func (c *Config) validateServer(v *validator) {
 	if err := checkIssuer(c.Issuer); err != nil {
 		v.fail("issuer", "%v", err)
 	}
+	for i, a := range c.TokenEndpointAliases {
+		if err := checkURL(a); err != nil {
+			v.fail(fmt.Sprintf("tokenEndpointAliases[%d]", i), "%v", err)
+		} else if u, _ := url.Parse(a); u.RawQuery != "" || u.ForceQuery {
+			v.fail(fmt.Sprintf("tokenEndpointAliases[%d]", i), "%q has a query; a token endpoint has none", a)
+		}
+	}
 	if c.Cluster == "" {
 		v.fail("cluster", "is required")
 	} else if !label.MatchString(c.Cluster) {

@@ -75,6 +75,10 @@ type Response struct {
 type AuthorityConfig struct {
 	// Issuer is vakt's issuer; the token endpoint is Issuer + "/token".
 	Issuer string
+	// TokenEndpointAliases are other URLs clients reach the token endpoint
+	// at (a cluster's Service URL): a client assertion's aud may name one
+	// (RFC 7523 §3: the token endpoint's URL identifies the server).
+	TokenEndpointAliases []string
 	// Subjects validates subject tokens: the configured identity providers
 	// and vakt's own tokens.
 	Subjects *authz.Validator
@@ -125,7 +129,7 @@ func NewAuthority(cfg AuthorityConfig) (*Authority, error) {
 		p, err := authz.NewProvider(authz.ProviderConfig{
 			Name:       id,
 			Issuer:     id,
-			Audiences:  []string{a.tokenEndpoint, cfg.Issuer},
+			Audiences:  append([]string{a.tokenEndpoint, cfg.Issuer}, cfg.TokenEndpointAliases...),
 			Algorithms: AssertionAlgorithms,
 			Leeway:     assertionLeeway,
 			Keys:       cfg.Clients[id],

@@ -603,3 +603,26 @@ func TestExchangeClientKeysFromURL(t *testing.T) {
 		t.Fatalf("unpublished key: %+v", got)
 	}
 }
+
+// A client that posts to the token endpoint under another URL (a cluster's
+// Service URL) names that URL as its assertion's aud: accepted when the
+// configuration lists it in tokenEndpointAliases, refused otherwise.
+func TestTokenEndpointAliases(t *testing.T) {
+	e := newExchangeEnv(t, nil)
+	const alias = "http://vakt.vakt.svc.cluster.local:8080/token"
+	withAud := func(aud string) exchange.Request {
+		return e.request(t, func(r *exchange.Request) {
+			r.ClientAssertion = e.assertion(t, app1, func(h, c map[string]any) { c["aud"] = aud })
+		})
+	}
+	if got := e.viaHTTP(t, withAud(alias)); got.code != "invalid_client" {
+		t.Fatalf("an alias not configured: %+v", got)
+	}
+	e.reload(t, "tokenEndpointAliases: ["+alias+"]\n")
+	if got := e.viaHTTP(t, withAud(alias)); got.code != "" {
+		t.Fatalf("a configured alias: %+v", got)
+	}
+	if got := e.viaHTTP(t, withAud("http://elsewhere.example/token")); got.code != "invalid_client" {
+		t.Fatalf("another URL: %+v", got)
+	}
+}

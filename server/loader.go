@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
@@ -52,8 +53,8 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 		if err != nil {
 			return nil, fmt.Errorf("signing.keysFile: %w", err)
 		}
-		if fi, err := os.Stat(cfg.Signing.KeysFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			l.Logger.Warn("signing.keysFile holds private keys but is readable by others than its owner; chmod 600 it (Kubernetes: defaultMode: 0400)",
+		if fi, err := os.Stat(cfg.Signing.KeysFile); err == nil && exposed(fi) {
+			l.Logger.Warn("signing.keysFile holds private keys but is readable by others than its owner and vakt's group; chmod 600 it (Kubernetes: defaultMode: 0440 with fsGroup, or 0400)",
 				"file", cfg.Signing.KeysFile, "mode", fi.Mode().Perm().String())
 		}
 		if signer, err = exchange.NewSigner(keys...); err != nil {
@@ -123,4 +124,20 @@ func sameReplay(a, b *config.Replay) bool {
 	}
 	ta, tb := ra.TLS, rb.TLS
 	return ta.CAFile == tb.CAFile && ta.CertFile == tb.CertFile && ta.KeyFile == tb.KeyFile && ta.ServerName == tb.ServerName
+}
+
+// exposed reports whether a private file may be read by others than its
+// owner and the members of vakt's own group: Kubernetes mounts a Secret
+// 0440 with the pod's fsGroup, which is vakt's group, and that is no
+// exposure.
+func exposed(fi os.FileInfo) bool {
+	perm := fi.Mode().Perm()
+	if perm&0o007 != 0 {
+		return true
+	}
+	if perm&0o070 == 0 {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return !ok || int(st.Gid) != os.Getegid()
 }

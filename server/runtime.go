@@ -225,16 +225,17 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		return nil, err
 	}
 	authority, err := exchange.NewAuthority(exchange.AuthorityConfig{
-		Issuer:        cfg.Issuer,
-		Subjects:      v,
-		OwnProvider:   config.ProviderTokenX,
-		Clients:       clients,
-		Policy:        policy,
-		Signer:        opts.Signer,
-		Replay:        opts.Replay,
-		TokenLifetime: cfg.Signing.TokenLifetime.Std(),
-		Now:           opts.Now,
-		Logger:        log,
+		Issuer:               cfg.Issuer,
+		TokenEndpointAliases: cfg.TokenEndpointAliases,
+		Subjects:             v,
+		OwnProvider:          config.ProviderTokenX,
+		Clients:              clients,
+		Policy:               policy,
+		Signer:               opts.Signer,
+		Replay:               opts.Replay,
+		TokenLifetime:        cfg.Signing.TokenLifetime.Std(),
+		Now:                  opts.Now,
+		Logger:               log,
 	})
 	if err != nil {
 		return nil, err
