@@ -42,7 +42,7 @@ type httpAuthz struct{ check *authorizationService }
 func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req, ok := checkRequestFromHTTP(r)
 	if !ok {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "the authorization endpoint is " + AuthzPathPrefix + "/<application id>[/<path>]"})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "the authorization endpoint is " + AuthzPathPrefix + "/<application id>[/<path>], or " + AuthzPathPrefix + " with the original request in X-Original-* or X-Forwarded-* headers"})
 		return
 	}
 	res, err := h.check.checkWire(r.Context(), req)
@@ -88,12 +88,16 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkRequestFromHTTP is the CheckRequest a proxy's HTTP question stands
-// for. The application is the path's first segment after /authz when it is
-// an application id; the original method, path and host come from
-// X-Original-* (nginx), else X-Forwarded-* (Traefik, Caddy), else the
-// request itself (Envoy appends the original path to its path_prefix). The
-// path is taken as sent, undecoded, so that Check's path rules see what the
-// upstream will. It reports false for a path outside /authz.
+// for. The application is the path's first segment after /authz, which
+// the proxy's configuration sets; a path of /authz alone finds it by host.
+// Anything else after /authz is refused, not guessed at: were a segment
+// that is no application id read as the original path, a client could
+// choose the application whose policy applies (/authz + /team:x:app/...).
+// The original method, path and host come from X-Original-* (nginx), else
+// X-Forwarded-* (Traefik, Caddy), else the request itself (Envoy appends
+// the original path to its path_prefix). The path is taken as sent,
+// undecoded, so that Check's path rules see what the upstream will. It
+// reports false for a path it does not serve.
 func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 	rest, ok := strings.CutPrefix(r.RequestURI, AuthzPathPrefix)
 	if !ok || (rest != "" && rest[0] != '/' && rest[0] != '?') {
@@ -105,9 +109,10 @@ func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 		if i := strings.IndexAny(seg, "/?"); i >= 0 {
 			seg = seg[:i]
 		}
-		if _, err := authz.ParseAppID(seg); err == nil {
-			app, rest = seg, rest[1+len(seg):]
+		if _, err := authz.ParseAppID(seg); err != nil {
+			return nil, false
 		}
+		app, rest = seg, rest[1+len(seg):]
 	}
 	if rest == "" || rest[0] == '?' {
 		rest = "/" + rest

@@ -58,6 +58,9 @@ func TestHTTPAuthzDecidesAsCheck(t *testing.T) {
 				prefix += "/" + tc.app
 			}
 			for _, style := range []string{"envoy", "nginx", "forwarded"} {
+				if style == "envoy" && tc.app == "" {
+					continue // Envoy names the application in its path_prefix
+				}
 				target := face.URL + prefix + tc.path
 				req, _ := http.NewRequest(tc.method, target, nil)
 				if style != "envoy" {
@@ -122,7 +125,9 @@ func TestHTTPAuthzEdges(t *testing.T) {
 	e := newCheckEnv(t)
 	face := httptest.NewServer(AuthorityServices(e.cur, nil, quiet).AuthzHandler())
 	t.Cleanup(face.Close)
-	for _, path := range []string{"/", "/authzz", "/other/authz"} {
+	// A segment after /authz that is no application id is refused, never
+	// read as the original path: the client would choose the policy.
+	for _, path := range []string{"/", "/authzz", "/other/authz", "/authz/read", "/authz//" + appB + "/read"} {
 		resp, err := testHTTP.Get(face.URL + path)
 		if err != nil {
 			t.Fatal(err)
