@@ -117,15 +117,22 @@ func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 	if rest == "" || rest[0] == '?' {
 		rest = "/" + rest
 	}
-	method := firstHeader(r, headerOriginalMethod, headerForwardedMethod)
+	method, ok1 := originalHeader(r, headerOriginalMethod, headerForwardedMethod)
+	path, ok2 := originalHeader(r, headerOriginalURI, headerForwardedURI)
+	host, ok3 := originalHeader(r, headerForwardedHost)
+	if !ok1 || !ok2 || !ok3 {
+		// Two accounts of the request: a client's own header beside the
+		// proxy's. Which one the proxy wrote cannot be told, so neither is
+		// believed: a CheckRequest without a request is refused as
+		// request_invalid.
+		return &authv3.CheckRequest{}, true
+	}
 	if method == "" {
 		method = r.Method
 	}
-	path := firstHeader(r, headerOriginalURI, headerForwardedURI)
 	if path == "" {
 		path = rest
 	}
-	host := r.Header.Get(headerForwardedHost)
 	if host == "" {
 		host = r.Host
 	}
@@ -144,11 +151,23 @@ func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 	return &authv3.CheckRequest{Attributes: attrs}, true
 }
 
-func firstHeader(r *http.Request, names ...string) string {
+// originalHeader is the value the proxy gave of the original request under
+// one of the names (nginx's, or Traefik's and Caddy's), "" when none is
+// sent. It reports false when they say different things, or one is sent
+// twice: a client's header passed on beside the proxy's, which a proxy
+// that forwards client headers unchanged would let choose the request vakt
+// decides on.
+func originalHeader(r *http.Request, names ...string) (string, bool) {
+	var v string
 	for _, n := range names {
-		if v := r.Header.Get(n); v != "" {
-			return v
+		values := r.Header.Values(n)
+		switch {
+		case len(values) == 0:
+			continue
+		case len(values) > 1, v != "" && values[0] != v:
+			return "", false
 		}
+		v = values[0]
 	}
-	return ""
+	return v, true
 }

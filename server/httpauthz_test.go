@@ -152,3 +152,42 @@ func TestHTTPAuthzEdges(t *testing.T) {
 		t.Fatalf("an outage: %d", resp.StatusCode)
 	}
 }
+
+// A client's own X-Original-* or X-Forwarded-* beside the proxy's (a proxy
+// that passes client headers on) never chooses the request vakt decides on:
+// two accounts that disagree, or one given twice, are refused.
+func TestHTTPAuthzConflictingAccounts(t *testing.T) {
+	e := newCheckEnv(t)
+	face := httptest.NewServer(AuthorityServices(e.cur, nil, quiet).AuthzHandler())
+	t.Cleanup(face.Close)
+	good := "Bearer " + e.own(app1, appB, "read:users")
+	for _, tc := range []struct {
+		name    string
+		headers [][2]string
+		want    int
+	}{
+		{"agreeing", [][2]string{{"X-Forwarded-Uri", "/read"}, {"X-Original-URI", "/read"}}, 200},
+		{"the client's X-Original-URI beside the proxy's X-Forwarded-Uri", [][2]string{{"X-Forwarded-Uri", "/read"}, {"X-Original-URI", "/public/x"}}, 400},
+		{"X-Forwarded-Uri twice", [][2]string{{"X-Forwarded-Uri", "/public/x"}, {"X-Forwarded-Uri", "/read"}}, 400},
+		{"methods disagreeing", [][2]string{{"X-Forwarded-Method", "POST"}, {"X-Original-Method", "GET"}, {"X-Forwarded-Uri", "/read"}}, 400},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, face.URL+AuthzPathPrefix+"/"+appB, nil)
+		req.Header.Set("Authorization", good)
+		for _, h := range tc.headers {
+			req.Header.Add(h[0], h[1])
+		}
+		resp, err := testHTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		// nginx's convention (X-Original-URI) turns 400 into 403.
+		want := tc.want
+		if want == 400 && req.Header.Get("X-Original-URI") != "" {
+			want = 403
+		}
+		if resp.StatusCode != want {
+			t.Errorf("%s: %d, want %d", tc.name, resp.StatusCode, want)
+		}
+	}
+}
