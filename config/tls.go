@@ -92,6 +92,9 @@ func (c *Config) loadSecrets(v *validator) {
 		// A file written by hand or by kubectl often ends with a newline
 		// that is no part of the password.
 		r.secret = strings.TrimRight(string(data), "\r\n")
+		if err == nil && r.secret == "" {
+			v.fail("replay.redis.passwordFile", "%s is empty", r.PasswordFile)
+		}
 	case r.PasswordEnv != "":
 		r.secret = os.Getenv(r.PasswordEnv)
 		if r.secret == "" {

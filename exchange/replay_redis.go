@@ -33,6 +33,10 @@ type RedisOptions struct {
 	DB       int
 	// TLS, when set, is how vakt speaks TLS to Redis.
 	TLS *tls.Config
+	// Credentials, when set, is asked for the username and password on
+	// each new connection (instead of Username and Password): a password
+	// rotated in its file reaches connections made after the reload.
+	Credentials func() (username, password string)
 	// MaxPerClient is how many unexpired ids one client may hold
 	// (DefaultRedisPerClient when zero).
 	MaxPerClient int
@@ -62,16 +66,17 @@ func NewRedisReplay(o RedisOptions, now func() time.Time) *RedisReplay {
 	}
 	return &RedisReplay{
 		client: redis.NewClient(&redis.Options{
-			Addr:          o.Address,
-			Username:      o.Username,
-			Password:      o.Password,
-			DB:            o.DB,
-			TLSConfig:     o.TLS,
-			DialTimeout:   time.Second,
-			DialerRetries: 1,
-			ReadTimeout:   500 * time.Millisecond,
-			WriteTimeout:  500 * time.Millisecond,
-			MaxRetries:    1,
+			Addr:                o.Address,
+			Username:            o.Username,
+			Password:            o.Password,
+			DB:                  o.DB,
+			TLSConfig:           o.TLS,
+			CredentialsProvider: o.Credentials,
+			DialTimeout:         time.Second,
+			DialerRetries:       1,
+			ReadTimeout:         500 * time.Millisecond,
+			WriteTimeout:        500 * time.Millisecond,
+			MaxRetries:          1,
 		}),
 		now:       now,
 		maxClient: cmp.Or(o.MaxPerClient, DefaultRedisPerClient),

@@ -21,6 +21,7 @@ const AuthzPathPrefix = "/authz"
 const (
 	headerOriginalMethod  = "X-Original-Method"
 	headerOriginalURI     = "X-Original-Uri"
+	headerOriginalURL     = "X-Original-Url" // ingress-nginx's auth-url
 	headerForwardedMethod = "X-Forwarded-Method"
 	headerForwardedURI    = "X-Forwarded-Uri"
 	headerForwardedHost   = "X-Forwarded-Host"
@@ -67,6 +68,13 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for _, hv := range ok.GetHeaders() {
 			w.Header().Set(hv.GetHeader().GetKey(), hv.GetHeader().GetValue())
 		}
+		if rm := ok.GetHeadersToRemove(); len(rm) > 0 {
+			// Envoy's http_service removes what this lists from the
+			// request it forwards: a client's x-vakt-* headers, and
+			// Authorization under stripAuthorization. Other proxies ignore
+			// it; their examples strip those headers themselves.
+			w.Header().Set("X-Envoy-Auth-Headers-To-Remove", strings.Join(rm, ","))
+		}
 		w.WriteHeader(http.StatusOK)
 		return
 	}
@@ -76,7 +84,7 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	status := int(d.GetStatus().GetCode())
-	if status != http.StatusUnauthorized && status != http.StatusForbidden && r.Header.Get(headerOriginalURI) != "" {
+	if status != http.StatusUnauthorized && status != http.StatusForbidden && present(r, headerOriginalMethod, headerOriginalURI, headerOriginalURL) {
 		// nginx's auth_request takes any status but 2xx, 401 and 403 for
 		// its own error (500): a request vakt refuses as malformed (400)
 		// is answered 403, with the status it would have had.
@@ -88,16 +96,26 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkRequestFromHTTP is the CheckRequest a proxy's HTTP question stands
-// for. The application is the path's first segment after /authz, which
-// the proxy's configuration sets; a path of /authz alone finds it by host.
-// Anything else after /authz is refused, not guessed at: were a segment
-// that is no application id read as the original path, a client could
-// choose the application whose policy applies (/authz + /team:x:app/...).
-// The original method, path and host come from X-Original-* (nginx), else
-// X-Forwarded-* (Traefik, Caddy), else the request itself (Envoy appends
-// the original path to its path_prefix). The path is taken as sent,
-// undecoded, so that Check's path rules see what the upstream will. It
-// reports false for a path it does not serve.
+// for. A proxy tells vakt the original request in one of three ways, and
+// the request must be one of them exactly:
+//
+//   - the request line (Envoy's http_service): /authz/<app>/<original path>,
+//     the original method; no X-Original-* or X-Forwarded-* account may
+//     come with it (a client's would be a second account);
+//   - nginx: /authz/<app>, X-Original-Method and X-Original-URI (or
+//     ingress-nginx's X-Original-URL, a whole URL); nginx passes a client's
+//     headers on, so the application must be in the path;
+//   - forwarded (Traefik, Caddy, which overwrite every X-Forwarded-* a
+//     client sends): /authz/<app>, or /authz with X-Forwarded-Host naming
+//     the application by host; X-Forwarded-Method and X-Forwarded-Uri.
+//
+// Anything else is refused, never guessed at: no account, half of one,
+// two of them, a header given twice, a segment after /authz that is no
+// application id (a client would choose the policy), a fragment in the
+// path. It reports false for a path it does not serve; a request it
+// refuses becomes a CheckRequest without a request (request_invalid).
+// Paths are taken as sent, undecoded, so that Check's path rules see what
+// the upstream will.
 func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 	rest, ok := strings.CutPrefix(r.RequestURI, AuthzPathPrefix)
 	if !ok || (rest != "" && rest[0] != '/' && rest[0] != '?') {
@@ -114,27 +132,52 @@ func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 		}
 		app, rest = seg, rest[1+len(seg):]
 	}
-	if rest == "" || rest[0] == '?' {
-		rest = "/" + rest
-	}
-	method, ok1 := originalHeader(r, headerOriginalMethod, headerForwardedMethod)
-	path, ok2 := originalHeader(r, headerOriginalURI, headerForwardedURI)
-	host, ok3 := originalHeader(r, headerForwardedHost)
-	if !ok1 || !ok2 || !ok3 {
-		// Two accounts of the request: a client's own header beside the
-		// proxy's. Which one the proxy wrote cannot be told, so neither is
-		// believed: a CheckRequest without a request is refused as
-		// request_invalid.
-		return &authv3.CheckRequest{}, true
-	}
-	if method == "" {
-		method = r.Method
-	}
-	if path == "" {
-		path = rest
-	}
-	if host == "" {
+	refused := &authv3.CheckRequest{}
+	nginx := present(r, headerOriginalMethod, headerOriginalURI, headerOriginalURL)
+	forwarded := present(r, headerForwardedMethod, headerForwardedURI)
+	var method, path, host string
+	switch {
+	case strings.HasPrefix(rest, "/"):
+		if nginx || forwarded {
+			return refused, true
+		}
+		method, path, host = r.Method, rest, r.Host
+	case nginx && forwarded:
+		return refused, true
+	case nginx:
+		var uri, full string
+		var ok1, ok2, ok3 bool
+		method, ok1 = single(r, headerOriginalMethod)
+		uri, ok2 = single(r, headerOriginalURI)
+		full, ok3 = single(r, headerOriginalURL)
+		if !ok1 || !ok2 || !ok3 || app == "" {
+			return refused, true
+		}
+		path = uri
+		if full != "" {
+			p, ok := requestTarget(full)
+			if !ok || (uri != "" && uri != p) {
+				return refused, true
+			}
+			path = p
+		}
 		host = r.Host
+	case forwarded:
+		var ok1, ok2, ok3 bool
+		method, ok1 = single(r, headerForwardedMethod)
+		path, ok2 = single(r, headerForwardedURI)
+		host, ok3 = single(r, headerForwardedHost)
+		if !ok1 || !ok2 || !ok3 || (app == "" && host == "") {
+			return refused, true
+		}
+	default:
+		// No account of the original request at all.
+		return refused, true
+	}
+	if method == "" || path == "" || path[0] != '/' || strings.IndexByte(path, '#') >= 0 {
+		// A fragment is no part of a request target: a path that had
+		// one would be read by vakt up to it, and by the upstream whole.
+		return refused, true
 	}
 	headers := make(map[string]string, len(r.Header))
 	for name, values := range r.Header {
@@ -151,23 +194,39 @@ func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 	return &authv3.CheckRequest{Attributes: attrs}, true
 }
 
-// originalHeader is the value the proxy gave of the original request under
-// one of the names (nginx's, or Traefik's and Caddy's), "" when none is
-// sent. It reports false when they say different things, or one is sent
-// twice: a client's header passed on beside the proxy's, which a proxy
-// that forwards client headers unchanged would let choose the request vakt
-// decides on.
-func originalHeader(r *http.Request, names ...string) (string, bool) {
-	var v string
+// present reports whether any of the headers is sent.
+func present(r *http.Request, names ...string) bool {
 	for _, n := range names {
-		values := r.Header.Values(n)
-		switch {
-		case len(values) == 0:
-			continue
-		case len(values) > 1, v != "" && values[0] != v:
-			return "", false
+		if len(r.Header.Values(n)) > 0 {
+			return true
 		}
-		v = values[0]
 	}
-	return v, true
+	return false
+}
+
+// single is a header's one value ("" when absent); false when it is sent
+// more than once.
+func single(r *http.Request, name string) (string, bool) {
+	v := r.Header.Values(name)
+	if len(v) > 1 {
+		return "", false
+	}
+	if len(v) == 0 {
+		return "", true
+	}
+	return v[0], true
+}
+
+// requestTarget is the request target (path and query, as sent) of a whole
+// URL as ingress-nginx writes X-Original-URL ($scheme://$host$request_uri).
+func requestTarget(u string) (string, bool) {
+	_, after, ok := strings.Cut(u, "://")
+	if !ok {
+		return "", false
+	}
+	i := strings.IndexByte(after, '/')
+	if i < 0 {
+		return "", false
+	}
+	return after[i:], true
 }

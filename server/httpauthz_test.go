@@ -58,8 +58,8 @@ func TestHTTPAuthzDecidesAsCheck(t *testing.T) {
 				prefix += "/" + tc.app
 			}
 			for _, style := range []string{"envoy", "nginx", "forwarded"} {
-				if style == "envoy" && tc.app == "" {
-					continue // Envoy names the application in its path_prefix
+				if (style == "envoy" || style == "nginx") && tc.app == "" {
+					continue // they name the application in the path
 				}
 				target := face.URL + prefix + tc.path
 				req, _ := http.NewRequest(tc.method, target, nil)
@@ -155,7 +155,8 @@ func TestHTTPAuthzEdges(t *testing.T) {
 
 // A client's own X-Original-* or X-Forwarded-* beside the proxy's (a proxy
 // that passes client headers on) never chooses the request vakt decides on:
-// two accounts that disagree, or one given twice, are refused.
+// two accounts, or one header given twice, are refused. (With
+// X-Original-URI, nginx's convention, the refusal is a 403.)
 func TestHTTPAuthzConflictingAccounts(t *testing.T) {
 	e := newCheckEnv(t)
 	face := httptest.NewServer(AuthorityServices(e.cur, nil, quiet).AuthzHandler())
@@ -166,7 +167,8 @@ func TestHTTPAuthzConflictingAccounts(t *testing.T) {
 		headers [][2]string
 		want    int
 	}{
-		{"agreeing", [][2]string{{"X-Forwarded-Uri", "/read"}, {"X-Original-URI", "/read"}}, 200},
+		// Two accounts are refused even when they agree: a proxy gives one.
+		{"agreeing", [][2]string{{"X-Forwarded-Method", "GET"}, {"X-Forwarded-Uri", "/read"}, {"X-Original-Method", "GET"}, {"X-Original-URI", "/read"}}, 400},
 		{"the client's X-Original-URI beside the proxy's X-Forwarded-Uri", [][2]string{{"X-Forwarded-Uri", "/read"}, {"X-Original-URI", "/public/x"}}, 400},
 		{"X-Forwarded-Uri twice", [][2]string{{"X-Forwarded-Uri", "/public/x"}, {"X-Forwarded-Uri", "/read"}}, 400},
 		{"methods disagreeing", [][2]string{{"X-Forwarded-Method", "POST"}, {"X-Original-Method", "GET"}, {"X-Forwarded-Uri", "/read"}}, 400},
@@ -183,11 +185,100 @@ func TestHTTPAuthzConflictingAccounts(t *testing.T) {
 		resp.Body.Close()
 		// nginx's convention (X-Original-URI) turns 400 into 403.
 		want := tc.want
-		if want == 400 && req.Header.Get("X-Original-URI") != "" {
+		if want == 400 && (req.Header.Get("X-Original-URI") != "" || req.Header.Get("X-Original-Method") != "") {
 			want = 403
 		}
 		if resp.StatusCode != want {
 			t.Errorf("%s: %d, want %d", tc.name, resp.StatusCode, want)
 		}
+	}
+}
+
+// The review's bypasses: a client's account of the request, alone or beside
+// the proxy's, incomplete accounts, a fragment. Each is refused, where
+// believing it would have let the request through.
+func TestHTTPAuthzRefusesAClientsAccount(t *testing.T) {
+	e := newCheckEnv(t)
+	face := httptest.NewServer(AuthorityServices(e.cur, nil, quiet).AuthzHandler())
+	t.Cleanup(face.Close)
+	good := "Bearer " + e.own(app1, appB, "read:users")
+	for _, tc := range []struct {
+		name, method, path string
+		headers            [][2]string
+		want               int
+	}{
+		{"Envoy's path with a client's X-Forwarded-Uri", "DELETE", "/" + appB + "/delete/1", [][2]string{{"X-Forwarded-Uri", "/public/x"}}, 400},
+		{"Envoy's path with a client's X-Original-URL", "POST", "/" + appB + "/create", [][2]string{{"X-Original-URL", "http://h/public/x"}}, 403},
+		{"no account at all", "GET", "/" + appB, nil, 400},
+		{"a method without a URI", "GET", "/" + appB, [][2]string{{"X-Forwarded-Method", "GET"}}, 400},
+		{"a URI without a method", "GET", "/" + appB, [][2]string{{"X-Original-URI", "/read"}}, 403},
+		{"nginx naming no application", "GET", "", [][2]string{{"X-Original-Method", "GET"}, {"X-Original-URI", "/public/x"}, {"X-Forwarded-Host", "app-b.example.com"}}, 403},
+		{"forwarded by host, no host", "GET", "", [][2]string{{"X-Forwarded-Method", "GET"}, {"X-Forwarded-Uri", "/public/x"}}, 400},
+		{"ingress-nginx's X-Original-URL with a client's X-Original-URI", "GET", "/" + appB, [][2]string{{"X-Original-Method", "POST"}, {"X-Original-URL", "https://app-b.example.com/create"}, {"X-Original-URI", "/public/x"}}, 403},
+		{"a fragment", "GET", "/" + appB, [][2]string{{"X-Forwarded-Method", "GET"}, {"X-Forwarded-Uri", "/public/x#/../../read"}}, 400},
+	} {
+		req, _ := http.NewRequest(tc.method, face.URL+AuthzPathPrefix+tc.path, nil)
+		for _, h := range tc.headers {
+			req.Header.Add(h[0], h[1])
+		}
+		resp, err := testHTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, resp.StatusCode, tc.want)
+		}
+	}
+	// ingress-nginx's account (X-Original-Method and X-Original-URL) alone
+	// is read: the path is the URL's.
+	for _, tc := range []struct {
+		url, auth string
+		want      int
+	}{{"https://app-b.example.com/read?x=1", good, 200}, {"https://app-b.example.com/create", good, 403}, {"https://app-b.example.com/read", "", 401}} {
+		req, _ := http.NewRequest(http.MethodGet, face.URL+AuthzPathPrefix+"/"+appB, nil)
+		req.Header.Set("X-Original-Method", "GET")
+		req.Header.Set("X-Original-URL", tc.url)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		resp, err := testHTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("X-Original-URL %s: %d, want %d", tc.url, resp.StatusCode, tc.want)
+		}
+	}
+}
+
+// What Check would remove from the request, Envoy's http_service is told
+// to remove (x-envoy-auth-headers-to-remove): a client's x-vakt-* headers,
+// and Authorization for an application with stripAuthorization.
+func TestHTTPAuthzHeadersToRemove(t *testing.T) {
+	e := newCheckEnv(t)
+	face := httptest.NewServer(AuthorityServices(e.cur, nil, quiet).AuthzHandler())
+	t.Cleanup(face.Close)
+	req, _ := http.NewRequest(http.MethodGet, face.URL+AuthzPathPrefix+"/"+appB+"/public/x", nil)
+	req.Header.Set("X-Vakt-Subject", "admin")
+	resp, err := testHTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"), "x-vakt-subject") {
+		t.Fatalf("a public route with a client's x-vakt-subject: %d, to remove %q", resp.StatusCode, resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"))
+	}
+	tok := e.auth0.Token(map[string]any{"iss": e.auth0.URL, "sub": "u", "aud": "https://api.example.com", "exp": 4102444800})
+	req, _ = http.NewRequest(http.MethodGet, face.URL+AuthzPathPrefix+"/dev-gcp:team-b:api/x", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err = testHTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Envoy-Auth-Headers-To-Remove") != "authorization" {
+		t.Fatalf("stripAuthorization: %d, to remove %q", resp.StatusCode, resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"))
 	}
 }

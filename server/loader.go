@@ -83,8 +83,8 @@ func WatchedFiles(configPath string, cur *Current) func() []string {
 
 // needsRestart says what in next only a restart can apply: listen
 // addresses, TLS turned on or off (a certificate, a key or client CAs
-// changed are applied), and the replay store (a Redis client is made once:
-// a password rotated in its file is seen, and needs a restart too).
+// changed are applied), and the replay store (a Redis client is made once;
+// its credentials, asked for on each new connection, may change).
 func needsRestart(started, next *config.Config) error {
 	a, b := &started.Listen, &next.Listen
 	var changed []string
@@ -115,8 +115,10 @@ func sameReplay(a, b *config.Replay) bool {
 	if a.Redis == nil {
 		return true
 	}
+	// The credentials may change: each new connection asks for the
+	// configuration's (RedisOptions.Credentials).
 	ra, rb := a.Redis, b.Redis
-	if ra.Address != rb.Address || ra.Username != rb.Username || ra.Secret() != rb.Secret() || ra.DB != rb.DB || (ra.TLS == nil) != (rb.TLS == nil) {
+	if ra.Address != rb.Address || ra.DB != rb.DB || (ra.TLS == nil) != (rb.TLS == nil) {
 		return false
 	}
 	if ra.TLS == nil {

@@ -49,3 +49,35 @@ func TestLoaderWarnsOfAReadableKeysFile(t *testing.T) {
 		}
 	}
 }
+
+// A Redis password rotated in its file, or a new username, is no change
+// that needs a restart (each new connection asks for the credentials in
+// force); a new address, database or TLS setting is.
+func TestRedisChangesThatNeedARestart(t *testing.T) {
+	dir := t.TempDir()
+	load := func(redis, password string) *config.Config {
+		if err := os.WriteFile(filepath.Join(dir, "password"), []byte(password), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := config.Load([]byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nreplay:\n  redis: "+redis+"\n"), dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	started := load("{address: 127.0.0.1:6379, passwordFile: password}", "one")
+	for _, tc := range []struct {
+		redis, password string
+		restart         bool
+	}{
+		{"{address: 127.0.0.1:6379, passwordFile: password}", "two", false},
+		{"{address: 127.0.0.1:6379, username: vakt, passwordFile: password}", "one", false},
+		{"{address: 127.0.0.1:6380, passwordFile: password}", "one", true},
+		{"{address: 127.0.0.1:6379, db: 1, passwordFile: password}", "one", true},
+	} {
+		err := needsRestart(started, load(tc.redis, tc.password))
+		if (err != nil) != tc.restart {
+			t.Errorf("%s, password %s: %v, want a restart: %v", tc.redis, tc.password, err, tc.restart)
+		}
+	}
+}

@@ -69,7 +69,11 @@ type Services struct {
 	serving atomic.Bool
 	// readiness reports what keeps the mode from serving well (no
 	// configuration yet, a provider without keys); nil when nothing does.
+	// It gates the start only: once ready, a reload that brings a provider
+	// without keys (whose tokens then fail as an outage) must not take
+	// every replica out of rotation at once.
 	readiness func() error
+	started   atomic.Bool
 	// drainDelay is how long Serve keeps serving, NOT_SERVING, after it is
 	// told to stop; grace how long in-flight requests then get.
 	drainDelay, grace time.Duration
@@ -86,8 +90,11 @@ func (s *Services) ready() error {
 	if !s.serving.Load() {
 		return errNotServing
 	}
-	if s.readiness != nil {
-		return s.readiness()
+	if s.readiness != nil && !s.started.Load() {
+		if err := s.readiness(); err != nil {
+			return err
+		}
+		s.started.Store(true)
 	}
 	return nil
 }
@@ -162,6 +169,21 @@ func (s *Services) limitedIntrospect(h http.Handler) http.Handler {
 	return s.limitedWith(h, func(w http.ResponseWriter) {
 		s.metrics.refusedOverload("introspect")
 		writeIntrospectError(w, &requestError{answerFor(authz.ReasonOverloaded).http, authz.ReasonOverloaded.Description()})
+	})
+}
+
+// limitedCheck admits a request of the HTTP authorization face within
+// Check's budget (it is a Check), answering 503 past it.
+func (s *Services) limitedCheck(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !take(s.budgets.check) {
+			s.metrics.checkRefused()
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
+			return
+		}
+		defer func() { <-s.budgets.check }()
+		h.ServeHTTP(w, r)
 	})
 }
 
@@ -344,8 +366,17 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	addrs := []any{"grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String()}
 	var authzSrv *http.Server
 	if ls.Authz != nil && s.authz != nil {
-		authzSrv = newHTTPServer(s.authz, log, 15*time.Second)
-		go func() { errs <- authzSrv.Serve(ls.Authz) }()
+		authzSrv = newHTTPServer(s.limitedCheck(s.authz), log, 15*time.Second)
+		go func() {
+			if s.httpTLS != nil {
+				// With listen.tls, proxies ask over TLS too: a bearer token
+				// crosses the network to this listener as to the others.
+				authzSrv.TLSConfig = s.httpTLS
+				errs <- authzSrv.ServeTLS(ls.Authz, "", "")
+				return
+			}
+			errs <- authzSrv.Serve(ls.Authz)
+		}()
 		addrs = append(addrs, "authz", ls.Authz.Addr().String())
 	}
 	var adminSrv *http.Server
@@ -399,6 +430,11 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	case <-stopped:
 	case <-sctx.Done():
 		gs.Stop()
+	}
+	// Past the grace, connections still open are closed.
+	_ = httpSrv.Close()
+	if authzSrv != nil {
+		_ = authzSrv.Close()
 	}
 	if adminSrv != nil {
 		// Last, so that metrics are scraped while the others drain.

@@ -160,12 +160,22 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer stopTracing(tracing, log)
+	var cur server.Current
 	loader.Replay = exchange.NewMemoryReplay(exchange.MemoryReplayConfig{MaxBytes: int64(cfg.Replay.Memory), MaxPerClient: cfg.Replay.MaxPerClient})
 	if r := cfg.Replay.Redis; r != nil {
 		redis.SetLogger(exchange.RedisLogger{Log: log})
 		opts := exchange.RedisOptions{Address: r.Address, Username: r.Username, Password: r.Secret(), DB: r.DB, MaxPerClient: cfg.Replay.MaxPerClient}
 		if r.TLS != nil {
 			opts.TLS = r.TLS.Config()
+		}
+		// The configuration in force says the credentials, so that a
+		// password rotated in its file (a Secret) needs no restart.
+		opts.Credentials = func() (string, string) {
+			r := cfg.Replay.Redis
+			if rt := cur.Load(); rt != nil {
+				r = rt.Config.Replay.Redis
+			}
+			return r.Username, r.Secret()
 		}
 		rr := exchange.NewRedisReplay(opts, nil)
 		defer rr.Close()
@@ -198,7 +208,6 @@ func serve(args []string, stderr io.Writer) int {
 	// provider is down keeps its last good keys.
 	loader.KeySets = server.NewKeySets(ctx, log, nil)
 	loader.KeySets.TraceWith(tracing)
-	var cur server.Current
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
 	if *cfgPath != "" {
 		reloader.Files = server.WatchedFiles(*cfgPath, &cur)
