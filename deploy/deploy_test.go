@@ -607,8 +607,8 @@ func TestIstioHTTPProvider(t *testing.T) {
 			continue
 		}
 		name := p.GetName()
-		if h.GetService() != service || h.GetPort() != 9100 {
-			t.Errorf("provider %s: %s:%d, want vakt's listen.authz on %s:9100", name, h.GetService(), h.GetPort(), service)
+		if h.GetService() != service || h.GetPort() != 9191 {
+			t.Errorf("provider %s: %s:%d, want vakt's listen.authz on %s:9191", name, h.GetService(), h.GetPort(), service)
 		}
 		if d := h.GetTimeout().AsDuration(); d <= 0 || d > time.Second {
 			t.Errorf("provider %s: timeout %v, want a short one (0.5s)", name, d)

@@ -262,9 +262,9 @@ func (h requestHeaders) each(f func(name string)) {
 }
 
 // spoofsIdentity reports whether a client's header name would reach an
-// application as one of vakt's: x-vakt-* in any case, and with '_' for '-',
-// which CGI, WSGI and PHP upstreams read alike (x_vakt_subject is
-// HTTP_X_VAKT_SUBJECT, as x-vakt-subject is).
+// application as one of vakt's: x-vakt-* in any case, and with '_' or '.'
+// for '-', which CGI, WSGI and PHP upstreams read alike (x_vakt_subject and
+// x.vakt.subject are HTTP_X_VAKT_SUBJECT, as x-vakt-subject is).
 func spoofsIdentity(name string) bool {
 	const prefix = authz.IdentityHeaderPrefix
 	if len(name) < len(prefix) {
@@ -275,7 +275,7 @@ func spoofsIdentity(name string) bool {
 		if 'A' <= c && c <= 'Z' {
 			c += 'a' - 'A'
 		}
-		if c == '_' {
+		if c == '_' || c == '.' {
 			c = '-'
 		}
 		if c != prefix[i] {

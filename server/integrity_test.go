@@ -124,13 +124,14 @@ func TestCheckRemovesEveryIdentityLookalike(t *testing.T) {
 	tok := e.own(app1, appB, "read:users")
 	spoofed := map[string]string{
 		"authorization": "Bearer " + tok, "x_vakt_subject": "admin", "x_vakt_client_id": app1, "X-Vakt-Role": "root", "x-vakt_pid": "0",
+		"x.vakt.scope": "admin", // PHP reads it as HTTP_X_VAKT_SCOPE
 	}
 	res := e.check(creq{app: appB, path: "/read", headers: spoofed})
 	ok := res.GetOkResponse()
 	if ok == nil {
 		t.Fatalf("denied: %v", res)
 	}
-	want := []string{"X-Vakt-Role", "x-vakt_pid", "x_vakt_client_id", "x_vakt_subject"}
+	want := []string{"X-Vakt-Role", "x-vakt_pid", "x.vakt.scope", "x_vakt_client_id", "x_vakt_subject"}
 	if !slices.Equal(ok.GetHeadersToRemove(), want) {
 		t.Fatalf("remove %v, want %v", ok.GetHeadersToRemove(), want)
 	}
