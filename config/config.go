@@ -162,11 +162,23 @@ type IdentityProvider struct {
 }
 
 // Application is a workload that calls or is called, identified by
-// cluster:namespace:name.
+// cluster:namespace:name: an entry of the configuration file, or a
+// vakt.dev Application resource (whose metadata gives the name and
+// namespace, and whose spec is the ApplicationSpec).
 type Application struct {
-	Name      string `yaml:"name"`
-	Namespace string `yaml:"namespace"`
-	Cluster   string `yaml:"cluster"` // the top-level cluster when empty
+	Name            string `yaml:"name"`
+	Namespace       string `yaml:"namespace"`
+	ApplicationSpec `yaml:",inline"`
+
+	// Keys is the parsed inline or file key set; nil otherwise.
+	Keys *authz.KeySet `yaml:"-"`
+}
+
+// ApplicationSpec is what a team declares of its application: one schema
+// for the configuration file's entries and the Application resource's spec,
+// checked by the same code with the same errors.
+type ApplicationSpec struct {
+	Cluster string `yaml:"cluster"` // the top-level cluster when empty
 	// The application's public keys, at most one of: inline, a file (relative
 	// to the configuration file) or a URL.
 	JWKS         any          `yaml:"jwks"`
@@ -199,9 +211,6 @@ type Application struct {
 	// PathParameters is what Check does with a path holding ';': reject
 	// (the default) or strip, as servlet containers read ";…" parameters.
 	PathParameters string `yaml:"pathParameters"`
-
-	// Keys is the parsed inline or file key set; nil otherwise.
-	Keys *authz.KeySet `yaml:"-"`
 }
 
 // ID returns the application id, cluster:namespace:name.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -91,13 +92,21 @@ func startBinary(t *testing.T, env []string, args ...string) (*exec.Cmd, *syncBu
 	return cmd, &logs, exited
 }
 
+// freePort is a loopback port free now, below Linux's ephemeral range
+// (32768–60999): a port the kernel hands out for :0 listeners and outgoing
+// connections, of this and other tests, could be taken again before vakt
+// binds it.
 func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port between 20000 and 32000")
+	return 0
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
