@@ -55,6 +55,9 @@ type validator struct {
 	errs      Errors
 	warnings  []string
 	resources map[string]string // resource URI → application id
+	// strip is what paths have that the YAML does not: "spec." for a
+	// resource's spec, whose own document has no spec key.
+	strip string
 }
 
 func (v *validator) warn(format string, args ...any) {
@@ -85,7 +88,7 @@ func (v *validator) result() error {
 
 // line finds the line of path in the YAML, or of its nearest present parent.
 func (v *validator) line(path string) int {
-	for p := path; p != "" && v.file != nil; {
+	for p := strings.TrimPrefix(path, v.strip); p != "" && v.file != nil; {
 		if yp, err := yaml.PathString("$." + p); err == nil {
 			if n, err := yp.FilterFile(v.file); err == nil && n != nil {
 				if tok := n.GetToken(); tok != nil && tok.Position != nil {
@@ -281,31 +284,38 @@ func (v *validator) provider(at string, p *IdentityProvider) {
 
 // validateApplications checks the applications, their ids and hosts unique.
 func (c *Config) validateApplications(v *validator, providers map[string]int) {
-	ids := map[string]int{}
+	ids := map[string]string{}
 	hosts := map[string]string{}
 	for i := range c.Applications {
 		a := &c.Applications[i]
 		at := fmt.Sprintf("applications[%d]", i)
-		v.name(at+".name", a.Name, true)
-		v.name(at+".namespace", a.Namespace, true)
-		v.name(at+".cluster", a.Cluster, false)
-		if a.Name != "" && a.Namespace != "" {
-			if j, dup := ids[a.ID()]; dup {
-				v.fail(at, "application id %s is already used by applications[%d]", a.ID(), j)
-			}
-			ids[a.ID()] = i
-		}
-		switch {
-		case keySources(a) > 1:
-			v.fail(at, "give at most one of jwks, jwksFile and jwksUri")
-		case a.JWKSURI != "":
-			if err := checkURL(a.JWKSURI); err != nil {
-				v.fail(at+".jwksUri", "%v", err)
-			}
-		}
-		v.check(at, a, providers, hosts)
-		v.rules(at, a.AccessPolicy.Inbound.Rules)
+		v.application(at, at+".name", at+".namespace", a, providers, ids, hosts)
 	}
+}
+
+// application checks one application, a file entry (at applications[i]) or
+// a resource's (at spec, its name and namespace in metadata), against the
+// ids and hosts the ones before it took.
+func (v *validator) application(at, namePath, namespacePath string, a *Application, providers map[string]int, ids, hosts map[string]string) {
+	v.name(namePath, a.Name, true)
+	v.name(namespacePath, a.Namespace, true)
+	v.name(at+".cluster", a.Cluster, false)
+	if a.Name != "" && a.Namespace != "" {
+		if other, dup := ids[a.ID()]; dup {
+			v.fail(at, "application id %s is already used by %s", a.ID(), other)
+		}
+		ids[a.ID()] = at
+	}
+	switch {
+	case keySources(a) > 1:
+		v.fail(at, "give at most one of jwks, jwksFile and jwksUri")
+	case a.JWKSURI != "":
+		if err := checkURL(a.JWKSURI); err != nil {
+			v.fail(at+".jwksUri", "%v", err)
+		}
+	}
+	v.check(at, a, providers, hosts)
+	v.rules(at, a.AccessPolicy.Inbound.Rules)
 }
 
 // rules checks access rules as written, before resolveRules fills them in.
