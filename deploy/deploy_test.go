@@ -454,7 +454,8 @@ func envoyCheckHTTPConnectionManager(t *testing.T, listener string, hcm *hcmv3.H
 	if last := filters[len(filters)-1]; last.GetName() != "envoy.filters.http.router" {
 		t.Errorf("%s: the last filter is %s, not the router", listener, last.GetName())
 	}
-	for _, h := range slices.Concat(envoyHTTPIdentityHeaders, []string{"x-vakt-pid", "X-Vakt-Subject"}) {
+	// Dots and underscores too: PHP reads x.vakt.subject as X-Vakt-Subject.
+	for _, h := range slices.Concat(envoyHTTPIdentityHeaders, []string{"x-vakt-pid", "X-Vakt-Subject", "x.vakt.subject", "x-vakt.client-id", "x_vakt_scope"}) {
 		removed := false
 		for i, hm := range hms {
 			removed = removed || (strippers[i] < extAuthzAt && envoyRemovesHeader(t, hm, h))
@@ -716,7 +717,7 @@ func TestIstioHTTPProvider(t *testing.T) {
 		if err := hm.ValidateAll(); err != nil {
 			t.Errorf("patch %d does not validate: %v", i, err)
 		}
-		for _, h := range slices.Concat(envoyHTTPIdentityHeaders, []string{"x-vakt-pid"}) {
+		for _, h := range slices.Concat(envoyHTTPIdentityHeaders, []string{"x-vakt-pid", "x.vakt.subject", "x-vakt.scope"}) {
 			if !envoyRemovesHeader(t, &hm, h) {
 				t.Errorf("patch %d does not remove a client's %s", i, h)
 			}

@@ -711,6 +711,14 @@ func TestCaddy(t *testing.T) {
 	env := []string{"HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "XDG_DATA_HOME=" + dir}
 	runProxy(t, addr, env, bin, "run", "--adapter", "caddyfile", "--config", file)
 	testThroughProxy(t, proxyUnderTest{name: "caddy", addr: addr, exactBody: true, stripsByPrefix: true}, v, u)
+	// Caddy drops the headers Connection names after forward_auth set them,
+	// and passes request trailers on: a client naming vakt's headers in
+	// Connection, or announcing trailers, is refused.
+	for _, h := range [][2]string{{"Connection", "X-Vakt-Subject"}, {"Connection", "x_vakt_client_id"}, {"Trailer", "X-Vakt-Subject"}} {
+		if resp, body := rawRequest(t, addr, http.MethodGet, "/public/x", [][2]string{h}); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: %s: %d %s", h[0], h[1], resp.StatusCode, body)
+		}
+	}
 }
 
 // The fields of Traefik v3.7's dynamic configuration (pkg/config/dynamic)

@@ -224,8 +224,12 @@ func requestTarget(u string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	i := strings.IndexByte(after, '/')
-	if i < 0 {
+	// The authority ends at the first '/', '?' or '#'; only a path may
+	// follow it. "http://host?/public/x" (a request to "/" whose query nginx
+	// copied behind the host) has no path: read from its first '/', it
+	// would be the public route it is not.
+	i := strings.IndexAny(after, "/?#")
+	if i < 0 || after[i] != '/' {
 		return "", false
 	}
 	return after[i:], true

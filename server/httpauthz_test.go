@@ -216,6 +216,10 @@ func TestHTTPAuthzRefusesAClientsAccount(t *testing.T) {
 		{"forwarded by host, no host", "GET", "", [][2]string{{"X-Forwarded-Method", "GET"}, {"X-Forwarded-Uri", "/public/x"}}, 400},
 		{"ingress-nginx's X-Original-URL with a client's X-Original-URI", "GET", "/" + appB, [][2]string{{"X-Original-Method", "POST"}, {"X-Original-URL", "https://app-b.example.com/create"}, {"X-Original-URI", "/public/x"}}, 403},
 		{"a fragment", "GET", "/" + appB, [][2]string{{"X-Forwarded-Method", "GET"}, {"X-Forwarded-Uri", "/public/x#/../../read"}}, 400},
+		// ingress-nginx writes $scheme://$http_host$request_uri: a request
+		// to "/" with a query has no '/' after the host.
+		{"an X-Original-URL with no path, a query like a path", "POST", "/" + appB, [][2]string{{"X-Original-Method", "POST"}, {"X-Original-URL", "http://app-b.example.com?/public/x&admin=1"}}, 403},
+		{"an X-Original-URL with no path", "GET", "/" + appB, [][2]string{{"X-Original-Method", "GET"}, {"X-Original-URL", "http://app-b.example.com"}}, 403},
 	} {
 		req, _ := http.NewRequest(tc.method, face.URL+AuthzPathPrefix+tc.path, nil)
 		for _, h := range tc.headers {
