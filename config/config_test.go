@@ -213,6 +213,7 @@ applications:
 		{"unknown fields", base + "foo: 1\nbar: 2\nbaz: 3\nlisten: {qux: 4, quux: 5}\n", []string{
 			`line 3: unknown field "foo"`,
 		}},
+		{"unknown field of an application", base + "applications:\n  - name: a\n    namespace: t\n    routez: []\n", []string{`line 6: unknown field "routez"`}},
 		{"unknown nested fields", base + "listen: {grpc: 127.0.0.1:1, qux: 4, quux: 5}\nfoo: 1\n", []string{
 			`line 3: unknown field "qux"`,
 		}},

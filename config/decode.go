@@ -12,11 +12,17 @@ import (
 	"github.com/goccy/go-yaml/token"
 )
 
-// decodeError turns a YAML error into one line: "line 3: unknown field ...".
+// decodeError turns a YAML error decoding a Config into one line: "line 3:
+// unknown field ...".
 func decodeError(err error, data []byte) error {
+	return decodeErrorOf(err, data, reflect.TypeFor[Config]())
+}
+
+// decodeErrorOf is decodeError for a document of type t.
+func decodeErrorOf(err error, data []byte, t reflect.Type) error {
 	var uf *yaml.UnknownFieldError
 	if errors.As(err, &uf) {
-		if tok := firstUnknownField(data); tok != nil {
+		if tok := firstUnknownField(data, t); tok != nil {
 			return fmt.Errorf(`line %d: unknown field "%s"`, tok.Position.Line, tok.Value)
 		}
 	}
@@ -31,14 +37,14 @@ func decodeError(err error, data []byte) error {
 }
 
 // firstUnknownField finds the first key in data, in source order, that names
-// no field of Config. goccy/go-yaml's strict mode picks the unknown field it
+// no field of t. goccy/go-yaml's strict mode picks the unknown field it
 // reports out of a map, so a mapping with two would give either error.
-func firstUnknownField(data []byte) *token.Token {
+func firstUnknownField(data []byte, t reflect.Type) *token.Token {
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil || len(f.Docs) == 0 {
 		return nil
 	}
-	return unknownField(f.Docs[0].Body, reflect.TypeFor[Config]())
+	return unknownField(f.Docs[0].Body, t)
 }
 
 // unknownField walks n as a value of type t. Keys it cannot read plainly
@@ -89,12 +95,18 @@ func unknownField(n ast.Node, t reflect.Type) *token.Token {
 }
 
 // yamlFields maps the YAML names of t's fields to their types, named as
-// goccy/go-yaml names them.
+// goccy/go-yaml names them; an inline field's own fields are t's.
 func yamlFields(t reflect.Type) map[string]reflect.Type {
 	fields := map[string]reflect.Type{}
 	for f := range t.Fields() {
-		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		tag, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
 		if !f.IsExported() || tag == "-" {
+			continue
+		}
+		if opts == "inline" {
+			for name, ft := range yamlFields(f.Type) {
+				fields[name] = ft
+			}
 			continue
 		}
 		if tag == "" {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"reflect"
 
 	"github.com/goccy/go-yaml"
 )
@@ -39,7 +40,7 @@ type ResourceSpec struct {
 func (c *Config) ResourceApplication(name, namespace string, spec []byte) (*Application, *ResourceSpec, error) {
 	var rs ResourceSpec
 	if err := yaml.UnmarshalWithOptions(spec, &rs, yaml.Strict()); err != nil {
-		return nil, nil, prefixed(decodeError(err, spec))
+		return nil, nil, prefixed(decodeErrorOf(err, spec, reflect.TypeFor[ResourceSpec]()))
 	}
 	a := &Application{Name: name, Namespace: namespace, ApplicationSpec: rs.ApplicationSpec}
 	if a.Cluster == "" {

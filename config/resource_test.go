@@ -57,6 +57,8 @@ secretName: app-b-tokenx
 		{"app-b", "team-b", "jwksUri: https://k.example/jwks\nsecretName: s\n", []string{"spec.secretName: vakt makes the key"}},
 		{"app-b", "team-b", "secretName: Not_A_Name\n", []string{"line 1: spec.secretName:"}},
 		{"app-b", "team-b", "routez: []\n", []string{"spec: line 1: unknown field \"routez\""}},
+		{"app-b", "team-b", "accessPolicy: {}\nroutez: []\n", []string{"spec: line 2: unknown field \"routez\""}},
+		{"app-b", "team-b", "routes:\n  - {path: /a, scope: [x]}\n", []string{"spec: line 2: unknown field \"scope\""}},
 		{"app-b", "team-b", "name: app-x\n", []string{"unknown field \"name\""}},
 	} {
 		_, _, err := c.ResourceApplication(tc.name, tc.ns, []byte(tc.spec))

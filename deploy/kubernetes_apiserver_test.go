@@ -1,17 +1,27 @@
 package deploy_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -22,6 +32,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/internal/kubetest"
 )
 
@@ -192,4 +203,329 @@ func (w *warningRecorder) take() []string {
 	l := w.list
 	w.list = nil
 	return l
+}
+
+// The CRDs (deploy/kubernetes/crds) on a real kube-apiserver: installed by
+// server-side apply, strictly and without a warning; Established; an
+// Application and a Jwker created with strict field validation, a field
+// their schemas lack refused, and what the API server serves back read by
+// vakt (config.ResourceApplication, config.JwkerApplication) as valid. The
+// status subresource takes vakt's Ready condition, which kubectl shows in
+// its Ready and Reason columns.
+func TestKubernetesAPIServerCRDs(t *testing.T) {
+	cluster := kubetest.Start(t)
+	ctx := t.Context()
+
+	warnings := &warningRecorder{}
+	cfg := rest.CopyConfig(cluster.Config)
+	cfg.WarningHandler = warnings
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict := metav1.FieldValidationStrict
+	force := true
+
+	crds := client.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	var names []string
+	for _, data := range renderJSON(t, crdsDir) {
+		_, name := kindName(data)
+		names = append(names, name)
+		warnings.take()
+		if _, err := crds.Patch(ctx, name, types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "vakt-deploy-test", Force: &force, FieldValidation: strict}); err != nil {
+			t.Fatalf("the API server refuses CustomResourceDefinition %s: %v", name, err)
+		}
+		if w := warnings.take(); len(w) > 0 {
+			t.Errorf("CustomResourceDefinition %s: the API server warns: %s", name, strings.Join(w, "; "))
+		}
+	}
+	for _, name := range names {
+		waitEstablished(t, crds, name)
+	}
+
+	for _, ns := range []string{"team-b", "myteam"} {
+		n := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}
+		if _, err := client.Resource(corev1.SchemeGroupVersion.WithResource("namespaces")).Create(ctx, n, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	applications := client.Resource(schema.GroupVersionResource{Group: config.ResourceGroup, Version: config.ResourceVersion, Resource: "applications"})
+	jwkers := client.Resource(schema.GroupVersionResource{Group: config.JwkerGroup, Version: config.JwkerVersion, Resource: "jwkers"})
+
+	// create creates an object given as YAML, strictly, with no warning.
+	create := func(r dynamic.NamespaceableResourceInterface, manifest string) (*unstructured.Unstructured, error) {
+		t.Helper()
+		u := objectFromYAML(t, manifest)
+		warnings.take()
+		got, err := r.Namespace(u.GetNamespace()).Create(ctx, u, metav1.CreateOptions{FieldValidation: strict})
+		if w := warnings.take(); err == nil && len(w) > 0 {
+			t.Errorf("%s %s: the API server warns: %s", u.GetKind(), u.GetName(), strings.Join(w, "; "))
+		}
+		return got, err
+	}
+
+	// The example of config/resource_test.go, and one with an inline key
+	// set, which the schema keeps as it is.
+	app, err := create(applications, `apiVersion: vakt.dev/v1alpha1
+kind: Application
+metadata:
+  name: app-b
+  namespace: team-b
+spec:
+  accessPolicy:
+    inbound:
+      rules:
+        - application: app-1
+          namespace: team-a
+  routes:
+    - {methods: [GET], path: /read, scopes: [read]}
+  authentication:
+    - {identityProvider: auth0, audience: https://api.example.com}
+  secretName: app-b-tokenx
+`)
+	if err != nil {
+		t.Fatalf("the API server refuses the sample Application: %v", err)
+	}
+	jwk := publicJWK(t)
+	if _, err := create(applications, `apiVersion: vakt.dev/v1alpha1
+kind: Application
+metadata:
+  name: app-c
+  namespace: team-b
+spec:
+  jwks: {keys: [`+jwk+`]}
+  hosts: [app-c.example.com]
+  pathParameters: strip
+  dynamicMetadata: false
+  routes:
+    - {pathPrefix: /, public: true}
+`); err != nil {
+		t.Fatalf("the API server refuses an Application with jwks: %v", err)
+	}
+	// The Jwker naiserator makes of NAIS's documented example application
+	// (docs.nais.io, workloads/application/reference/application-spec):
+	// namespace and cluster filled in, permissions kept.
+	if _, err := create(jwkers, `apiVersion: nais.io/v1
+kind: Jwker
+metadata:
+  name: myapplication
+  namespace: myteam
+spec:
+  accessPolicy:
+    inbound:
+      rules:
+        - {application: app1, namespace: myteam, cluster: dev-gcp}
+        - {application: app2, namespace: q1, cluster: dev-gcp}
+        - {application: app3, namespace: q2, cluster: dev-gcp}
+        - {application: '*', namespace: q3, cluster: dev-gcp}
+        - {application: app4, namespace: myteam, cluster: dev-gcp, permissions: {scopes: [custom-scope]}}
+    outbound:
+      rules:
+        - {application: app1, namespace: myteam, cluster: dev-gcp}
+  secretName: tokenx-myapplication-8b3f6a2c
+`); err != nil {
+		t.Fatalf("the API server refuses the sample Jwker: %v", err)
+	}
+
+	// A field the schema lacks is refused, by a create and by server-side
+	// apply, not dropped; so is a value the schema's enum lacks.
+	for _, tc := range []struct {
+		r        dynamic.NamespaceableResourceInterface
+		manifest string
+		want     string
+	}{
+		{applications, "apiVersion: vakt.dev/v1alpha1\nkind: Application\nmetadata: {name: bad, namespace: team-b}\nspec:\n  routez: []\n", `unknown field "spec.routez"`},
+		{applications, "apiVersion: vakt.dev/v1alpha1\nkind: Application\nmetadata: {name: bad, namespace: team-b}\nspec:\n  routes: [{path: /a, scope: [x]}]\n", `unknown field "spec.routes[0].scope"`},
+		{applications, "apiVersion: vakt.dev/v1alpha1\nkind: Application\nmetadata: {name: bad, namespace: team-b}\nspec:\n  pathParameters: keep\n", `spec.pathParameters: Unsupported value: "keep"`},
+		{jwkers, "apiVersion: nais.io/v1\nkind: Jwker\nmetadata: {name: bad, namespace: myteam}\nspec:\n  accessPolicy: {inbound: {rules: []}}\n  secretName: s\n  tokenx: true\n", `unknown field "spec.tokenx"`},
+	} {
+		if _, err := create(tc.r, tc.manifest); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("create %q: %v, want %s", tc.manifest, err, tc.want)
+		}
+	}
+	bad := objectFromYAML(t, "apiVersion: vakt.dev/v1alpha1\nkind: Application\nmetadata: {name: bad, namespace: team-b}\nspec:\n  routez: []\n")
+	data, err := bad.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := applications.Namespace("team-b").Patch(ctx, "bad", types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "vakt-deploy-test", Force: &force, FieldValidation: strict}); err == nil || !strings.Contains(err.Error(), ".spec.routez: field not declared in schema") {
+		t.Errorf("server-side apply of an Application with spec.routez: %v, want .spec.routez: field not declared in schema", err)
+	}
+
+	// What the API server serves back is what vakt reads.
+	c, err := config.Load([]byte(`issuer: http://127.0.0.1:8080
+cluster: dev-gcp
+identityProviders:
+  - name: auth0
+    issuer: https://auth0.example/
+    jwksUri: https://auth0.example/jwks
+applications:
+  - name: app-1
+    namespace: team-a
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	specOf := func(u *unstructured.Unstructured) []byte {
+		t.Helper()
+		spec, err := json.Marshal(u.Object["spec"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return spec
+	}
+	for _, name := range []string{"app-b", "app-c"} {
+		u, err := applications.Namespace("team-b").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, rs, err := c.ResourceApplication(u.GetName(), u.GetNamespace(), specOf(u))
+		switch {
+		case err != nil:
+			t.Errorf("Application %s as served (%s): %v", name, specOf(u), err)
+		case name == "app-b" && (a.ID() != "dev-gcp:team-b:app-b" || rs.SecretName != "app-b-tokenx" || len(a.Routes) != 1 || len(a.Authentication) != 1 ||
+			len(a.AccessPolicy.Inbound.Rules) != 1 || a.AccessPolicy.Inbound.Rules[0].ID() != "dev-gcp:team-a:app-1"):
+			t.Errorf("Application app-b as served: %+v %+v", a, rs)
+		case name == "app-c" && (a.Keys == nil || a.PathParameters != config.PathParametersStrip || a.DynamicMetadata == nil || *a.DynamicMetadata || !a.Routes[0].Public):
+			t.Errorf("Application app-c as served: %+v", a)
+		}
+	}
+	j, err := jwkers.Namespace("myteam").Get(ctx, "myapplication", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, secret, err := c.JwkerApplication(j.GetName(), j.GetNamespace(), specOf(j))
+	if err != nil {
+		t.Errorf("Jwker myapplication as served (%s): %v", specOf(j), err)
+	} else if a.ID() != "dev-gcp:myteam:myapplication" || len(a.AccessPolicy.Inbound.Rules) != 4 || secret != "tokenx-myapplication-8b3f6a2c" {
+		t.Errorf("Jwker myapplication as served: %+v, secret %q", a, secret)
+	}
+
+	// The status subresource takes vakt's Ready condition (and nothing the
+	// schema lacks); kubectl's columns show it.
+	setStatus := func(r dynamic.ResourceInterface, u *unstructured.Unstructured, status map[string]any) error {
+		t.Helper()
+		u = u.DeepCopy()
+		u.Object["status"] = status
+		_, err := r.UpdateStatus(ctx, u, metav1.UpdateOptions{FieldValidation: strict})
+		return err
+	}
+	var key map[string]any
+	if err := json.Unmarshal([]byte(jwk), &key); err != nil {
+		t.Fatal(err)
+	}
+	ready := map[string]any{
+		"observedGeneration": app.GetGeneration(),
+		"conditions": []any{map[string]any{
+			"type": "Ready", "status": "True", "reason": "Serving", "message": "vakt serves dev-gcp:team-b:app-b",
+			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339), "observedGeneration": app.GetGeneration(),
+		}},
+		"keys":       map[string]any{"keys": []any{key}},
+		"secretName": "app-b-tokenx",
+	}
+	if err := setStatus(applications.Namespace("team-b"), app, ready); err != nil {
+		t.Fatalf("Application app-b: status: %v", err)
+	}
+	if err := setStatus(applications.Namespace("team-b"), app, map[string]any{"ready": true}); err == nil || !strings.Contains(err.Error(), `unknown field "status.ready"`) {
+		t.Errorf("Application app-b: a status with ready: %v, want unknown field \"status.ready\"", err)
+	}
+	cols, row := tableRow(t, cfg, "/apis/vakt.dev/v1alpha1/namespaces/team-b/applications/app-b")
+	if !slices.Equal(cols, []string{"Name", "Ready", "Reason", "Secret", "Age"}) || row[0] != "app-b" || row[1] != "True" || row[2] != "Serving" || row[3] != "app-b-tokenx" {
+		t.Errorf("kubectl get applications.vakt.dev shows %v: %v", cols, row)
+	}
+	if err := setStatus(jwkers.Namespace("myteam"), j, map[string]any{
+		"observedGeneration": j.GetGeneration(), "synchronizationState": "RolloutComplete",
+		"synchronizationSecretName": secret, "synchronizationTimestamp": time.Now().UTC().Format(time.RFC3339),
+		"clientID": "dev-gcp:myteam:myapplication", "keyIDs": []any{"k1"},
+	}); err != nil {
+		t.Errorf("Jwker myapplication: status: %v", err)
+	}
+}
+
+// waitEstablished waits until a CustomResourceDefinition is Established
+// (its names accepted, its resource served).
+func waitEstablished(t *testing.T, crds dynamic.NamespaceableResourceInterface, name string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		u, err := crds.Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		status := map[string]string{}
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok {
+				status[fmt.Sprint(m["type"])] = fmt.Sprintf("%v (%v: %v)", m["status"], m["reason"], m["message"])
+			}
+		}
+		if strings.HasPrefix(status["Established"], "True") && strings.HasPrefix(status["NamesAccepted"], "True") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("CustomResourceDefinition %s is not Established: %v", name, status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// objectFromYAML reads one object.
+func objectFromYAML(t *testing.T, manifest string) *unstructured.Unstructured {
+	t.Helper()
+	data, err := yaml.YAMLToJSONStrict([]byte(manifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(data); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// publicJWK returns a new P-256 public key as a JWK.
+func publicJWK(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := key.PublicKey.Bytes() // 0x04 || X || Y
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.RawURLEncoding.EncodeToString
+	return fmt.Sprintf(`{"kty":"EC","crv":"P-256","kid":"app-c-1","alg":"ES256","use":"sig","x":%q,"y":%q}`, b64(pt[1:33]), b64(pt[33:]))
+}
+
+// tableRow gets one object as kubectl get does (a Table, with the CRD's
+// printer columns) and returns the columns' names and the row's cells.
+func tableRow(t *testing.T, cfg *rest.Config, path string) ([]string, []string) {
+	t.Helper()
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, cfg.Host+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var table metav1.Table
+	if err := json.NewDecoder(resp.Body).Decode(&table); err != nil || resp.StatusCode != http.StatusOK || len(table.Rows) != 1 {
+		t.Fatalf("GET %s as a Table: %s, %v, %d rows", path, resp.Status, err, len(table.Rows))
+	}
+	var cols, cells []string
+	for _, c := range table.ColumnDefinitions {
+		cols = append(cols, c.Name)
+	}
+	for _, c := range table.Rows[0].Cells {
+		cells = append(cells, fmt.Sprint(c))
+	}
+	return cols, cells
 }
