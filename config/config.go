@@ -65,6 +65,7 @@ type Config struct {
 	Limits            Limits             `yaml:"limits"`
 	Log               Log                `yaml:"log"`
 	Shutdown          Shutdown           `yaml:"shutdown"`
+	Kubernetes        Kubernetes         `yaml:"kubernetes"`
 
 	// Warnings are what Load accepted but an operator should hear of, every
 	// time it loads (an audience: any, say).
@@ -275,6 +276,22 @@ const (
 	LogDecisionsAll  = "all"  // allows too
 	LogDecisionsNone = "none"
 )
+
+// Kubernetes is the Kubernetes-native mode: every replica watches the
+// Application resources (and, with Jwkers, NAIS's Jwker resources) and
+// serves them merged with the file's applications, reloading on every
+// change.
+type Kubernetes struct {
+	Enabled bool `yaml:"enabled"`
+	// Namespaces to watch; every namespace when empty.
+	Namespaces []string `yaml:"namespaces"`
+	// Kubeconfig, when set, is a kubeconfig file (relative to this file);
+	// in a pod vakt uses its service account.
+	Kubeconfig string `yaml:"kubeconfig"`
+	// Jwkers reads jwkers.nais.io resources too (their CRD must be
+	// installed).
+	Jwkers bool `yaml:"jwkers"`
+}
 
 // Shutdown is how vakt stops on SIGTERM: NOT_SERVING at once (gRPC health
 // and /readyz), still answering for DrainDelay so that endpoints are

@@ -46,6 +46,7 @@ func (c *Config) applyDefaults(dir string) {
 		c.Signing.TokenLifetime = Duration{d: defaultTokenLifetime, set: true}
 	}
 	c.Signing.KeysFile = resolvePath(dir, c.Signing.KeysFile)
+	c.Kubernetes.Kubeconfig = resolvePath(dir, c.Kubernetes.Kubeconfig)
 	for i := range c.Applications {
 		if a := &c.Applications[i]; a.Cluster == "" {
 			a.Cluster = c.Cluster

@@ -174,6 +174,14 @@ func (c *Config) validateServer(v *validator) {
 			v.warn("log.sampleAllows has no effect: log.decisions is %s, which logs no allow", c.Log.Decisions)
 		}
 	}
+	for i, ns := range c.Kubernetes.Namespaces {
+		if !label.MatchString(ns) {
+			v.fail(fmt.Sprintf("kubernetes.namespaces[%d]", i), "%q is not a namespace name", ns)
+		}
+	}
+	if !c.Kubernetes.Enabled && (len(c.Kubernetes.Namespaces) > 0 || c.Kubernetes.Kubeconfig != "" || c.Kubernetes.Jwkers) {
+		v.warn("kubernetes has settings but is not enabled: no resource is read")
+	}
 	if c.Limits.Check < 0 || c.Limits.Other < 0 {
 		v.fail("limits", "check and other must not be negative")
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -27,6 +28,11 @@ type Loader struct {
 	// KeySets keeps identity providers' keys across reloads (see KeySets);
 	// without it, a reload fetches every key set anew.
 	KeySets *KeySets
+	// Kube, when set, is the cluster's Application resources, merged into
+	// every configuration built (Kubernetes-native mode).
+	Kube      *KubeSource
+	resources resourceMerger
+
 	// Started, when set, is the configuration the process started with: a
 	// reload that changes what only a restart can (the listeners, the
 	// replay store) is refused, saying so, rather than half applied.
@@ -64,7 +70,20 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 	} else if signer == nil {
 		return nil, errors.New("the configuration names no signing.keysFile, and vakt started with one; restart to sign with a generated key")
 	}
-	return NewRuntime(ctx, cfg, Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets})
+	var states []ResourceState
+	synced := true
+	if l.Kube != nil {
+		// Read before the merge: what the runtime says of its resources
+		// is true of the ones it was built from.
+		synced = l.Kube.Synced()
+		states = l.resources.merge(cfg, l.Kube.Resources(), l.Logger)
+	}
+	rt, err := NewRuntime(ctx, cfg, Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets})
+	if err != nil {
+		return nil, err
+	}
+	rt.Resources, rt.kubeSynced, rt.kube = states, synced, l.Kube != nil
+	return rt, nil
 }
 
 // WatchedFiles are the files whose change calls for a reload: the
@@ -101,6 +120,9 @@ func needsRestart(started, next *config.Config) error {
 	}
 	if !sameReplay(&started.Replay, &next.Replay) {
 		changed = append(changed, "replay")
+	}
+	if ka, kb := started.Kubernetes, next.Kubernetes; ka.Enabled != kb.Enabled || ka.Kubeconfig != kb.Kubeconfig || ka.Jwkers != kb.Jwkers || !slices.Equal(ka.Namespaces, kb.Namespaces) {
+		changed = append(changed, "kubernetes")
 	}
 	if len(changed) > 0 {
 		return fmt.Errorf("%s changed: these changes need a restart; the running configuration stays in force", strings.Join(changed, ", "))

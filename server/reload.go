@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,22 @@ type Reloader struct {
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
+	// kick is Watch's: a Kick never waits for a reload in progress.
+	kick atomic.Pointer[chan struct{}]
+}
+
+// Kick asks for a reload (a Kubernetes resource changed): soon after, once
+// a burst of kicks and file events has settled. It never blocks; before
+// Watch runs it does nothing.
+func (r *Reloader) Kick() {
+	k := r.kick.Load()
+	if k == nil {
+		return
+	}
+	select {
+	case *k <- struct{}{}:
+	default:
+	}
 }
 
 // Start builds and installs the first runtime.
@@ -70,6 +87,10 @@ func (r *Reloader) Reload(ctx context.Context) error {
 	r.Logger.Info("reloaded")
 	return nil
 }
+
+// kickSettle is how long a Kick waits for more: a resource applied is in
+// force within a second.
+const kickSettle = 100 * time.Millisecond
 
 // Watch reloads on SIGHUP and when a watched file changes, until ctx ends.
 // The watches and the signal handler are in place when Watch returns; the
@@ -115,6 +136,8 @@ func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	kick := make(chan struct{}, 1)
+	r.kick.Store(&kick)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -129,6 +152,8 @@ func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 			case <-hup:
 				r.Logger.Info("SIGHUP: reloading")
 				reload()
+			case <-kick:
+				pending = time.After(kickSettle)
 			case ev := <-w.Events:
 				// Kubernetes swaps a ..data symlink; editors rename temp files.
 				if names[ev.Name] || filepath.Base(ev.Name) == "..data" {

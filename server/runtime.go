@@ -38,8 +38,14 @@ type Runtime struct {
 	Checker   *authz.Checker
 	// LoadedAt is when the runtime was built.
 	LoadedAt time.Time
+	// Resources is what became of each Kubernetes resource (Kubernetes-
+	// native mode): served, served in an earlier version, or refused.
+	Resources []ResourceState
 
 	remoteKeys []namedKeys // the identity providers' key sets, for metrics
+	// kube is whether the runtime merges Kubernetes resources, and
+	// kubeSynced whether they had been read when it was built.
+	kube, kubeSynced bool
 }
 
 type namedKeys struct {
@@ -52,7 +58,12 @@ type namedKeys struct {
 // over from the runtime before a reload). The error names a provider
 // still without keys. A provider that stays down keeps a new replica out
 // of rotation, while the replicas that have its keys serve on.
-func (rt *Runtime) Ready() error { return keysReady(rt.remoteKeys) }
+func (rt *Runtime) Ready() error {
+	if rt.kube && !rt.kubeSynced {
+		return errKubeNotSynced
+	}
+	return keysReady(rt.remoteKeys)
+}
 
 func keysReady(keys []namedKeys) error {
 	for _, nk := range keys {

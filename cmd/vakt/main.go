@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/config"
@@ -209,6 +212,17 @@ func serve(args []string, stderr io.Writer) int {
 	loader.KeySets = server.NewKeySets(ctx, log, nil)
 	loader.KeySets.TraceWith(tracing)
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
+	if k := cfg.Kubernetes; k.Enabled {
+		client, err := kubeClient(k.Kubeconfig)
+		if err != nil {
+			log.Error("kubernetes", "error", err)
+			return 1
+		}
+		loader.Kube = server.NewKubeSource(server.KubeSourceConfig{
+			Client: client, Namespaces: k.Namespaces, Jwkers: k.Jwkers, Logger: log, OnChange: reloader.Kick,
+		})
+		log.Info("kubernetes-native mode: watching Application resources", "namespaces", k.Namespaces, "jwkers", k.Jwkers)
+	}
 	if *cfgPath != "" {
 		reloader.Files = server.WatchedFiles(*cfgPath, &cur)
 	}
@@ -217,7 +231,16 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	if _, err := reloader.Watch(ctx); err != nil {
+		if loader.Kube != nil {
+			log.Error("cannot watch for changes, which Kubernetes-native mode needs", "error", err)
+			return 1
+		}
 		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
+	}
+	if loader.Kube != nil {
+		// After Watch: the first synchronisation kicks a reload, which
+		// brings the resources in and makes vakt ready.
+		go loader.Kube.Run(ctx)
 	}
 	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other).WithTracing(tracing).
 		WithShutdown(cfg.Shutdown.DrainDelay.Std(), cfg.Shutdown.Grace.Std())
@@ -359,4 +382,20 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// kubeClient is a dynamic client for the cluster: from kubeconfig when
+// set, else the pod's service account.
+func kubeClient(kubeconfig string) (dynamic.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes.kubeconfig, or the pod's service account: %w", err)
+	}
+	return dynamic.NewForConfig(rc)
 }

@@ -1,0 +1,260 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
+
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/kubetest"
+)
+
+// kenv is vakt in Kubernetes-native mode against a real API server: the
+// file's applications (app-1) and the cluster's Application resources.
+type kenv struct {
+	t       *testing.T
+	cluster *kubetest.Cluster
+	client  dynamic.Interface
+	apps    dynamic.NamespaceableResourceInterface
+	cur     *Current
+	signer  *exchange.Signer
+	check   authv3.AuthorizationClient
+}
+
+func newKubeEnv(t *testing.T) *kenv {
+	c := kubetest.Start(t)
+	client, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR), cur: &Current{}}
+	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
+	for _, ns := range []string{"team-b"} {
+		e.apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, ns))
+	}
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "vakt.yaml")
+	if err := os.WriteFile(cfgPath, []byte(`issuer: http://127.0.0.1:8080
+cluster: dev-gcp
+kubernetes:
+  enabled: true
+applications:
+  - name: app-1
+    namespace: team-a
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateSigningKey("ES256")
+	e.signer, _ = exchange.NewSigner(key)
+	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: e.signer,
+		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
+	rl := &Reloader{Current: e.cur, Build: loader.Build, Files: WatchedFiles(cfgPath, e.cur), Logger: quiet}
+	loader.Kube = NewKubeSource(KubeSourceConfig{Client: client, Logger: quiet, OnChange: rl.Kick})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := rl.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done, err := rl.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan struct{})
+	go func() { defer close(ran); loader.Kube.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; <-ran })
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, _ := AuthorityServices(e.cur, nil, quiet).NewGRPCServer()
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), testDialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.check = authv3.NewAuthorizationClient(conn)
+	e.until(10*time.Second, "the resources were never read", func() bool { return e.cur.Load().Ready() == nil })
+	return e
+}
+
+// installCRD applies a CRD and waits until it is established.
+func (e *kenv) installCRD(file string) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	crds := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	name := e.apply(crds, "", string(j))
+	e.until(30*time.Second, "the CRD never established", func() bool {
+		u, err := e.client.Resource(crds).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok && m["type"] == "Established" && m["status"] == "True" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// apply server-side applies a JSON object, strictly, and returns its name.
+func (e *kenv) apply(gvr schema.GroupVersionResource, namespace, object string) string {
+	e.t.Helper()
+	var u unstructured.Unstructured
+	if err := u.UnmarshalJSON([]byte(object)); err != nil {
+		e.t.Fatal(err)
+	}
+	force := true
+	var ri dynamic.ResourceInterface = e.client.Resource(gvr)
+	if namespace != "" {
+		ri = e.client.Resource(gvr).Namespace(namespace)
+	}
+	if _, err := ri.Apply(context.Background(), u.GetName(), &u, metav1.ApplyOptions{FieldManager: "vakt-test", Force: force}); err != nil {
+		e.t.Fatalf("apply %s: %v", u.GetName(), err)
+	}
+	return u.GetName()
+}
+
+// application applies the Application app-b in team-b with spec.
+func (e *kenv) application(spec string) {
+	e.t.Helper()
+	e.apply(applicationsGVR, "team-b", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-b","namespace":"team-b"},"spec":`+spec+`}`)
+}
+
+func (e *kenv) until(d time.Duration, what string, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// status is what Check answers app-1's token for app-b on GET /read: the
+// HTTP status of a denial, 200 for an allow.
+func (e *kenv) status() int {
+	k := e.signer.Keys()[0]
+	tok := idptest.Sign(e.t, &idptest.Key{ID: k.ID, Alg: k.Alg, Private: k.Private}, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID, "typ": "at+jwt"}, map[string]any{
+		"iss": "http://127.0.0.1:8080", "sub": "user-1", "aud": "dev-gcp:team-b:app-b", "client_id": "dev-gcp:team-a:app-1",
+		"scope": "read", "exp": time.Now().Add(time.Minute).Unix(),
+	})
+	res, err := e.check.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		ContextExtensions: map[string]string{ContextExtensionApp: "dev-gcp:team-b:app-b"},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Path: "/read", Headers: map[string]string{"authorization": "Bearer " + tok},
+		}},
+	}})
+	if err != nil {
+		e.t.Fatalf("Check: %v", err)
+	}
+	if d := res.GetDeniedResponse(); d != nil {
+		return int(d.GetStatus().GetCode())
+	}
+	return 200
+}
+
+const (
+	appBAllowsApp1 = `{"accessPolicy":{"inbound":{"rules":[{"application":"app-1","namespace":"team-a"}]}},"routes":[{"methods":["GET"],"path":"/read","scopes":["read"]}]}`
+	appBAllowsNone = `{"routes":[{"methods":["GET"],"path":"/read","scopes":["read"]}]}`
+	appBInvalid    = `{"accessPolicy":{"inbound":{"rules":[{"application":"app-1","namespace":"team-a"}]}},"routes":[{"path":"/read","public":true,"scopes":["read"]}]}`
+)
+
+// An Application resource applied is enforced by Check within a second;
+// changed, the change is; refused, its previous version keeps serving and
+// the refusal is recorded; deleted, the application is gone.
+func TestKubeApplications(t *testing.T) {
+	e := newKubeEnv(t)
+	if got := e.status(); got != 403 {
+		t.Fatalf("before the resource: %d", got)
+	}
+	applied := time.Now()
+	e.application(appBAllowsApp1)
+	e.until(5*time.Second, "the applied resource was never enforced", func() bool { return e.status() == 200 })
+	t.Logf("applied → enforced in %v", time.Since(applied).Round(time.Millisecond))
+
+	e.application(appBAllowsNone)
+	e.until(5*time.Second, "the removed rule was never enforced", func() bool { return e.status() == 403 })
+
+	e.application(appBAllowsApp1)
+	e.until(5*time.Second, "the rule put back was never enforced", func() bool { return e.status() == 200 })
+	e.application(appBInvalid)
+	e.until(5*time.Second, "the invalid version was never seen", func() bool {
+		for _, st := range e.cur.Load().Resources {
+			if st.Resource.Name == "app-b" && st.Refused != nil {
+				return strings.Contains(st.Refused.Error(), "spec.routes[0]: a public route needs no token") && st.Served != 0 && st.Served < st.Resource.Generation
+			}
+		}
+		return false
+	})
+	if got := e.status(); got != 200 {
+		t.Fatalf("the previous version no longer serves: %d", got)
+	}
+
+	if err := e.apps.Namespace("team-b").Delete(context.Background(), "app-b", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.until(5*time.Second, "the deleted application still serves", func() bool {
+		_, ok := e.cur.Load().Policy.Application("dev-gcp:team-b:app-b")
+		return !ok
+	})
+}
+
+// An application id the file defines cannot be taken by a resource: the
+// resource is refused, the file's application serves.
+func TestKubeApplicationTakingAFilesID(t *testing.T) {
+	e := newKubeEnv(t)
+	e.apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", `{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-a"}}`)
+	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-1","namespace":"team-a"},"spec":{"routes":[{"pathPrefix":"/","public":true}]}}`)
+	e.until(5*time.Second, "the resource taking app-1's id was not refused", func() bool {
+		for _, st := range e.cur.Load().Resources {
+			if st.Resource.Name == "app-1" {
+				return st.Refused != nil && strings.Contains(st.Refused.Error(), "application id dev-gcp:team-a:app-1 is already used") && st.Served == 0
+			}
+		}
+		return false
+	})
+}
+
+// With the API server down, vakt keeps serving the resources it last saw;
+// when it returns, the informers resynchronise and changes arrive again.
+func TestKubeAPIServerRestart(t *testing.T) {
+	e := newKubeEnv(t)
+	e.application(appBAllowsApp1)
+	e.until(5*time.Second, "never enforced", func() bool { return e.status() == 200 })
+	e.cluster.StopAPIServer(t)
+	for range 20 {
+		if got := e.status(); got != 200 {
+			t.Fatalf("with the API server down: %d", got)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	e.cluster.StartAPIServer(t)
+	e.application(appBAllowsNone)
+	e.until(30*time.Second, "a change after the API server returned was never enforced", func() bool { return e.status() == 403 })
+}
