@@ -43,12 +43,15 @@ func (c *Config) ResourceApplication(name, namespace string, spec []byte) (*Appl
 		return nil, nil, prefixed(decodeErrorOf(err, spec, reflect.TypeFor[ResourceSpec]()))
 	}
 	a := &Application{Name: name, Namespace: namespace, ApplicationSpec: rs.ApplicationSpec}
-	if a.Cluster == "" {
-		a.Cluster = c.Cluster
-	}
 	v := newValidator(spec)
 	v.strip = "spec."
 	v.config = c
+	// The resource's cluster is the one it is in: a team may not declare
+	// another cluster's application (its namesake there) by naming it.
+	if a.Cluster != "" && a.Cluster != c.Cluster {
+		v.fail("spec.cluster", "%q is not this cluster (%s): a resource declares an application of the cluster it is in", a.Cluster, c.Cluster)
+	}
+	a.Cluster = c.Cluster
 	switch {
 	case a.JWKSFile != "":
 		v.fail("spec.jwksFile", "a resource has no file beside it: give jwks or jwksUri, or secretName for vakt to make the key")

@@ -53,6 +53,7 @@ secretName: app-b-tokenx
 		{"app-b", "team-b", "hosts: [app-1.example.com]\n", []string{`line 1: spec.hosts[0]: "app-1.example.com" already belongs to dev-gcp:team-a:app-1`}},
 		{"app-b", "team-b", "routes:\n  - {path: /a, public: true, scopes: [x]}\n", []string{"line 2: spec.routes[0]: a public route needs no token"}},
 		{"app-b", "team-b", "authentication:\n  - {identityProvider: nope}\n", []string{`line 2: spec.authentication[0].identityProvider: "nope" is not a configured identity provider`}},
+		{"app-b", "team-b", "cluster: prod-gcp\n", []string{`line 1: spec.cluster: "prod-gcp" is not this cluster (dev-gcp)`}},
 		{"app-b", "team-b", "jwksFile: keys.json\n", []string{"line 1: spec.jwksFile: a resource has no file beside it"}},
 		{"app-b", "team-b", "jwksUri: https://k.example/jwks\nsecretName: s\n", []string{"spec.secretName: vakt makes the key"}},
 		{"app-b", "team-b", "secretName: Not_A_Name\n", []string{"line 1: spec.secretName:"}},
