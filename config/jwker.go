@@ -95,6 +95,15 @@ const JwkerAnyApplication = "*"
 //     tokendings, which compares client ids exactly, so such a rule grants
 //     no token. vakt grants none either, rather than refuse the Jwker.
 func (c *Config) JwkerApplication(name, namespace string, spec []byte) (*Application, string, error) {
+	return c.NewResourceIndex().JwkerApplicationIn(name, namespace, spec)
+}
+
+// JwkerApplicationIn is JwkerApplication against an index (see
+// ResourceApplicationIn).
+func (x *ResourceIndex) JwkerApplicationIn(name, namespace string, spec []byte) (*Application, string, error) {
+	if len(spec) > MaxResourceSpec {
+		return nil, "", fmt.Errorf("spec: %d bytes, more than the %d a resource may have", len(spec), MaxResourceSpec)
+	}
 	var js jwkerSpec
 	if err := yaml.UnmarshalWithOptions(spec, &js, yaml.Strict()); err != nil {
 		return nil, "", prefixed(jwkerDecodeError(err, spec))
@@ -116,7 +125,7 @@ func (c *Config) JwkerApplication(name, namespace string, spec []byte) (*Applica
 	if err != nil {
 		return nil, "", err
 	}
-	a, _, err := c.ResourceApplication(name, namespace, converted)
+	a, _, err := x.ResourceApplicationIn(name, namespace, converted)
 	var errs Errors
 	if err != nil && !errors.As(err, &errs) {
 		// The converted spec is vakt's own: it always decodes.

@@ -54,7 +54,11 @@ type validator struct {
 	config    *Config
 	errs      Errors
 	warnings  []string
-	resources map[string]string // resource URI → application id
+	resources map[string]string // canonical resource URI → application id
+	// resourceHosts are the hosts of http(s) resource URIs: a host one
+	// application lists may not be another's resource URI's, as token
+	// exchange looks resource URIs up before hosts.
+	resourceHosts map[string]string
 	// strip is what paths have that the YAML does not: "spec." for a
 	// resource's spec, whose own document has no spec key.
 	strip string
@@ -65,7 +69,7 @@ func (v *validator) warn(format string, args ...any) {
 }
 
 func newValidator(data []byte) *validator {
-	v := &validator{resources: map[string]string{}}
+	v := &validator{resources: map[string]string{}, resourceHosts: map[string]string{}}
 	if f, err := parser.ParseBytes(data, 0); err == nil {
 		v.file = f
 	}
@@ -358,6 +362,8 @@ func (v *validator) check(at string, a *Application, providers map[string]int, h
 			v.fail(p, "%q is not a lowercase host name without port", h)
 		case hosts[h] != "":
 			v.fail(p, "%q already belongs to %s", h, hosts[h])
+		case v.resourceHosts[h] != "" && v.resourceHosts[h] != a.ID():
+			v.fail(p, "%q is the host of a resource URI of %s", h, v.resourceHosts[h])
 		default:
 			hosts[h] = a.ID()
 		}
@@ -365,13 +371,24 @@ func (v *validator) check(at string, a *Application, providers map[string]int, h
 	for j, r := range a.Resources {
 		p := fmt.Sprintf("%s.resources[%d]", at, j)
 		u, err := url.Parse(r)
-		switch {
-		case err != nil || !u.IsAbs() || u.Fragment != "":
+		if err != nil || !u.IsAbs() || u.Fragment != "" {
 			v.fail(p, "%q is not an absolute URI without a fragment", r)
-		case v.resources[r] != "":
-			v.fail(p, "%q already belongs to %s", r, v.resources[r])
+			continue
+		}
+		// Compared as the policy compares them: "https://x" and
+		// "https://X:443/" are one resource.
+		key := authz.CanonicalResource(u)
+		web := u.Scheme == "https" || u.Scheme == "http"
+		switch host := strings.ToLower(u.Hostname()); {
+		case v.resources[key] != "":
+			v.fail(p, "%q already belongs to %s", r, v.resources[key])
+		case web && hosts[host] != "" && hosts[host] != a.ID():
+			v.fail(p, "%q is on the host of %s", r, hosts[host])
 		default:
-			v.resources[r] = a.ID()
+			v.resources[key] = a.ID()
+			if web {
+				v.resourceHosts[host] = a.ID()
+			}
 		}
 	}
 	for j, r := range a.Routes {

@@ -83,9 +83,21 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 		f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Client, 0, ns, nil)
 		for _, gvr := range gvrs {
 			inf := f.ForResource(gvr).Informer()
+			// The cache keeps what vakt reads of each object, no more:
+			// not its managedFields, annotations or status.
+			_ = inf.SetTransform(slim)
 			_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-				AddFunc:    func(any) { k.changed() },
-				UpdateFunc: func(old, cur any) { k.changed() },
+				AddFunc: func(any) { k.changed() },
+				// A change of metadata or status (an annotation, vakt's own
+				// status) leaves the generation: no reload, which a team
+				// could otherwise keep from ever settling.
+				UpdateFunc: func(old, cur any) {
+					o, ok1 := old.(*unstructured.Unstructured)
+					n, ok2 := cur.(*unstructured.Unstructured)
+					if !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() || o.GetUID() != n.GetUID() {
+						k.changed()
+					}
+				},
 				DeleteFunc: func(any) { k.changed() },
 			})
 			_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
@@ -95,6 +107,25 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 		}
 	}
 	return k
+}
+
+// slim keeps of an object what vakt reads: kind, name, namespace, uid,
+// generation and spec.
+func slim(obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return obj, nil
+	}
+	out := &unstructured.Unstructured{Object: map[string]any{"apiVersion": u.GetAPIVersion(), "kind": u.GetKind()}}
+	out.SetName(u.GetName())
+	out.SetNamespace(u.GetNamespace())
+	out.SetUID(u.GetUID())
+	out.SetGeneration(u.GetGeneration())
+	out.SetResourceVersion(u.GetResourceVersion())
+	if spec, ok := u.Object["spec"]; ok {
+		out.Object["spec"] = spec
+	}
+	return out, nil
 }
 
 func (k *KubeSource) changed() {
@@ -194,17 +225,44 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 	if m.lastGood == nil {
 		m.lastGood = map[string]Resource{}
 	}
+	index := cfg.NewResourceIndex()
 	read := func(r Resource) (*config.Application, error) {
+		var a *config.Application
+		var err error
 		switch r.Kind {
 		case config.KindApplication:
-			a, _, err := cfg.ResourceApplication(r.Name, r.Namespace, r.Spec)
-			return a, err
+			a, _, err = index.ResourceApplicationIn(r.Name, r.Namespace, r.Spec)
 		case config.KindJwker:
-			a, _, err := cfg.JwkerApplication(r.Name, r.Namespace, r.Spec)
-			return a, err
+			a, _, err = index.JwkerApplicationIn(r.Name, r.Namespace, r.Spec)
+		default:
+			err = fmt.Errorf("%s is not a kind vakt reads", r.Kind)
 		}
-		return nil, fmt.Errorf("%s is not a kind vakt reads", r.Kind)
+		if err != nil {
+			// A refusal may quote what a team wrote: kept short, in the
+			// log and in the runtime.
+			return nil, errors.New(truncate(err.Error(), 1024))
+		}
+		return a, nil
 	}
+	// First come, first served: resources serving now (a version of the
+	// same object accepted before) keep their claims, and are checked
+	// before newcomers, whatever their names; a newcomer that sorts first
+	// cannot displace them.
+	incumbent := func(r Resource) bool {
+		good, ok := m.lastGood[r.key()]
+		return ok && good.UID == r.UID
+	}
+	resources = slices.Clone(resources)
+	slices.SortStableFunc(resources, func(a, b Resource) int {
+		ia, ib := incumbent(a), incumbent(b)
+		switch {
+		case ia && !ib:
+			return -1
+		case ib && !ia:
+			return 1
+		}
+		return 0
+	})
 	h := sha256.New()
 	h.Write([]byte(cfg.Hash))
 	states := make([]ResourceState, 0, len(resources))

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
@@ -257,4 +258,74 @@ func TestKubeAPIServerRestart(t *testing.T) {
 	e.cluster.StartAPIServer(t)
 	e.application(appBAllowsNone)
 	e.until(30*time.Second, "a change after the API server returned was never enforced", func() bool { return e.status() == 403 })
+}
+
+func (e *kenv) namespace(ns string) {
+	e.t.Helper()
+	e.apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, ns))
+}
+
+func (e *kenv) resource(ns, name, spec string) {
+	e.t.Helper()
+	e.apply(applicationsGVR, ns, fmt.Sprintf(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":%q,"namespace":%q},"spec":%s}`, name, ns, spec))
+}
+
+// state is what became of the resource ns/name in the runtime in force.
+func (e *kenv) state(ns, name string) (ResourceState, bool) {
+	for _, st := range e.cur.Load().Resources {
+		if st.Resource.Namespace == ns && st.Resource.Name == name {
+			return st, true
+		}
+	}
+	return ResourceState{}, false
+}
+
+// Claims are first come, first served: a newcomer whose namespace sorts
+// first cannot take a host a serving resource holds; two spellings of one
+// resource URI are one; a resource URI on another's host is refused; and
+// none of it stops the others' changes from being applied.
+func TestKubeClaims(t *testing.T) {
+	e := newKubeEnv(t)
+	for _, ns := range []string{"team-z", "a-team", "team-x"} {
+		e.namespace(ns)
+	}
+	e.resource("team-z", "victim", `{"hosts":["victim.example"]}`)
+	e.until(5*time.Second, "the victim never served", func() bool { st, ok := e.state("team-z", "victim"); return ok && st.Served > 0 })
+	e.resource("a-team", "evil", `{"hosts":["victim.example"],"routes":[{"pathPrefix":"/","public":true}]}`)
+	e.resource("team-x", "evil1", `{"resources":["https://evil.example"]}`)
+	e.resource("team-x", "evil2", `{"resources":["https://EVIL.example:443/"]}`)
+	e.resource("team-x", "evil3", `{"resources":["https://victim.example/api"]}`)
+	e.application(appBAllowsApp1)
+	e.until(5*time.Second, "app-b was never applied beside the refused claims", func() bool { return e.status() == 200 })
+	for _, want := range []struct{ ns, name, err string }{
+		{"a-team", "evil", `"victim.example" already belongs to dev-gcp:team-z:victim`},
+		{"team-x", "evil2", `"https://EVIL.example:443/" already belongs to dev-gcp:team-x:evil1`},
+		{"team-x", "evil3", `"https://victim.example/api" is on the host of dev-gcp:team-z:victim`},
+	} {
+		st, ok := e.state(want.ns, want.name)
+		if !ok || st.Refused == nil || !strings.Contains(st.Refused.Error(), want.err) || st.Served != 0 {
+			t.Errorf("%s/%s: %+v, want refused: %s", want.ns, want.name, st, want.err)
+		}
+	}
+	if a, ok := e.cur.Load().Policy.ApplicationByHost("victim.example"); !ok || a.ID != "dev-gcp:team-z:victim" {
+		t.Fatalf("victim.example is %v", a)
+	}
+	// A team touching its resource's metadata (not its spec) reloads
+	// nothing, so it cannot hold the others' changes off.
+	stop := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{"spam":"%d"}}}`, i)
+			_, _ = e.apps.Namespace("a-team").Patch(context.Background(), "evil", types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	defer close(stop)
+	e.application(appBAllowsNone)
+	e.until(3*time.Second, "a change was held off by another team's stream of updates", func() bool { return e.status() == 403 })
 }

@@ -153,10 +153,14 @@ func (r *Reloader) Watch(ctx context.Context) (<-chan struct{}, error) {
 				r.Logger.Info("SIGHUP: reloading")
 				reload()
 			case <-kick:
-				pending = time.After(kickSettle)
+				// The first event starts the wait and later ones do not
+				// prolong it: a stream of events cannot hold reloads off.
+				if pending == nil {
+					pending = time.After(kickSettle)
+				}
 			case ev := <-w.Events:
 				// Kubernetes swaps a ..data symlink; editors rename temp files.
-				if names[ev.Name] || filepath.Base(ev.Name) == "..data" {
+				if (names[ev.Name] || filepath.Base(ev.Name) == "..data") && pending == nil {
 					pending = time.After(settle)
 				}
 			case err := <-w.Errors:
