@@ -60,15 +60,19 @@ func (c *Config) applyDefaults(dir string) {
 // namespace copied from an invalid application is not the rule's fault.
 func (c *Config) resolveRules() {
 	for i := range c.Applications {
-		a := &c.Applications[i]
-		for j := range a.AccessPolicy.Inbound.Rules {
-			r := &a.AccessPolicy.Inbound.Rules[j]
-			if r.Namespace == "" {
-				r.Namespace = a.Namespace
-			}
-			if r.Cluster == "" {
-				r.Cluster = a.Cluster
-			}
+		c.Applications[i].resolveRules()
+	}
+}
+
+// resolveRules fills in a's rules' namespace and cluster from a's.
+func (a *Application) resolveRules() {
+	for j := range a.AccessPolicy.Inbound.Rules {
+		r := &a.AccessPolicy.Inbound.Rules[j]
+		if r.Namespace == "" {
+			r.Namespace = a.Namespace
+		}
+		if r.Cluster == "" {
+			r.Cluster = a.Cluster
 		}
 	}
 }

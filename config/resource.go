@@ -137,15 +137,7 @@ func (x *ResourceIndex) ResourceApplicationIn(name, namespace string, spec []byt
 		x.restore(a, before)
 		return nil, nil, err
 	}
-	for j := range a.AccessPolicy.Inbound.Rules {
-		r := &a.AccessPolicy.Inbound.Rules[j]
-		if r.Namespace == "" {
-			r.Namespace = a.Namespace
-		}
-		if r.Cluster == "" {
-			r.Cluster = a.Cluster
-		}
-	}
+	a.resolveRules()
 	return a, &rs, nil
 }
 
