@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 
@@ -219,12 +220,19 @@ type resourceMerger struct {
 // JwkerApplication) against the file's applications and the resources
 // accepted before it, and returns what became of each. cfg.Hash comes to
 // name the resources in force too.
-func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *slog.Logger) []ResourceState {
+//
+// What it accepted becomes the last good version of each resource only by
+// commit, once the runtime built from cfg is in hand. With servingOnly,
+// only the resources serving now are merged (newcomers and new versions
+// wait): the configuration to fall back on when one with everything could
+// not be built.
+func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *slog.Logger, servingOnly bool) (states []ResourceState, commit func()) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.lastGood == nil {
 		m.lastGood = map[string]Resource{}
 	}
+	accepted := map[string]Resource{}
 	index := cfg.NewResourceIndex()
 	read := func(r Resource) (*config.Application, error) {
 		var a *config.Application
@@ -265,12 +273,23 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 	})
 	h := sha256.New()
 	h.Write([]byte(cfg.Hash))
-	states := make([]ResourceState, 0, len(resources))
-	seen := make(map[string]bool, len(resources))
+	states = make([]ResourceState, 0, len(resources))
 	for _, r := range resources {
-		seen[r.key()] = true
 		st := ResourceState{Resource: r}
-		a, err := read(r)
+		if servingOnly && !incumbent(r) {
+			st.Refused = errors.New("not served yet: the configuration with it could not be built")
+			states = append(states, st)
+			continue
+		}
+		var a *config.Application
+		var err error
+		if servingOnly {
+			if good := m.lastGood[r.key()]; good.Generation != r.Generation {
+				st.Refused = errors.New("this version waits: the configuration with it could not be built")
+				r = good
+			}
+		}
+		a, err = read(r)
 		served := r
 		if err != nil {
 			st.Refused = err
@@ -284,7 +303,7 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 				}
 			}
 		} else {
-			m.lastGood[r.key()] = r
+			accepted[r.key()] = r
 		}
 		if a != nil {
 			cfg.Applications = append(cfg.Applications, *a)
@@ -294,15 +313,23 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 		}
 		states = append(states, st)
 	}
-	for key := range m.lastGood {
-		if !seen[key] {
-			delete(m.lastGood, key) // deleted: no version of it serves
-		}
-	}
 	if len(resources) > 0 {
 		cfg.Hash = hex.EncodeToString(h.Sum(nil)[:8])
 	}
-	return states
+	seen := make(map[string]bool, len(resources))
+	for _, r := range resources {
+		seen[r.key()] = true
+	}
+	return states, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for key := range m.lastGood {
+			if !seen[key] {
+				delete(m.lastGood, key) // deleted: no version of it serves
+			}
+		}
+		maps.Copy(m.lastGood, accepted)
+	}
 }
 
 // errKubeNotSynced keeps vakt out of rotation until the resources are in.

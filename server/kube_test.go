@@ -329,3 +329,49 @@ func TestKubeClaims(t *testing.T) {
 	e.application(appBAllowsNone)
 	e.until(3*time.Second, "a change was held off by another team's stream of updates", func() bool { return e.status() == 403 })
 }
+
+// The merge a failed build falls back on serves the resources serving
+// before, in the version that served, and no newcomer; nothing becomes the
+// last good version until its runtime is built (commit).
+func TestResourceMergerFallback(t *testing.T) {
+	load := func() *config.Config {
+		c, err := config.Load([]byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\n"), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a1 := Resource{Kind: config.KindApplication, Namespace: "team-a", Name: "a", UID: "u-a", Generation: 1, Spec: []byte(`{"hosts":["a.example"]}`)}
+	a2 := a1
+	a2.Generation, a2.Spec = 2, []byte(`{"hosts":["a2.example"]}`)
+	b := Resource{Kind: config.KindApplication, Namespace: "team-b", Name: "b", UID: "u-b", Generation: 1, Spec: []byte(`{}`)}
+	var m resourceMerger
+	cfg := load()
+	_, commit := m.merge(cfg, []Resource{a1}, quiet, false)
+	if len(cfg.Applications) != 1 {
+		t.Fatalf("%d applications", len(cfg.Applications))
+	}
+	// Not committed: a is not yet serving, so a fallback serves nothing.
+	fallback := load()
+	if states, _ := m.merge(fallback, []Resource{a1}, quiet, true); len(fallback.Applications) != 0 || states[0].Refused == nil {
+		t.Fatalf("uncommitted served: %+v", states)
+	}
+	commit()
+	fallback = load()
+	states, _ := m.merge(fallback, []Resource{a2, b}, quiet, true)
+	if len(fallback.Applications) != 1 || fallback.Applications[0].Hosts[0] != "a.example" {
+		t.Fatalf("the fallback serves %+v", fallback.Applications)
+	}
+	for _, st := range states {
+		switch st.Resource.Name {
+		case "a":
+			if st.Served != 1 {
+				t.Errorf("a: %+v", st)
+			}
+		case "b":
+			if st.Served != 0 || st.Refused == nil {
+				t.Errorf("b: %+v", st)
+			}
+		}
+	}
+}

@@ -70,19 +70,30 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 	} else if signer == nil {
 		return nil, errors.New("the configuration names no signing.keysFile, and vakt started with one; restart to sign with a generated key")
 	}
-	var states []ResourceState
-	synced := true
-	if l.Kube != nil {
-		// Read before the merge: what the runtime says of its resources
-		// is true of the ones it was built from.
-		synced = l.Kube.Synced()
-		states = l.resources.merge(cfg, l.Kube.Resources(), l.Logger)
+	opts := Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets}
+	if l.Kube == nil {
+		return NewRuntime(ctx, cfg, opts)
 	}
-	rt, err := NewRuntime(ctx, cfg, Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets})
+	// Read before the merge: what the runtime says of its resources is
+	// true of the ones it was built from.
+	synced := l.Kube.Synced()
+	resources := l.Kube.Resources()
+	base := *cfg // before the merge appends to it
+	base.Applications = slices.Clone(cfg.Applications)
+	states, commit := l.resources.merge(cfg, resources, l.Logger, false)
+	rt, err := NewRuntime(ctx, cfg, opts)
 	if err != nil {
-		return nil, err
+		// A resource got past the checks but not the engine's: no team's
+		// resource may stop everyone's reloads. The resources serving now
+		// are kept; the newcomers wait.
+		l.Logger.Error("kubernetes: the configuration with every resource could not be built; the resources serving now are kept, new ones wait", "error", err)
+		states, commit = l.resources.merge(&base, resources, l.Logger, true)
+		if rt, err = NewRuntime(ctx, &base, opts); err != nil {
+			return nil, err
+		}
 	}
-	rt.Resources, rt.kubeSynced, rt.kube = states, synced, l.Kube != nil
+	commit()
+	rt.Resources, rt.kubeSynced, rt.kube = states, synced, true
 	return rt, nil
 }
 
