@@ -17,12 +17,20 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/kubetest"
 	"github.com/vakt-dev/vakt/internal/tlstest"
 )
 
@@ -330,4 +338,92 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(built.path))
 	}
 	os.Exit(code)
+}
+
+// vakt serve in Kubernetes-native mode, the binary, against a real API
+// server: not ready until the Application resources are read, then an
+// Application applied is enforced by its Check.
+func TestServeBinaryKubernetes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	cluster := kubetest.Start(t)
+	client, err := dynamic.NewForConfig(cluster.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(gvr schema.GroupVersionResource, ns string, object []byte) {
+		t.Helper()
+		var u unstructured.Unstructured
+		if err := u.UnmarshalJSON(object); err != nil {
+			t.Fatal(err)
+		}
+		var ri dynamic.ResourceInterface = client.Resource(gvr)
+		if ns != "" {
+			ri = client.Resource(gvr).Namespace(ns)
+		}
+		if _, err := ri.Apply(context.Background(), u.GetName(), &u, metav1.ApplyOptions{FieldManager: "vakt-test", Force: true}); err != nil {
+			t.Fatalf("apply %s: %v", u.GetName(), err)
+		}
+	}
+	crd, err := os.ReadFile("../../deploy/kubernetes/crds/applications.vakt.dev.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	crdJSON, err := sigsyaml.YAMLToJSON(crd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}, "", crdJSON)
+	apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-b"}}`))
+
+	dir := t.TempDir()
+	signing, _ := exchange.GenerateSigningKey("ES256")
+	if err := exchange.WriteKeysFile(filepath.Join(dir, "keys.json"), []*exchange.SigningKey{signing}); err != nil {
+		t.Fatal(err)
+	}
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfgPath := tlstest.Write(t, dir, "vakt.yaml", []byte(`issuer: http://127.0.0.1:8080
+cluster: dev-gcp
+listen: {grpc: `+grpcAddr+`, http: 127.0.0.1:`+fmt.Sprint(freePort(t))+`, admin: `+adminAddr+`}
+shutdown: {drainDelay: 0s}
+signing: {keysFile: keys.json}
+kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
+applications:
+  - {name: app-1, namespace: team-a}
+`))
+	startBinary(t, nil, "serve", "--config", cfgPath)
+	admin := &http.Client{Timeout: 2 * time.Second}
+	waitFor(t, 30*time.Second, "vakt never ready in Kubernetes-native mode", func() bool {
+		resp, err := admin.Get("http://" + adminAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	apply(schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}, "team-b",
+		[]byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-b","namespace":"team-b"},"spec":{"accessPolicy":{"inbound":{"rules":[{"application":"app-1","namespace":"team-a"}]}}}}`))
+
+	tok := idptest.Sign(t, &idptest.Key{ID: signing.ID, Alg: signing.Alg, Private: signing.Private}, signing.Alg,
+		map[string]any{"alg": signing.Alg, "kid": signing.ID, "typ": "at+jwt"},
+		map[string]any{"iss": "http://127.0.0.1:8080", "sub": "user-1", "aud": "dev-gcp:team-b:app-b", "client_id": "dev-gcp:team-a:app-1", "exp": time.Now().Add(time.Minute).Unix()})
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	check := authv3.NewAuthorizationClient(conn)
+	waitFor(t, 10*time.Second, "the Application was never enforced", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		res, err := check.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			ContextExtensions: map[string]string{"vakt_app": "dev-gcp:team-b:app-b"},
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "GET", Path: "/", Headers: map[string]string{"authorization": "Bearer " + tok},
+			}},
+		}})
+		return err == nil && res.GetOkResponse() != nil
+	})
 }
