@@ -375,3 +375,112 @@ func TestResourceMergerFallback(t *testing.T) {
 		}
 	}
 }
+
+// replica is one more vakt over the same cluster: its own runtime, kept
+// up to date by its own informers, and its status writer; stop ends it.
+type replica struct {
+	cur  *Current
+	stop context.CancelFunc
+}
+
+func (e *kenv) replica(identity string) *replica {
+	e.t.Helper()
+	dir := e.t.TempDir()
+	cfgPath := filepath.Join(dir, "vakt.yaml")
+	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	cur := &Current{}
+	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: e.signer,
+		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
+	rl := &Reloader{Current: cur, Build: loader.Build, Logger: quiet}
+	loader.Kube = NewKubeSource(KubeSourceConfig{Client: e.client, Logger: quiet, OnChange: rl.Kick})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := rl.Start(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+	done, err := rl.Watch(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ran, wrote := make(chan struct{}), make(chan struct{})
+	go func() { defer close(ran); loader.Kube.Run(ctx) }()
+	go func() {
+		defer close(wrote)
+		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: e.cluster.Config, Client: e.client, Current: cur,
+			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
+			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: quiet})
+	}()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+			<-ran
+			<-wrote
+		}
+	}
+	e.t.Cleanup(stop)
+	return &replica{cur: cur, stop: stop}
+}
+
+// readyCondition is app-b's Ready condition as its status has it.
+func (e *kenv) readyCondition() (map[string]any, int64) {
+	u, err := e.apps.Namespace("team-b").Get(context.Background(), "app-b", metav1.GetOptions{})
+	if err != nil {
+		return nil, 0
+	}
+	gen, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, ok := c.(map[string]any); ok && m["type"] == "Ready" {
+			return m, gen
+		}
+	}
+	return nil, gen
+}
+
+// Two replicas elect one status writer (a Lease); it writes each
+// Application's Ready condition as the runtime has it; when it stops, the
+// other takes over.
+func TestKubeStatusWriter(t *testing.T) {
+	e := newKubeEnv(t)
+	e.namespace("vakt")
+	r1, r2 := e.replica("r1"), e.replica("r2")
+	e.application(appBAllowsApp1)
+	e.until(10*time.Second, "no Ready True for generation 1", func() bool {
+		c, gen := e.readyCondition()
+		return c != nil && c["status"] == "True" && c["reason"] == "Serving" && gen == 1
+	})
+	e.application(appBInvalid)
+	e.until(10*time.Second, "no Ready False for the refused generation 2", func() bool {
+		c, gen := e.readyCondition()
+		return c != nil && c["status"] == "False" && c["reason"] == "Refused" && gen == 2 &&
+			strings.Contains(fmt.Sprint(c["message"]), "generation 1 serves") && strings.Contains(fmt.Sprint(c["message"]), "a public route needs no token")
+	})
+	leases := e.client.Resource(schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}).Namespace("vakt")
+	holder := func() string {
+		l, err := leases.Get(context.Background(), "vakt-status", metav1.GetOptions{})
+		if err != nil {
+			return ""
+		}
+		h, _, _ := unstructured.NestedString(l.Object, "spec", "holderIdentity")
+		return h
+	}
+	leader := holder()
+	switch leader {
+	case "r1":
+		r1.stop()
+	case "r2":
+		r2.stop()
+	default:
+		t.Fatalf("the lease is held by %q", leader)
+	}
+	e.until(15*time.Second, "the other replica never took the lease", func() bool { h := holder(); return h != "" && h != leader })
+	e.application(appBAllowsApp1)
+	e.until(10*time.Second, "the new writer never wrote generation 3", func() bool {
+		c, gen := e.readyCondition()
+		return c != nil && c["status"] == "True" && gen == 3
+	})
+}
