@@ -291,6 +291,10 @@ type Kubernetes struct {
 	// Jwkers reads jwkers.nais.io resources too (their CRD must be
 	// installed).
 	Jwkers bool `yaml:"jwkers"`
+	// LeaseNamespace holds the Lease (vakt-status) the replicas elect the
+	// one that writes the resources' status with: the pod's namespace
+	// (POD_NAMESPACE, or its service account's) when empty.
+	LeaseNamespace string `yaml:"leaseNamespace"`
 }
 
 // Shutdown is how vakt stops on SIGTERM: NOT_SERVING at once (gRPC health

@@ -178,6 +178,9 @@ func (c *Config) validateServer(v *validator) {
 			v.warn("log.sampleAllows has no effect: log.decisions is %s, which logs no allow", c.Log.Decisions)
 		}
 	}
+	if ns := c.Kubernetes.LeaseNamespace; ns != "" && !label.MatchString(ns) {
+		v.fail("kubernetes.leaseNamespace", "%q is not a namespace name", ns)
+	}
 	for i, ns := range c.Kubernetes.Namespaces {
 		if !label.MatchString(ns) {
 			v.fail(fmt.Sprintf("kubernetes.namespaces[%d]", i), "%q is not a namespace name", ns)

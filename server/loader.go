@@ -132,7 +132,7 @@ func needsRestart(started, next *config.Config) error {
 	if !sameReplay(&started.Replay, &next.Replay) {
 		changed = append(changed, "replay")
 	}
-	if ka, kb := started.Kubernetes, next.Kubernetes; ka.Enabled != kb.Enabled || ka.Kubeconfig != kb.Kubeconfig || ka.Jwkers != kb.Jwkers || !slices.Equal(ka.Namespaces, kb.Namespaces) {
+	if ka, kb := started.Kubernetes, next.Kubernetes; ka.Enabled != kb.Enabled || ka.Kubeconfig != kb.Kubeconfig || ka.Jwkers != kb.Jwkers || ka.LeaseNamespace != kb.LeaseNamespace || !slices.Equal(ka.Namespaces, kb.Namespaces) {
 		changed = append(changed, "kubernetes")
 	}
 	if len(changed) > 0 {

@@ -376,6 +376,7 @@ func TestServeBinaryKubernetes(t *testing.T) {
 	}
 	apply(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}, "", crdJSON)
 	apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-b"}}`))
+	apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"vakt"}}`))
 
 	dir := t.TempDir()
 	signing, _ := exchange.GenerateSigningKey("ES256")
@@ -393,7 +394,7 @@ kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
 applications:
   - {name: app-1, namespace: team-a}
 `))
-	startBinary(t, nil, "serve", "--config", cfgPath)
+	startBinary(t, []string{"POD_NAMESPACE=vakt", "POD_NAME=vakt-0"}, "serve", "--config", cfgPath)
 	admin := &http.Client{Timeout: 2 * time.Second}
 	waitFor(t, 30*time.Second, "vakt never ready in Kubernetes-native mode", func() bool {
 		resp, err := admin.Get("http://" + adminAddr + "/readyz")
@@ -426,4 +427,17 @@ applications:
 		}})
 		return err == nil && res.GetOkResponse() != nil
 	})
+	// Its status says so, written by the replica holding the lease.
+	waitFor(t, 15*time.Second, "no Ready status written", func() bool {
+		u, err := client.Resource(schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}).Namespace("team-b").Get(context.Background(), "app-b", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		return len(conds) == 1 && conds[0].(map[string]any)["status"] == "True"
+	})
+	lease, err := client.Resource(schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}).Namespace("vakt").Get(context.Background(), "vakt-status", metav1.GetOptions{})
+	if h, _, _ := unstructured.NestedString(lease.Object, "spec", "holderIdentity"); err != nil || h != "vakt-0" {
+		t.Fatalf("the lease: %q %v", h, err)
+	}
 }

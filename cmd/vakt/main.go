@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -212,8 +213,14 @@ func serve(args []string, stderr io.Writer) int {
 	loader.KeySets = server.NewKeySets(ctx, log, nil)
 	loader.KeySets.TraceWith(tracing)
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
+	var statusWriter *server.KubeStatusConfig
 	if k := cfg.Kubernetes; k.Enabled {
-		client, err := kubeClient(k.Kubeconfig)
+		rc, client, err := kubeClient(k.Kubeconfig)
+		if err != nil {
+			log.Error("kubernetes", "error", err)
+			return 1
+		}
+		leaseNS, identity, err := leaseIdentity(k.LeaseNamespace)
 		if err != nil {
 			log.Error("kubernetes", "error", err)
 			return 1
@@ -221,7 +228,8 @@ func serve(args []string, stderr io.Writer) int {
 		loader.Kube = server.NewKubeSource(server.KubeSourceConfig{
 			Client: client, Namespaces: k.Namespaces, Jwkers: k.Jwkers, Logger: log, OnChange: reloader.Kick,
 		})
-		log.Info("kubernetes-native mode: watching Application resources", "namespaces", k.Namespaces, "jwkers", k.Jwkers)
+		statusWriter = &server.KubeStatusConfig{Rest: rc, Client: client, Current: &cur, LeaseNamespace: leaseNS, LeaseName: "vakt-status", Identity: identity, Logger: log}
+		log.Info("kubernetes-native mode: watching Application resources", "namespaces", k.Namespaces, "jwkers", k.Jwkers, "lease", leaseNS+"/vakt-status", "identity", identity)
 	}
 	if *cfgPath != "" {
 		reloader.Files = server.WatchedFiles(*cfgPath, &cur)
@@ -241,6 +249,11 @@ func serve(args []string, stderr io.Writer) int {
 		// After Watch: the first synchronisation kicks a reload, which
 		// brings the resources in and makes vakt ready.
 		go loader.Kube.Run(ctx)
+		go func() {
+			if err := server.RunStatusWriter(ctx, *statusWriter); err != nil {
+				log.Error("kubernetes: no status will be written", "error", err)
+			}
+		}()
 	}
 	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other).WithTracing(tracing).
 		WithShutdown(cfg.Shutdown.DrainDelay.Std(), cfg.Shutdown.Grace.Std())
@@ -386,7 +399,7 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 
 // kubeClient is a dynamic client for the cluster: from kubeconfig when
 // set, else the pod's service account.
-func kubeClient(kubeconfig string) (dynamic.Interface, error) {
+func kubeClient(kubeconfig string) (*rest.Config, dynamic.Interface, error) {
 	var rc *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -395,7 +408,36 @@ func kubeClient(kubeconfig string) (dynamic.Interface, error) {
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes.kubeconfig, or the pod's service account: %w", err)
+		return nil, nil, fmt.Errorf("kubernetes.kubeconfig, or the pod's service account: %w", err)
 	}
-	return dynamic.NewForConfig(rc)
+	client, err := dynamic.NewForConfig(rc)
+	return rc, client, err
+}
+
+// serviceAccountNamespace is where Kubernetes tells a pod its namespace.
+const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// leaseIdentity is the status writer's lease namespace (configured, else
+// POD_NAMESPACE, else the service account's) and this replica's identity
+// (POD_NAME, else the host name: a pod's name).
+func leaseIdentity(configured string) (namespace, identity string, err error) {
+	namespace = configured
+	if namespace == "" {
+		namespace = os.Getenv("POD_NAMESPACE")
+	}
+	if namespace == "" {
+		if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
+			namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if namespace == "" {
+		return "", "", errors.New("the status writer's lease needs a namespace: kubernetes.leaseNamespace, or POD_NAMESPACE")
+	}
+	identity = os.Getenv("POD_NAME")
+	if identity == "" {
+		if identity, err = os.Hostname(); err != nil {
+			return "", "", fmt.Errorf("this replica's identity: POD_NAME, or the host name: %w", err)
+		}
+	}
+	return namespace, identity, nil
 }
