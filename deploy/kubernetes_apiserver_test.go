@@ -1,12 +1,14 @@
 package deploy_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,10 +19,14 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
@@ -34,6 +40,7 @@ import (
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/internal/kubetest"
+	"github.com/vakt-dev/vakt/server"
 )
 
 // A real kube-apiserver (internal/kubetest) accepts deploy/kubernetes as
@@ -48,72 +55,10 @@ import (
 func TestKubernetesAPIServerAccepts(t *testing.T) {
 	cluster := kubetest.Start(t)
 	ctx := t.Context()
+	a := newApplier(t, cluster.Config)
+	client, apply, applyAll := a.client, a.apply, a.applyAll
 
-	warnings := &warningRecorder{}
-	cfg := rest.CopyConfig(cluster.Config)
-	cfg.WarningHandler = warnings
-	client, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
-
-	// apply server-side-applies one object given as JSON, strictly.
-	apply := func(source string, data []byte) error {
-		t.Helper()
-		var u unstructured.Unstructured
-		if err := u.UnmarshalJSON(data); err != nil {
-			t.Fatalf("%s: %v", source, err)
-		}
-		gvk := u.GroupVersionKind()
-		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if err != nil {
-			t.Fatalf("%s: %s %s: %v", source, gvk, u.GetName(), err)
-		}
-		var r dynamic.ResourceInterface = client.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			if u.GetNamespace() == "" {
-				t.Fatalf("%s: %s %s has no namespace", source, gvk.Kind, u.GetName())
-			}
-			r = client.Resource(m.Resource).Namespace(u.GetNamespace())
-		}
-		force := true
-		_, err = r.Patch(ctx, u.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{
-			FieldManager:    "vakt-deploy-test",
-			Force:           &force,
-			FieldValidation: metav1.FieldValidationStrict,
-		})
-		return err
-	}
-	applyAll := func(source string, docs [][]byte) {
-		t.Helper()
-		for _, data := range docs {
-			warnings.take()
-			err := apply(source, data)
-			kind, name := kindName(data)
-			if err != nil {
-				t.Errorf("%s: the API server refuses %s %s: %v", source, kind, name, err)
-			} else if w := warnings.take(); len(w) > 0 {
-				t.Errorf("%s: %s %s: the API server warns: %s", source, kind, name, strings.Join(w, "; "))
-			} else {
-				t.Logf("%s: %s %s applied", source, kind, name)
-			}
-		}
-	}
-
-	ns, err := os.ReadFile(filepath.Join(baseDir, "namespace.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nsJSON, err := yaml.YAMLToJSONStrict(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	applyAll("kubernetes/namespace.yaml", [][]byte{nsJSON})
+	applyAll("kubernetes/namespace.yaml", [][]byte{namespaceJSON(t)})
 
 	for _, dir := range []string{baseDir, redisDir} {
 		docs := renderJSON(t, dir)
@@ -147,6 +92,95 @@ func TestKubernetesAPIServerAccepts(t *testing.T) {
 			break
 		}
 	}
+}
+
+// applier applies objects as `kubectl apply --server-side` would, as the
+// administrator: strictly, and recording the API server's warnings.
+type applier struct {
+	t        *testing.T
+	client   dynamic.Interface
+	mapper   meta.RESTMapper
+	warnings *warningRecorder
+}
+
+func newApplier(t *testing.T, admin *rest.Config) *applier {
+	t.Helper()
+	warnings := &warningRecorder{}
+	cfg := rest.CopyConfig(admin)
+	cfg.WarningHandler = warnings
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &applier{t: t, client: client, warnings: warnings,
+		mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}
+}
+
+// apply server-side-applies one object given as JSON, strictly.
+func (a *applier) apply(source string, data []byte) error {
+	t := a.t
+	t.Helper()
+	var u unstructured.Unstructured
+	if err := u.UnmarshalJSON(data); err != nil {
+		t.Fatalf("%s: %v", source, err)
+	}
+	gvk := u.GroupVersionKind()
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		t.Fatalf("%s: %s %s: %v", source, gvk, u.GetName(), err)
+	}
+	var r dynamic.ResourceInterface = a.client.Resource(m.Resource)
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		if u.GetNamespace() == "" {
+			t.Fatalf("%s: %s %s has no namespace", source, gvk.Kind, u.GetName())
+		}
+		r = a.client.Resource(m.Resource).Namespace(u.GetNamespace())
+	} else if u.GetNamespace() != "" {
+		t.Fatalf("%s: %s %s is cluster-scoped but has namespace %s", source, gvk.Kind, u.GetName(), u.GetNamespace())
+	}
+	force := true
+	_, err = r.Patch(t.Context(), u.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{
+		FieldManager:    "vakt-deploy-test",
+		Force:           &force,
+		FieldValidation: metav1.FieldValidationStrict,
+	})
+	return err
+}
+
+// applyAll applies objects, failing the test on a refusal or a warning.
+func (a *applier) applyAll(source string, docs [][]byte) {
+	t := a.t
+	t.Helper()
+	for _, data := range docs {
+		a.warnings.take()
+		err := a.apply(source, data)
+		kind, name := kindName(data)
+		if err != nil {
+			t.Errorf("%s: the API server refuses %s %s: %v", source, kind, name, err)
+		} else if w := a.warnings.take(); len(w) > 0 {
+			t.Errorf("%s: %s %s: the API server warns: %s", source, kind, name, strings.Join(w, "; "))
+		} else {
+			t.Logf("%s: %s %s applied", source, kind, name)
+		}
+	}
+}
+
+// namespaceJSON is deploy/kubernetes/namespace.yaml as JSON.
+func namespaceJSON(t *testing.T) []byte {
+	t.Helper()
+	ns, err := os.ReadFile(filepath.Join(baseDir, "namespace.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := yaml.YAMLToJSONStrict(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
 }
 
 // renderJSON builds a kustomization as `kubectl apply -k dir` would (load
@@ -528,4 +562,308 @@ func tableRow(t *testing.T, cfg *rest.Config, path string) ([]string, []string) 
 		cells = append(cells, fmt.Sprint(c))
 	}
 	return cols, cells
+}
+
+// overlays/native on a real kube-apiserver: the CRDs, the namespace and the
+// overlay applied as the README says (strictly, without a warning); then,
+// acting as vakt's service account (a token user with the name and groups
+// Kubernetes gives system:serviceaccount:vakt:vakt, so no impersonation
+// rights are involved), the RBAC is shown to be enough for what vakt does
+// and no more: vakt's own KubeSource and status writer read an Application
+// cluster-wide, win the Lease vakt-status and write the Application's
+// status; the API server's rules review lists exactly the permissions of
+// kubernetes_test.go; and Secrets, an Application's spec, Leases of other
+// names or namespaces are forbidden.
+func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
+	const saUser = "system:serviceaccount:vakt:vakt"
+	saGroups := []string{"system:serviceaccounts", "system:serviceaccounts:vakt"}
+	cluster := kubetest.Start(t, kubetest.WithUser(saUser, saGroups...))
+	ctx := t.Context()
+	a := newApplier(t, cluster.Config)
+	admin := a.client
+
+	crds := admin.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	crdDocs := renderJSON(t, crdsDir)
+	a.applyAll(crdsDir, crdDocs)
+	for _, data := range crdDocs {
+		_, name := kindName(data)
+		waitEstablished(t, crds, name)
+	}
+	a.applyAll("kubernetes/namespace.yaml", [][]byte{namespaceJSON(t)})
+	a.applyAll(nativeDir, renderJSON(t, nativeDir))
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	applications := schema.GroupVersionResource{Group: config.ResourceGroup, Version: config.ResourceVersion, Resource: "applications"}
+	jwkers := schema.GroupVersionResource{Group: config.JwkerGroup, Version: config.JwkerVersion, Resource: "jwkers"}
+	leases := schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
+	secrets := corev1.SchemeGroupVersion.WithResource("secrets")
+
+	n := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "team-b"}}}
+	if _, err := admin.Resource(corev1.SchemeGroupVersion.WithResource("namespaces")).Create(ctx, n, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"app-b", "rbac-check"} {
+		app := objectFromYAML(t, "apiVersion: vakt.dev/v1alpha1\nkind: Application\nmetadata: {name: "+name+", namespace: team-b}\nspec:\n  routes: [{pathPrefix: /, public: true}]\n")
+		if _, err := admin.Resource(applications).Namespace("team-b").Create(ctx, app, metav1.CreateOptions{FieldValidation: metav1.FieldValidationStrict}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "vakt-signing-keys", "namespace": "vakt"}}}
+	if _, err := admin.Resource(secrets).Namespace("vakt").Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lease := func(name, ns, holder string) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+			"metadata": map[string]any{"name": name, "namespace": ns},
+			"spec":     map[string]any{"holderIdentity": holder, "leaseDurationSeconds": int64(1)},
+		}}
+	}
+	if _, err := admin.Resource(leases).Namespace("vakt").Create(ctx, lease("other", "vakt", "someone"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	saCfg := cluster.TokenFor(t, saUser, saGroups...)
+	sa, err := dynamic.NewForConfig(saCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// What vakt needs works (once the authorizer has seen the bindings:
+	// polled).
+	eventually(t, "list applications.vakt.dev in every namespace", func() error {
+		l, err := sa.Resource(applications).List(ctx, metav1.ListOptions{})
+		if err == nil && len(l.Items) != 2 {
+			err = fmt.Errorf("%d Applications, want 2", len(l.Items))
+		}
+		return err
+	})
+	eventually(t, "watch applications.vakt.dev in every namespace", func() error {
+		w, err := sa.Resource(applications).Watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		select {
+		case ev := <-w.ResultChan():
+			if ev.Type != "ADDED" {
+				return fmt.Errorf("the watch's first event: %s %v", ev.Type, ev.Object)
+			}
+			return nil
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("the watch sent nothing")
+		}
+	})
+	eventually(t, "list jwkers.nais.io in every namespace", func() error {
+		_, err := sa.Resource(jwkers).List(ctx, metav1.ListOptions{})
+		return err
+	})
+	eventually(t, "get an Application", func() error {
+		_, err := sa.Resource(applications).Namespace("team-b").Get(ctx, "rbac-check", metav1.GetOptions{})
+		return err
+	})
+	eventually(t, "server-side apply an Application's status", func() error {
+		st := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "vakt.dev/v1alpha1", "kind": "Application",
+			"metadata": map[string]any{"name": "rbac-check", "namespace": "team-b"},
+			"status": map[string]any{"observedGeneration": int64(1), "conditions": []any{map[string]any{
+				"type": "Ready", "status": "True", "reason": "Serving", "message": "generation 1 serves",
+				"observedGeneration": int64(1), "lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
+			}}},
+		}}
+		_, err := sa.Resource(applications).Namespace("team-b").ApplyStatus(ctx, "rbac-check", st, metav1.ApplyOptions{FieldManager: "vakt", Force: true})
+		return err
+	})
+	eventually(t, "create the Lease vakt-status in namespace vakt", func() error {
+		_, err := sa.Resource(leases).Namespace("vakt").Create(ctx, lease(statusLease, "vakt", "rbac-check"), metav1.CreateOptions{})
+		return err
+	})
+	l, err := sa.Resource(leases).Namespace("vakt").Get(ctx, statusLease, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get the Lease %s: %v", statusLease, err)
+	}
+	if err := unstructured.SetNestedField(l.Object, "rbac-check-2", "spec", "holderIdentity"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sa.Resource(leases).Namespace("vakt").Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Errorf("update the Lease %s: %v", statusLease, err)
+	}
+
+	// The API server's own account of what the service account may do, in
+	// vakt's namespace and in a team's, is exactly kubernetes_test.go's
+	// permissions (besides what every authenticated user may: review its
+	// own access).
+	for ns, want := range map[string][]string{
+		"vakt":   slices.Concat(nativeClusterPermissions, nativeLeasePermissions),
+		"team-b": nativeClusterPermissions,
+	} {
+		slices.Sort(want)
+		eventually(t, "the rules review in "+ns, func() error {
+			got := rulesReview(t, sa, ns)
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("the service account may %q, want %q", got, want)
+			}
+			return nil
+		})
+	}
+
+	// What vakt does not need is forbidden.
+	forbidden := func(what string, err error) {
+		t.Helper()
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("as vakt's service account, %s: %v, want Forbidden", what, err)
+		}
+	}
+	_, err = sa.Resource(secrets).Namespace("vakt").List(ctx, metav1.ListOptions{})
+	forbidden("list Secrets in vakt", err)
+	_, err = sa.Resource(secrets).List(ctx, metav1.ListOptions{})
+	forbidden("list Secrets in every namespace", err)
+	_, err = sa.Resource(secrets).Namespace("vakt").Get(ctx, "vakt-signing-keys", metav1.GetOptions{})
+	forbidden("get Secret vakt-signing-keys", err)
+	app, err := sa.Resource(applications).Namespace("team-b").Get(ctx, "app-b", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unstructured.SetNestedField(app.Object, "ops", "spec", "secretName"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = sa.Resource(applications).Namespace("team-b").Update(ctx, app, metav1.UpdateOptions{})
+	forbidden("update an Application", err)
+	_, err = sa.Resource(applications).Namespace("team-b").Patch(ctx, "app-b", types.MergePatchType, []byte(`{"spec":{"routes":[]}}`), metav1.PatchOptions{})
+	forbidden("patch an Application's spec", err)
+	forbidden("delete an Application", sa.Resource(applications).Namespace("team-b").Delete(ctx, "app-b", metav1.DeleteOptions{}))
+	_, err = sa.Resource(applications).Namespace("team-b").Create(ctx, objectFromYAML(t, "apiVersion: vakt.dev/v1alpha1\nkind: Application\nmetadata: {name: new, namespace: team-b}\nspec: {}\n"), metav1.CreateOptions{})
+	forbidden("create an Application", err)
+	_, err = sa.Resource(leases).Namespace("vakt").Get(ctx, "other", metav1.GetOptions{})
+	forbidden("get another Lease", err)
+	other := lease("other", "vakt", "vakt")
+	other.SetResourceVersion("1")
+	_, err = sa.Resource(leases).Namespace("vakt").Update(ctx, other, metav1.UpdateOptions{})
+	forbidden("update another Lease", err)
+	forbidden("delete the Lease vakt-status", sa.Resource(leases).Namespace("vakt").Delete(ctx, statusLease, metav1.DeleteOptions{}))
+	_, err = sa.Resource(leases).Namespace("team-b").Create(ctx, lease(statusLease, "team-b", "vakt"), metav1.CreateOptions{})
+	forbidden("create a Lease in another namespace", err)
+	_, err = sa.Resource(corev1.SchemeGroupVersion.WithResource("pods")).Namespace("vakt").List(ctx, metav1.ListOptions{})
+	forbidden("list Pods", err)
+
+	// vakt itself, with these credentials: its KubeSource reads the
+	// Applications, and its status writer wins the Lease and writes each
+	// one's status, then gives the Lease up as it stops.
+	if err := admin.Resource(leases).Namespace("vakt").Delete(ctx, statusLease, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
+	var cur server.Current
+	var src *server.KubeSource
+	src = server.NewKubeSource(server.KubeSourceConfig{Client: sa, Logger: logger, OnChange: func() {
+		var states []server.ResourceState
+		for _, r := range src.Resources() {
+			states = append(states, server.ResourceState{Resource: r, Served: r.Generation})
+		}
+		cur.Store(&server.Runtime{Resources: states})
+	}})
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { src.Run(runCtx) })
+	wg.Go(func() {
+		err := server.RunStatusWriter(runCtx, server.KubeStatusConfig{
+			Rest: saCfg, Client: sa, Current: &cur, LeaseNamespace: "vakt", LeaseName: statusLease, Identity: "vakt-0",
+			LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 200 * time.Millisecond, Logger: logger,
+		})
+		if err != nil {
+			t.Errorf("RunStatusWriter: %v", err)
+		}
+	})
+	stopped := false
+	defer func() {
+		if !stopped {
+			stop()
+			wg.Wait()
+		}
+	}()
+	eventually(t, "vakt writes Application app-b's status", func() error {
+		u, err := admin.Resource(applications).Namespace("team-b").Get(ctx, "app-b", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		if len(conds) != 1 {
+			return fmt.Errorf("status %v", u.Object["status"])
+		}
+		c, _ := conds[0].(map[string]any)
+		if c["type"] != "Ready" || c["status"] != "True" || c["reason"] != "Serving" || c["observedGeneration"] != u.GetGeneration() {
+			return fmt.Errorf("status %v", u.Object["status"])
+		}
+		return nil
+	})
+	holder := func() string {
+		t.Helper()
+		l, err := admin.Resource(leases).Namespace("vakt").Get(ctx, statusLease, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _, _ := unstructured.NestedString(l.Object, "spec", "holderIdentity")
+		return h
+	}
+	if h := holder(); h != "vakt-0" {
+		t.Errorf("the Lease %s is held by %q, want vakt-0", statusLease, h)
+	}
+	stop()
+	wg.Wait()
+	stopped = true
+	if h := holder(); h != "" {
+		t.Errorf("vakt stopped, yet the Lease %s is held by %q: releasing it (an update) failed", statusLease, h)
+	}
+}
+
+// rulesReview returns what the client's user may do in a namespace, as the
+// API server's SelfSubjectRulesReview says and permissions (in
+// kubernetes_test.go) lists it; without the reviews of its own access
+// every authenticated user may ask for (system:basic-user).
+func rulesReview(t *testing.T, client dynamic.Interface, ns string) []string {
+	t.Helper()
+	review := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+		"spec": map[string]any{"namespace": ns},
+	}}
+	got, err := client.Resource(authorizationv1.SchemeGroupVersion.WithResource("selfsubjectrulesreviews")).Create(t.Context(), review, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r authorizationv1.SelfSubjectRulesReview
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Status.Incomplete {
+		t.Fatalf("the rules review in %s is incomplete: %s", ns, r.Status.EvaluationError)
+	}
+	var rules []rbacv1.PolicyRule
+	for _, rr := range r.Status.ResourceRules {
+		if slices.ContainsFunc(rr.APIGroups, func(g string) bool {
+			return g == authorizationv1.GroupName || g == "authentication.k8s.io"
+		}) {
+			continue
+		}
+		rules = append(rules, rbacv1.PolicyRule{Verbs: rr.Verbs, APIGroups: rr.APIGroups, Resources: rr.Resources, ResourceNames: rr.ResourceNames})
+	}
+	return permissions(rules)
+}
+
+// eventually polls f until it succeeds, for at most 30 s: RBAC objects are
+// authorized a moment after they are stored.
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -37,9 +38,14 @@ import (
 // are checked: ports, paths, selectors, security.
 
 const (
-	baseDir  = "kubernetes"
-	redisDir = "kubernetes/overlays/redis"
+	baseDir   = "kubernetes"
+	redisDir  = "kubernetes/overlays/redis"
+	nativeDir = "kubernetes/overlays/native"
 )
+
+// clusterScoped are the kinds a rendering may hold outside namespace vakt:
+// they have no namespace at all.
+var clusterScoped = map[string]bool{"ClusterRole": true, "ClusterRoleBinding": true}
 
 // objects are the decoded objects of one rendering, by kind and name.
 type objects map[string]any
@@ -64,6 +70,14 @@ func newObject(apiVersion, kind string) any {
 		return new(policyv1.PodDisruptionBudget)
 	case "networking.k8s.io/v1 NetworkPolicy":
 		return new(networkingv1.NetworkPolicy)
+	case "rbac.authorization.k8s.io/v1 ClusterRole":
+		return new(rbacv1.ClusterRole)
+	case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+		return new(rbacv1.ClusterRoleBinding)
+	case "rbac.authorization.k8s.io/v1 Role":
+		return new(rbacv1.Role)
+	case "rbac.authorization.k8s.io/v1 RoleBinding":
+		return new(rbacv1.RoleBinding)
 	}
 	return nil
 }
@@ -231,16 +245,21 @@ func volume(t *testing.T, d *appsv1.Deployment, name string) *corev1.Volume {
 	return nil
 }
 
-// checkObjects checks what every rendering must hold: one namespace, and
-// the references between objects.
+// checkObjects checks what every rendering must hold: one namespace (or
+// none, for a cluster-scoped kind), and the references between objects.
 func checkObjects(t *testing.T, objs objects) {
 	t.Helper()
 	for key, o := range objs {
 		ns := reflect.ValueOf(o).Elem().FieldByName("Namespace").String()
-		if ns != "vakt" {
+		kind, _, _ := strings.Cut(key, "/")
+		switch {
+		case clusterScoped[kind] && ns != "":
+			t.Errorf("%s is cluster-scoped but has namespace %q", key, ns)
+		case !clusterScoped[kind] && ns != "vakt":
 			t.Errorf("%s is in namespace %q, not vakt", key, ns)
 		}
 	}
+	checkRBAC(t, objs)
 	deployments := all[appsv1.Deployment](objs)
 	for _, d := range deployments {
 		checkDeployment(t, objs, d)
@@ -312,6 +331,116 @@ func checkObjects(t *testing.T, objs objects) {
 	}
 }
 
+// boundServiceAccounts are the ServiceAccounts ("namespace/name") the
+// rendering's RoleBindings and ClusterRoleBindings give a role.
+func boundServiceAccounts(objs objects) map[string]bool {
+	out := map[string]bool{}
+	var subjects []rbacv1.Subject
+	for _, b := range all[rbacv1.RoleBinding](objs) {
+		subjects = append(subjects, b.Subjects...)
+	}
+	for _, b := range all[rbacv1.ClusterRoleBinding](objs) {
+		subjects = append(subjects, b.Subjects...)
+	}
+	for _, s := range subjects {
+		if s.Kind == rbacv1.ServiceAccountKind {
+			out[s.Namespace+"/"+s.Name] = true
+		}
+	}
+	return out
+}
+
+// checkRBAC checks the rendering's roles and bindings: no wildcard, no
+// Secret, nothing that grants more permissions (escalate, bind,
+// impersonate) or non-resource URLs; every binding gives a role of the
+// rendering to ServiceAccounts of the rendering, and every role is given.
+func checkRBAC(t *testing.T, objs objects) {
+	t.Helper()
+	rules := map[string][]rbacv1.PolicyRule{}
+	for _, r := range all[rbacv1.ClusterRole](objs) {
+		if r.AggregationRule != nil {
+			t.Errorf("ClusterRole %s aggregates other roles", r.Name)
+		}
+		rules["ClusterRole/"+r.Name] = r.Rules
+	}
+	for _, r := range all[rbacv1.Role](objs) {
+		rules["Role/"+r.Name] = r.Rules
+	}
+	for role, rs := range rules {
+		for _, r := range rs {
+			for _, v := range slices.Concat(r.APIGroups, r.Resources, r.Verbs, r.ResourceNames) {
+				if strings.Contains(v, "*") {
+					t.Errorf("%s: a wildcard in %+v", role, r)
+				}
+			}
+			if len(r.NonResourceURLs) > 0 || len(r.Verbs) == 0 || len(r.Resources) == 0 || len(r.APIGroups) == 0 {
+				t.Errorf("%s: want resource rules with groups, resources and verbs: %+v", role, r)
+			}
+			if slices.Contains(r.Resources, "secrets") {
+				t.Errorf("%s gives access to Secrets: %+v", role, r)
+			}
+			for _, v := range []string{"escalate", "bind", "impersonate"} {
+				if slices.Contains(r.Verbs, v) {
+					t.Errorf("%s: verb %s: %+v", role, v, r)
+				}
+			}
+		}
+	}
+	given := map[string]bool{}
+	checkBinding := func(key, ns string, ref rbacv1.RoleRef, subjects []rbacv1.Subject) {
+		roleKey := ref.Kind + "/" + ref.Name
+		if ref.APIGroup != rbacv1.GroupName || rules[roleKey] == nil || (ns == "" && ref.Kind != "ClusterRole") {
+			t.Errorf("%s gives %+v, which is no role of the rendering", key, ref)
+		}
+		if ref.Kind == "Role" && ns != get[rbacv1.Role](t, objs, ref.Name).Namespace {
+			t.Errorf("%s gives Role %s of another namespace", key, ref.Name)
+		}
+		given[roleKey] = true
+		if len(subjects) == 0 {
+			t.Errorf("%s has no subject", key)
+		}
+		for _, s := range subjects {
+			if s.Kind != rbacv1.ServiceAccountKind || s.APIGroup != "" || s.Namespace != "vakt" || objs["ServiceAccount/"+s.Name] == nil {
+				t.Errorf("%s: subject %+v is no ServiceAccount of the rendering", key, s)
+			}
+		}
+	}
+	for _, b := range all[rbacv1.ClusterRoleBinding](objs) {
+		checkBinding("ClusterRoleBinding/"+b.Name, "", b.RoleRef, b.Subjects)
+	}
+	for _, b := range all[rbacv1.RoleBinding](objs) {
+		checkBinding("RoleBinding/"+b.Name, b.Namespace, b.RoleRef, b.Subjects)
+	}
+	for role := range rules {
+		if !given[role] {
+			t.Errorf("%s is given to no one", role)
+		}
+	}
+}
+
+// permissions flattens rules into "verb group/resource" lines, with
+// " name" when the rule names the objects: the permissions they grant,
+// whatever the rules' grouping and order.
+func permissions(rules []rbacv1.PolicyRule) []string {
+	var out []string
+	for _, r := range rules {
+		for _, v := range r.Verbs {
+			for _, g := range r.APIGroups {
+				for _, res := range r.Resources {
+					if len(r.ResourceNames) == 0 {
+						out = append(out, v+" "+g+"/"+res)
+					}
+					for _, n := range r.ResourceNames {
+						out = append(out, v+" "+g+"/"+res+" "+n)
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // checkDeployment checks a Deployment on its own: selector, probes,
 // volumes, and the restricted Pod Security Standard.
 func checkDeployment(t *testing.T, objs objects, d *appsv1.Deployment) {
@@ -320,8 +449,17 @@ func checkDeployment(t *testing.T, objs objects, d *appsv1.Deployment) {
 	if !selects(d.Spec.Selector.MatchLabels, d.Spec.Template.Labels) {
 		t.Errorf("Deployment %s: selector %v does not select its pods %v", d.Name, d.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
 	}
-	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Errorf("Deployment %s mounts a service account token", d.Name)
+	// A pod has its service account's token only when the rendering gives
+	// that account a role, and then has it: a token is a credential, and a
+	// role bound to an account without one is a mistake.
+	bound := boundServiceAccounts(objs)[d.Namespace+"/"+pod.ServiceAccountName]
+	switch mounts := pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken; {
+	case mounts && !bound:
+		t.Errorf("Deployment %s mounts a service account token, but its ServiceAccount %q has no role", d.Name, pod.ServiceAccountName)
+	case !mounts && bound:
+		t.Errorf("Deployment %s mounts no service account token, but its ServiceAccount %q is given roles", d.Name, pod.ServiceAccountName)
+	case pod.AutomountServiceAccountToken == nil:
+		t.Errorf("Deployment %s: say automountServiceAccountToken, the default mounts a token", d.Name)
 	}
 	if sa := pod.ServiceAccountName; sa != "" {
 		acct := get[corev1.ServiceAccount](t, objs, sa)
@@ -747,6 +885,104 @@ func TestKubernetesRedisOverlay(t *testing.T) {
 				t.Errorf("NetworkPolicy vakt-redis admits %+v, not vakt's pods alone", peer)
 			}
 		}
+	}
+}
+
+// The Lease the replicas elect the status writer with (cmd/vakt's
+// KubeStatusConfig.LeaseName), in the pod's namespace.
+const statusLease = "vakt-status"
+
+// What vakt's service account may do in Kubernetes-native mode, as
+// permissions lists them: read Applications (and Jwkers) everywhere, write
+// Applications' status, and hold the Lease vakt-status in its namespace
+// (create cannot be narrowed to a name).
+var (
+	nativeClusterPermissions = []string{
+		"get nais.io/jwkers", "get vakt.dev/applications",
+		"list nais.io/jwkers", "list vakt.dev/applications",
+		"patch vakt.dev/applications/status",
+		"update vakt.dev/applications/status",
+		"watch nais.io/jwkers", "watch vakt.dev/applications",
+	}
+	nativeLeasePermissions = []string{
+		"create coordination.k8s.io/leases",
+		"get coordination.k8s.io/leases " + statusLease,
+		"update coordination.k8s.io/leases " + statusLease,
+	}
+)
+
+func TestKubernetesNativeOverlay(t *testing.T) {
+	objs := render(t, nativeDir)
+	checkObjects(t, objs)
+	p := checkVakt(t, objs)
+	pod := &p.d.Spec.Template.Spec
+
+	// The pod has its service account's token; the ServiceAccount still
+	// says false (checkDeployment), so only this pod asks for it.
+	if a := pod.AutomountServiceAccountToken; a == nil || !*a || pod.ServiceAccountName != "vakt" {
+		t.Errorf("vakt's pod must mount service account vakt's token: automountServiceAccountToken %v, serviceAccountName %q", a, pod.ServiceAccountName)
+	}
+	// POD_NAME and POD_NAMESPACE from the downward API: the writer's
+	// identity and the Lease's namespace.
+	env := map[string]string{}
+	for _, e := range p.c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.Value == "" &&
+			(e.ValueFrom.FieldRef.APIVersion == "" || e.ValueFrom.FieldRef.APIVersion == "v1") {
+			env[e.Name] = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	if env["POD_NAME"] != "metadata.name" || env["POD_NAMESPACE"] != "metadata.namespace" {
+		t.Errorf("POD_NAME and POD_NAMESPACE must come from fieldRef metadata.name and metadata.namespace: %v", env)
+	}
+
+	// vakt's configuration is the base's plus kubernetes: {enabled: true}.
+	var base, overlay map[string]any
+	if err := yaml.Unmarshal([]byte(mustRead(t, filepath.Join(baseDir, "vakt.yaml"))), &base); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(p.raw, &overlay); err != nil {
+		t.Fatal(err)
+	}
+	kube := overlay["kubernetes"]
+	delete(overlay, "kubernetes")
+	if !reflect.DeepEqual(base, overlay) || !reflect.DeepEqual(kube, map[string]any{"enabled": true}) {
+		t.Errorf("overlays/native/vakt.yaml must be deploy/kubernetes/vakt.yaml with kubernetes: {enabled: true} added, nothing else; kubernetes is %v", kube)
+	}
+	cfg, err := config.Load(p.raw, "/etc/vakt")
+	if err != nil {
+		t.Fatalf("overlays/native/vakt.yaml: %v", err)
+	}
+	if k := cfg.Kubernetes; !k.Enabled || !p.cfg.Kubernetes.Enabled || len(k.Namespaces) > 0 || k.Kubeconfig != "" {
+		t.Errorf("overlays/native/vakt.yaml: kubernetes is %+v, want enabled, every namespace, the service account", k)
+	}
+	if ns := cfg.Kubernetes.LeaseNamespace; ns != "" && ns != p.d.Namespace {
+		t.Errorf("kubernetes.leaseNamespace %s: the Role lets vakt hold its Lease in %s only", ns, p.d.Namespace)
+	}
+
+	// The RBAC, exactly: the ClusterRole for the resources, bound
+	// cluster-wide (vakt watches every namespace); the Role for the Lease,
+	// in vakt's namespace; both given to vakt's ServiceAccount alone.
+	sa := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: pod.ServiceAccountName, Namespace: p.d.Namespace}}
+	cr := get[rbacv1.ClusterRole](t, objs, "vakt")
+	if got := permissions(cr.Rules); !slices.Equal(got, nativeClusterPermissions) {
+		t.Errorf("ClusterRole vakt grants %q, want %q", got, nativeClusterPermissions)
+	}
+	crb := get[rbacv1.ClusterRoleBinding](t, objs, "vakt")
+	if crb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: cr.Name}) || !reflect.DeepEqual(crb.Subjects, sa) {
+		t.Errorf("ClusterRoleBinding vakt gives %+v to %+v, want ClusterRole vakt to %+v", crb.RoleRef, crb.Subjects, sa)
+	}
+	roles, bindings := all[rbacv1.Role](objs), all[rbacv1.RoleBinding](objs)
+	if len(roles) != 1 || len(bindings) != 1 || len(all[rbacv1.ClusterRole](objs)) != 1 || len(all[rbacv1.ClusterRoleBinding](objs)) != 1 {
+		t.Fatalf("overlays/native renders %v, want one ClusterRole, ClusterRoleBinding, Role and RoleBinding", slices.Sorted(maps.Keys(objs)))
+	}
+	if got := permissions(roles[0].Rules); !slices.Equal(got, nativeLeasePermissions) || roles[0].Namespace != p.d.Namespace {
+		t.Errorf("Role %s/%s grants %q, want %q in %s", roles[0].Namespace, roles[0].Name, got, nativeLeasePermissions, p.d.Namespace)
+	}
+	if rb := bindings[0]; rb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: roles[0].Name}) || !reflect.DeepEqual(rb.Subjects, sa) {
+		t.Errorf("RoleBinding %s gives %+v to %+v, want Role %s to %+v", rb.Name, rb.RoleRef, rb.Subjects, roles[0].Name, sa)
+	}
+	if len(objs) != 10 {
+		t.Errorf("overlays/native renders %v: the base's six objects and the four of rbac.yaml", slices.Sorted(maps.Keys(objs)))
 	}
 }
 
