@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
@@ -54,7 +55,7 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(lctx context.Context) {
 				log.Info("kubernetes: this replica writes the resources' status", "identity", c.Identity)
-				(&statusWriter{client: c.Client, cur: c.Current, log: log, written: map[string]writtenStatus{}}).run(lctx)
+				(&statusWriter{client: c.Client, cur: c.Current, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}).run(lctx)
 			},
 			OnStoppedLeading: func() { log.Info("kubernetes: this replica no longer writes status", "identity", c.Identity) },
 		},
@@ -74,6 +75,16 @@ type statusWriter struct {
 	cur     *Current
 	log     *slog.Logger
 	written map[string]writtenStatus
+	// failing holds the resources whose status could not be written: each
+	// is tried again after a wait that doubles, to 5 minutes, and its error
+	// is logged when it changes, not on every try.
+	failing map[string]*failure
+}
+
+type failure struct {
+	next time.Time
+	wait time.Duration
+	err  string
 }
 
 // writtenStatus is a status as last written, to write only changes and keep
@@ -103,13 +114,24 @@ func (w *statusWriter) run(ctx context.Context) {
 	}
 }
 
-// write writes every status that changed; false when one failed.
+// write writes every status that changed; false when one is still to be
+// written (it failed, and waits to be tried again).
 func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 	ok := true
+	now := time.Now()
+	present := make(map[string]bool, len(rt.Resources))
 	for _, st := range rt.Resources {
+		if ctx.Err() != nil {
+			return false // no longer leading, or stopping
+		}
 		r := st.Resource
+		present[r.key()] = true
 		if r.Kind != config.KindApplication {
 			continue // Jwker status: later, in NAIS's fields
+		}
+		if f := w.failing[r.key()]; f != nil && now.Before(f.next) {
+			ok = false
+			continue
 		}
 		want := writtenStatus{uid: r.UID, generation: r.Generation, served: st.Served, status: "True", reason: "Serving",
 			message: fmt.Sprintf("generation %d serves", r.Generation)}
@@ -133,7 +155,9 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 		obj := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": config.ResourceGroup + "/" + config.ResourceVersion,
 			"kind":       config.KindApplication,
-			"metadata":   map[string]any{"name": r.Name, "namespace": r.Namespace},
+			// The uid makes the write a precondition: never the status of a
+			// namesake created since.
+			"metadata": map[string]any{"name": r.Name, "namespace": r.Namespace, "uid": r.UID},
 			"status": map[string]any{
 				"observedGeneration": r.Generation,
 				"conditions": []any{map[string]any{
@@ -143,12 +167,37 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 			},
 		}}
 		_, err := w.client.Resource(applicationsGVR).Namespace(r.Namespace).ApplyStatus(ctx, r.Name, obj, metav1.ApplyOptions{FieldManager: "vakt", Force: true})
-		if err != nil {
-			w.log.Warn("kubernetes: a resource's status could not be written", "namespace", r.Namespace, "name", r.Name, "error", err)
+		switch {
+		case err == nil:
+			delete(w.failing, r.key())
+			w.written[r.key()] = want
+		case ctx.Err() != nil:
+			return false
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+			// Deleted, or recreated under the name: the next runtime says.
+			w.written[r.key()] = want
+		default:
+			f := w.failing[r.key()]
+			if f == nil {
+				f = &failure{}
+				w.failing[r.key()] = f
+			}
+			f.wait = min(max(2*f.wait, time.Second), 5*time.Minute)
+			f.next = now.Add(f.wait)
+			if msg := err.Error(); msg != f.err {
+				f.err = msg
+				w.log.Warn("kubernetes: a resource's status could not be written; trying again, less and less often", "namespace", r.Namespace, "name", r.Name, "error", err)
+			}
 			ok = false
-			continue
 		}
-		w.written[r.key()] = want
+	}
+	if ok {
+		// Forget what was written of resources no longer there.
+		for key := range w.written {
+			if !present[key] {
+				delete(w.written, key)
+			}
+		}
 	}
 	return ok
 }

@@ -249,9 +249,19 @@ func serve(args []string, stderr io.Writer) int {
 		// After Watch: the first synchronisation kicks a reload, which
 		// brings the resources in and makes vakt ready.
 		go loader.Kube.Run(ctx)
+		writerDone := make(chan struct{})
 		go func() {
+			defer close(writerDone)
 			if err := server.RunStatusWriter(ctx, *statusWriter); err != nil {
 				log.Error("kubernetes: no status will be written", "error", err)
+			}
+		}()
+		// On the way out, the lease is released before vakt exits, so that
+		// another replica takes it at once.
+		defer func() {
+			select {
+			case <-writerDone:
+			case <-time.After(5 * time.Second):
 			}
 		}()
 	}
@@ -435,9 +445,12 @@ func leaseIdentity(configured string) (namespace, identity string, err error) {
 	}
 	identity = os.Getenv("POD_NAME")
 	if identity == "" {
-		if identity, err = os.Hostname(); err != nil {
+		host, err := os.Hostname()
+		if err != nil {
 			return "", "", fmt.Errorf("this replica's identity: POD_NAME, or the host name: %w", err)
 		}
+		// Two processes on one host must not both think they lead.
+		identity = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 	return namespace, identity, nil
 }
