@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -482,5 +483,68 @@ func TestKubeStatusWriter(t *testing.T) {
 	e.until(10*time.Second, "the new writer never wrote generation 3", func() bool {
 		c, gen := e.readyCondition()
 		return c != nil && c["status"] == "True" && gen == 3
+	})
+}
+
+// A status the API server refuses (here: no RBAC for applications/status)
+// is tried again after a doubling wait and logged once per error, not
+// every 200 ms; granted the permission, it is written.
+func TestKubeStatusWriterBackoff(t *testing.T) {
+	c := kubetest.Start(t, kubetest.WithUser("writer"))
+	admin, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &kenv{t: t, cluster: c, client: admin, apps: admin.Resource(applicationsGVR)}
+	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
+	e.namespace("team-b")
+	e.namespace("vakt")
+	e.application(appBAllowsApp1)
+	rbac := func(resource, object string) {
+		e.apply(schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: resource}, "", object)
+	}
+	rbac("clusterroles", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"writer"},"rules":[
+		{"apiGroups":["coordination.k8s.io"],"resources":["leases"],"verbs":["get","create","update"]}]}`)
+	rbac("clusterrolebindings", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"writer"},
+		"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"writer"},"subjects":[{"kind":"User","name":"writer"}]}`)
+	u, err := e.apps.Namespace("team-b").Get(context.Background(), "app-b", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := &Current{}
+	cur.Store(&Runtime{Resources: []ResourceState{{Resource: Resource{Kind: config.KindApplication, Namespace: "team-b", Name: "app-b", UID: string(u.GetUID()), Generation: u.GetGeneration()}, Served: u.GetGeneration()}}})
+	rc := c.TokenFor(t, "writer")
+	client, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: rc, Client: client, Current: cur, LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: "w",
+			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	const warning = "kubernetes: a resource's status could not be written; trying again, less and less often"
+	e.until(15*time.Second, "the refused write was never tried", func() bool {
+		logs.mu.Lock()
+		defer logs.mu.Unlock()
+		return strings.Contains(logs.b.String(), warning)
+	})
+	time.Sleep(3 * time.Second) // 15 tries at 200 ms; with the backoff, 2 or 3
+	if n := len(logs.lines(t, warning)); n != 1 {
+		t.Fatalf("the same error logged %d times", n)
+	}
+	if cond, _ := e.readyCondition(); cond != nil {
+		t.Fatalf("a status was written without the permission: %v", cond)
+	}
+	rbac("clusterroles", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"writer"},"rules":[
+		{"apiGroups":["coordination.k8s.io"],"resources":["leases"],"verbs":["get","create","update"]},
+		{"apiGroups":["vakt.dev"],"resources":["applications/status"],"verbs":["patch"]}]}`)
+	e.until(20*time.Second, "granted, the status was never written", func() bool {
+		cond, _ := e.readyCondition()
+		return cond != nil && cond["status"] == "True"
 	})
 }
