@@ -286,3 +286,28 @@ func TestHTTPAuthzHeadersToRemove(t *testing.T) {
 		t.Fatalf("stripAuthorization: %d, to remove %q", resp.StatusCode, resp.Header.Get("X-Envoy-Auth-Headers-To-Remove"))
 	}
 }
+
+// The HTTP face takes from Check's budget: past it, 503, never a decision.
+func TestHTTPAuthzOverload(t *testing.T) {
+	e := newCheckEnv(t)
+	s := AuthorityServices(e.cur, nil, quiet).WithLimits(1, 0)
+	face := httptest.NewServer(s.limitedCheck(s.AuthzHandler()))
+	t.Cleanup(face.Close)
+	s.budgets.check <- struct{}{} // the one slot, taken by a Check in flight
+	resp, err := testHTTP.Get(face.URL + AuthzPathPrefix + "/" + appB + "/public/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("over the budget: %d", resp.StatusCode)
+	}
+	<-s.budgets.check
+	if resp, err = testHTTP.Get(face.URL + AuthzPathPrefix + "/" + appB + "/public/x"); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("within the budget: %d", resp.StatusCode)
+	}
+}

@@ -157,7 +157,7 @@ func onlyMethod(method string, h http.Handler) http.Handler {
 // limited admits an HTTP request within the budget for everything but
 // Check, answering 503 temporarily_unavailable past it.
 func (s *Services) limited(h http.Handler) http.Handler {
-	return s.limitedWith(h, func(w http.ResponseWriter) {
+	return s.limitedWith(h, false, func(w http.ResponseWriter) {
 		s.metrics.refusedOverload("exchange")
 		writeJSON(w, answerFor(authz.ReasonOverloaded).http, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
 	})
@@ -166,7 +166,7 @@ func (s *Services) limited(h http.Handler) http.Handler {
 // limitedIntrospect is limited for introspection, whose every answer has
 // active (the NAIS contract), an overload's too.
 func (s *Services) limitedIntrospect(h http.Handler) http.Handler {
-	return s.limitedWith(h, func(w http.ResponseWriter) {
+	return s.limitedWith(h, false, func(w http.ResponseWriter) {
 		s.metrics.refusedOverload("introspect")
 		writeIntrospectError(w, &requestError{answerFor(authz.ReasonOverloaded).http, authz.ReasonOverloaded.Description()})
 	})
@@ -175,21 +175,20 @@ func (s *Services) limitedIntrospect(h http.Handler) http.Handler {
 // limitedCheck admits a request of the HTTP authorization face within
 // Check's budget (it is a Check), answering 503 past it.
 func (s *Services) limitedCheck(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !take(s.budgets.check) {
-			s.metrics.checkRefused()
-			w.Header().Set("Retry-After", "1")
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
-			return
-		}
-		defer func() { <-s.budgets.check }()
-		h.ServeHTTP(w, r)
+	return s.limitedWith(h, true, func(w http.ResponseWriter) {
+		s.metrics.checkRefused()
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOverloaded.Description()})
 	})
 }
 
-func (s *Services) limitedWith(h http.Handler, overloaded func(http.ResponseWriter)) http.Handler {
+// limitedWith admits h's requests within Check's budget (check) or the
+// other one, read per request (WithLimits may replace them before serving).
+func (s *Services) limitedWith(h http.Handler, check bool, overloaded func(http.ResponseWriter)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		slots := s.budgets.other
+		if check {
+			slots = s.budgets.check
+		}
 		if !take(slots) {
 			w.Header().Set("Retry-After", "1")
 			overloaded(w)
@@ -355,28 +354,14 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 
 	errs := make(chan error, 4)
 	go func() { errs <- gs.Serve(ls.GRPC) }()
-	go func() {
-		if s.httpTLS != nil {
-			httpSrv.TLSConfig = s.httpTLS
-			errs <- httpSrv.ServeTLS(ls.HTTP, "", "")
-			return
-		}
-		errs <- httpSrv.Serve(ls.HTTP)
-	}()
+	go func() { errs <- serveHTTP(httpSrv, ls.HTTP, s.httpTLS) }()
 	addrs := []any{"grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String()}
 	var authzSrv *http.Server
 	if ls.Authz != nil && s.authz != nil {
 		authzSrv = newHTTPServer(s.limitedCheck(s.authz), log, 15*time.Second)
-		go func() {
-			if s.httpTLS != nil {
-				// With listen.tls, proxies ask over TLS too: a bearer token
-				// crosses the network to this listener as to the others.
-				authzSrv.TLSConfig = s.httpTLS
-				errs <- authzSrv.ServeTLS(ls.Authz, "", "")
-				return
-			}
-			errs <- authzSrv.Serve(ls.Authz)
-		}()
+		// With listen.tls, proxies ask over TLS too: a bearer token crosses
+		// the network to this listener as to the others.
+		go func() { errs <- serveHTTP(authzSrv, ls.Authz, s.httpTLS) }()
 		addrs = append(addrs, "authz", ls.Authz.Addr().String())
 	}
 	var adminSrv *http.Server
@@ -469,6 +454,15 @@ func healthStatus(notReady error) healthpb.HealthCheckResponse_ServingStatus {
 		return healthpb.HealthCheckResponse_NOT_SERVING
 	}
 	return healthpb.HealthCheckResponse_SERVING
+}
+
+// serveHTTP serves srv on l, over TLS when tlsConfig is set.
+func serveHTTP(srv *http.Server, l net.Listener, tlsConfig *tls.Config) error {
+	if tlsConfig == nil {
+		return srv.Serve(l)
+	}
+	srv.TLSConfig = tlsConfig
+	return srv.ServeTLS(l, "", "")
 }
 
 func newHTTPServer(h http.Handler, log *slog.Logger, writeTimeout time.Duration) *http.Server {
