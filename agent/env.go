@@ -68,11 +68,11 @@ func EnvFrom(getenv func(string) string) (*Env, error) {
 	}
 	if jwk := getenv("TOKEN_X_PRIVATE_JWK"); jwk == "" {
 		errs = append(errs, errors.New("TOKEN_X_PRIVATE_JWK is not set"))
-	} else if keys, err := exchange.ParsePrivateKeys([]byte(`{"keys":[` + jwk + `]}`)); err != nil || len(keys) != 1 {
-		// Not wrapped: the parser's message could quote the key.
-		errs = append(errs, errors.New("TOKEN_X_PRIVATE_JWK is not one private JWK (RSA, P-256 or Ed25519) with a kid"))
+	} else if key, err := exchange.ParsePrivateJWK([]byte(jwk)); err != nil {
+		// The parser's message never quotes the key.
+		errs = append(errs, fmt.Errorf("TOKEN_X_PRIVATE_JWK is %w", err))
 	} else {
-		e.Key = keys[0]
+		e.Key = key
 	}
 	if e.JWKSURI == "" && e.WellKnownURL == "" {
 		errs = append(errs, errors.New("TOKEN_X_JWKS_URI or TOKEN_X_WELL_KNOWN_URL must be set, to introspect tokens issued to this application"))

@@ -292,9 +292,14 @@ type Kubernetes struct {
 	// installed).
 	Jwkers bool `yaml:"jwkers"`
 	// LeaseNamespace holds the Lease (vakt-status) the replicas elect the
-	// one that writes the resources' status with: the pod's namespace
-	// (POD_NAMESPACE, or its service account's) when empty.
+	// one that writes the resources' status and makes their client keys
+	// with: the pod's namespace (POD_NAMESPACE, or its service account's)
+	// when empty.
 	LeaseNamespace string `yaml:"leaseNamespace"`
+	// KeyOverlap is how long a client key vakt made stays valid after it
+	// was replaced (a rotation, or a Jwker's new secretName): time for the
+	// application's pods to restart with the new Secret. 24h when not set.
+	KeyOverlap Duration `yaml:"keyOverlap"`
 }
 
 // Shutdown is how vakt stops on SIGTERM: NOT_SERVING at once (gRPC health

@@ -7,6 +7,10 @@ import (
 
 const defaultTokenLifetime = 15 * time.Minute
 
+// DefaultKeyOverlap is how long a replaced client key stays valid
+// (kubernetes.keyOverlap): a day for the application's pods to restart.
+const DefaultKeyOverlap = 24 * time.Hour
+
 // Shutdown defaults: long enough for Kubernetes to take a pod's endpoints
 // out of rotation, short enough for its default 30 s termination grace.
 const (
@@ -41,6 +45,9 @@ func (c *Config) applyDefaults(dir string) {
 	}
 	if !c.Shutdown.Grace.set {
 		c.Shutdown.Grace = Duration{d: DefaultGrace, set: true}
+	}
+	if !c.Kubernetes.KeyOverlap.set {
+		c.Kubernetes.KeyOverlap = Duration{d: DefaultKeyOverlap, set: true}
 	}
 	if !c.Signing.TokenLifetime.set {
 		c.Signing.TokenLifetime = Duration{d: defaultTokenLifetime, set: true}

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -15,21 +16,14 @@ import (
 // dev-gcp: https://docs.nais.io/workloads/application/reference/application-spec
 // (generated from github.com/nais/liberator,
 // pkg/apis/nais.io/v1alpha1/application_doc_example.go). As the API server
-// serves it: JSON.
-const naisDocsJwker = `{"accessPolicy":{"inbound":{"rules":[
-{"application":"app1","namespace":"myteam","cluster":"dev-gcp"},
-{"application":"app2","namespace":"q1","cluster":"dev-gcp"},
-{"application":"app3","namespace":"q2","cluster":"dev-gcp"},
-{"application":"*","namespace":"q3","cluster":"dev-gcp"},
-{"application":"app4","namespace":"myteam","cluster":"dev-gcp","permissions":{"scopes":["custom-scope"]}},
-{"application":"app5","namespace":"myteam","cluster":"dev-gcp","permissions":{"roles":["custom-role"]}},
-{"application":"app6","namespace":"myteam","cluster":"dev-gcp","permissions":{"scopes":["custom-scope"],"roles":["custom-role"]}}]},
-"outbound":{"rules":[
-{"application":"app1","namespace":"myteam","cluster":"dev-gcp"},
-{"application":"app2","namespace":"q1","cluster":"dev-gcp"},
-{"application":"app3","namespace":"q2","cluster":"dev-gcp"},
-{"application":"*","namespace":"q3","cluster":"dev-gcp"}]}},
-"secretName":"tokenx-myapplication-8b3f6a2c"}`
+// serves it: JSON, in testdata (the server's tests apply it too).
+var naisDocsJwker = func() string {
+	b, err := os.ReadFile("testdata/nais-docs-jwker.json")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
 
 // A Jwker is read as the Application resource it stands for: strictly, and
 // validated by the same code, with the same words, naming its own fields.

@@ -186,6 +186,9 @@ func (c *Config) validateServer(v *validator) {
 			v.fail(fmt.Sprintf("kubernetes.namespaces[%d]", i), "%q is not a namespace name", ns)
 		}
 	}
+	if d := c.Kubernetes.KeyOverlap; d.set && (d.d < time.Minute || d.d > 90*24*time.Hour) {
+		v.fail("kubernetes.keyOverlap", "must be between 1m and 2160h (90 days)")
+	}
 	if !c.Kubernetes.Enabled && (len(c.Kubernetes.Namespaces) > 0 || c.Kubernetes.Kubeconfig != "" || c.Kubernetes.Jwkers) {
 		v.warn("kubernetes has settings but is not enabled: no resource is read")
 	}

@@ -372,7 +372,7 @@ func statusSchema(t *testing.T) map[string]any {
 			"type": map[string]any{
 				"type": "string", "maxLength": 316,
 				"pattern":     `^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$`,
-				"description": "The condition's type: Ready, whether vakt serves the application as its spec says.",
+				"description": "The condition's type: Ready, whether vakt serves the application as its spec says; ClientKey (with secretName), whether vakt made and published its client key.",
 			},
 			"status": map[string]any{"type": "string", "enum": []any{"True", "False", "Unknown"}},
 			"reason": map[string]any{
@@ -420,7 +420,24 @@ func statusSchema(t *testing.T) map[string]any {
 			"keys": map[string]any{
 				"type":                                 "object",
 				"x-kubernetes-preserve-unknown-fields": true,
-				"description":                          "The application's public JWK Set, as vakt knows it: the key vakt made (with secretName), or the one spec gives.",
+				"description":                          "The public JWK Set of the client keys vakt made (with secretName): the current key first, then the replaced ones still valid. Every replica of vakt reads them here.",
+			},
+			"retiredKeys": map[string]any{
+				"type":        "array",
+				"description": "The replaced keys in keys, and until when each stays valid (kubernetes.keyOverlap after it was replaced).",
+				"items": map[string]any{
+					"type":     "object",
+					"required": []any{"kid", "until"},
+					"properties": map[string]any{
+						"kid":        map[string]any{"type": "string"},
+						"until":      map[string]any{"type": "string", "format": "date-time"},
+						"secretName": map[string]any{"type": "string", "description": "The Secret the key was in, when not secretName: deleted when the key expires."},
+					},
+				},
+			},
+			"rotation": map[string]any{
+				"type":        "string",
+				"description": "The value of the annotation vakt.dev/rotate-key last honoured: a new value makes a new key.",
 			},
 			"secretName": map[string]any{
 				"type":        "string",

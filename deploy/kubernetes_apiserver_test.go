@@ -610,6 +610,15 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Two applications whose client keys vakt makes, one of each kind.
+	keyed := objectFromYAML(t, "apiVersion: vakt.dev/v1alpha1\nkind: Application\nmetadata: {name: keyed, namespace: team-b}\nspec: {secretName: keyed-tokenx}\n")
+	if _, err := admin.Resource(applications).Namespace("team-b").Create(ctx, keyed, metav1.CreateOptions{FieldValidation: metav1.FieldValidationStrict}); err != nil {
+		t.Fatal(err)
+	}
+	jw := objectFromYAML(t, "apiVersion: nais.io/v1\nkind: Jwker\nmetadata: {name: jw, namespace: team-b}\nspec: {accessPolicy: {}, secretName: jw-tokenx}\n")
+	if _, err := admin.Resource(jwkers).Namespace("team-b").Create(ctx, jw, metav1.CreateOptions{FieldValidation: metav1.FieldValidationStrict}); err != nil {
+		t.Fatal(err)
+	}
 	secret := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "vakt-signing-keys", "namespace": "vakt"}}}
 	if _, err := admin.Resource(secrets).Namespace("vakt").Create(ctx, secret, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -635,8 +644,8 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	// polled).
 	eventually(t, "list applications.vakt.dev in every namespace", func() error {
 		l, err := sa.Resource(applications).List(ctx, metav1.ListOptions{})
-		if err == nil && len(l.Items) != 2 {
-			err = fmt.Errorf("%d Applications, want 2", len(l.Items))
+		if err == nil && len(l.Items) != 3 {
+			err = fmt.Errorf("%d Applications, want 3", len(l.Items))
 		}
 		return err
 	})
@@ -720,8 +729,8 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	forbidden("list Secrets in vakt", err)
 	_, err = sa.Resource(secrets).List(ctx, metav1.ListOptions{})
 	forbidden("list Secrets in every namespace", err)
-	_, err = sa.Resource(secrets).Namespace("vakt").Get(ctx, "vakt-signing-keys", metav1.GetOptions{})
-	forbidden("get Secret vakt-signing-keys", err)
+	_, err = sa.Resource(secrets).Namespace("team-b").Watch(ctx, metav1.ListOptions{})
+	forbidden("watch Secrets in a team's namespace", err)
 	app, err := sa.Resource(applications).Namespace("team-b").Get(ctx, "app-b", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -757,19 +766,29 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
 	var cur server.Current
 	var src *server.KubeSource
-	src = server.NewKubeSource(server.KubeSourceConfig{Client: sa, Logger: logger, OnChange: func() {
+	cfg, err := config.Load([]byte("issuer: https://vakt.example\ncluster: dev-gcp\n"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src = server.NewKubeSource(server.KubeSourceConfig{Client: sa, Jwkers: true, Logger: logger, OnChange: func() {
 		var states []server.ResourceState
 		for _, r := range src.Resources() {
-			states = append(states, server.ResourceState{Resource: r, Served: r.Generation})
+			var spec struct{ SecretName string }
+			_ = json.Unmarshal(r.Spec, &spec)
+			kids := []string{}
+			if len(r.Published) > 0 {
+				kids = append(kids, "published") // a Jwker's status waits for keys
+			}
+			states = append(states, server.ResourceState{Resource: r, Served: r.Generation, SecretName: spec.SecretName, KeyIDs: kids})
 		}
-		cur.Store(&server.Runtime{Resources: states})
+		cur.Store(&server.Runtime{Config: cfg, Resources: states})
 	}})
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { src.Run(runCtx) })
 	wg.Go(func() {
 		err := server.RunStatusWriter(runCtx, server.KubeStatusConfig{
-			Rest: saCfg, Client: sa, Current: &cur, LeaseNamespace: "vakt", LeaseName: statusLease, Identity: "vakt-0",
+			Rest: saCfg, Client: sa, Current: &cur, Source: src, LeaseNamespace: "vakt", LeaseName: statusLease, Identity: "vakt-0",
 			LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 200 * time.Millisecond, Logger: logger,
 		})
 		if err != nil {
@@ -809,6 +828,33 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	}
 	if h := holder(); h != "vakt-0" {
 		t.Errorf("the Lease %s is held by %q, want vakt-0", statusLease, h)
+	}
+	// The client keys: a Secret each, the keys published in the
+	// Application's status and the Jwker's annotation, the Jwker's status.
+	for _, k := range []struct {
+		gvr          schema.GroupVersionResource
+		name, secret string
+	}{{applications, "keyed", "keyed-tokenx"}, {jwkers, "jw", "jw-tokenx"}} {
+		eventually(t, "vakt makes and publishes "+k.name+"'s key", func() error {
+			s, err := admin.Resource(secrets).Namespace("team-b").Get(ctx, k.secret, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if _, ok, _ := unstructured.NestedString(s.Object, "data", "TOKEN_X_PRIVATE_JWK"); !ok {
+				return fmt.Errorf("secret %v", s.Object)
+			}
+			u, err := admin.Resource(k.gvr).Namespace("team-b").Get(ctx, k.name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if keys, _, _ := unstructured.NestedMap(u.Object, "status", "keys"); k.gvr == applications && keys == nil {
+				return fmt.Errorf("no keys in status: %v", u.Object["status"])
+			}
+			if k.gvr == jwkers && (u.GetAnnotations()["vakt.dev/keys"] == "" || fmt.Sprint(u.Object["status"]) == "<nil>") {
+				return fmt.Errorf("no keys in the annotations or no status: %v %v", u.GetAnnotations(), u.Object["status"])
+			}
+			return nil
+		})
 	}
 	stop()
 	wg.Wait()

@@ -162,3 +162,39 @@ func MarshalPrivateKeys(keys []*SigningKey) ([]byte, error) {
 	}
 	return json.MarshalIndent(map[string]any{"keys": out}, "", "  ")
 }
+
+// MarshalPrivateJWK writes one private key as a single JWK (not a set), with
+// kid, alg and use: the form NAIS gives an application in
+// TOKEN_X_PRIVATE_JWK, and ParsePrivateJWK reads.
+func MarshalPrivateJWK(k *SigningKey) ([]byte, error) {
+	jk, err := jwk.Import(k.Private)
+	if err != nil {
+		return nil, err
+	}
+	_ = jk.Set(jwk.KeyIDKey, k.ID)
+	_ = jk.Set(jwk.AlgorithmKey, jwa.NewSignatureAlgorithm(k.Alg))
+	_ = jk.Set(jwk.KeyUsageKey, "sig")
+	return json.Marshal(jk)
+}
+
+// ParsePrivateJWK reads one private JWK, as MarshalPrivateJWK writes it.
+// Its errors never quote the key.
+func ParsePrivateJWK(data []byte) (*SigningKey, error) {
+	keys, err := ParsePrivateKeys(append(append([]byte(`{"keys":[`), data...), "]}"...))
+	if err != nil || len(keys) != 1 {
+		return nil, errors.New("not one private JWK (RSA, P-256 or Ed25519) with a kid")
+	}
+	return keys[0], nil
+}
+
+// PublicJWK is the public half of k as a JWK, with kid, alg and use.
+func PublicJWK(k *SigningKey) (json.RawMessage, error) {
+	jk, err := jwk.Import(k.Private.Public())
+	if err != nil {
+		return nil, err
+	}
+	_ = jk.Set(jwk.KeyIDKey, k.ID)
+	_ = jk.Set(jwk.AlgorithmKey, jwa.NewSignatureAlgorithm(k.Alg))
+	_ = jk.Set(jwk.KeyUsageKey, "sig")
+	return json.Marshal(jk)
+}

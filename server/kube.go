@@ -30,6 +30,15 @@ type Resource struct {
 	UID             string
 	Generation      int64
 	Spec            []byte // JSON, as the API server serves it
+	// Published is what vakt published of the client key it made for the
+	// resource (spec.secretName): an Application's status.keys,
+	// status.retiredKeys and status.rotation, a Jwker's annotation
+	// vakt.dev/keys (NAIS's Jwker status has no room for keys), as JSON
+	// (publishedKeys); nil when there is none.
+	Published []byte
+	// RotateKey is the annotation vakt.dev/rotate-key: a value not yet
+	// honoured asks for a new client key.
+	RotateKey string
 }
 
 // key names the resource across its versions.
@@ -43,8 +52,11 @@ func (r *Resource) key() string { return r.Kind + "/" + r.Namespace + "/" + r.Na
 type KubeSource struct {
 	log       *slog.Logger
 	informers []cache.SharedIndexInformer
+	watched   []watched // what each informer watches
 	onChange  func()
 }
+
+type watched struct{ kind, namespace string }
 
 // KubeSourceConfig configures a KubeSource.
 type KubeSourceConfig struct {
@@ -92,10 +104,12 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 				// A change of metadata or status (an annotation, vakt's own
 				// status) leaves the generation: no reload, which a team
 				// could otherwise keep from ever settling.
+				// The keys vakt published reload too: every replica serves them.
 				UpdateFunc: func(old, cur any) {
 					o, ok1 := old.(*unstructured.Unstructured)
 					n, ok2 := cur.(*unstructured.Unstructured)
-					if !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() || o.GetUID() != n.GetUID() {
+					if !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() || o.GetUID() != n.GetUID() ||
+						string(publishedOf(o)) != string(publishedOf(n)) {
 						k.changed()
 					}
 				},
@@ -105,13 +119,19 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 				k.log.Warn("kubernetes: watching resources failed; the resources last seen stay in force", "resource", gvr.Resource, "error", err)
 			})
 			k.informers = append(k.informers, inf)
+			kind := config.KindApplication
+			if gvr == jwkersGVR {
+				kind = config.KindJwker
+			}
+			k.watched = append(k.watched, watched{kind: kind, namespace: ns})
 		}
 	}
 	return k
 }
 
 // slim keeps of an object what vakt reads: kind, name, namespace, uid,
-// generation and spec.
+// generation, spec, and the keys vakt published for it (and the request
+// for new ones).
 func slim(obj any) (any, error) {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
@@ -126,7 +146,47 @@ func slim(obj any) (any, error) {
 	if spec, ok := u.Object["spec"]; ok {
 		out.Object["spec"] = spec
 	}
+	kept := map[string]string{}
+	for _, a := range [...]string{annotationRotateKey, annotationKeys} {
+		if v, ok := u.GetAnnotations()[a]; ok {
+			kept[a] = v
+		}
+	}
+	if len(kept) > 0 {
+		out.SetAnnotations(kept)
+	}
+	if st, ok := u.Object["status"].(map[string]any); ok {
+		keep := map[string]any{}
+		for _, f := range [...]string{"keys", "retiredKeys", "rotation", "secretName"} {
+			if v, ok := st[f]; ok {
+				keep[f] = v
+			}
+		}
+		if len(keep) > 0 {
+			out.Object["status"] = keep
+		}
+	}
 	return out, nil
+}
+
+// publishedOf is what vakt published of a resource's client key (see
+// Resource.Published): JSON, nil when nothing.
+func publishedOf(u *unstructured.Unstructured) []byte {
+	if u.GetKind() == config.KindJwker {
+		if v := u.GetAnnotations()[annotationKeys]; v != "" {
+			return []byte(v)
+		}
+		return nil
+	}
+	st, ok := u.Object["status"].(map[string]any)
+	if !ok || st["keys"] == nil {
+		return nil
+	}
+	b, err := json.Marshal(map[string]any{"keys": st["keys"], "retiredKeys": st["retiredKeys"], "rotation": st["rotation"], "secretName": st["secretName"]})
+	if err != nil {
+		return nil
+	}
+	return b
 }
 
 func (k *KubeSource) changed() {
@@ -187,6 +247,7 @@ func (k *KubeSource) Resources() []Resource {
 			out = append(out, Resource{
 				Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
 				UID: string(u.GetUID()), Generation: u.GetGeneration(), Spec: b,
+				Published: publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey],
 			})
 		}
 	}
@@ -194,6 +255,26 @@ func (k *KubeSource) Resources() []Resource {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Kind, b.Kind))
 	})
 	return out
+}
+
+// lookup is one resource as the informers hold it now (its spec left out).
+func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
+	for i, inf := range k.informers {
+		if w := k.watched[i]; w.kind != kind || (w.namespace != "" && w.namespace != namespace) {
+			continue
+		}
+		obj, ok, err := inf.GetStore().GetByKey(namespace + "/" + name)
+		if err != nil || !ok {
+			continue
+		}
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		return Resource{Kind: kind, Namespace: namespace, Name: name, UID: string(u.GetUID()), Generation: u.GetGeneration(),
+			Published: publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey]}, true
+	}
+	return Resource{}, false
 }
 
 // ResourceState is what became of a resource in the configuration in
@@ -205,6 +286,11 @@ type ResourceState struct {
 	Served int64
 	// Refused is why the latest version was refused; nil when it is served.
 	Refused error
+	// SecretName is the served version's spec.secretName: vakt makes the
+	// application's client key there.
+	SecretName string
+	// KeyIDs are the kids of the client keys vakt made that are in force.
+	KeyIDs []string
 }
 
 // resourceMerger merges resources into configurations, remembering the last
@@ -213,6 +299,7 @@ type ResourceState struct {
 type resourceMerger struct {
 	mu       sync.Mutex
 	lastGood map[string]Resource
+	lastKeys map[string]lastKeys
 }
 
 // merge adds the resources' applications to cfg (a fresh configuration,
@@ -233,24 +320,52 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 		m.lastGood = map[string]Resource{}
 	}
 	accepted := map[string]Resource{}
+	keysSeen := map[string]lastKeys{}
 	index := cfg.NewResourceIndex()
-	read := func(r Resource) (*config.Application, error) {
+	read := func(r Resource) (*config.Application, string, error) {
 		var a *config.Application
+		var secretName string
 		var err error
 		switch r.Kind {
 		case config.KindApplication:
-			a, _, err = index.ResourceApplicationIn(r.Name, r.Namespace, r.Spec)
+			var rs *config.ResourceSpec
+			if a, rs, err = index.ResourceApplicationIn(r.Name, r.Namespace, r.Spec); err == nil {
+				secretName = rs.SecretName
+			}
 		case config.KindJwker:
-			a, _, err = index.JwkerApplicationIn(r.Name, r.Namespace, r.Spec)
+			a, secretName, err = index.JwkerApplicationIn(r.Name, r.Namespace, r.Spec)
 		default:
 			err = fmt.Errorf("%s is not a kind vakt reads", r.Kind)
 		}
 		if err != nil {
 			// A refusal may quote what a team wrote: kept short, in the
 			// log and in the runtime.
-			return nil, errors.New(truncate(err.Error(), 1024))
+			return nil, "", errors.New(truncate(err.Error(), 1024))
 		}
-		return a, nil
+		return a, secretName, nil
+	}
+	// keys gives an application with secretName the public keys vakt
+	// published for it. Published keys that vanish (an annotation a
+	// controller overwrote) leave the last ones of the same object in force
+	// until the elected replica publishes them again.
+	keys := func(r Resource, a *config.Application) []string {
+		pub := r.Published
+		if len(pub) == 0 {
+			if last, ok := m.lastKeys[r.key()]; ok && last.uid == r.UID {
+				pub = last.published
+			}
+		}
+		if len(pub) == 0 {
+			return nil
+		}
+		set, kids, err := parsePublishedKeys(pub)
+		if err != nil {
+			log.Warn("kubernetes: the keys published for a resource are unusable; it has none", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "error", err)
+			return nil
+		}
+		a.Keys = set
+		keysSeen[r.key()] = lastKeys{uid: r.UID, published: pub}
+		return kids
 	}
 	// First come, first served: resources serving now (a version of the
 	// same object accepted before) keep their claims, and are checked
@@ -282,21 +397,25 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 			continue
 		}
 		var a *config.Application
+		var secretName string
 		var err error
 		if servingOnly {
 			if good := m.lastGood[r.key()]; good.Generation != r.Generation {
 				st.Refused = errors.New("this version waits: the configuration with it could not be built")
+				good.Published, good.RotateKey = r.Published, r.RotateKey
 				r = good
 			}
 		}
-		a, err = read(r)
+		a, secretName, err = read(r)
 		served := r
 		if err != nil {
 			st.Refused = err
 			log.Warn("kubernetes: a resource was refused", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "generation", r.Generation, "error", err)
 			a = nil
 			if good, ok := m.lastGood[r.key()]; ok && good.UID == r.UID {
-				if a, err = read(good); err == nil {
+				// The keys are the object's latest, whichever spec serves.
+				good.Published, good.RotateKey = r.Published, r.RotateKey
+				if a, secretName, err = read(good); err == nil {
 					served = good
 				} else {
 					a = nil
@@ -306,10 +425,18 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 			accepted[r.key()] = r
 		}
 		if a != nil {
+			st.SecretName = secretName
+			if secretName != "" {
+				st.KeyIDs = keys(served, a)
+			}
 			cfg.Applications = append(cfg.Applications, *a)
 			st.Served = served.Generation
 			fmt.Fprintf(h, "\n%s %s %d ", served.key(), served.UID, served.Generation)
 			h.Write(served.Spec)
+			if secretName != "" {
+				h.Write([]byte{'\n'})
+				h.Write(keysSeen[served.key()].published)
+			}
 		}
 		states = append(states, st)
 	}
@@ -329,7 +456,14 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 			}
 		}
 		maps.Copy(m.lastGood, accepted)
+		m.lastKeys = keysSeen
 	}
+}
+
+// lastKeys are the keys last published for an object, by uid.
+type lastKeys struct {
+	uid       string
+	published []byte
 }
 
 // errKubeNotSynced keeps vakt out of rotation until the resources are in.

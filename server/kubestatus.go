@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 )
 
@@ -24,6 +25,9 @@ type KubeStatusConfig struct {
 	Rest    *rest.Config
 	Client  dynamic.Interface
 	Current *Current
+	// Source is the replica's KubeSource: with it, the elected replica also
+	// makes the client keys of the resources with a secretName.
+	Source *KubeSource
 	// LeaseNamespace and LeaseName name the coordination.k8s.io Lease the
 	// replicas elect the writer with; Identity is this replica (its pod).
 	LeaseNamespace, LeaseName, Identity string
@@ -55,7 +59,11 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(lctx context.Context) {
 				log.Info("kubernetes: this replica writes the resources' status", "identity", c.Identity)
-				(&statusWriter{client: c.Client, cur: c.Current, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}).run(lctx)
+				w := &statusWriter{client: c.Client, cur: c.Current, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}
+				if c.Source != nil {
+					w.keys = newKeyProvisioner(c.Client, c.Source, log)
+				}
+				w.run(lctx)
 			},
 			OnStoppedLeading: func() { log.Info("kubernetes: this replica no longer writes status", "identity", c.Identity) },
 		},
@@ -71,9 +79,11 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 }
 
 type statusWriter struct {
-	client  dynamic.Interface
-	cur     *Current
-	log     *slog.Logger
+	client dynamic.Interface
+	cur    *Current
+	log    *slog.Logger
+	keys   *keyProvisioner // nil without a KubeSource: no keys are made
+	// written is each resource's status as last written.
 	written map[string]writtenStatus
 	// failing holds the resources whose status could not be written: each
 	// is tried again after a wait that doubles, to 5 minutes, and its error
@@ -87,23 +97,33 @@ type failure struct {
 	err  string
 }
 
-// writtenStatus is a status as last written, to write only changes and keep
-// the condition's lastTransitionTime while its status stands.
+// writtenStatus is a status as last written, to write only changes and
+// keep each condition's lastTransitionTime while its status stands.
 type writtenStatus struct {
-	uid                     string
-	generation, served      int64
-	status, reason, message string
-	lastTransition          string
+	uid        string
+	sig        string            // what was written, but for times
+	statuses   map[string]string // condition type → status
+	changedAt  map[string]string // condition type → lastTransitionTime
+	syncedTime string            // a Jwker's synchronizationTimestamp
 }
 
 func (w *statusWriter) run(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	var last *Runtime
+	var provisioned time.Time
 	for {
-		if rt := w.cur.Load(); rt != nil && rt != last {
+		rt := w.cur.Load()
+		changed := false
+		if rt != nil && w.keys != nil && time.Since(provisioned) >= time.Second {
+			changed = w.keys.provision(ctx, rt)
+			provisioned = time.Now()
+		}
+		if rt != nil && (rt != last || changed) {
 			if w.write(ctx, rt) {
 				last = rt // every status written; else try again
+			} else {
+				last = nil
 			}
 		}
 		select {
@@ -114,11 +134,81 @@ func (w *statusWriter) run(ctx context.Context) {
 	}
 }
 
+// condition is a status condition as vakt writes it.
+type condition struct{ typ, status, reason, message string }
+
+// statusOf is what the status of a resource should say: its fields but the
+// conditions, and its conditions (an Application's; a Jwker has NAIS's
+// fields and none). ok is false when nothing is to be written yet.
+func (w *statusWriter) statusOf(st ResourceState, cluster string) (fields map[string]any, conds []condition, ok bool) {
+	r := st.Resource
+	problem := ""
+	if w.keys != nil {
+		problem = w.keys.problems[r.key()]
+	}
+	if r.Kind == config.KindJwker {
+		// NAIS's fields (liberator's JwkerStatus), with jwker's states.
+		fields = map[string]any{"observedGeneration": r.Generation}
+		switch {
+		case st.Refused != nil:
+			fields["synchronizationState"] = "FailedPrepare"
+		case problem != "":
+			fields["synchronizationState"] = "FailedSynchronization"
+		case len(st.KeyIDs) == 0:
+			return nil, nil, false // the key is being made
+		default:
+			fields["synchronizationState"] = "RolloutComplete"
+		}
+		if st.Served > 0 && cluster != "" {
+			fields["clientID"] = authz.AppID{Cluster: cluster, Namespace: r.Namespace, Name: r.Name}.String()
+			fields["synchronizationSecretName"] = st.SecretName
+			kids := make([]any, 0, len(st.KeyIDs))
+			for _, k := range st.KeyIDs {
+				kids = append(kids, k)
+			}
+			fields["keyIDs"] = kids
+		}
+		return fields, nil, true
+	}
+	ready := condition{typ: "Ready", status: "True", reason: "Serving", message: fmt.Sprintf("generation %d serves", r.Generation)}
+	switch {
+	case st.Refused != nil && st.Served > 0:
+		ready.status, ready.reason = "False", "Refused"
+		ready.message = fmt.Sprintf("generation %d was refused; generation %d serves: %v", r.Generation, st.Served, st.Refused)
+	case st.Refused != nil:
+		ready.status, ready.reason = "False", "Refused"
+		ready.message = fmt.Sprintf("generation %d was refused: %v", r.Generation, st.Refused)
+	}
+	conds = []condition{ready}
+	if st.SecretName != "" && st.Served > 0 {
+		keys := condition{typ: "ClientKey", status: "True", reason: "Published"}
+		switch {
+		case problem != "":
+			keys.status, keys.reason, keys.message = "False", "Failed", problem
+		case len(st.KeyIDs) == 0:
+			keys.status, keys.reason = "False", "Pending"
+			keys.message = fmt.Sprintf("vakt is making the client key in Secret %s", st.SecretName)
+		default:
+			keys.message = fmt.Sprintf("key %s is in Secret %s", st.KeyIDs[0], st.SecretName)
+			if n := len(st.KeyIDs) - 1; n > 0 {
+				keys.message += fmt.Sprintf("; %d replaced key(s) stay valid for the overlap", n)
+			}
+		}
+		conds = append(conds, keys)
+	}
+	return map[string]any{"observedGeneration": r.Generation}, conds, true
+}
+
 // write writes every status that changed; false when one is still to be
 // written (it failed, and waits to be tried again).
 func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 	ok := true
 	now := time.Now()
+	stamp := now.UTC().Format(time.RFC3339)
+	cluster := ""
+	if rt.Config != nil {
+		cluster = rt.Config.Cluster
+	}
 	present := make(map[string]bool, len(rt.Resources))
 	for _, st := range rt.Resources {
 		if ctx.Err() != nil {
@@ -126,47 +216,54 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 		}
 		r := st.Resource
 		present[r.key()] = true
-		if r.Kind != config.KindApplication {
-			continue // Jwker status: later, in NAIS's fields
-		}
 		if f := w.failing[r.key()]; f != nil && now.Before(f.next) {
 			ok = false
 			continue
 		}
-		want := writtenStatus{uid: r.UID, generation: r.Generation, served: st.Served, status: "True", reason: "Serving",
-			message: fmt.Sprintf("generation %d serves", r.Generation)}
-		switch {
-		case st.Refused != nil && st.Served > 0:
-			want.status, want.reason = "False", "Refused"
-			want.message = fmt.Sprintf("generation %d was refused; generation %d serves: %v", r.Generation, st.Served, st.Refused)
-		case st.Refused != nil:
-			want.status, want.reason = "False", "Refused"
-			want.message = fmt.Sprintf("generation %d was refused: %v", r.Generation, st.Refused)
-		}
-		prev, seen := w.written[r.key()]
-		if seen && prev.uid == want.uid && prev.generation == want.generation && prev.served == want.served &&
-			prev.status == want.status && prev.reason == want.reason && prev.message == want.message {
+		fields, conds, ready := w.statusOf(st, cluster)
+		if !ready {
 			continue
 		}
-		want.lastTransition = time.Now().UTC().Format(time.RFC3339)
-		if seen && prev.uid == want.uid && prev.status == want.status {
-			want.lastTransition = prev.lastTransition
+		sig := fmt.Sprint(r.UID, fields, conds)
+		prev, seen := w.written[r.key()]
+		if seen && prev.uid == r.UID && prev.sig == sig {
+			continue
+		}
+		want := writtenStatus{uid: r.UID, sig: sig, statuses: map[string]string{}, changedAt: map[string]string{}, syncedTime: stamp}
+		status := map[string]any{}
+		for k, v := range fields {
+			status[k] = v
+		}
+		gvr, kind, apiVersion := applicationsGVR, config.KindApplication, config.ResourceGroup+"/"+config.ResourceVersion
+		if r.Kind == config.KindJwker {
+			gvr, kind, apiVersion = jwkersGVR, config.KindJwker, config.JwkerGroup+"/"+config.JwkerVersion
+			status["synchronizationTimestamp"] = stamp
+		}
+		if len(conds) > 0 {
+			list := make([]any, 0, len(conds))
+			for _, c := range conds {
+				// A condition's lastTransitionTime moves only when its status does.
+				at := stamp
+				if seen && prev.uid == r.UID && prev.statuses[c.typ] == c.status {
+					at = prev.changedAt[c.typ]
+				}
+				want.statuses[c.typ], want.changedAt[c.typ] = c.status, at
+				list = append(list, map[string]any{
+					"type": c.typ, "status": c.status, "reason": c.reason, "message": c.message,
+					"observedGeneration": r.Generation, "lastTransitionTime": at,
+				})
+			}
+			status["conditions"] = list
 		}
 		obj := &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": config.ResourceGroup + "/" + config.ResourceVersion,
-			"kind":       config.KindApplication,
+			"apiVersion": apiVersion,
+			"kind":       kind,
 			// The uid makes the write a precondition: never the status of a
 			// namesake created since.
 			"metadata": map[string]any{"name": r.Name, "namespace": r.Namespace, "uid": r.UID},
-			"status": map[string]any{
-				"observedGeneration": r.Generation,
-				"conditions": []any{map[string]any{
-					"type": "Ready", "status": want.status, "reason": want.reason, "message": want.message,
-					"observedGeneration": r.Generation, "lastTransitionTime": want.lastTransition,
-				}},
-			},
+			"status":   status,
 		}}
-		_, err := w.client.Resource(applicationsGVR).Namespace(r.Namespace).ApplyStatus(ctx, r.Name, obj, metav1.ApplyOptions{FieldManager: "vakt", Force: true})
+		_, err := w.client.Resource(gvr).Namespace(r.Namespace).ApplyStatus(ctx, r.Name, obj, metav1.ApplyOptions{FieldManager: "vakt", Force: true})
 		switch {
 		case err == nil:
 			delete(w.failing, r.key())
@@ -186,7 +283,7 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 			f.next = now.Add(f.wait)
 			if msg := err.Error(); msg != f.err {
 				f.err = msg
-				w.log.Warn("kubernetes: a resource's status could not be written; trying again, less and less often", "namespace", r.Namespace, "name", r.Name, "error", err)
+				w.log.Warn("kubernetes: a resource's status could not be written; trying again, less and less often", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "error", err)
 			}
 			ok = false
 		}

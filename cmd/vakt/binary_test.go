@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -439,5 +440,45 @@ applications:
 	lease, err := client.Resource(schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}).Namespace("vakt").Get(context.Background(), "vakt-status", metav1.GetOptions{})
 	if h, _, _ := unstructured.NestedString(lease.Object, "spec", "holderIdentity"); err != nil || h != "vakt-0" {
 		t.Fatalf("the lease: %q %v", h, err)
+	}
+
+	// An Application with secretName gets its client key in that Secret;
+	// vakt keys rotate has the replica make a new one, the old still valid.
+	apply(schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}, "team-b",
+		[]byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-k","namespace":"team-b"},"spec":{"secretName":"app-k-tokenx"}}`))
+	kidIn := func() string {
+		s, err := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}).Namespace("team-b").Get(context.Background(), "app-k-tokenx", metav1.GetOptions{})
+		if err != nil {
+			return ""
+		}
+		v, _, _ := unstructured.NestedString(s.Object, "data", "TOKEN_X_PRIVATE_JWK")
+		b, _ := base64.StdEncoding.DecodeString(v)
+		k, err := exchange.ParsePrivateJWK(b)
+		if err != nil {
+			return ""
+		}
+		return k.ID
+	}
+	published := func() []any {
+		u, err := client.Resource(schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}).Namespace("team-b").Get(context.Background(), "app-k", metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		keys, _, _ := unstructured.NestedSlice(u.Object, "status", "keys", "keys")
+		return keys
+	}
+	var first string
+	waitFor(t, 30*time.Second, "no client key made", func() bool { first = kidIn(); return first != "" && len(published()) == 1 })
+	out, err := exec.Command(buildVakt(t), "keys", "rotate", "--kubeconfig", cluster.Kubeconfig, "team-b/app-k").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "asked for a new key for Application team-b/app-k") {
+		t.Fatalf("vakt keys rotate: %v\n%s", err, out)
+	}
+	waitFor(t, 30*time.Second, "no new client key after vakt keys rotate", func() bool {
+		k := kidIn()
+		return k != "" && k != first && len(published()) == 2
+	})
+	out, err = exec.Command(buildVakt(t), "keys", "rotate", "--kubeconfig", cluster.Kubeconfig, "team-b/app-b").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "has no spec.secretName") {
+		t.Errorf("vakt keys rotate of an application without secretName: %v\n%s", err, out)
 	}
 }

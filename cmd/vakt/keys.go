@@ -1,12 +1,25 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
+	"github.com/vakt-dev/vakt/server"
 )
 
 const keysUsage = `usage:
@@ -16,9 +29,18 @@ const keysUsage = `usage:
       neither: print the new key set (to a pipe: it is a private key)
   vakt keys promote FILE KID    make KID the signing key
   vakt keys retire FILE KID     remove KID (once its tokens have expired)
+  vakt keys rotate [--kubeconfig FILE] [--jwker] NAMESPACE/NAME
+      ask vakt for a new client key for the Application (or Jwker) NAME,
+      whose spec.secretName has vakt make its key (Kubernetes-native mode)
 
-Rotation: generate --add, wait for verifiers to fetch /jwks (5 minutes),
-promote, wait one token lifetime, retire the old key. vakt reloads FILE.
+Rotation of vakt's own signing keys: generate --add, wait for verifiers to
+fetch /jwks (5 minutes), promote, wait one token lifetime, retire the old
+key. vakt reloads FILE.
+
+Rotation of a client key: keys rotate sets the annotation
+vakt.dev/rotate-key; the elected replica writes a new key into the Secret
+and keeps the old one valid for kubernetes.keyOverlap (24h by default).
+Restart the application's pods within it: they read the Secret at start.
 `
 
 func keys(args []string, stdout, stderr io.Writer) int {
@@ -66,6 +88,8 @@ func keys(args []string, stdout, stderr io.Writer) int {
 		return editKeys(*add, stdout, stderr, func(ks []*exchange.SigningKey) ([]*exchange.SigningKey, error) {
 			return exchange.AddKey(ks, k)
 		}, "added "+k.ID+" (published, not signing)")
+	case "rotate":
+		return rotateClientKey(args[1:], stdout, stderr)
 	case "promote", "retire":
 		if len(args) != 3 {
 			fmt.Fprint(stderr, keysUsage)
@@ -99,5 +123,61 @@ func editKeys(file string, stdout, stderr io.Writer, edit func([]*exchange.Signi
 		return 1
 	}
 	fmt.Fprintln(stdout, done)
+	return 0
+}
+
+// rotateClientKey asks vakt for a new client key: it sets the resource's
+// annotation vakt.dev/rotate-key to the time, a value never honoured
+// before.
+func rotateClientKey(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", "", "a kubeconfig file ($KUBECONFIG, then ~/.kube/config, when not set)")
+	jwker := fs.Bool("jwker", false, "the resource is NAIS's Jwker, not an Application")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		fmt.Fprint(stderr, keysUsage)
+		return 2
+	}
+	ns, name, ok := strings.Cut(fs.Arg(0), "/")
+	if !ok || ns == "" || name == "" {
+		fmt.Fprintf(stderr, "vakt keys rotate: %q is not NAMESPACE/NAME\n", fs.Arg(0))
+		return 2
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = *kubeconfig
+	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		fmt.Fprintf(stderr, "vakt keys rotate: the cluster: %v\n", err)
+		return 1
+	}
+	client, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		fmt.Fprintf(stderr, "vakt keys rotate: %v\n", err)
+		return 1
+	}
+	gvr, kind := schema.GroupVersionResource{Group: config.ResourceGroup, Version: config.ResourceVersion, Resource: "applications"}, config.KindApplication
+	if *jwker {
+		gvr, kind = schema.GroupVersionResource{Group: config.JwkerGroup, Version: config.JwkerVersion, Resource: "jwkers"}, config.KindJwker
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ri := client.Resource(gvr).Namespace(ns)
+	u, err := ri.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		fmt.Fprintf(stderr, "vakt keys rotate: %s %s/%s: %v\n", kind, ns, name, err)
+		return 1
+	}
+	if sn, _, _ := unstructured.NestedString(u.Object, "spec", "secretName"); sn == "" {
+		fmt.Fprintf(stderr, "vakt keys rotate: %s %s/%s has no spec.secretName: vakt makes no key for it\n", kind, ns, name)
+		return 1
+	}
+	value := time.Now().UTC().Format(time.RFC3339Nano)
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"uid": string(u.GetUID()), "annotations": map[string]string{server.AnnotationRotateKey: value}}})
+	if _, err := ri.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		fmt.Fprintf(stderr, "vakt keys rotate: %s %s/%s: %v\n", kind, ns, name, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "asked for a new key for %s %s/%s (%s=%s); the old one stays valid for kubernetes.keyOverlap: restart the application's pods within it\n",
+		kind, ns, name, server.AnnotationRotateKey, value)
 	return 0
 }

@@ -45,6 +45,8 @@ Usage:
   vakt keys generate [--alg RS256|ES256|EdDSA] [--add FILE]
   vakt keys promote FILE KID
   vakt keys retire FILE KID
+  vakt keys rotate [--kubeconfig FILE] [--jwker] NAMESPACE/NAME
+      a new client key for an Application (or Jwker) with spec.secretName
   vakt version              the version, source revision and Go version
 
 Without --config, serve runs on the embedded development default
@@ -228,7 +230,7 @@ func serve(args []string, stderr io.Writer) int {
 		loader.Kube = server.NewKubeSource(server.KubeSourceConfig{
 			Client: client, Namespaces: k.Namespaces, Jwkers: k.Jwkers, Logger: log, OnChange: reloader.Kick,
 		})
-		statusWriter = &server.KubeStatusConfig{Rest: rc, Client: client, Current: &cur, LeaseNamespace: leaseNS, LeaseName: "vakt-status", Identity: identity, Logger: log}
+		statusWriter = &server.KubeStatusConfig{Rest: rc, Client: client, Current: &cur, Source: loader.Kube, LeaseNamespace: leaseNS, LeaseName: "vakt-status", Identity: identity, Logger: log}
 		log.Info("kubernetes-native mode: watching Application resources", "namespaces", k.Namespaces, "jwkers", k.Jwkers, "lease", leaseNS+"/vakt-status", "identity", identity)
 	}
 	if *cfgPath != "" {

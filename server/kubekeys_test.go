@@ -1,0 +1,532 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/vakt-dev/vakt/agent"
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
+	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/kubetest"
+)
+
+// keysEnv is a cluster and vakt replicas serving it, each with its own
+// listeners, informers and status writer (which makes client keys while
+// its replica holds the lease). The issuer is the first replica's HTTP
+// address; the others take client assertions for it too.
+type keysEnv struct {
+	*kenv
+	idp      *idptest.Issuer
+	issuer   string
+	cfgPath  string
+	replicas map[string]*keysReplica
+	signer   *exchange.Signer
+}
+
+type keysReplica struct {
+	cur      *Current
+	src      *KubeSource
+	listen   *Listeners
+	exchange vaktv1.TokenExchangeServiceClient
+	logs     *lockedBuffer
+	stop     func()
+}
+
+// newKeysEnv starts a replica for each identity; "" is one with no status
+// writer.
+func newKeysEnv(t *testing.T, identities ...string) *keysEnv {
+	c := kubetest.Start(t)
+	client, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &keysEnv{kenv: &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR)},
+		idp: idptest.NewIssuer(t, "RS256"), replicas: map[string]*keysReplica{}}
+	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
+	e.installCRD("../deploy/kubernetes/crds/jwkers.nais.io.yaml")
+	for _, ns := range []string{"vakt", "team-a", "team-b", "myteam"} {
+		e.namespace(ns)
+	}
+	listeners := make([]*Listeners, len(identities))
+	var aliases []string
+	for i := range identities {
+		if listeners[i], err = Listen("127.0.0.1:0", "127.0.0.1:0", ""); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			aliases = append(aliases, fmt.Sprintf("%q", "http://"+listeners[i].HTTP.Addr().String()+"/token"))
+		}
+	}
+	e.issuer = "http://" + listeners[0].HTTP.Addr().String()
+	e.cfgPath = filepath.Join(t.TempDir(), "vakt.yaml")
+	if err := os.WriteFile(e.cfgPath, []byte(`issuer: `+e.issuer+`
+cluster: dev-gcp
+tokenEndpointAliases: [`+strings.Join(aliases, ", ")+`]
+identityProviders:
+  - name: idporten
+    issuer: `+e.idp.URL+`
+    jwksUri: `+e.idp.JWKSURI()+`
+kubernetes:
+  enabled: true
+  jwkers: true
+  keyOverlap: 1h
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateSigningKey("ES256")
+	e.signer, _ = exchange.NewSigner(key)
+	for i, id := range identities {
+		e.replicas[id] = e.startReplica(id, listeners[i])
+	}
+	return e
+}
+
+func (e *keysEnv) startReplica(identity string, ls *Listeners) *keysReplica {
+	t := e.t
+	r := &keysReplica{cur: &Current{}, listen: ls, logs: &lockedBuffer{}}
+	log := slog.New(slog.NewJSONHandler(r.logs, nil))
+	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(e.cfgPath) }, Ephemeral: e.signer,
+		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
+	rl := &Reloader{Current: r.cur, Build: loader.Build, Logger: quiet}
+	loader.Kube = NewKubeSource(KubeSourceConfig{Client: e.client, Jwkers: true, Logger: quiet, OnChange: rl.Kick})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := rl.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done, err := rl.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran, wrote, served := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() { defer close(ran); loader.Kube.Run(ctx) }()
+	r.src = loader.Kube
+	go func() {
+		defer close(wrote)
+		if identity == "" {
+			return // no status writer
+		}
+		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: e.cluster.Config, Client: e.client, Current: r.cur, Source: loader.Kube,
+			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
+			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: log})
+	}()
+	go func() { served <- Serve(ctx, AuthorityServices(r.cur, NewMetrics(), quiet), ls) }()
+	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), testDialOptions()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.exchange = vaktv1.NewTokenExchangeServiceClient(conn)
+	stopped := false
+	r.stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+			<-ran
+			<-wrote
+			<-served
+			conn.Close()
+		}
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// secret is a Secret's data, decoded; nil when there is none.
+func (e *keysEnv) secret(ns, name string) (map[string]string, *unstructured.Unstructured) {
+	u, err := e.client.Resource(secretsGVR).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil, nil
+	}
+	data, _, _ := unstructured.NestedStringMap(u.Object, "data")
+	out := map[string]string{}
+	for k, v := range data {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			e.t.Fatalf("%s: %v", k, err)
+		}
+		out[k] = string(b)
+	}
+	return out, u
+}
+
+// secretKey is the private key a Secret holds.
+func (e *keysEnv) secretKey(ns, name string) *exchange.SigningKey {
+	data, _ := e.secret(ns, name)
+	if data == nil {
+		return nil
+	}
+	k, err := exchange.ParsePrivateJWK([]byte(data["TOKEN_X_PRIVATE_JWK"]))
+	if err != nil {
+		e.t.Fatalf("TOKEN_X_PRIVATE_JWK: %v", err)
+	}
+	return k
+}
+
+// published is what vakt published of an object's keys: the kids in
+// order, and the whole record.
+func (e *keysEnv) published(gvr schema.GroupVersionResource, ns, name string) ([]string, publishedKeys) {
+	u, err := e.client.Resource(gvr).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil, publishedKeys{}
+	}
+	var p publishedKeys
+	if b := publishedOf(u); b != nil {
+		if err := json.Unmarshal(b, &p); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	kids, _ := jwkIDs(p.Keys)
+	return kids, p
+}
+
+// served is the kids a replica's runtime holds for an application.
+func (r *keysReplica) served(kind, ns, name string) []string {
+	rt := r.cur.Load()
+	if rt == nil {
+		return nil
+	}
+	for _, st := range rt.Resources {
+		if st.Resource.Kind == kind && st.Resource.Namespace == ns && st.Resource.Name == name {
+			return st.KeyIDs
+		}
+	}
+	return nil
+}
+
+// leader is the holder of the lease.
+func (e *keysEnv) leader() string {
+	l, err := e.client.Resource(schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}).Namespace("vakt").
+		Get(context.Background(), "vakt-status", metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	h, _, _ := unstructured.NestedString(l.Object, "spec", "holderIdentity")
+	return h
+}
+
+// exchangeAs exchanges a user's token for target at replica r, as client
+// with key: the error's text, "" when a token came back.
+func (e *keysEnv) exchangeAs(r *keysReplica, client string, key *exchange.SigningKey, target string) string {
+	e.t.Helper()
+	now := time.Now()
+	assertion := idptest.Sign(e.t, &idptest.Key{ID: key.ID, Alg: key.Alg, Private: key.Private}, key.Alg,
+		map[string]any{"alg": key.Alg, "kid": key.ID, "typ": "JWT"},
+		map[string]any{"iss": client, "sub": client, "aud": e.issuer + "/token", "jti": fmt.Sprintf("jti-%d", now.UnixNano()),
+			"iat": now.Unix(), "exp": now.Add(30 * time.Second).Unix()})
+	res, err := r.exchange.Exchange(context.Background(), &vaktv1.ExchangeRequest{
+		GrantType: exchange.GrantTypeTokenExchange, ClientAssertionType: exchange.ClientAssertionTypeJWT, ClientAssertion: assertion,
+		SubjectTokenType: exchange.TokenTypeJWT, SubjectToken: e.idp.Token(e.idp.Claims(now, "")), Audience: target,
+	})
+	if err != nil {
+		return err.Error()
+	}
+	if res.AccessToken == "" {
+		return "no token"
+	}
+	return ""
+}
+
+func (l *lockedBuffer) has(msg string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Contains(l.b.String(), `"msg":"`+msg+`"`)
+}
+
+// An Application with secretName gets its client key from the elected
+// replica: a Secret with the variables NAIS injects, owned by the
+// resource, and the public key in its status, which every replica serves.
+// vakt agent started from that Secret exchanges. The leader stopped, the
+// other replica takes over: a rotation asked by annotation makes a new key,
+// and the old one stays valid for the overlap. A secretName naming a
+// Secret vakt did not make is refused, and the Secret left alone.
+func TestKubeClientKeys(t *testing.T) {
+	e := newKeysEnv(t, "r1", "r2")
+	r1, r2 := e.replicas["r1"], e.replicas["r2"]
+	e.apply(applicationsGVR, "team-b", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-b","namespace":"team-b"},
+		"spec":{"accessPolicy":{"inbound":{"rules":[{"application":"app-1","namespace":"team-a"}]}}}}`)
+	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-1","namespace":"team-a"},
+		"spec":{"secretName":"app-1-tokenx"}}`)
+
+	var kid string
+	e.until(30*time.Second, "no key made, published and served by both replicas", func() bool {
+		k := e.secretKey("team-a", "app-1-tokenx")
+		if k == nil {
+			return false
+		}
+		kid = k.ID
+		kids, _ := e.published(applicationsGVR, "team-a", "app-1")
+		return slices.Equal(kids, []string{kid}) && slices.Equal(r1.served(config.KindApplication, "team-a", "app-1"), kids) &&
+			slices.Equal(r2.served(config.KindApplication, "team-a", "app-1"), kids)
+	})
+	data, sec := e.secret("team-a", "app-1-tokenx")
+	app1, err := e.apps.Namespace("team-a").Get(context.Background(), "app-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"TOKEN_X_CLIENT_ID":      "dev-gcp:team-a:app-1",
+		"TOKEN_X_ISSUER":         e.issuer,
+		"TOKEN_X_JWKS_URI":       e.issuer + "/jwks",
+		"TOKEN_X_TOKEN_ENDPOINT": e.issuer + "/token",
+		"TOKEN_X_WELL_KNOWN_URL": e.issuer + "/.well-known/oauth-authorization-server",
+	}
+	for k, v := range want {
+		if data[k] != v {
+			t.Errorf("%s = %q, want %q", k, data[k], v)
+		}
+	}
+	if len(data) != len(want)+1 {
+		t.Errorf("the Secret holds %d variables, want %d", len(data), len(want)+1)
+	}
+	if owners := sec.GetOwnerReferences(); len(owners) != 1 || owners[0].UID != app1.GetUID() || owners[0].Kind != "Application" {
+		t.Errorf("owners %+v, want the Application %s", owners, app1.GetUID())
+	}
+	if l := sec.GetLabels(); l["app"] != "app-1" || l["type"] != "jwker.nais.io" || l["app.kubernetes.io/managed-by"] != "vakt" {
+		t.Errorf("labels %v", l)
+	}
+	e.until(10*time.Second, "no ClientKey condition True", func() bool {
+		c := e.condition("team-a", "app-1", "ClientKey")
+		return c != nil && c["status"] == "True" && strings.Contains(fmt.Sprint(c["message"]), kid)
+	})
+
+	// vakt agent, from the Secret's variables and nothing else about vakt.
+	env, err := agent.EnvFrom(func(k string) string { return data[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := serveAgent(t, nil, env, quiet)
+	res, err := a.exchange.Exchange(context.Background(), &vaktv1.ExchangeRequest{SubjectToken: e.idp.Token(e.idp.Claims(time.Now(), "")), Audience: "dev-gcp:team-b:app-b"})
+	if err != nil || res.AccessToken == "" {
+		t.Fatalf("the agent's exchange: %v %v", res, err)
+	}
+
+	// One replica made the key; both enforce with it.
+	leader := e.leader()
+	other := map[string]string{"r1": "r2", "r2": "r1"}[leader]
+	if leader == "" || other == "" {
+		t.Fatalf("the lease is held by %q", leader)
+	}
+	if !e.replicas[leader].logs.has("kubernetes: made a client key") || e.replicas[other].logs.has("kubernetes: made a client key") {
+		t.Errorf("the key was not made by the leader (%s) alone", leader)
+	}
+	old := e.secretKey("team-a", "app-1-tokenx")
+	for id, r := range e.replicas {
+		if msg := e.exchangeAs(r, "dev-gcp:team-a:app-1", old, "dev-gcp:team-b:app-b"); msg != "" {
+			t.Errorf("%s: %s", id, msg)
+		}
+	}
+
+	// The leader stopped, the other makes the next key: a rotation.
+	e.replicas[leader].stop()
+	survivor := e.replicas[other]
+	e.until(15*time.Second, "the other replica never took the lease", func() bool { return e.leader() == other })
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"2026-11-23T18:00:00Z"}}}`, AnnotationRotateKey)
+	if _, err := e.apps.Namespace("team-a").Patch(context.Background(), "app-1", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var rec publishedKeys
+	e.until(30*time.Second, "no new key after the rotation", func() bool {
+		k := e.secretKey("team-a", "app-1-tokenx")
+		var kids []string
+		kids, rec = e.published(applicationsGVR, "team-a", "app-1")
+		return k != nil && k.ID != old.ID && slices.Equal(kids, []string{k.ID, old.ID}) &&
+			slices.Equal(survivor.served(config.KindApplication, "team-a", "app-1"), kids)
+	})
+	if len(rec.RetiredKeys) != 1 || rec.RetiredKeys[0].Kid != old.ID || rec.Rotation != "2026-11-23T18:00:00Z" ||
+		rec.RetiredKeys[0].Until.Before(time.Now().Add(55*time.Minute)) || rec.RetiredKeys[0].Until.After(time.Now().Add(time.Hour)) {
+		t.Errorf("published %+v, want %s retired for the 1h overlap, the rotation honoured", rec, old.ID)
+	}
+	if !survivor.logs.has("kubernetes: made a client key") {
+		t.Error("the new leader did not log the key it made")
+	}
+	for name, k := range map[string]*exchange.SigningKey{"new": e.secretKey("team-a", "app-1-tokenx"), "replaced, within the overlap": old} {
+		if msg := e.exchangeAs(survivor, "dev-gcp:team-a:app-1", k, "dev-gcp:team-b:app-b"); msg != "" {
+			t.Errorf("the %s key: %s", name, msg)
+		}
+	}
+
+	// A Secret vakt did not make is never overwritten.
+	e.apply(secretsGVR, "team-a", `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"taken","namespace":"team-a"},"stringData":{"password":"hunter2"}}`)
+	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-c","namespace":"team-a"},
+		"spec":{"secretName":"taken"}}`)
+	e.until(20*time.Second, "no ClientKey False for a Secret not vakt's", func() bool {
+		c := e.condition("team-a", "app-c", "ClientKey")
+		return c != nil && c["status"] == "False" && c["reason"] == "Failed" && strings.Contains(fmt.Sprint(c["message"]), "was not made by vakt")
+	})
+	if d, _ := e.secret("team-a", "taken"); len(d) != 1 || d["password"] != "hunter2" {
+		t.Errorf("the Secret was changed: %v", d)
+	}
+}
+
+// condition is a condition of an Application's status.
+func (e *kenv) condition(ns, name, typ string) map[string]any {
+	u, err := e.apps.Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, ok := c.(map[string]any); ok && m["type"] == typ {
+			return m
+		}
+	}
+	return nil
+}
+
+// NAIS's own example, unchanged: the Jwker naiserator makes of the
+// documented application's accessPolicy, and a Jwker for one of the
+// applications it lets in. vakt makes each a key and writes their status
+// in NAIS's fields; the caller's agent, from its Secret, exchanges for
+// the documented application, and an application its rules do not name is
+// refused.
+func TestKubeNAISJwkers(t *testing.T) {
+	e := newKeysEnv(t, "r1")
+	r1 := e.replicas["r1"]
+	jwkers := e.client.Resource(jwkersGVR)
+	spec, err := os.ReadFile("../config/testdata/nais-docs-jwker.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.apply(jwkersGVR, "myteam", `{"apiVersion":"nais.io/v1","kind":"Jwker","metadata":{"name":"myapplication","namespace":"myteam"},"spec":`+string(spec)+`}`)
+	for _, name := range []string{"app1", "app7"} {
+		e.apply(jwkersGVR, "myteam", fmt.Sprintf(`{"apiVersion":"nais.io/v1","kind":"Jwker","metadata":{"name":%q,"namespace":"myteam"},
+			"spec":{"accessPolicy":{},"secretName":"tokenx-%s-1"}}`, name, name))
+	}
+	status := func(name string) map[string]any {
+		u, err := jwkers.Namespace("myteam").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		st, _, _ := unstructured.NestedMap(u.Object, "status")
+		return st
+	}
+	e.until(30*time.Second, "no NAIS status for app1", func() bool {
+		st := status("app1")
+		k := e.secretKey("myteam", "tokenx-app1-1")
+		return st != nil && k != nil && st["synchronizationState"] == "RolloutComplete" && fmt.Sprint(st["keyIDs"]) == "["+k.ID+"]"
+	})
+	st := status("app1")
+	if st["clientID"] != "dev-gcp:myteam:app1" || st["synchronizationSecretName"] != "tokenx-app1-1" || st["observedGeneration"] != int64(1) ||
+		st["synchronizationTimestamp"] == nil {
+		t.Errorf("status %v", st)
+	}
+	e.until(30*time.Second, "no key served for app7", func() bool { return len(r1.served(config.KindJwker, "myteam", "app7")) == 1 })
+
+	data, _ := e.secret("myteam", "tokenx-app1-1")
+	env, err := agent.EnvFrom(func(k string) string { return data[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := serveAgent(t, nil, env, quiet)
+	res, err := a.exchange.Exchange(context.Background(), &vaktv1.ExchangeRequest{SubjectToken: e.idp.Token(e.idp.Claims(time.Now(), "")), Audience: "dev-gcp:myteam:myapplication"})
+	if err != nil || res.AccessToken == "" {
+		t.Fatalf("app1's agent, for myapplication: %v %v", res, err)
+	}
+	if msg := e.exchangeAs(r1, "dev-gcp:myteam:app7", e.secretKey("myteam", "tokenx-app7-1"), "dev-gcp:myteam:myapplication"); !strings.Contains(msg, "PermissionDenied desc = token exchange audience is invalid") {
+		t.Errorf("app7, which the rules do not name: %q", msg)
+	}
+}
+
+// The keys a Jwker's earlier secretName held stay valid for the overlap
+// (NAIS rotates by naming a new Secret at each deployment), then are
+// dropped with their Secret; rotations asked in a burst keep at most
+// maxRetiredKeys replaced keys. The elected replica's provisioner, on a
+// clock of the test's.
+func TestKubeKeyOverlap(t *testing.T) {
+	e := newKeysEnv(t, "")
+	r := e.replicas[""]
+	clock := time.Now()
+	p := newKeyProvisioner(e.client, r.src, quiet)
+	p.now = func() time.Time { return clock }
+	ctx := context.Background()
+	jwker := func(secret string) {
+		e.apply(jwkersGVR, "team-a", `{"apiVersion":"nais.io/v1","kind":"Jwker","metadata":{"name":"app-x","namespace":"team-a"},"spec":{"accessPolicy":{},"secretName":"`+secret+`"}}`)
+		e.until(10*time.Second, "the Jwker never served with "+secret, func() bool {
+			for _, st := range r.cur.Load().Resources {
+				if st.Resource.Name == "app-x" && st.SecretName == secret {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	// provision runs the provisioner until the runtime serves keys as
+	// published: n of them.
+	provision := func(n int) []string {
+		t.Helper()
+		var kids []string
+		e.until(10*time.Second, fmt.Sprintf("never %d keys served", n), func() bool {
+			if p.provision(ctx, r.cur.Load()); len(p.problems) > 0 {
+				t.Fatalf("problems: %v", p.problems)
+			}
+			kids, _ = e.published(jwkersGVR, "team-a", "app-x")
+			served := r.served(config.KindJwker, "team-a", "app-x")
+			return len(kids) == n && slices.Equal(served, kids)
+		})
+		return kids
+	}
+
+	jwker("tokenx-app-x-1")
+	k1 := provision(1)
+	if k := e.secretKey("team-a", "tokenx-app-x-1"); k == nil || k.ID != k1[0] {
+		t.Fatalf("the Secret holds %v, the Jwker publishes %v", k, k1)
+	}
+	jwker("tokenx-app-x-2")
+	k2 := provision(2)
+	if k := e.secretKey("team-a", "tokenx-app-x-2"); k == nil || k.ID != k2[0] || k2[1] != k1[0] {
+		t.Fatalf("after the new secretName: %v, the new Secret holds %v", k2, k)
+	}
+	_, rec := e.published(jwkersGVR, "team-a", "app-x")
+	if len(rec.RetiredKeys) != 1 || rec.RetiredKeys[0].SecretName != "tokenx-app-x-1" || !rec.RetiredKeys[0].Until.Equal(clock.Add(time.Hour).UTC().Truncate(time.Second)) {
+		t.Fatalf("retired %+v", rec.RetiredKeys)
+	}
+	// Within the overlap both Secrets stay; after it, the old key and its
+	// Secret go.
+	clock = clock.Add(59 * time.Minute)
+	p.provision(ctx, r.cur.Load())
+	if d, _ := e.secret("team-a", "tokenx-app-x-1"); d == nil {
+		t.Fatal("the earlier Secret was deleted within the overlap")
+	}
+	clock = clock.Add(2 * time.Minute)
+	if kids := provision(1); kids[0] != k2[0] {
+		t.Fatalf("after the overlap: %v, want %v", kids, k2[:1])
+	}
+	if d, _ := e.secret("team-a", "tokenx-app-x-1"); d != nil {
+		t.Fatal("the earlier Secret outlived its key")
+	}
+
+	// A burst of rotations.
+	for i := range 6 {
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"burst-%d"}}}`, AnnotationRotateKey, i)
+		if _, err := e.client.Resource(jwkersGVR).Namespace("team-a").Patch(ctx, "app-x", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		e.until(10*time.Second, "the informer never saw the annotation", func() bool {
+			got, ok := r.src.lookup(config.KindJwker, "team-a", "app-x")
+			return ok && got.RotateKey == fmt.Sprintf("burst-%d", i)
+		})
+		clock = clock.Add(time.Second)
+		provision(min(i+2, 1+maxRetiredKeys))
+	}
+	if _, rec := e.published(jwkersGVR, "team-a", "app-x"); rec.Rotation != "burst-5" || len(rec.RetiredKeys) != maxRetiredKeys {
+		t.Errorf("after the burst: %+v", rec)
+	}
+}
