@@ -97,7 +97,7 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 		for _, gvr := range gvrs {
 			inf := f.ForResource(gvr).Informer()
 			// The cache keeps what vakt reads of each object, no more:
-			// not its managedFields, annotations or status.
+			// not its managedFields, nor annotations and status but vakt's.
 			_ = inf.SetTransform(slim)
 			_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 				AddFunc: func(any) { k.changed() },
@@ -130,8 +130,8 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 }
 
 // slim keeps of an object what vakt reads: kind, name, namespace, uid,
-// generation, spec, and the keys vakt published for it (and the request
-// for new ones).
+// generation, spec, the keys vakt published for it (and the request for
+// new ones), and the status vakt wrote.
 func slim(obj any) (any, error) {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
@@ -157,7 +157,10 @@ func slim(obj any) (any, error) {
 	}
 	if st, ok := u.Object["status"].(map[string]any); ok {
 		keep := map[string]any{}
-		for _, f := range [...]string{"keys", "retiredKeys", "rotation", "secretName"} {
+		// The keys vakt published, and what a new status writer compares
+		// with before writing.
+		for _, f := range [...]string{"keys", "retiredKeys", "rotation", "secretName", "conditions", "observedGeneration",
+			"clientID", "keyIDs", "synchronizationState", "synchronizationSecretName"} {
 			if v, ok := st[f]; ok {
 				keep[f] = v
 			}
@@ -257,8 +260,8 @@ func (k *KubeSource) Resources() []Resource {
 	return out
 }
 
-// lookup is one resource as the informers hold it now (its spec left out).
-func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
+// object is one resource as the informers hold it now (slimmed).
+func (k *KubeSource) object(kind, namespace, name string) (*unstructured.Unstructured, bool) {
 	for i, inf := range k.informers {
 		if w := k.watched[i]; w.kind != kind || (w.namespace != "" && w.namespace != namespace) {
 			continue
@@ -267,14 +270,32 @@ func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
 		if err != nil || !ok {
 			continue
 		}
-		u, ok := obj.(*unstructured.Unstructured)
-		if !ok {
-			continue
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			return u, true
 		}
-		return Resource{Kind: kind, Namespace: namespace, Name: name, UID: string(u.GetUID()), Generation: u.GetGeneration(),
-			Published: publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey]}, true
 	}
-	return Resource{}, false
+	return nil, false
+}
+
+// lookup is one resource as the informers hold it now (its spec left out).
+func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
+	u, ok := k.object(kind, namespace, name)
+	if !ok {
+		return Resource{}, false
+	}
+	return Resource{Kind: kind, Namespace: namespace, Name: name, UID: string(u.GetUID()), Generation: u.GetGeneration(),
+		Published: publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey]}, true
+}
+
+// status is one resource's status as the informers hold it (what slim
+// keeps of it), and its uid.
+func (k *KubeSource) status(kind, namespace, name string) (uid string, status map[string]any, ok bool) {
+	u, ok := k.object(kind, namespace, name)
+	if !ok {
+		return "", nil, false
+	}
+	st, _ := u.Object["status"].(map[string]any)
+	return string(u.GetUID()), st, true
 }
 
 // ResourceState is what became of a resource in the configuration in

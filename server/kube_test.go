@@ -408,7 +408,7 @@ func (e *kenv) replica(identity string) *replica {
 	go func() { defer close(ran); loader.Kube.Run(ctx) }()
 	go func() {
 		defer close(wrote)
-		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: e.cluster.Config, Client: e.client, Current: cur,
+		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: e.cluster.Config, Client: e.client, Current: cur, Source: loader.Kube,
 			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
 			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: quiet})
 	}()
@@ -470,6 +470,8 @@ func TestKubeStatusWriter(t *testing.T) {
 		return h
 	}
 	leader := holder()
+	before, _ := e.readyCondition()
+	time.Sleep(1100 * time.Millisecond) // a write from now on stamps a later second
 	switch leader {
 	case "r1":
 		r1.stop()
@@ -479,6 +481,12 @@ func TestKubeStatusWriter(t *testing.T) {
 		t.Fatalf("the lease is held by %q", leader)
 	}
 	e.until(15*time.Second, "the other replica never took the lease", func() bool { h := holder(); return h != "" && h != leader })
+	// The new writer finds the status as it would write it: it leaves it,
+	// its lastTransitionTime with it.
+	time.Sleep(time.Second)
+	if after, _ := e.readyCondition(); after["lastTransitionTime"] != before["lastTransitionTime"] || after["message"] != before["message"] {
+		t.Errorf("the new writer rewrote the status: %v, was %v", after, before)
+	}
 	e.application(appBAllowsApp1)
 	e.until(10*time.Second, "the new writer never wrote generation 3", func() bool {
 		c, gen := e.readyCondition()

@@ -3,6 +3,7 @@ package server
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -59,7 +60,7 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(lctx context.Context) {
 				log.Info("kubernetes: this replica writes the resources' status", "identity", c.Identity)
-				w := &statusWriter{client: c.Client, cur: c.Current, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}
+				w := &statusWriter{client: c.Client, cur: c.Current, src: c.Source, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}
 				if c.Source != nil {
 					w.keys = newKeyProvisioner(c.Client, c.Source, log)
 				}
@@ -82,6 +83,7 @@ type statusWriter struct {
 	client dynamic.Interface
 	cur    *Current
 	log    *slog.Logger
+	src    *KubeSource     // the status as it stands; nil in some tests
 	keys   *keyProvisioner // nil without a KubeSource: no keys are made
 	// written is each resource's status as last written.
 	written map[string]writtenStatus
@@ -224,8 +226,16 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 		if !ready {
 			continue
 		}
-		sig := fmt.Sprint(r.UID, fields, conds)
+		sig := sigOf(fields, conds)
 		prev, seen := w.written[r.key()]
+		if (!seen || prev.uid != r.UID) && w.src != nil {
+			// A new writer (this replica was just elected) starts from the
+			// status as it stands: no write when it says what would be
+			// written, and each condition's lastTransitionTime kept.
+			if uid, st, ok := w.src.status(r.Kind, r.Namespace, r.Name); ok && uid == r.UID {
+				prev, seen = observedStatus(r, st), true
+			}
+		}
 		if seen && prev.uid == r.UID && prev.sig == sig {
 			continue
 		}
@@ -297,4 +307,62 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 		}
 	}
 	return ok
+}
+
+// sigOf is what a status says but for its times: a write is skipped when
+// it would not change it.
+func sigOf(fields map[string]any, conds []condition) string {
+	type cond struct{ Type, Status, Reason, Message string }
+	cs := make([]cond, 0, len(conds))
+	for _, c := range conds {
+		cs = append(cs, cond{c.typ, c.status, c.reason, c.message})
+	}
+	f := make(map[string]any, len(fields))
+	for k, v := range fields {
+		if k != "synchronizationTimestamp" {
+			f[k] = v
+		}
+	}
+	b, _ := json.Marshal(struct {
+		F map[string]any
+		C []cond
+	}{f, cs})
+	return string(b)
+}
+
+// observedStatus is a resource's status as the informer holds it, in the
+// form of what vakt writes: the fields and conditions vakt owns.
+func observedStatus(r Resource, st map[string]any) writtenStatus {
+	ws := writtenStatus{uid: r.UID, statuses: map[string]string{}, changedAt: map[string]string{}}
+	fields := map[string]any{}
+	names := []string{"observedGeneration"}
+	if r.Kind == config.KindJwker {
+		names = append(names, "clientID", "keyIDs", "synchronizationState", "synchronizationSecretName")
+	}
+	for _, n := range names {
+		if v, ok := st[n]; ok {
+			fields[n] = v
+		}
+	}
+	var conds []condition
+	list, _ := st["conditions"].([]any)
+	for _, c := range list {
+		m, ok := c.(map[string]any)
+		if !ok {
+			continue
+		}
+		typ, _ := m["type"].(string)
+		if typ != "Ready" && typ != "ClientKey" {
+			continue // not vakt's
+		}
+		cd := condition{typ: typ}
+		cd.status, _ = m["status"].(string)
+		cd.reason, _ = m["reason"].(string)
+		cd.message, _ = m["message"].(string)
+		conds = append(conds, cd)
+		ws.statuses[typ] = cd.status
+		ws.changedAt[typ], _ = m["lastTransitionTime"].(string)
+	}
+	ws.sig = sigOf(fields, conds)
+	return ws
 }
