@@ -45,7 +45,8 @@ import (
 
 // A real kube-apiserver (internal/kubetest) accepts deploy/kubernetes as
 // `kubectl apply --server-side` would send it: the namespace, then what
-// kustomize renders from deploy/kubernetes, then overlays/redis over it,
+// kustomize renders from deploy/kubernetes, then overlays/redis and
+// overlays/native-redis over it,
 // every object with strict field validation (an unknown or duplicate field
 // is an error, not dropped) and no warning (the namespace warns on pods
 // that break the "restricted" Pod Security Standard; the API server checks
@@ -60,7 +61,7 @@ func TestKubernetesAPIServerAccepts(t *testing.T) {
 
 	applyAll("kubernetes/namespace.yaml", [][]byte{namespaceJSON(t)})
 
-	for _, dir := range []string{baseDir, redisDir} {
+	for _, dir := range []string{baseDir, redisDir, nativeRedisDir} {
 		docs := renderJSON(t, dir)
 		applyAll(dir, docs)
 

@@ -38,9 +38,11 @@ import (
 // are checked: ports, paths, selectors, security.
 
 const (
-	baseDir   = "kubernetes"
-	redisDir  = "kubernetes/overlays/redis"
-	nativeDir = "kubernetes/overlays/native"
+	baseDir  = "kubernetes"
+	redisDir = "kubernetes/overlays/redis"
+	// nativeRedisDir is overlays/native with components/redis.
+	nativeRedisDir = "kubernetes/overlays/native-redis"
+	nativeDir      = "kubernetes/overlays/native"
 )
 
 // clusterScoped are the kinds a rendering may hold outside namespace vakt:
@@ -820,10 +822,49 @@ func TestKubernetesRedisOverlay(t *testing.T) {
 	objs := render(t, redisDir)
 	checkObjects(t, objs)
 	p := checkVakt(t, objs)
-
 	// vakt's configuration is the base's plus replay.redis.
-	var base, overlay map[string]any
-	if err := yaml.Unmarshal([]byte(mustRead(t, filepath.Join(baseDir, "vakt.yaml"))), &base); err != nil {
+	checkRedis(t, objs, p, mustRead(t, filepath.Join(baseDir, "vakt.yaml")))
+}
+
+// overlays/native-redis is overlays/native (the same RBAC, the same pod)
+// with overlays/redis's Redis, and a vakt.yaml that is the native one's plus
+// replay.redis.
+func TestKubernetesNativeRedisOverlay(t *testing.T) {
+	objs := render(t, nativeRedisDir)
+	checkObjects(t, objs)
+	p := checkVakt(t, objs)
+	checkRedis(t, objs, p, mustRead(t, filepath.Join(nativeDir, "vakt.yaml")))
+	native, redis := render(t, nativeDir), render(t, redisDir)
+	for name, obj := range native {
+		if name == "ConfigMap/vakt-config" || name == "Deployment/vakt" {
+			continue
+		}
+		if !reflect.DeepEqual(objs[name], obj) {
+			t.Errorf("%s differs from overlays/native's", name)
+		}
+	}
+	for name, obj := range redis {
+		if strings.Contains(name, "vakt-redis") && !reflect.DeepEqual(objs[name], obj) {
+			t.Errorf("%s differs from overlays/redis's", name)
+		}
+	}
+	// vakt's pod is overlays/native's with the password's mount.
+	pod, nativePod := get[appsv1.Deployment](t, objs, "vakt").Spec.Template.Spec, get[appsv1.Deployment](t, native, "vakt").Spec.Template.Spec
+	if pod.ServiceAccountName != nativePod.ServiceAccountName || !reflect.DeepEqual(pod.AutomountServiceAccountToken, nativePod.AutomountServiceAccountToken) ||
+		!reflect.DeepEqual(container(t, get[appsv1.Deployment](t, objs, "vakt"), "vakt").Env, container(t, get[appsv1.Deployment](t, native, "vakt"), "vakt").Env) {
+		t.Error("vakt's pod is not overlays/native's")
+	}
+	if want := len(native) + len(redis) - len(render(t, baseDir)); len(objs) != want {
+		t.Errorf("overlays/native-redis renders %d objects, want %d: %v", len(objs), want, slices.Sorted(maps.Keys(objs)))
+	}
+}
+
+// checkRedis checks an overlay's Redis, and that its vakt.yaml is base
+// (another vakt.yaml) plus replay.redis.
+func checkRedis(t *testing.T, objs objects, p *vaktPod, base string) {
+	t.Helper()
+	var want, overlay map[string]any
+	if err := yaml.Unmarshal([]byte(base), &want); err != nil {
 		t.Fatal(err)
 	}
 	if err := yaml.Unmarshal(p.raw, &overlay); err != nil {
@@ -831,8 +872,8 @@ func TestKubernetesRedisOverlay(t *testing.T) {
 	}
 	replay, _ := overlay["replay"].(map[string]any)
 	delete(overlay, "replay")
-	if !reflect.DeepEqual(base, overlay) || len(replay) != 1 || replay["redis"] == nil {
-		t.Error("overlays/redis/vakt.yaml must be deploy/kubernetes/vakt.yaml with replay.redis added, nothing else")
+	if !reflect.DeepEqual(want, overlay) || len(replay) != 1 || replay["redis"] == nil {
+		t.Error("the overlay's vakt.yaml must be the one it extends with replay.redis added, nothing else")
 	}
 
 	// replay.redis.address is the Redis Service's name and port, in vakt's
