@@ -600,6 +600,7 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	jwkers := schema.GroupVersionResource{Group: config.JwkerGroup, Version: config.JwkerVersion, Resource: "jwkers"}
 	leases := schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
 	secrets := corev1.SchemeGroupVersion.WithResource("secrets")
+	configMaps := corev1.SchemeGroupVersion.WithResource("configmaps")
 
 	n := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "team-b"}}}
 	if _, err := admin.Resource(corev1.SchemeGroupVersion.WithResource("namespaces")).Create(ctx, n, metav1.CreateOptions{}); err != nil {
@@ -732,6 +733,25 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	forbidden("list Secrets in every namespace", err)
 	_, err = sa.Resource(secrets).Namespace("team-b").Watch(ctx, metav1.ListOptions{})
 	forbidden("watch Secrets in a team's namespace", err)
+	// RBAC lets vakt write Secrets by name; the policy vakt-secrets lets it
+	// write only the ones it makes.
+	eventually(t, "the policy vakt-secrets in force", func() error {
+		s, err := sa.Resource(secrets).Namespace("vakt").Get(ctx, "vakt-signing-keys", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		s.SetLabels(map[string]string{"touched": "by-vakt"})
+		_, err = sa.Resource(secrets).Namespace("vakt").Update(ctx, s, metav1.UpdateOptions{})
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "vakt changes and deletes only the Secrets it made") {
+			return fmt.Errorf("update Secret vakt-signing-keys: %v, want Forbidden by the policy", err)
+		}
+		return nil
+	})
+	forbidden("delete Secret vakt-signing-keys", sa.Resource(secrets).Namespace("vakt").Delete(ctx, "vakt-signing-keys", metav1.DeleteOptions{}))
+	unowned := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret",
+		"metadata": map[string]any{"name": "planted", "namespace": "team-b", "labels": map[string]any{"app.kubernetes.io/managed-by": "vakt"}}}}
+	_, err = sa.Resource(secrets).Namespace("team-b").Create(ctx, unowned, metav1.CreateOptions{})
+	forbidden("create a Secret no Application or Jwker controls", err)
 	app, err := sa.Resource(applications).Namespace("team-b").Get(ctx, "app-b", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -771,7 +791,7 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src = server.NewKubeSource(server.KubeSourceConfig{Client: sa, Jwkers: true, Logger: logger, OnChange: func() {
+	src = server.NewKubeSource(server.KubeSourceConfig{Client: sa, Jwkers: true, KeysNamespace: "vakt", Logger: logger, OnChange: func() {
 		var states []server.ResourceState
 		for _, r := range src.Resources() {
 			var spec struct{ SecretName string }
@@ -851,8 +871,13 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 			if keys, _, _ := unstructured.NestedMap(u.Object, "status", "keys"); k.gvr == applications && keys == nil {
 				return fmt.Errorf("no keys in status: %v", u.Object["status"])
 			}
-			if k.gvr == jwkers && (u.GetAnnotations()["vakt.dev/keys"] == "" || fmt.Sprint(u.Object["status"]) == "<nil>") {
-				return fmt.Errorf("no keys in the annotations or no status: %v %v", u.GetAnnotations(), u.Object["status"])
+			if k.gvr == jwkers {
+				if _, err := admin.Resource(configMaps).Namespace("vakt").Get(ctx, "vakt-keys-"+string(u.GetUID()), metav1.GetOptions{}); err != nil {
+					return fmt.Errorf("no published keys: %w", err)
+				}
+				if st, _, _ := unstructured.NestedString(u.Object, "status", "synchronizationState"); st != "RolloutComplete" {
+					return fmt.Errorf("Jwker status %v", u.Object["status"])
+				}
 			}
 			return nil
 		})

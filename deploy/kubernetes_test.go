@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -47,7 +48,8 @@ const (
 
 // clusterScoped are the kinds a rendering may hold outside namespace vakt:
 // they have no namespace at all.
-var clusterScoped = map[string]bool{"ClusterRole": true, "ClusterRoleBinding": true}
+var clusterScoped = map[string]bool{"ClusterRole": true, "ClusterRoleBinding": true,
+	"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true}
 
 // objects are the decoded objects of one rendering, by kind and name.
 type objects map[string]any
@@ -80,6 +82,10 @@ func newObject(apiVersion, kind string) any {
 		return new(rbacv1.Role)
 	case "rbac.authorization.k8s.io/v1 RoleBinding":
 		return new(rbacv1.RoleBinding)
+	case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy":
+		return new(admissionregistrationv1.ValidatingAdmissionPolicy)
+	case "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicyBinding":
+		return new(admissionregistrationv1.ValidatingAdmissionPolicyBinding)
 	}
 	return nil
 }
@@ -946,14 +952,18 @@ var (
 		"create /secrets", "delete /secrets",
 		"get /secrets", "get nais.io/jwkers", "get vakt.dev/applications",
 		"list nais.io/jwkers", "list vakt.dev/applications",
-		"patch nais.io/jwkers", "patch nais.io/jwkers/status", "patch vakt.dev/applications/status",
+		"patch nais.io/jwkers/status", "patch vakt.dev/applications/status",
 		"update /secrets",
 		"watch nais.io/jwkers", "watch vakt.dev/applications",
 	}
+	// In vakt's namespace: the Lease, and the Jwkers' published keys.
 	nativeLeasePermissions = []string{
-		"create coordination.k8s.io/leases",
-		"get coordination.k8s.io/leases " + statusLease,
-		"update coordination.k8s.io/leases " + statusLease,
+		"create /configmaps", "create coordination.k8s.io/leases",
+		"delete /configmaps",
+		"get /configmaps", "get coordination.k8s.io/leases " + statusLease,
+		"list /configmaps",
+		"update /configmaps", "update coordination.k8s.io/leases " + statusLease,
+		"watch /configmaps",
 	}
 )
 
@@ -1027,8 +1037,14 @@ func TestKubernetesNativeOverlay(t *testing.T) {
 	if rb := bindings[0]; rb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: roles[0].Name}) || !reflect.DeepEqual(rb.Subjects, sa) {
 		t.Errorf("RoleBinding %s gives %+v to %+v, want Role %s to %+v", rb.Name, rb.RoleRef, rb.Subjects, roles[0].Name, sa)
 	}
-	if len(objs) != 10 {
-		t.Errorf("overlays/native renders %v: the base's six objects and the four of rbac.yaml", slices.Sorted(maps.Keys(objs)))
+	if len(objs) != 12 {
+		t.Errorf("overlays/native renders %v: the base's six objects, the four of rbac.yaml and the two of secrets-policy.yaml", slices.Sorted(maps.Keys(objs)))
+	}
+	policy := get[admissionregistrationv1.ValidatingAdmissionPolicy](t, objs, "vakt-secrets")
+	binding := get[admissionregistrationv1.ValidatingAdmissionPolicyBinding](t, objs, "vakt-secrets")
+	if binding.Spec.PolicyName != policy.Name || !slices.Equal(binding.Spec.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) ||
+		len(policy.Spec.MatchConditions) != 1 || !strings.Contains(policy.Spec.MatchConditions[0].Expression, `"system:serviceaccount:`+p.d.Namespace+`:`+pod.ServiceAccountName+`"`) {
+		t.Errorf("the policy vakt-secrets does not deny vakt's service account: %+v %+v", policy.Spec, binding.Spec)
 	}
 }
 

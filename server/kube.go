@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
@@ -32,8 +33,8 @@ type Resource struct {
 	Spec            []byte // JSON, as the API server serves it
 	// Published is what vakt published of the client key it made for the
 	// resource (spec.secretName): an Application's status.keys,
-	// status.retiredKeys and status.rotation, a Jwker's annotation
-	// vakt.dev/keys (NAIS's Jwker status has no room for keys), as JSON
+	// status.retiredKeys, status.rotation and status.secretName, a Jwker's
+	// record in vakt's namespace (KubeSourceConfig.KeysNamespace), as JSON
 	// (publishedKeys); nil when there is none.
 	Published []byte
 	// RotateKey is the annotation vakt.dev/rotate-key: a value not yet
@@ -53,7 +54,11 @@ type KubeSource struct {
 	log       *slog.Logger
 	informers []cache.SharedIndexInformer
 	watched   []watched // what each informer watches
-	onChange  func()
+	// records holds the ConfigMaps of Jwkers' published keys, in
+	// keysNamespace; nil without Jwkers.
+	records       cache.SharedIndexInformer
+	keysNamespace string
+	onChange      func()
 }
 
 type watched struct{ kind, namespace string }
@@ -65,7 +70,12 @@ type KubeSourceConfig struct {
 	Namespaces []string
 	// Jwkers watches jwkers.nais.io too.
 	Jwkers bool
-	Logger *slog.Logger
+	// KeysNamespace is vakt's own namespace, where the keys vakt published
+	// for Jwkers are kept (ConfigMaps vakt-keys-<uid>: NAIS's Jwker has no
+	// status field for keys, and its annotations are a team's, or
+	// naiserator's, to overwrite). Without it, no Jwker has keys.
+	KeysNamespace string
+	Logger        *slog.Logger
 	// OnChange is called after every change the informers see, and once
 	// when they have first synchronised: the caller reloads.
 	OnChange func()
@@ -103,13 +113,14 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 				AddFunc: func(any) { k.changed() },
 				// A change of metadata or status (an annotation, vakt's own
 				// status) leaves the generation: no reload, which a team
-				// could otherwise keep from ever settling.
-				// The keys vakt published reload too: every replica serves them.
+				// could otherwise keep from ever settling. The keys vakt
+				// published in an Application's status do reload: every
+				// replica serves them (a team cannot write status).
 				UpdateFunc: func(old, cur any) {
 					o, ok1 := old.(*unstructured.Unstructured)
 					n, ok2 := cur.(*unstructured.Unstructured)
 					if !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() || o.GetUID() != n.GetUID() ||
-						string(publishedOf(o)) != string(publishedOf(n)) {
+						string(applicationPublished(o)) != string(applicationPublished(n)) {
 						k.changed()
 					}
 				},
@@ -126,7 +137,56 @@ func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
 			k.watched = append(k.watched, watched{kind: kind, namespace: ns})
 		}
 	}
+	if cfg.Jwkers && cfg.KeysNamespace != "" {
+		k.keysNamespace = cfg.KeysNamespace
+		f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Client, 0, cfg.KeysNamespace, func(o *metav1.ListOptions) {
+			o.LabelSelector = labelRecord + "=" + recordKeys
+		})
+		k.records = f.ForResource(configMapsGVR).Informer()
+		_ = k.records.SetTransform(slimRecord)
+		_, _ = k.records.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { k.changed() },
+			UpdateFunc: func(any, any) { k.changed() },
+			DeleteFunc: func(any) { k.changed() },
+		})
+		_ = k.records.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			k.log.Warn("kubernetes: watching the Jwkers' published keys failed; the keys last seen stay in force", "error", err)
+		})
+	}
 	return k
+}
+
+// slimRecord keeps of a keys record its name, uid, labels, owner and data.
+func slimRecord(obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return obj, nil
+	}
+	out := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap"}}
+	out.SetName(u.GetName())
+	out.SetNamespace(u.GetNamespace())
+	out.SetUID(u.GetUID())
+	out.SetLabels(u.GetLabels())
+	if o, ok := u.GetAnnotations()[annotationOwner]; ok {
+		out.SetAnnotations(map[string]string{annotationOwner: o})
+	}
+	out.SetResourceVersion(u.GetResourceVersion())
+	if d, ok := u.Object["data"]; ok {
+		out.Object["data"] = d
+	}
+	return out, nil
+}
+
+// recordName names the ConfigMap holding a Jwker's published keys: by uid,
+// unique and never reused.
+func recordName(uid string) string { return "vakt-keys-" + uid }
+
+// allInformers are the informers Run runs and Synced waits for.
+func (k *KubeSource) allInformers() []cache.SharedIndexInformer {
+	if k.records == nil {
+		return k.informers
+	}
+	return append(slices.Clip(k.informers), k.records)
 }
 
 // slim keeps of an object what vakt reads: kind, name, namespace, uid,
@@ -147,7 +207,7 @@ func slim(obj any) (any, error) {
 		out.Object["spec"] = spec
 	}
 	kept := map[string]string{}
-	for _, a := range [...]string{annotationRotateKey, annotationKeys} {
+	for _, a := range [...]string{annotationRotateKey} {
 		if v, ok := u.GetAnnotations()[a]; ok {
 			kept[a] = v
 		}
@@ -174,11 +234,31 @@ func slim(obj any) (any, error) {
 
 // publishedOf is what vakt published of a resource's client key (see
 // Resource.Published): JSON, nil when nothing.
-func publishedOf(u *unstructured.Unstructured) []byte {
-	if u.GetKind() == config.KindJwker {
-		if v := u.GetAnnotations()[annotationKeys]; v != "" {
-			return []byte(v)
-		}
+func (k *KubeSource) publishedOf(u *unstructured.Unstructured) []byte {
+	if u.GetKind() != config.KindJwker {
+		return applicationPublished(u)
+	}
+	if k.records == nil {
+		return nil
+	}
+	obj, ok, err := k.records.GetStore().GetByKey(k.keysNamespace + "/" + recordName(string(u.GetUID())))
+	if err != nil || !ok {
+		return nil
+	}
+	rec, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil
+	}
+	v, _, _ := unstructured.NestedString(rec.Object, "data", recordKey)
+	if v == "" {
+		return nil
+	}
+	return []byte(v)
+}
+
+// applicationPublished is what vakt published in an Application's status.
+func applicationPublished(u *unstructured.Unstructured) []byte {
+	if u.GetKind() != config.KindApplication {
 		return nil
 	}
 	st, ok := u.Object["status"].(map[string]any)
@@ -202,20 +282,21 @@ func (k *KubeSource) changed() {
 // have synchronised.
 func (k *KubeSource) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, inf := range k.informers {
+	for _, inf := range k.allInformers() {
 		wg.Add(1)
 		go func() { defer wg.Done(); inf.Run(ctx.Done()) }()
 	}
 	if cache.WaitForCacheSync(ctx.Done(), k.hasSyncedFuncs()...) {
-		k.log.Info("kubernetes: resources synchronised", "informers", len(k.informers))
+		k.log.Info("kubernetes: resources synchronised", "informers", len(k.allInformers()))
 		k.onChange()
 	}
 	wg.Wait()
 }
 
 func (k *KubeSource) hasSyncedFuncs() []cache.InformerSynced {
-	out := make([]cache.InformerSynced, len(k.informers))
-	for i, inf := range k.informers {
+	all := k.allInformers()
+	out := make([]cache.InformerSynced, len(all))
+	for i, inf := range all {
 		out[i] = inf.HasSynced
 	}
 	return out
@@ -223,7 +304,7 @@ func (k *KubeSource) hasSyncedFuncs() []cache.InformerSynced {
 
 // Synced reports whether every informer has listed its resources once.
 func (k *KubeSource) Synced() bool {
-	for _, inf := range k.informers {
+	for _, inf := range k.allInformers() {
 		if !inf.HasSynced() {
 			return false
 		}
@@ -250,7 +331,7 @@ func (k *KubeSource) Resources() []Resource {
 			out = append(out, Resource{
 				Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
 				UID: string(u.GetUID()), Generation: u.GetGeneration(), Spec: b,
-				Published: publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey],
+				Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey],
 			})
 		}
 	}
@@ -284,7 +365,7 @@ func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
 		return Resource{}, false
 	}
 	return Resource{Kind: kind, Namespace: namespace, Name: name, UID: string(u.GetUID()), Generation: u.GetGeneration(),
-		Published: publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey]}, true
+		Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey]}, true
 }
 
 // status is one resource's status as the informers hold it (what slim

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -10,16 +11,17 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/vakt-dev/vakt/authz"
@@ -33,21 +35,33 @@ const (
 	// key whenever its value changes (vakt keys rotate sets it to the time).
 	AnnotationRotateKey = "vakt.dev/rotate-key"
 	annotationRotateKey = AnnotationRotateKey
-	// annotationKeys on a Jwker holds what vakt published of its key (an
-	// Application has it in its status): NAIS's Jwker status has no room
-	// for keys, and its CRD is NAIS's.
-	annotationKeys = "vakt.dev/keys"
-	labelManagedBy = "app.kubernetes.io/managed-by"
-	managedByVakt  = "vakt"
+	// annotationRotation on a Secret vakt made is the rotation request
+	// whose key it holds: a rotation interrupted after the Secret was
+	// written is not made again.
+	annotationRotation = "vakt.dev/rotation"
+	// A Jwker's published keys are a ConfigMap of vakt's namespace
+	// (recordName), labelled labelRecord=recordKeys, the JSON in data
+	// recordKey; annotationOwner names the Jwker (namespace/name).
+	labelRecord     = "vakt.dev/record"
+	recordKeys      = "keys"
+	recordKey       = "keys.json"
+	annotationOwner = "vakt.dev/owner"
+	labelManagedBy  = "app.kubernetes.io/managed-by"
+	managedByVakt   = "vakt"
 	// clientKeyAlgorithm is NAIS's: jwker makes 2048-bit RSA keys, and
 	// applications' token libraries expect them.
 	clientKeyAlgorithm = "RS256"
 	// maxRetiredKeys bounds the replaced keys kept valid: rotations asked
 	// for in a burst do not grow the key set without end.
 	maxRetiredKeys = 4
-	// keyResync is how often the elected replica checks a key whose inputs
-	// did not change: a Secret deleted by hand is made again.
+	// keyResync is how often, about, the elected replica checks a key
+	// whose inputs did not change: a Secret deleted by hand is made again.
 	keyResync = 10 * time.Minute
+	// keyEvery is the least time between two rotations of one resource's
+	// key: rotations asked in a burst cost one key a minute.
+	keyEvery = time.Minute
+	// maxPublished bounds a published record vakt reads.
+	maxPublished = 64 << 10
 )
 
 // The variables NAIS puts in an application's Secret (jwker's
@@ -61,7 +75,10 @@ const (
 	envTokenEndpoint = "TOKEN_X_TOKEN_ENDPOINT"
 )
 
-var secretsGVR = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+var (
+	secretsGVR    = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+	configMapsGVR = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+)
 
 // publishedKeys is what vakt publishes of an application's client key,
 // for every replica to read (readers need no Secret access): the public
@@ -87,6 +104,9 @@ type retiredKey struct {
 // parsePublishedKeys reads published keys for the merge: the key set, and
 // the kids in force.
 func parsePublishedKeys(b []byte) (*authz.KeySet, []string, error) {
+	if len(b) > maxPublished {
+		return nil, nil, fmt.Errorf("%d bytes, more than the %d published keys may have", len(b), maxPublished)
+	}
 	var p publishedKeys
 	if err := json.Unmarshal(b, &p); err != nil {
 		return nil, nil, fmt.Errorf("not published keys: %w", err)
@@ -101,6 +121,9 @@ func parsePublishedKeys(b []byte) (*authz.KeySet, []string, error) {
 	kids, err := jwkIDs(p.Keys)
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(kids) > 1+maxRetiredKeys {
+		return nil, nil, fmt.Errorf("%d keys, more than the %d vakt publishes", len(kids), 1+maxRetiredKeys)
 	}
 	return set, kids, nil
 }
@@ -139,28 +162,74 @@ func clientEnv(issuer, clientID string) map[string]string {
 	}
 }
 
-// errSecretNotVakts is a secretName naming a Secret vakt did not make: it
-// is never overwritten.
-type errSecretNotVakts struct{ name string }
+// errSecretNotVakts is a secretName naming a Secret vakt did not make for
+// this resource: it is never read or overwritten.
+type errSecretNotVakts struct{ name, why string }
 
 func (e errSecretNotVakts) Error() string {
-	return fmt.Sprintf("Secret %s exists and was not made by vakt (no label %s=%s): vakt does not overwrite it; name another in spec.secretName, or delete it", e.name, labelManagedBy, managedByVakt)
+	return fmt.Sprintf("Secret %s %s: vakt does not touch it; name another in spec.secretName, or delete it", e.name, e.why)
+}
+
+// stepError is a failed request to the API server: its step, and the
+// error. A problem reported in status names the step and the API server's
+// reason only: an error's text may echo the object (a webhook's), and a
+// Secret's object is a private key.
+type stepError struct {
+	step string
+	err  error
+}
+
+func (e stepError) Error() string { return e.step + ": " + apiReason(e.err) }
+func (e stepError) Unwrap() error { return e.err }
+
+// apiReason is what may be said of an API server's error: its reason and
+// code, or a transport error's text.
+func apiReason(err error) string {
+	var st apierrors.APIStatus
+	if errors.As(err, &st) {
+		s := st.Status()
+		return fmt.Sprintf("%s (HTTP %d)", cmp.Or(string(s.Reason), "Failure"), s.Code)
+	}
+	return truncate(err.Error(), 256)
+}
+
+// describe is what a problem says, in the log and in status.
+func describe(err error) string {
+	var nv errSecretNotVakts
+	var se stepError
+	switch {
+	case errors.As(err, &nv):
+		return nv.Error()
+	case errors.As(err, &se):
+		return se.Error()
+	default:
+		return "vakt could not make the key: " + truncate(err.Error(), 256)
+	}
 }
 
 // keyProvisioner makes, rotates and publishes the client keys of the
-// resources with a secretName. Only the elected replica runs one.
+// resources with a secretName. Only the elected replica runs one, in a
+// goroutine of its own (run); the status writer reads its problems.
 type keyProvisioner struct {
-	client dynamic.Interface
-	src    *KubeSource
-	log    *slog.Logger
-	now    func() time.Time
+	client    dynamic.Interface
+	src       *KubeSource
+	log       *slog.Logger
+	now       func() time.Time
+	recordsNS string // vakt's namespace, where Jwkers' keys are published
 	// done remembers, per resource, the inputs of its last reconciliation
 	// and when it is due again (a retired key's expiry, or keyResync).
 	done    map[string]provisioned
 	failing map[string]*failure
-	// problems says, per resource, why its key could not be made: the
-	// status writer reports it.
+	// pending is a key made and published but not yet in its Secret, kept
+	// across retries; made is when the last rotation was, per object.
+	pending map[string]*exchange.SigningKey
+	made    map[string]time.Time
+
+	mu sync.Mutex
+	// problems says, per resource, why its key could not be made;
+	// changes counts their changes. The status writer reads both.
 	problems map[string]string
+	changes  int
 }
 
 type provisioned struct {
@@ -168,9 +237,55 @@ type provisioned struct {
 	due         time.Time
 }
 
-func newKeyProvisioner(client dynamic.Interface, src *KubeSource, log *slog.Logger) *keyProvisioner {
-	return &keyProvisioner{client: client, src: src, log: log, now: time.Now,
-		done: map[string]provisioned{}, failing: map[string]*failure{}, problems: map[string]string{}}
+func newKeyProvisioner(client dynamic.Interface, src *KubeSource, recordsNS string, log *slog.Logger) *keyProvisioner {
+	return &keyProvisioner{client: client, src: src, log: log, now: time.Now, recordsNS: recordsNS,
+		done: map[string]provisioned{}, failing: map[string]*failure{}, pending: map[string]*exchange.SigningKey{},
+		made: map[string]time.Time{}, problems: map[string]string{}}
+}
+
+// run provisions, every second, the keys of the runtime in force, until
+// ctx ends (leadership lost, or stopping).
+func (p *keyProvisioner) run(ctx context.Context, cur *Current) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if rt := cur.Load(); rt != nil {
+			p.provision(ctx, rt)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// problem is why a resource's key could not be made, "" when it was; and
+// the count of changes to the problems.
+func (p *keyProvisioner) problem(key string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.problems[key]
+}
+
+func (p *keyProvisioner) changeCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.changes
+}
+
+func (p *keyProvisioner) setProblem(key, msg string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.problems[key] == msg {
+		return
+	}
+	if msg == "" {
+		delete(p.problems, key)
+	} else {
+		p.problems[key] = msg
+	}
+	p.changes++
 }
 
 // keyTarget is what a resource asks of its key.
@@ -182,18 +297,18 @@ type keyTarget struct {
 }
 
 // provision reconciles the key of every resource with a secretName served
-// in rt; it reports whether a problem appeared or cleared.
-func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) (changed bool) {
+// in rt, and clears what vakt published for one that no longer has one.
+func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) {
 	if rt.Config == nil {
-		return false
+		return
 	}
 	now := p.now()
 	present := map[string]bool{}
 	for _, st := range rt.Resources {
 		if ctx.Err() != nil {
-			return changed
+			return
 		}
-		if st.SecretName == "" || st.Served == 0 {
+		if st.Served == 0 || (st.SecretName == "" && len(st.Resource.Published) == 0) {
 			continue
 		}
 		key := st.Resource.key()
@@ -212,17 +327,29 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) (changed bo
 		if f := p.failing[key]; f != nil && now.Before(f.next) {
 			continue
 		}
-		due, err := p.reconcile(ctx, t)
+		var due time.Time
+		var err error
+		if t.secretName == "" {
+			due, err = p.unpublish(ctx, t)
+		} else {
+			due, err = p.reconcile(ctx, t)
+		}
 		switch {
 		case err == nil:
 			delete(p.failing, key)
-			if _, had := p.problems[key]; had {
-				delete(p.problems, key)
-				changed = true
+			p.setProblem(key, "")
+			// The next check comes a little early or late, so that
+			// resources checked together do not stay together.
+			if d := due.Sub(now); d > time.Minute {
+				due = now.Add(d - time.Duration(rand.Int64N(int64(d/10))))
 			}
 			p.done[key] = provisioned{fingerprint: fp, due: due}
 		case ctx.Err() != nil:
-			return changed
+			return
+		case apierrors.IsConflict(err):
+			// Written by another since read (the status writer, or a
+			// team): read again, soon, without a word.
+			p.failing[key] = &failure{next: now.Add(200 * time.Millisecond)}
 		default:
 			f := p.failing[key]
 			if f == nil {
@@ -231,15 +358,12 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) (changed bo
 			}
 			f.wait = min(max(2*f.wait, time.Second), 5*time.Minute)
 			f.next = now.Add(f.wait)
-			msg := truncate(err.Error(), 1024)
+			msg := describe(err)
 			if msg != f.err {
 				f.err = msg
 				p.log.Warn("kubernetes: a client key could not be made or published; trying again, less and less often", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "secret", t.secretName, "error", msg)
 			}
-			if p.problems[key] != msg {
-				p.problems[key] = msg
-				changed = true
-			}
+			p.setProblem(key, msg)
 		}
 	}
 	for key := range p.done {
@@ -248,13 +372,20 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) (changed bo
 			delete(p.failing, key)
 		}
 	}
+	for key := range p.pending {
+		if !present[strings.SplitN(key, "#", 2)[0]] {
+			delete(p.pending, key)
+		}
+	}
+	p.mu.Lock()
 	for key := range p.problems {
 		if !present[key] {
 			delete(p.problems, key)
-			changed = true
+			p.changes++
 		}
 	}
-	return changed
+	p.mu.Unlock()
+	p.collectRecords(ctx)
 }
 
 // fingerprint names a target's inputs: a change reconciles it at once.
@@ -267,57 +398,145 @@ func (t keyTarget) fingerprint() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// live is a resource as the API server has it now, not as a cache does:
+// nil when it is gone (or another object has its name).
+func (p *keyProvisioner) live(ctx context.Context, r Resource) (*unstructured.Unstructured, error) {
+	gvr := applicationsGVR
+	if r.Kind == config.KindJwker {
+		gvr = jwkersGVR
+	}
+	u, err := p.client.Resource(gvr).Namespace(r.Namespace).Get(ctx, r.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, stepError{"reading the " + r.Kind, err}
+	case string(u.GetUID()) != r.UID:
+		return nil, nil
+	}
+	return u, nil
+}
+
+// record is what vakt published for a live resource, and the
+// resourceVersion a write of it is conditional on.
+func (p *keyProvisioner) record(ctx context.Context, live *unstructured.Unstructured) (publishedKeys, string, error) {
+	var pub publishedKeys
+	if live.GetKind() != config.KindJwker {
+		if b := applicationPublished(live); b != nil {
+			_ = json.Unmarshal(b, &pub) // what does not parse is published anew
+		}
+		return pub, live.GetResourceVersion(), nil
+	}
+	cm, err := p.client.Resource(configMapsGVR).Namespace(p.recordsNS).Get(ctx, recordName(string(live.GetUID())), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return pub, "", nil
+	case err != nil:
+		return pub, "", stepError{"reading the published keys", err}
+	}
+	if v, _, _ := unstructured.NestedString(cm.Object, "data", recordKey); v != "" {
+		_ = json.Unmarshal([]byte(v), &pub)
+	}
+	return pub, cm.GetResourceVersion(), nil
+}
+
+// ownSecret reads the Secret a target names: nil when there is none; an
+// errSecretNotVakts when it is not one vakt made for this object (its
+// label and its controller, this object's uid).
+func (p *keyProvisioner) ownSecret(ctx context.Context, t keyTarget, name string) (*unstructured.Unstructured, error) {
+	sec, err := p.client.Resource(secretsGVR).Namespace(t.r.Namespace).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, stepError{"reading Secret " + name, err}
+	case sec.GetLabels()[labelManagedBy] != managedByVakt:
+		return nil, errSecretNotVakts{name, fmt.Sprintf("exists and was not made by vakt (no label %s=%s)", labelManagedBy, managedByVakt)}
+	}
+	if c := metav1.GetControllerOf(sec); c == nil || string(c.UID) != t.r.UID {
+		return nil, errSecretNotVakts{name, "was made by vakt for another resource (its controller is not this one)"}
+	}
+	return sec, nil
+}
+
 // reconcile makes the target's Secret hold its current key and the
 // variables, and publishes the public keys: the current one, and the
-// replaced ones until their overlap ends. A key is replaced when the
-// rotation asked for has not been honoured, and made when the Secret has
-// none (new, a Jwker's new secretName, or deleted by hand). It returns
+// replaced ones until their overlap ends. A key is made when the Secret
+// has none (new, a Jwker's new secretName, deleted by hand) or a rotation
+// asked for is not yet honoured; it is published before it is written to
+// the Secret, so that no pod can hold a key a replica refuses. It returns
 // when the target is due again.
 func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time, error) {
 	r := t.r
 	now := p.now()
-	secrets := p.client.Resource(secretsGVR).Namespace(r.Namespace)
-	sec, err := secrets.Get(ctx, t.secretName, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		sec = nil
-	case err != nil:
-		return time.Time{}, fmt.Errorf("reading Secret %s: %w", t.secretName, err)
-	case sec.GetLabels()[labelManagedBy] != managedByVakt:
-		return time.Time{}, errSecretNotVakts{t.secretName}
+	live, err := p.live(ctx, r)
+	if err != nil || live == nil {
+		return now.Add(keyResync), err
+	}
+	rotateReq := live.GetAnnotations()[annotationRotateKey]
+	pub, rv, err := p.record(ctx, live)
+	if err != nil {
+		return time.Time{}, err
+	}
+	sec, err := p.ownSecret(ctx, t, t.secretName)
+	if err != nil {
+		return time.Time{}, err
 	}
 	var cur *exchange.SigningKey
+	secRotation := ""
 	if sec != nil {
 		if v, ok, _ := unstructured.NestedString(sec.Object, "data", envPrivateJWK); ok {
 			if b, err := base64.StdEncoding.DecodeString(v); err == nil {
 				cur, _ = exchange.ParsePrivateJWK(b) // vakt's own Secret: a key it cannot read is made again
 			}
 		}
+		secRotation = sec.GetAnnotations()[annotationRotation]
 	}
-	var pub publishedKeys
-	if len(r.Published) > 0 {
-		_ = json.Unmarshal(r.Published, &pub) // what does not parse is published anew
-	}
-	var published []json.RawMessage
-	if len(pub.Keys) > 0 {
-		var doc struct {
-			Keys []json.RawMessage `json:"keys"`
-		}
-		if json.Unmarshal(pub.Keys, &doc) == nil {
-			published = doc.Keys
-		}
-	}
+	published := jwks(pub.Keys)
 	rotation := pub.Rotation
-	if cur == nil || (r.RotateKey != "" && r.RotateKey != pub.Rotation) {
-		if cur, err = exchange.GenerateSigningKey(clientKeyAlgorithm); err != nil {
+	if rotateReq != "" && secRotation == rotateReq {
+		rotation = rotateReq // the Secret holds its key: only the publishing was left
+	}
+	if rotating := cur != nil; cur == nil || (rotateReq != "" && rotateReq != rotation) {
+		objKey := r.key() + "#" + r.UID
+		if last, ok := p.made[objKey]; ok && rotating && now.Sub(last) < keyEvery {
+			return last.Add(keyEvery), nil // at most a rotation a minute, whatever is asked
+		}
+		nk := p.pending[objKey]
+		if nk == nil {
+			if nk, err = exchange.GenerateSigningKey(clientKeyAlgorithm); err != nil {
+				return time.Time{}, err
+			}
+			p.pending[objKey] = nk
+		}
+		nkPub, err := exchange.PublicJWK(nk)
+		if err != nil {
 			return time.Time{}, err
 		}
-		if r.RotateKey != "" {
-			rotation = r.RotateKey
+		if !slices.Contains(kidsOf(published), nk.ID) {
+			// Every replica takes the new key before any pod can hold it.
+			pre := pub
+			published = append(published, nkPub)
+			if pre.Keys, err = json.Marshal(map[string]any{"keys": published}); err != nil {
+				return time.Time{}, err
+			}
+			if rv, err = p.publish(ctx, live, pre, rv); err != nil {
+				return time.Time{}, err
+			}
 		}
-		p.log.Info("kubernetes: made a client key", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "secret", t.secretName, "kid", cur.ID)
-	}
-	if err := p.writeSecret(ctx, t, sec, cur); err != nil {
+		if rotateReq != "" {
+			rotation = rotateReq
+		}
+		if err := p.writeSecret(ctx, t, sec, nk, rotation); err != nil {
+			return time.Time{}, err
+		}
+		delete(p.pending, objKey)
+		if rotating {
+			p.made[objKey] = now
+		}
+		cur = nk
+		p.log.Info("kubernetes: made a client key", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "secret", t.secretName, "kid", cur.ID, "rotation", rotation)
+	} else if err := p.writeSecret(ctx, t, sec, cur, secRotation); err != nil {
 		return time.Time{}, err
 	}
 
@@ -335,18 +554,19 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 	keys := []json.RawMessage{curPub}
 	var keep []retiredKey
 	for _, raw := range published {
-		var k struct {
-			Kid string `json:"kid"`
-		}
-		if json.Unmarshal(raw, &k) != nil || k.Kid == "" || k.Kid == cur.ID {
+		kid := kidsOf([]json.RawMessage{raw})[0]
+		if kid == "" || kid == cur.ID {
 			continue
 		}
-		rk, ok := retired[k.Kid]
+		rk, ok := retired[kid]
 		if !ok {
-			rk = retiredKey{Kid: k.Kid, Until: now.Add(t.overlap).UTC().Truncate(time.Second)}
+			rk = retiredKey{Kid: kid, Until: now.Add(t.overlap).UTC().Truncate(time.Second)}
 			if pub.SecretName != "" && pub.SecretName != t.secretName {
 				rk.SecretName = pub.SecretName
 			}
+		}
+		if limit := now.Add(t.overlap).UTC(); rk.Until.After(limit) {
+			rk.Until = limit.Truncate(time.Second) // a shorter keyOverlap applies to keys retired before
 		}
 		if !now.Before(rk.Until) {
 			p.dropSecret(ctx, t, rk.SecretName)
@@ -360,10 +580,7 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 	if len(keep) > maxRetiredKeys {
 		for _, rk := range keep[maxRetiredKeys:] {
 			p.dropSecret(ctx, t, rk.SecretName)
-			keys = slices.DeleteFunc(keys, func(raw json.RawMessage) bool {
-				ids, _ := jwkIDs(json.RawMessage(`{"keys":[` + string(raw) + `]}`))
-				return len(ids) == 1 && ids[0] == rk.Kid
-			})
+			keys = slices.DeleteFunc(keys, func(raw json.RawMessage) bool { return kidsOf([]json.RawMessage{raw})[0] == rk.Kid })
 		}
 		keep = keep[:maxRetiredKeys]
 	}
@@ -373,7 +590,7 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 	}
 	want := publishedKeys{Keys: set, RetiredKeys: keep, Rotation: rotation, SecretName: t.secretName}
 	if !samePublished(pub, want) {
-		if err := p.publish(ctx, r, want); err != nil {
+		if _, err := p.publish(ctx, live, want, rv); err != nil {
 			return time.Time{}, err
 		}
 		p.log.Info("kubernetes: published a client's keys", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "kids", len(keys))
@@ -387,24 +604,111 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 	return due, nil
 }
 
+// unpublish clears what vakt published for a resource whose secretName is
+// gone: its record, and the Secrets it made for it.
+func (p *keyProvisioner) unpublish(ctx context.Context, t keyTarget) (time.Time, error) {
+	now := p.now()
+	live, err := p.live(ctx, t.r)
+	if err != nil || live == nil {
+		return now.Add(keyResync), err
+	}
+	pub, rv, err := p.record(ctx, live)
+	if err != nil {
+		return time.Time{}, err
+	}
+	p.dropSecret(ctx, t, pub.SecretName)
+	for _, rk := range pub.RetiredKeys {
+		p.dropSecret(ctx, t, rk.SecretName)
+	}
+	if live.GetKind() == config.KindJwker {
+		if rv != "" {
+			err = p.client.Resource(configMapsGVR).Namespace(p.recordsNS).Delete(ctx, recordName(t.r.UID), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
+			if err != nil && !apierrors.IsNotFound(err) {
+				return time.Time{}, stepError{"deleting the published keys", err}
+			}
+		}
+	} else if applicationPublished(live) != nil {
+		// Applied empty, vakt-keys's fields go.
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": config.ResourceGroup + "/" + config.ResourceVersion, "kind": config.KindApplication,
+			"metadata": map[string]any{"name": t.r.Name, "namespace": t.r.Namespace, "uid": t.r.UID},
+		}}
+		if _, err := p.client.Resource(applicationsGVR).Namespace(t.r.Namespace).ApplyStatus(ctx, t.r.Name, obj, metav1.ApplyOptions{FieldManager: "vakt-keys", Force: true}); err != nil {
+			return time.Time{}, stepError{"clearing the published keys", err}
+		}
+	}
+	p.log.Info("kubernetes: no longer makes a client key for the resource (its secretName is gone)", "kind", t.r.Kind, "namespace", t.r.Namespace, "name", t.r.Name)
+	return now.Add(keyResync), nil
+}
+
+// collectRecords deletes the published keys of Jwkers that are gone.
+func (p *keyProvisioner) collectRecords(ctx context.Context) {
+	if p.src.records == nil || !p.src.Synced() {
+		return
+	}
+	for _, obj := range p.src.records.GetStore().List() {
+		rec, ok := obj.(*unstructured.Unstructured)
+		if !ok || ctx.Err() != nil {
+			continue
+		}
+		uid := strings.TrimPrefix(rec.GetName(), recordName(""))
+		ns, name, _ := strings.Cut(rec.GetAnnotations()[annotationOwner], "/")
+		if j, ok := p.src.object(config.KindJwker, ns, name); ok && string(j.GetUID()) == uid {
+			continue
+		}
+		rv := rec.GetResourceVersion()
+		err := p.client.Resource(configMapsGVR).Namespace(p.recordsNS).Delete(ctx, rec.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			p.log.Warn("kubernetes: the published keys of a Jwker that is gone could not be deleted", "configmap", rec.GetName(), "error", apiReason(err))
+		}
+	}
+}
+
+// jwks is a JWK Set's keys; none when it is not one.
+func jwks(set json.RawMessage) []json.RawMessage {
+	var doc struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if len(set) == 0 || json.Unmarshal(set, &doc) != nil {
+		return nil
+	}
+	return doc.Keys
+}
+
+// kidsOf are the kids of keys ("" for one without).
+func kidsOf(keys []json.RawMessage) []string {
+	out := make([]string, len(keys))
+	for i, raw := range keys {
+		var k struct {
+			Kid string `json:"kid"`
+		}
+		_ = json.Unmarshal(raw, &k)
+		out[i] = k.Kid
+	}
+	return out
+}
+
 // samePublished compares two publications as JSON: what was read from
 // the API server against what would be written.
 func samePublished(a, b publishedKeys) bool {
 	norm := func(p publishedKeys) string {
 		var keys any
 		_ = json.Unmarshal(p.Keys, &keys)
-		for i := range p.RetiredKeys {
-			p.RetiredKeys[i].Until = p.RetiredKeys[i].Until.UTC()
+		retired := make([]retiredKey, len(p.RetiredKeys))
+		for i, rk := range p.RetiredKeys {
+			rk.Until = rk.Until.UTC()
+			retired[i] = rk
 		}
-		b, _ := json.Marshal(map[string]any{"keys": keys, "retired": p.RetiredKeys, "rotation": p.Rotation, "secret": p.SecretName})
+		b, _ := json.Marshal(map[string]any{"keys": keys, "retired": retired, "rotation": p.Rotation, "secret": p.SecretName})
 		return string(b)
 	}
 	return norm(a) == norm(b)
 }
 
 // writeSecret makes the Secret hold key and the variables, owned by the
-// resource (garbage-collected with it), labelled as NAIS labels it.
-func (p *keyProvisioner) writeSecret(ctx context.Context, t keyTarget, sec *unstructured.Unstructured, key *exchange.SigningKey) error {
+// resource (garbage-collected with it), labelled as NAIS labels it, and
+// marked with the rotation whose key it holds.
+func (p *keyProvisioner) writeSecret(ctx context.Context, t keyTarget, sec *unstructured.Unstructured, key *exchange.SigningKey, rotation string) error {
 	r := t.r
 	private, err := exchange.MarshalPrivateJWK(key)
 	if err != nil {
@@ -420,10 +724,13 @@ func (p *keyProvisioner) writeSecret(ctx context.Context, t keyTarget, sec *unst
 	}
 	owner := map[string]any{"apiVersion": apiVersion, "kind": r.Kind, "name": r.Name, "uid": r.UID, "controller": true}
 	labels := map[string]any{"app": r.Name, "type": "jwker.nais.io", labelManagedBy: managedByVakt}
-	if sec != nil && sameSecret(sec, data, r.UID, labels) {
+	if sec != nil && sameSecret(sec, data, labels) && sec.GetAnnotations()[annotationRotation] == rotation {
 		return nil
 	}
 	meta := map[string]any{"name": t.secretName, "namespace": r.Namespace, "labels": labels, "ownerReferences": []any{owner}}
+	if rotation != "" {
+		meta["annotations"] = map[string]any{annotationRotation: rotation}
+	}
 	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta, "data": data}}
 	secrets := p.client.Resource(secretsGVR).Namespace(r.Namespace)
 	if sec == nil {
@@ -436,13 +743,13 @@ func (p *keyProvisioner) writeSecret(ctx context.Context, t keyTarget, sec *unst
 		_, err = secrets.Update(ctx, obj, metav1.UpdateOptions{FieldManager: "vakt"})
 	}
 	if err != nil {
-		return fmt.Errorf("writing Secret %s: %w", t.secretName, err)
+		return stepError{"writing Secret " + t.secretName, err}
 	}
 	return nil
 }
 
-// sameSecret reports whether sec holds data, is owned by uid and labelled.
-func sameSecret(sec *unstructured.Unstructured, data map[string]any, uid string, labels map[string]any) bool {
+// sameSecret reports whether sec holds data and is labelled.
+func sameSecret(sec *unstructured.Unstructured, data map[string]any, labels map[string]any) bool {
 	have, _, _ := unstructured.NestedMap(sec.Object, "data")
 	if len(have) != len(data) {
 		return false
@@ -457,8 +764,7 @@ func sameSecret(sec *unstructured.Unstructured, data map[string]any, uid string,
 			return false
 		}
 	}
-	owners := sec.GetOwnerReferences()
-	return len(owners) == 1 && string(owners[0].UID) == uid
+	return true
 }
 
 // dropSecret deletes a Secret that held a key no longer valid, when vakt
@@ -467,43 +773,51 @@ func (p *keyProvisioner) dropSecret(ctx context.Context, t keyTarget, name strin
 	if name == "" || name == t.secretName {
 		return
 	}
-	secrets := p.client.Resource(secretsGVR).Namespace(t.r.Namespace)
-	sec, err := secrets.Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return
-	}
-	owners := sec.GetOwnerReferences()
-	if sec.GetLabels()[labelManagedBy] != managedByVakt || len(owners) != 1 || string(owners[0].UID) != t.r.UID {
+	sec, err := p.ownSecret(ctx, t, name)
+	if err != nil || sec == nil {
 		return
 	}
 	uid := sec.GetUID()
-	if err := secrets.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
-		p.log.Warn("kubernetes: a Secret whose key expired could not be deleted", "namespace", t.r.Namespace, "secret", name, "error", err)
+	if err := p.client.Resource(secretsGVR).Namespace(t.r.Namespace).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+		p.log.Warn("kubernetes: a Secret whose key expired could not be deleted", "namespace", t.r.Namespace, "secret", name, "error", apiReason(err))
 	}
 }
 
-// publish writes the keys where every replica reads them: an
-// Application's status (field manager vakt-keys, beside the conditions
-// the status writer owns), a Jwker's annotation.
-func (p *keyProvisioner) publish(ctx context.Context, r Resource, want publishedKeys) error {
-	if r.Kind == config.KindJwker {
+// publish writes the keys where every replica reads them, on condition
+// that nothing changed since rv was read: an Application's status (field
+// manager vakt-keys, beside the conditions the status writer owns), a
+// Jwker's record in vakt's namespace. It returns the new resourceVersion.
+func (p *keyProvisioner) publish(ctx context.Context, live *unstructured.Unstructured, want publishedKeys, rv string) (string, error) {
+	if live.GetKind() == config.KindJwker {
 		b, err := json.Marshal(want)
 		if err != nil {
-			return err
+			return "", err
 		}
-		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"uid": r.UID, "annotations": map[string]string{annotationKeys: string(b)}}})
+		meta := map[string]any{
+			"name": recordName(string(live.GetUID())), "namespace": p.recordsNS,
+			"labels":      map[string]any{labelRecord: recordKeys, labelManagedBy: managedByVakt},
+			"annotations": map[string]any{annotationOwner: live.GetNamespace() + "/" + live.GetName()},
+		}
+		obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": map[string]any{recordKey: string(b)}}}
+		cms := p.client.Resource(configMapsGVR).Namespace(p.recordsNS)
+		var out *unstructured.Unstructured
+		if rv == "" {
+			out, err = cms.Create(ctx, obj, metav1.CreateOptions{FieldManager: "vakt-keys"})
+		} else {
+			meta["resourceVersion"] = rv
+			out, err = cms.Update(ctx, obj, metav1.UpdateOptions{FieldManager: "vakt-keys"})
+		}
 		if err != nil {
-			return err
+			if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+				return "", apierrors.NewConflict(configMapsGVR.GroupResource(), recordName(string(live.GetUID())), err)
+			}
+			return "", stepError{"publishing the keys", err}
 		}
-		_, err = p.client.Resource(jwkersGVR).Namespace(r.Namespace).Patch(ctx, r.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "vakt-keys"})
-		if err != nil {
-			return fmt.Errorf("publishing the keys: %w", err)
-		}
-		return nil
+		return out.GetResourceVersion(), nil
 	}
 	var keys map[string]any
 	if err := json.Unmarshal(want.Keys, &keys); err != nil {
-		return err
+		return "", err
 	}
 	retired := make([]any, 0, len(want.RetiredKeys))
 	for _, rk := range want.RetiredKeys {
@@ -520,12 +834,15 @@ func (p *keyProvisioner) publish(ctx context.Context, r Resource, want published
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": config.ResourceGroup + "/" + config.ResourceVersion,
 		"kind":       config.KindApplication,
-		"metadata":   map[string]any{"name": r.Name, "namespace": r.Namespace, "uid": r.UID},
+		"metadata":   map[string]any{"name": live.GetName(), "namespace": live.GetNamespace(), "uid": string(live.GetUID()), "resourceVersion": rv},
 		"status":     status,
 	}}
-	_, err := p.client.Resource(applicationsGVR).Namespace(r.Namespace).ApplyStatus(ctx, r.Name, obj, metav1.ApplyOptions{FieldManager: "vakt-keys", Force: true})
+	out, err := p.client.Resource(applicationsGVR).Namespace(live.GetNamespace()).ApplyStatus(ctx, live.GetName(), obj, metav1.ApplyOptions{FieldManager: "vakt-keys", Force: true})
 	if err != nil {
-		return fmt.Errorf("publishing the keys: %w", err)
+		if apierrors.IsConflict(err) {
+			return "", err
+		}
+		return "", stepError{"publishing the keys", err}
 	}
-	return nil
+	return out.GetResourceVersion(), nil
 }

@@ -53,7 +53,12 @@ type keysReplica struct {
 // newKeysEnv starts a replica for each identity; "" is one with no status
 // writer.
 func newKeysEnv(t *testing.T, identities ...string) *keysEnv {
-	c := kubetest.Start(t)
+	return newKeysEnvWith(t, nil, identities...)
+}
+
+// newKeysEnvWith is newKeysEnv on a cluster started with opts.
+func newKeysEnvWith(t *testing.T, opts []kubetest.Option, identities ...string) *keysEnv {
+	c := kubetest.Start(t, opts...)
 	client, err := dynamic.NewForConfig(c.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +111,7 @@ func (e *keysEnv) startReplica(identity string, ls *Listeners) *keysReplica {
 	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(e.cfgPath) }, Ephemeral: e.signer,
 		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
 	rl := &Reloader{Current: r.cur, Build: loader.Build, Logger: quiet}
-	loader.Kube = NewKubeSource(KubeSourceConfig{Client: e.client, Jwkers: true, Logger: quiet, OnChange: rl.Kick})
+	loader.Kube = NewKubeSource(KubeSourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt", Logger: quiet, OnChange: rl.Kick})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := rl.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -181,14 +186,24 @@ func (e *keysEnv) secretKey(ns, name string) *exchange.SigningKey {
 }
 
 // published is what vakt published of an object's keys: the kids in
-// order, and the whole record.
+// order, and the whole record (an Application's status, a Jwker's
+// ConfigMap in vakt's namespace).
 func (e *keysEnv) published(gvr schema.GroupVersionResource, ns, name string) ([]string, publishedKeys) {
 	u, err := e.client.Resource(gvr).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		return nil, publishedKeys{}
 	}
+	b := applicationPublished(u)
+	if gvr == jwkersGVR {
+		cm, err := e.client.Resource(configMapsGVR).Namespace("vakt").Get(context.Background(), recordName(string(u.GetUID())), metav1.GetOptions{})
+		if err != nil {
+			return nil, publishedKeys{}
+		}
+		v, _, _ := unstructured.NestedString(cm.Object, "data", recordKey)
+		b = []byte(v)
+	}
 	var p publishedKeys
-	if b := publishedOf(u); b != nil {
+	if b != nil {
 		if err := json.Unmarshal(b, &p); err != nil {
 			e.t.Fatal(err)
 		}
@@ -363,16 +378,32 @@ func TestKubeClientKeys(t *testing.T) {
 		}
 	}
 
-	// A Secret vakt did not make is never overwritten.
+	// A Secret vakt did not make for the resource is never overwritten:
+	// one without vakt's label, one with it but no owner (a label is
+	// anyone's to set), and another application's.
 	e.apply(secretsGVR, "team-a", `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"taken","namespace":"team-a"},"stringData":{"password":"hunter2"}}`)
-	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-c","namespace":"team-a"},
-		"spec":{"secretName":"taken"}}`)
-	e.until(20*time.Second, "no ClientKey False for a Secret not vakt's", func() bool {
-		c := e.condition("team-a", "app-c", "ClientKey")
-		return c != nil && c["status"] == "False" && c["reason"] == "Failed" && strings.Contains(fmt.Sprint(c["message"]), "was not made by vakt")
-	})
-	if d, _ := e.secret("team-a", "taken"); len(d) != 1 || d["password"] != "hunter2" {
-		t.Errorf("the Secret was changed: %v", d)
+	e.apply(secretsGVR, "team-a", `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"labelled","namespace":"team-a",
+		"labels":{"app.kubernetes.io/managed-by":"vakt"}},"stringData":{"password":"hunter2"}}`)
+	for app, secret := range map[string]string{"app-c": "taken", "app-d": "labelled", "app-e": "app-1-tokenx"} {
+		e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"`+app+`","namespace":"team-a"},
+		"spec":{"secretName":"`+secret+`"}}`)
+	}
+	for app, why := range map[string]string{"app-c": "was not made by vakt", "app-d": "for another resource", "app-e": "for another resource"} {
+		e.until(20*time.Second, "no ClientKey False for "+app, func() bool {
+			c := e.condition("team-a", app, "ClientKey")
+			return c != nil && c["status"] == "False" && c["reason"] == "Failed" && strings.Contains(fmt.Sprint(c["message"]), why)
+		})
+	}
+	for _, name := range []string{"taken", "labelled"} {
+		if d, _ := e.secret("team-a", name); len(d) != 1 || d["password"] != "hunter2" {
+			t.Errorf("Secret %s was changed: %v", name, d)
+		}
+	}
+	if d, _ := e.secret("team-a", "app-1-tokenx"); d["TOKEN_X_CLIENT_ID"] != "dev-gcp:team-a:app-1" {
+		t.Errorf("app-1's Secret was taken: %v", d["TOKEN_X_CLIENT_ID"])
+	}
+	if msg := e.exchangeAs(survivor, "dev-gcp:team-a:app-1", e.secretKey("team-a", "app-1-tokenx"), "dev-gcp:team-b:app-b"); msg != "" {
+		t.Errorf("app-1, after app-e named its Secret: %s", msg)
 	}
 }
 
@@ -443,6 +474,20 @@ func TestKubeNAISJwkers(t *testing.T) {
 	if msg := e.exchangeAs(r1, "dev-gcp:myteam:app7", e.secretKey("myteam", "tokenx-app7-1"), "dev-gcp:myteam:myapplication"); !strings.Contains(msg, "PermissionDenied desc = token exchange audience is invalid") {
 		t.Errorf("app7, which the rules do not name: %q", msg)
 	}
+
+	// Keys a team writes on its Jwker are nothing to vakt: only vakt's
+	// record, in vakt's namespace, is read.
+	forged, _ := exchange.GenerateSigningKey("RS256")
+	pub, _ := exchange.PublicJWK(forged)
+	rec, _ := json.Marshal(publishedKeys{Keys: json.RawMessage(`{"keys":[` + string(pub) + `]}`), RetiredKeys: []retiredKey{{Kid: forged.ID, Until: time.Now().Add(1000 * time.Hour)}}})
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{"vakt.dev/keys": string(rec)}}})
+	if _, err := jwkers.Namespace("myteam").Patch(context.Background(), "app1", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if msg := e.exchangeAs(r1, "dev-gcp:myteam:app1", forged, "dev-gcp:myteam:myapplication"); !strings.Contains(msg, "Unauthenticated") {
+		t.Errorf("a key a team wrote on its Jwker: %q", msg)
+	}
 }
 
 // The keys a Jwker's earlier secretName held stay valid for the overlap
@@ -454,7 +499,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 	e := newKeysEnv(t, "")
 	r := e.replicas[""]
 	clock := time.Now()
-	p := newKeyProvisioner(e.client, r.src, quiet)
+	p := newKeyProvisioner(e.client, r.src, "vakt", quiet)
 	p.now = func() time.Time { return clock }
 	ctx := context.Background()
 	jwker := func(secret string) {
@@ -489,6 +534,20 @@ func TestKubeKeyOverlap(t *testing.T) {
 	if k := e.secretKey("team-a", "tokenx-app-x-1"); k == nil || k.ID != k1[0] {
 		t.Fatalf("the Secret holds %v, the Jwker publishes %v", k, k1)
 	}
+	// naiserator writes the Jwker whole (an update, not an apply): its
+	// annotations go, and the secretName is new.
+	u, err := e.client.Resource(jwkersGVR).Namespace("team-a").Get(ctx, "app-x", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.SetAnnotations(nil)
+	u.SetManagedFields(nil)
+	if err := unstructured.SetNestedField(u.Object, "tokenx-app-x-2", "spec", "secretName"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.Resource(jwkersGVR).Namespace("team-a").Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	jwker("tokenx-app-x-2")
 	k2 := provision(2)
 	if k := e.secretKey("team-a", "tokenx-app-x-2"); k == nil || k.ID != k2[0] || k2[1] != k1[0] {
@@ -513,7 +572,8 @@ func TestKubeKeyOverlap(t *testing.T) {
 		t.Fatal("the earlier Secret outlived its key")
 	}
 
-	// A burst of rotations.
+	// A burst of rotations: one a minute (keyEvery), at most
+	// maxRetiredKeys replaced keys kept.
 	for i := range 6 {
 		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"burst-%d"}}}`, AnnotationRotateKey, i)
 		if _, err := e.client.Resource(jwkersGVR).Namespace("team-a").Patch(ctx, "app-x", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
@@ -523,10 +583,106 @@ func TestKubeKeyOverlap(t *testing.T) {
 			got, ok := r.src.lookup(config.KindJwker, "team-a", "app-x")
 			return ok && got.RotateKey == fmt.Sprintf("burst-%d", i)
 		})
-		clock = clock.Add(time.Second)
+		if i > 0 {
+			before, _ := e.published(jwkersGVR, "team-a", "app-x")
+			p.provision(ctx, r.cur.Load())
+			if after, _ := e.published(jwkersGVR, "team-a", "app-x"); !slices.Equal(before, after) {
+				t.Fatalf("rotation %d within %v of the one before: %v, was %v", i, keyEvery, after, before)
+			}
+			clock = clock.Add(keyEvery)
+		}
 		provision(min(i+2, 1+maxRetiredKeys))
 	}
 	if _, rec := e.published(jwkersGVR, "team-a", "app-x"); rec.Rotation != "burst-5" || len(rec.RetiredKeys) != maxRetiredKeys {
 		t.Errorf("after the burst: %+v", rec)
 	}
+}
+
+// A new key is published before it is written to the Secret: while it
+// cannot be published, the Secret keeps the key in force, and the key made
+// for the rotation is kept for the next try, not made again.
+func TestKubeKeyPublishedFirst(t *testing.T) {
+	e := newKeysEnvWith(t, []kubetest.Option{kubetest.WithUser("prov")}, "")
+	r := e.replicas[""]
+	ctx := context.Background()
+	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-r","namespace":"team-a"},"spec":{"secretName":"app-r-tokenx"}}`)
+	e.until(10*time.Second, "app-r never served", func() bool {
+		for _, st := range r.cur.Load().Resources {
+			if st.Resource.Name == "app-r" && st.SecretName != "" {
+				return true
+			}
+		}
+		return false
+	})
+	admin := newKeyProvisioner(e.client, r.src, "vakt", quiet)
+	e.until(10*time.Second, "no first key", func() bool {
+		admin.provision(ctx, r.cur.Load())
+		return len(r.served(config.KindApplication, "team-a", "app-r")) == 1
+	})
+	first := e.secretKey("team-a", "app-r-tokenx")
+
+	rbac := func(resource, object string) {
+		e.apply(schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: resource}, "", object)
+	}
+	rules := `{"apiGroups":["vakt.dev"],"resources":["applications"],"verbs":["get"]},{"apiGroups":[""],"resources":["secrets"],"verbs":["get","create","update"]}`
+	rbac("clusterroles", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"prov"},"rules":[`+rules+`]}`)
+	rbac("clusterrolebindings", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"prov"},
+		"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"prov"},"subjects":[{"kind":"User","name":"prov"}]}`)
+	client, err := dynamic.NewForConfig(e.cluster.TokenFor(t, "prov"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newKeyProvisioner(client, r.src, "vakt", quiet)
+	clock := time.Now()
+	p.now = func() time.Time { return clock }
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"r1"}}}`, AnnotationRotateKey)
+	if _, err := e.apps.Namespace("team-a").Patch(ctx, "app-r", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.until(10*time.Second, "the informer never saw the annotation", func() bool {
+		got, ok := r.src.lookup(config.KindApplication, "team-a", "app-r")
+		return ok && got.RotateKey == "r1"
+	})
+	key := config.KindApplication + "/team-a/app-r"
+	e.until(10*time.Second, "publishing was never refused", func() bool {
+		p.provision(ctx, r.cur.Load())
+		return strings.Contains(p.problem(key), "publishing the keys: Forbidden (HTTP 403)")
+	})
+	var pending string
+	for range 3 {
+		clock = clock.Add(10 * time.Minute) // past any backoff
+		p.provision(ctx, r.cur.Load())
+		if k := e.secretKey("team-a", "app-r-tokenx"); k.ID != first.ID {
+			t.Fatalf("the Secret holds %s, not yet published", k.ID)
+		}
+		for _, k := range p.pending {
+			if pending != "" && k.ID != pending {
+				t.Fatalf("a second key (%s) made for one rotation (%s)", k.ID, pending)
+			}
+			pending = k.ID
+		}
+	}
+	rbac("clusterroles", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"prov"},"rules":[`+rules+
+		`,{"apiGroups":["vakt.dev"],"resources":["applications/status"],"verbs":["patch"]}]}`)
+	e.until(20*time.Second, "granted, the rotation never completed", func() bool {
+		clock = clock.Add(10 * time.Minute)
+		p.provision(ctx, r.cur.Load())
+		kids, rec := e.published(applicationsGVR, "team-a", "app-r")
+		return slices.Equal(kids, []string{pending, first.ID}) && rec.Rotation == "r1"
+	})
+	if k := e.secretKey("team-a", "app-r-tokenx"); k.ID != pending {
+		t.Errorf("the Secret holds %s, want the key published, %s", k.ID, pending)
+	}
+	if p.problem(key) != "" {
+		t.Errorf("a problem left: %s", p.problem(key))
+	}
+
+	// secretName removed: the keys vakt published and its Secret go.
+	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-r","namespace":"team-a"},"spec":{"hosts":["app-r.example"]}}`)
+	e.until(20*time.Second, "the keys outlived secretName", func() bool {
+		admin.provision(ctx, r.cur.Load())
+		kids, _ := e.published(applicationsGVR, "team-a", "app-r")
+		d, _ := e.secret("team-a", "app-r-tokenx")
+		return len(kids) == 0 && d == nil
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -61,10 +62,15 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 			OnStartedLeading: func(lctx context.Context) {
 				log.Info("kubernetes: this replica writes the resources' status", "identity", c.Identity)
 				w := &statusWriter{client: c.Client, cur: c.Current, src: c.Source, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}
+				var keys sync.WaitGroup
 				if c.Source != nil {
-					w.keys = newKeyProvisioner(c.Client, c.Source, log)
+					// Keys are made beside the status writes, so that neither
+					// waits for the other.
+					w.keys = newKeyProvisioner(c.Client, c.Source, c.LeaseNamespace, log)
+					keys.Go(func() { w.keys.run(lctx, c.Current) })
 				}
 				w.run(lctx)
+				keys.Wait()
 			},
 			OnStoppedLeading: func() { log.Info("kubernetes: this replica no longer writes status", "identity", c.Identity) },
 		},
@@ -113,13 +119,14 @@ func (w *statusWriter) run(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	var last *Runtime
-	var provisioned time.Time
+	problems := 0
 	for {
 		rt := w.cur.Load()
 		changed := false
-		if rt != nil && w.keys != nil && time.Since(provisioned) >= time.Second {
-			changed = w.keys.provision(ctx, rt)
-			provisioned = time.Now()
+		if w.keys != nil {
+			if n := w.keys.changeCount(); n != problems {
+				problems, changed = n, true
+			}
 		}
 		if rt != nil && (rt != last || changed) {
 			if w.write(ctx, rt) {
@@ -146,7 +153,7 @@ func (w *statusWriter) statusOf(st ResourceState, cluster string) (fields map[st
 	r := st.Resource
 	problem := ""
 	if w.keys != nil {
-		problem = w.keys.problems[r.key()]
+		problem = w.keys.problem(r.key())
 	}
 	if r.Kind == config.KindJwker {
 		// NAIS's fields (liberator's JwkerStatus), with jwker's states.

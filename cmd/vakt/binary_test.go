@@ -344,10 +344,10 @@ func TestMain(m *testing.M) {
 // vakt serve in Kubernetes-native mode, the binary, against a real API
 // server: not ready until the Application resources are read, then an
 // Application applied is enforced by its Check.
-func TestServeBinaryKubernetes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
+// kubeForBinary is a real API server with the Application CRD and the
+// namespaces vakt and team-b, a client, and a server-side apply.
+func kubeForBinary(t *testing.T) (*kubetest.Cluster, dynamic.Interface, func(gvr schema.GroupVersionResource, ns string, object []byte)) {
+	t.Helper()
 	cluster := kubetest.Start(t)
 	client, err := dynamic.NewForConfig(cluster.Config)
 	if err != nil {
@@ -378,7 +378,14 @@ func TestServeBinaryKubernetes(t *testing.T) {
 	apply(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}, "", crdJSON)
 	apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-b"}}`))
 	apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", []byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"vakt"}}`))
+	return cluster, client, apply
+}
 
+func TestServeBinaryKubernetes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	cluster, client, apply := kubeForBinary(t)
 	dir := t.TempDir()
 	signing, _ := exchange.GenerateSigningKey("ES256")
 	if err := exchange.WriteKeysFile(filepath.Join(dir, "keys.json"), []*exchange.SigningKey{signing}); err != nil {
@@ -481,4 +488,70 @@ applications:
 	if err == nil || !strings.Contains(string(out), "has no spec.secretName") {
 		t.Errorf("vakt keys rotate of an application without secretName: %v\n%s", err, out)
 	}
+}
+
+// Two vakt binaries in Kubernetes-native mode: the one holding the Lease
+// makes the client keys. Killed (SIGKILL: no lease released), the other
+// takes the Lease once it expires and makes the next key.
+func TestServeBinaryKubernetesFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	cluster, client, apply := kubeForBinary(t)
+	apps := schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}
+	leases := client.Resource(schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}).Namespace("vakt")
+	dir := t.TempDir()
+	signing, _ := exchange.GenerateSigningKey("ES256")
+	if err := exchange.WriteKeysFile(filepath.Join(dir, "keys.json"), []*exchange.SigningKey{signing}); err != nil {
+		t.Fatal(err)
+	}
+	replicas := map[string]*exec.Cmd{}
+	for _, name := range []string{"vakt-0", "vakt-1"} {
+		cfgPath := tlstest.Write(t, dir, name+".yaml", []byte(`issuer: https://vakt.example
+cluster: dev-gcp
+listen: {grpc: 127.0.0.1:`+fmt.Sprint(freePort(t))+`, http: 127.0.0.1:`+fmt.Sprint(freePort(t))+`, admin: 127.0.0.1:`+fmt.Sprint(freePort(t))+`}
+shutdown: {drainDelay: 0s}
+signing: {keysFile: keys.json}
+kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
+`))
+		replicas[name], _, _ = startBinary(t, []string{"POD_NAMESPACE=vakt", "POD_NAME=" + name}, "serve", "--config", cfgPath)
+	}
+	holder := func() string {
+		l, err := leases.Get(context.Background(), "vakt-status", metav1.GetOptions{})
+		if err != nil {
+			return ""
+		}
+		h, _, _ := unstructured.NestedString(l.Object, "spec", "holderIdentity")
+		return h
+	}
+	kid := func() string {
+		s, err := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}).Namespace("team-b").Get(context.Background(), "app-k-tokenx", metav1.GetOptions{})
+		if err != nil {
+			return ""
+		}
+		v, _, _ := unstructured.NestedString(s.Object, "data", "TOKEN_X_PRIVATE_JWK")
+		b, _ := base64.StdEncoding.DecodeString(v)
+		k, err := exchange.ParsePrivateJWK(b)
+		if err != nil {
+			return ""
+		}
+		return k.ID
+	}
+	apply(apps, "team-b", []byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-k","namespace":"team-b"},"spec":{"secretName":"app-k-tokenx"}}`))
+	var first, leader string
+	waitFor(t, 30*time.Second, "no key made", func() bool { first, leader = kid(), holder(); return first != "" && leader != "" })
+	survivor := map[string]string{"vakt-0": "vakt-1", "vakt-1": "vakt-0"}[leader]
+	if survivor == "" {
+		t.Fatalf("the lease is held by %q", leader)
+	}
+	if err := replicas[leader].Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	apply(apps, "team-b", []byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-k","namespace":"team-b","annotations":{"vakt.dev/rotate-key":"after-the-kill"}},"spec":{"secretName":"app-k-tokenx"}}`))
+	// The lease lasts 15 s after its last renewal; then the survivor takes
+	// it (retrying every 2 s) and makes the key.
+	waitFor(t, 40*time.Second, "the survivor never made the next key", func() bool {
+		k := kid()
+		return k != "" && k != first && holder() == survivor
+	})
 }

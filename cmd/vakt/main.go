@@ -228,7 +228,7 @@ func serve(args []string, stderr io.Writer) int {
 			return 1
 		}
 		loader.Kube = server.NewKubeSource(server.KubeSourceConfig{
-			Client: client, Namespaces: k.Namespaces, Jwkers: k.Jwkers, Logger: log, OnChange: reloader.Kick,
+			Client: client, Namespaces: k.Namespaces, Jwkers: k.Jwkers, KeysNamespace: leaseNS, Logger: log, OnChange: reloader.Kick,
 		})
 		statusWriter = &server.KubeStatusConfig{Rest: rc, Client: writer, Current: &cur, Source: loader.Kube, LeaseNamespace: leaseNS, LeaseName: "vakt-status", Identity: identity, Logger: log}
 		log.Info("kubernetes-native mode: watching Application resources", "namespaces", k.Namespaces, "jwkers", k.Jwkers, "lease", leaseNS+"/vakt-status", "identity", identity)
