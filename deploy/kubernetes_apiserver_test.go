@@ -752,6 +752,34 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 		"metadata": map[string]any{"name": "planted", "namespace": "team-b", "labels": map[string]any{"app.kubernetes.io/managed-by": "vakt"}}}}
 	_, err = sa.Resource(secrets).Namespace("team-b").Create(ctx, unowned, metav1.CreateOptions{})
 	forbidden("create a Secret no Application or Jwker controls", err)
+	app0, err := admin.Resource(applications).Namespace("team-b").Get(ctx, "app-b", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := func(typ string, data map[string]any) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret", "type": typ, "data": data,
+			"metadata": map[string]any{"name": "planted", "namespace": "team-b",
+				"labels":          map[string]any{"app.kubernetes.io/managed-by": "vakt"},
+				"annotations":     map[string]any{"kubernetes.io/service-account.name": "default"},
+				"ownerReferences": []any{map[string]any{"apiVersion": "vakt.dev/v1alpha1", "kind": "Application", "name": "app-b", "uid": string(app0.GetUID()), "controller": true}}}}}
+	}
+	_, err = sa.Resource(secrets).Namespace("team-b").Create(ctx, owned("kubernetes.io/service-account-token", nil), metav1.CreateOptions{})
+	forbidden("create a service-account token Secret", err)
+	_, err = sa.Resource(secrets).Namespace("team-b").Create(ctx, owned("Opaque", map[string]any{"password": "aHVudGVyMg=="}), metav1.CreateOptions{})
+	forbidden("create a Secret of other data", err)
+	eventually(t, "the policy vakt-key-records in force", func() error {
+		cfgMap, err := sa.Resource(configMaps).Namespace("vakt").Get(ctx, "vakt-config", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cfgMap.SetLabels(map[string]string{"vakt.dev/record": "keys"})
+		_, err = sa.Resource(configMaps).Namespace("vakt").Update(ctx, cfgMap, metav1.UpdateOptions{})
+		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "vakt writes only the ConfigMaps of the keys it publishes") {
+			return fmt.Errorf("update vakt-config: %v, want Forbidden by the policy", err)
+		}
+		return nil
+	})
+	forbidden("delete vakt's own configuration", sa.Resource(configMaps).Namespace("vakt").Delete(ctx, "vakt-config", metav1.DeleteOptions{}))
 	app, err := sa.Resource(applications).Namespace("team-b").Get(ctx, "app-b", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)

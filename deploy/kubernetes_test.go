@@ -1037,14 +1037,16 @@ func TestKubernetesNativeOverlay(t *testing.T) {
 	if rb := bindings[0]; rb.RoleRef != (rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: roles[0].Name}) || !reflect.DeepEqual(rb.Subjects, sa) {
 		t.Errorf("RoleBinding %s gives %+v to %+v, want Role %s to %+v", rb.Name, rb.RoleRef, rb.Subjects, roles[0].Name, sa)
 	}
-	if len(objs) != 12 {
-		t.Errorf("overlays/native renders %v: the base's six objects, the four of rbac.yaml and the two of secrets-policy.yaml", slices.Sorted(maps.Keys(objs)))
+	if len(objs) != 14 {
+		t.Errorf("overlays/native renders %v: the base's six objects, the four of rbac.yaml and the four of secrets-policy.yaml", slices.Sorted(maps.Keys(objs)))
 	}
-	policy := get[admissionregistrationv1.ValidatingAdmissionPolicy](t, objs, "vakt-secrets")
-	binding := get[admissionregistrationv1.ValidatingAdmissionPolicyBinding](t, objs, "vakt-secrets")
-	if binding.Spec.PolicyName != policy.Name || !slices.Equal(binding.Spec.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) ||
-		len(policy.Spec.MatchConditions) != 1 || !strings.Contains(policy.Spec.MatchConditions[0].Expression, `"system:serviceaccount:`+p.d.Namespace+`:`+pod.ServiceAccountName+`"`) {
-		t.Errorf("the policy vakt-secrets does not deny vakt's service account: %+v %+v", policy.Spec, binding.Spec)
+	for _, name := range []string{"vakt-secrets", "vakt-key-records"} {
+		policy := get[admissionregistrationv1.ValidatingAdmissionPolicy](t, objs, name)
+		binding := get[admissionregistrationv1.ValidatingAdmissionPolicyBinding](t, objs, name)
+		if binding.Spec.PolicyName != policy.Name || !slices.Equal(binding.Spec.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) ||
+			len(policy.Spec.MatchConditions) != 1 || policy.Spec.MatchConditions[0].Expression != `request.userInfo.username == "system:serviceaccount:`+p.d.Namespace+`:`+pod.ServiceAccountName+`"` {
+			t.Errorf("the policy %s does not deny vakt's service account: %+v %+v", name, policy.Spec, binding.Spec)
+		}
 	}
 }
 

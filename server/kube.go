@@ -462,8 +462,16 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 		}
 		set, kids, err := parsePublishedKeys(pub)
 		if err != nil {
-			log.Warn("kubernetes: the keys published for a resource are unusable; it has none", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "error", err)
-			return nil
+			last, ok := m.lastKeys[r.key()]
+			if ok && last.uid == r.UID {
+				set, kids, err = parsePublishedKeys(last.published)
+				pub = last.published
+			}
+			if err != nil {
+				log.Warn("kubernetes: the keys published for a resource are unusable; it has none", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "error", err)
+				return nil
+			}
+			log.Warn("kubernetes: the keys published for a resource are unusable; the last usable ones stay in force", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name)
 		}
 		a.Keys = set
 		keysSeen[r.key()] = lastKeys{uid: r.UID, published: pub}

@@ -122,8 +122,9 @@ func parsePublishedKeys(b []byte) (*authz.KeySet, []string, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(kids) > 1+maxRetiredKeys {
-		return nil, nil, fmt.Errorf("%d keys, more than the %d vakt publishes", len(kids), 1+maxRetiredKeys)
+	// The current key, the retired ones, and one on its way to the Secret.
+	if len(kids) > 2+maxRetiredKeys {
+		return nil, nil, fmt.Errorf("%d keys, more than the %d vakt publishes", len(kids), 2+maxRetiredKeys)
 	}
 	return set, kids, nil
 }
@@ -221,9 +222,11 @@ type keyProvisioner struct {
 	done    map[string]provisioned
 	failing map[string]*failure
 	// pending is a key made and published but not yet in its Secret, kept
-	// across retries; made is when the last rotation was, per object.
-	pending map[string]*exchange.SigningKey
-	made    map[string]time.Time
+	// across retries of the same request; made is when the last key that
+	// replaced another was made, per object.
+	pending   map[string]*pendingKey
+	made      map[string]time.Time
+	collected time.Time // when collectRecords last ran
 
 	mu sync.Mutex
 	// problems says, per resource, why its key could not be made;
@@ -237,9 +240,15 @@ type provisioned struct {
 	due         time.Time
 }
 
+// pendingKey is a key made for a Secret and a rotation request.
+type pendingKey struct {
+	key                  *exchange.SigningKey
+	secretName, rotation string
+}
+
 func newKeyProvisioner(client dynamic.Interface, src *KubeSource, recordsNS string, log *slog.Logger) *keyProvisioner {
 	return &keyProvisioner{client: client, src: src, log: log, now: time.Now, recordsNS: recordsNS,
-		done: map[string]provisioned{}, failing: map[string]*failure{}, pending: map[string]*exchange.SigningKey{},
+		done: map[string]provisioned{}, failing: map[string]*failure{}, pending: map[string]*pendingKey{},
 		made: map[string]time.Time{}, problems: map[string]string{}}
 }
 
@@ -348,8 +357,14 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) {
 			return
 		case apierrors.IsConflict(err):
 			// Written by another since read (the status writer, or a
-			// team): read again, soon, without a word.
-			p.failing[key] = &failure{next: now.Add(200 * time.Millisecond)}
+			// team): read again, soon, without a word; less soon each time.
+			f := p.failing[key]
+			if f == nil {
+				f = &failure{}
+				p.failing[key] = f
+			}
+			f.wait = min(max(2*f.wait, 200*time.Millisecond), 5*time.Second)
+			f.next = now.Add(f.wait)
 		default:
 			f := p.failing[key]
 			if f == nil {
@@ -377,6 +392,11 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) {
 			delete(p.pending, key)
 		}
 	}
+	for key, at := range p.made {
+		if !present[strings.SplitN(key, "#", 2)[0]] || now.Sub(at) > keyEvery {
+			delete(p.made, key)
+		}
+	}
 	p.mu.Lock()
 	for key := range p.problems {
 		if !present[key] {
@@ -389,9 +409,12 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) {
 }
 
 // fingerprint names a target's inputs: a change reconciles it at once.
+// What vakt published is not one: its own writes would reconcile again, and
+// a Secret deleted in a loop would make keys in a loop (the next check, at
+// the latest keyResync later, repairs a record someone else changed).
 func (t keyTarget) fingerprint() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n", t.r.UID, t.secretName, t.r.RotateKey, t.overlap, t.r.Published)
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", t.r.UID, t.secretName, t.r.RotateKey, t.overlap)
 	for _, k := range slices.Sorted(maps.Keys(t.env)) {
 		fmt.Fprintf(h, "%s=%s\n", k, t.env[k])
 	}
@@ -497,26 +520,48 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 	if rotateReq != "" && secRotation == rotateReq {
 		rotation = rotateReq // the Secret holds its key: only the publishing was left
 	}
-	if rotating := cur != nil; cur == nil || (rotateReq != "" && rotateReq != rotation) {
-		objKey := r.key() + "#" + r.UID
-		if last, ok := p.made[objKey]; ok && rotating && now.Sub(last) < keyEvery {
-			return last.Add(keyEvery), nil // at most a rotation a minute, whatever is asked
+	objKey := r.key() + "#" + r.UID
+	if cur == nil || (rotateReq != "" && rotateReq != rotation) {
+		// A key replacing one (a rotation, a Secret deleted or renamed) is
+		// made at most once a minute, whatever a team asks or deletes.
+		replacing := cur != nil || len(published) > 0
+		if last, ok := p.made[objKey]; ok && replacing && now.Sub(last) < keyEvery {
+			return last.Add(keyEvery), nil
 		}
-		nk := p.pending[objKey]
-		if nk == nil {
-			if nk, err = exchange.GenerateSigningKey(clientKeyAlgorithm); err != nil {
+		pk := p.pending[objKey]
+		if pk == nil || pk.secretName != t.secretName || pk.rotation != rotateReq || (cur != nil && pk.key.ID == cur.ID) {
+			k, err := exchange.GenerateSigningKey(clientKeyAlgorithm)
+			if err != nil {
 				return time.Time{}, err
 			}
-			p.pending[objKey] = nk
+			pk = &pendingKey{key: k, secretName: t.secretName, rotation: rotateReq}
+			p.pending[objKey] = pk
 		}
+		nk := pk.key
 		nkPub, err := exchange.PublicJWK(nk)
 		if err != nil {
 			return time.Time{}, err
 		}
 		if !slices.Contains(kidsOf(published), nk.ID) {
 			// Every replica takes the new key before any pod can hold it.
+			// Published keys that are neither the record's current one
+			// (first), nor the Secret's, nor retired were made for a try
+			// that never reached a Secret: they make way for it.
+			inForce := map[string]bool{}
+			for _, rk := range pub.RetiredKeys {
+				inForce[rk.Kid] = true
+			}
+			if kids := kidsOf(published); len(kids) > 0 {
+				inForce[kids[0]] = true
+			}
+			if cur != nil {
+				inForce[cur.ID] = true
+			}
+			kept := slices.DeleteFunc(slices.Clone(published), func(raw json.RawMessage) bool {
+				return !inForce[kidsOf([]json.RawMessage{raw})[0]]
+			})
+			published = append(kept, nkPub)
 			pre := pub
-			published = append(published, nkPub)
 			if pre.Keys, err = json.Marshal(map[string]any{"keys": published}); err != nil {
 				return time.Time{}, err
 			}
@@ -531,13 +576,21 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 			return time.Time{}, err
 		}
 		delete(p.pending, objKey)
-		if rotating {
+		if replacing {
 			p.made[objKey] = now
 		}
 		cur = nk
 		p.log.Info("kubernetes: made a client key", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "secret", t.secretName, "kid", cur.ID, "rotation", rotation)
-	} else if err := p.writeSecret(ctx, t, sec, cur, secRotation); err != nil {
-		return time.Time{}, err
+	} else {
+		// Nothing to make: a key left pending (its Secret written, the
+		// answer lost) is not one to reuse.
+		delete(p.pending, objKey)
+		if rotateReq != "" && pub.Rotation != rotateReq {
+			p.made[objKey] = now // a rotation the Secret honoured before the answer was lost
+		}
+		if err := p.writeSecret(ctx, t, sec, cur, secRotation); err != nil {
+			return time.Time{}, err
+		}
 	}
 
 	// Every published key but the current one is retired: valid for the
@@ -641,11 +694,13 @@ func (p *keyProvisioner) unpublish(ctx context.Context, t keyTarget) (time.Time,
 	return now.Add(keyResync), nil
 }
 
-// collectRecords deletes the published keys of Jwkers that are gone.
+// collectRecords deletes the published keys of Jwkers that are gone; once
+// a minute at most.
 func (p *keyProvisioner) collectRecords(ctx context.Context) {
-	if p.src.records == nil || !p.src.Synced() {
+	if p.src.records == nil || !p.src.Synced() || p.now().Sub(p.collected) < time.Minute {
 		return
 	}
+	p.collected = p.now()
 	for _, obj := range p.src.records.GetStore().List() {
 		rec, ok := obj.(*unstructured.Unstructured)
 		if !ok || ctx.Err() != nil {
@@ -656,8 +711,17 @@ func (p *keyProvisioner) collectRecords(ctx context.Context) {
 		if j, ok := p.src.object(config.KindJwker, ns, name); ok && string(j.GetUID()) == uid {
 			continue
 		}
+		if ns == "" || name == "" {
+			continue // not as vakt writes them: left alone
+		}
+		// Not in this replica's view: asked of the API server, as another
+		// vakt may watch other namespaces.
+		j, err := p.client.Resource(jwkersGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+		if (err == nil && string(j.GetUID()) == uid) || (err != nil && !apierrors.IsNotFound(err)) {
+			continue
+		}
 		rv := rec.GetResourceVersion()
-		err := p.client.Resource(configMapsGVR).Namespace(p.recordsNS).Delete(ctx, rec.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
+		err = p.client.Resource(configMapsGVR).Namespace(p.recordsNS).Delete(ctx, rec.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			p.log.Warn("kubernetes: the published keys of a Jwker that is gone could not be deleted", "configmap", rec.GetName(), "error", apiReason(err))
 		}
@@ -722,24 +786,48 @@ func (p *keyProvisioner) writeSecret(ctx context.Context, t keyTarget, sec *unst
 	if r.Kind == config.KindJwker {
 		apiVersion = config.JwkerGroup + "/" + config.JwkerVersion
 	}
+	// An existing Secret is vakt's only if this object controls it
+	// (ownSecret): its owners stay as they are.
 	owner := map[string]any{"apiVersion": apiVersion, "kind": r.Kind, "name": r.Name, "uid": r.UID, "controller": true}
 	labels := map[string]any{"app": r.Name, "type": "jwker.nais.io", labelManagedBy: managedByVakt}
 	if sec != nil && sameSecret(sec, data, labels) && sec.GetAnnotations()[annotationRotation] == rotation {
 		return nil
 	}
-	meta := map[string]any{"name": t.secretName, "namespace": r.Namespace, "labels": labels, "ownerReferences": []any{owner}}
-	if rotation != "" {
-		meta["annotations"] = map[string]any{annotationRotation: rotation}
-	}
-	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta, "data": data}}
 	secrets := p.client.Resource(secretsGVR).Namespace(r.Namespace)
 	if sec == nil {
+		meta := map[string]any{"name": t.secretName, "namespace": r.Namespace, "labels": labels, "ownerReferences": []any{owner}}
+		if rotation != "" {
+			meta["annotations"] = map[string]any{annotationRotation: rotation}
+		}
+		obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta, "data": data}}
 		_, err = secrets.Create(ctx, obj, metav1.CreateOptions{FieldManager: "vakt"})
 	} else {
-		// The uid and resourceVersion make the write conditional: never a
-		// Secret someone put in its place since it was read.
-		meta["uid"] = string(sec.GetUID())
-		meta["resourceVersion"] = sec.GetResourceVersion()
+		// The Secret as read, with vakt's parts replaced: what others put
+		// on it (labels, annotations, finalizers) stays. Its uid and
+		// resourceVersion make the write conditional: never a Secret
+		// someone put in its place since it was read.
+		obj := sec.DeepCopy()
+		obj.Object["data"] = data
+		obj.Object["type"] = "Opaque"
+		delete(obj.Object, "stringData")
+		l := obj.GetLabels()
+		if l == nil {
+			l = map[string]string{}
+		}
+		for k, v := range labels {
+			l[k] = v.(string)
+		}
+		obj.SetLabels(l)
+		a := obj.GetAnnotations()
+		if a == nil {
+			a = map[string]string{}
+		}
+		if rotation != "" {
+			a[annotationRotation] = rotation
+		} else {
+			delete(a, annotationRotation)
+		}
+		obj.SetAnnotations(a)
 		_, err = secrets.Update(ctx, obj, metav1.UpdateOptions{FieldManager: "vakt"})
 	}
 	if err != nil {

@@ -656,10 +656,10 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 			t.Fatalf("the Secret holds %s, not yet published", k.ID)
 		}
 		for _, k := range p.pending {
-			if pending != "" && k.ID != pending {
-				t.Fatalf("a second key (%s) made for one rotation (%s)", k.ID, pending)
+			if pending != "" && k.key.ID != pending {
+				t.Fatalf("a second key (%s) made for one rotation (%s)", k.key.ID, pending)
 			}
-			pending = k.ID
+			pending = k.key.ID
 		}
 	}
 	rbac("clusterroles", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"prov"},"rules":[`+rules+

@@ -28,8 +28,11 @@ type KubeStatusConfig struct {
 	Client  dynamic.Interface
 	Current *Current
 	// Source is the replica's KubeSource: with it, the elected replica also
-	// makes the client keys of the resources with a secretName.
-	Source *KubeSource
+	// makes the client keys of the resources with a secretName, with
+	// KeysClient (Client when nil: a client of its own has a rate limit of
+	// its own, so that making keys never holds status writes back).
+	Source     *KubeSource
+	KeysClient dynamic.Interface
 	// LeaseNamespace and LeaseName name the coordination.k8s.io Lease the
 	// replicas elect the writer with; Identity is this replica (its pod).
 	LeaseNamespace, LeaseName, Identity string
@@ -66,7 +69,11 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 				if c.Source != nil {
 					// Keys are made beside the status writes, so that neither
 					// waits for the other.
-					w.keys = newKeyProvisioner(c.Client, c.Source, c.LeaseNamespace, log)
+					kc := c.KeysClient
+					if kc == nil {
+						kc = c.Client
+					}
+					w.keys = newKeyProvisioner(kc, c.Source, c.LeaseNamespace, log)
 					keys.Go(func() { w.keys.run(lctx, c.Current) })
 				}
 				w.run(lctx)

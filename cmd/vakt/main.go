@@ -217,7 +217,7 @@ func serve(args []string, stderr io.Writer) int {
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
 	var statusWriter *server.KubeStatusConfig
 	if k := cfg.Kubernetes; k.Enabled {
-		rc, client, writer, err := kubeClients(k.Kubeconfig)
+		rc, client, writer, keys, err := kubeClients(k.Kubeconfig)
 		if err != nil {
 			log.Error("kubernetes", "error", err)
 			return 1
@@ -230,7 +230,7 @@ func serve(args []string, stderr io.Writer) int {
 		loader.Kube = server.NewKubeSource(server.KubeSourceConfig{
 			Client: client, Namespaces: k.Namespaces, Jwkers: k.Jwkers, KeysNamespace: leaseNS, Logger: log, OnChange: reloader.Kick,
 		})
-		statusWriter = &server.KubeStatusConfig{Rest: rc, Client: writer, Current: &cur, Source: loader.Kube, LeaseNamespace: leaseNS, LeaseName: "vakt-status", Identity: identity, Logger: log}
+		statusWriter = &server.KubeStatusConfig{Rest: rc, Client: writer, KeysClient: keys, Current: &cur, Source: loader.Kube, LeaseNamespace: leaseNS, LeaseName: "vakt-status", Identity: identity, Logger: log}
 		log.Info("kubernetes-native mode: watching Application resources", "namespaces", k.Namespaces, "jwkers", k.Jwkers, "lease", leaseNS+"/vakt-status", "identity", identity)
 	}
 	if *cfgPath != "" {
@@ -411,29 +411,29 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 
 // kubeClients are dynamic clients for the cluster, from kubeconfig when
 // set, else the pod's service account: one for the informers, one for the
-// status writer and key provisioner. Each has its own rate limit, so that
-// the elected replica writing thousands of statuses never delays a watch
-// re-established after an outage.
-func kubeClients(kubeconfig string) (rc *rest.Config, informers, writer dynamic.Interface, err error) {
+// status writer, one for the key provisioner. Each has its own rate limit,
+// so that the elected replica writing thousands of statuses or keys never
+// delays a watch re-established after an outage, nor one the other.
+func kubeClients(kubeconfig string) (rc *rest.Config, informers, writer, keys dynamic.Interface, err error) {
 	if kubeconfig != "" {
 		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	} else {
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("kubernetes.kubeconfig, or the pod's service account: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("kubernetes.kubeconfig, or the pod's service account: %w", err)
 	}
 	rc.UserAgent = "vakt"
 	// client-go's default (5 per second, bursts of 10) would take minutes
 	// over the statuses of a cluster's applications.
 	rc.QPS, rc.Burst = 20, 40
-	if informers, err = dynamic.NewForConfig(rc); err != nil {
-		return nil, nil, nil, err
+	clients := make([]dynamic.Interface, 3)
+	for i := range clients {
+		if clients[i], err = dynamic.NewForConfig(rc); err != nil {
+			return nil, nil, nil, nil, err
+		}
 	}
-	if writer, err = dynamic.NewForConfig(rc); err != nil {
-		return nil, nil, nil, err
-	}
-	return rc, informers, writer, nil
+	return rc, clients[0], clients[1], clients[2], nil
 }
 
 // serviceAccountNamespace is where Kubernetes tells a pod its namespace.
