@@ -39,13 +39,10 @@ func NewSigner(keys ...*SigningKey) (*Signer, error) {
 			return nil, fmt.Errorf("signing key ids must be present and unique (%q)", k.ID)
 		}
 		seen[k.ID] = true
-		jk, err := jwk.Import(k.Private.Public())
+		jk, err := asJWK(k, k.Private.Public())
 		if err != nil {
 			return nil, err
 		}
-		_ = jk.Set(jwk.KeyIDKey, k.ID)
-		_ = jk.Set(jwk.AlgorithmKey, jwa.NewSignatureAlgorithm(k.Alg))
-		_ = jk.Set(jwk.KeyUsageKey, "sig")
 		pub = append(pub, jk)
 	}
 	jwks, err := json.Marshal(map[string]any{"keys": pub})
@@ -151,13 +148,10 @@ func ParsePrivateKeys(data []byte) ([]*SigningKey, error) {
 func MarshalPrivateKeys(keys []*SigningKey) ([]byte, error) {
 	out := make([]any, 0, len(keys))
 	for _, k := range keys {
-		jk, err := jwk.Import(k.Private)
+		jk, err := asJWK(k, k.Private)
 		if err != nil {
 			return nil, err
 		}
-		_ = jk.Set(jwk.KeyIDKey, k.ID)
-		_ = jk.Set(jwk.AlgorithmKey, jwa.NewSignatureAlgorithm(k.Alg))
-		_ = jk.Set(jwk.KeyUsageKey, "sig")
 		out = append(out, jk)
 	}
 	return json.MarshalIndent(map[string]any{"keys": out}, "", "  ")
@@ -167,13 +161,10 @@ func MarshalPrivateKeys(keys []*SigningKey) ([]byte, error) {
 // kid, alg and use: the form NAIS gives an application in
 // TOKEN_X_PRIVATE_JWK, and ParsePrivateJWK reads.
 func MarshalPrivateJWK(k *SigningKey) ([]byte, error) {
-	jk, err := jwk.Import(k.Private)
+	jk, err := asJWK(k, k.Private)
 	if err != nil {
 		return nil, err
 	}
-	_ = jk.Set(jwk.KeyIDKey, k.ID)
-	_ = jk.Set(jwk.AlgorithmKey, jwa.NewSignatureAlgorithm(k.Alg))
-	_ = jk.Set(jwk.KeyUsageKey, "sig")
 	return json.Marshal(jk)
 }
 
@@ -189,12 +180,22 @@ func ParsePrivateJWK(data []byte) (*SigningKey, error) {
 
 // PublicJWK is the public half of k as a JWK, with kid, alg and use.
 func PublicJWK(k *SigningKey) (json.RawMessage, error) {
-	jk, err := jwk.Import(k.Private.Public())
+	jk, err := asJWK(k, k.Private.Public())
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(jk)
+}
+
+// asJWK is k's private or public key (material) as a JWK, with kid, alg
+// and use.
+func asJWK(k *SigningKey, material any) (jwk.Key, error) {
+	jk, err := jwk.Import(material)
 	if err != nil {
 		return nil, err
 	}
 	_ = jk.Set(jwk.KeyIDKey, k.ID)
 	_ = jk.Set(jwk.AlgorithmKey, jwa.NewSignatureAlgorithm(k.Alg))
 	_ = jk.Set(jwk.KeyUsageKey, "sig")
-	return json.Marshal(jk)
+	return jk, nil
 }

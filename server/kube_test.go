@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/vakt-dev/vakt/config"
@@ -63,21 +65,7 @@ applications:
 	}
 	key, _ := exchange.GenerateSigningKey("ES256")
 	e.signer, _ = exchange.NewSigner(key)
-	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: e.signer,
-		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
-	rl := &Reloader{Current: e.cur, Build: loader.Build, Files: WatchedFiles(cfgPath, e.cur), Logger: quiet}
-	loader.Kube = NewKubeSource(KubeSourceConfig{Client: client, Logger: quiet, OnChange: rl.Kick})
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := rl.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	done, err := rl.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ran := make(chan struct{})
-	go func() { defer close(ran); loader.Kube.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; <-ran })
+	e.cur = startKubeRun(t, cfgPath, e.signer, KubeSourceConfig{Client: client}, true).cur
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -391,39 +379,63 @@ func (e *kenv) replica(identity string) *replica {
 	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
-	cur := &Current{}
-	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: e.signer,
+	r := startKubeRun(e.t, cfgPath, e.signer, KubeSourceConfig{Client: e.client}, false)
+	r.writeStatus(e.cluster.Config, e.client, identity, quiet)
+	return &replica{cur: r.cur, stop: r.stop}
+}
+
+// kubeRun is vakt's reload path over a configuration file and a cluster's
+// resources (a Loader, a Reloader, a KubeSource), running until stop; go
+// runs more of a replica beside it, stopped with it.
+type kubeRun struct {
+	cur  *Current
+	src  *KubeSource
+	ctx  context.Context
+	wg   sync.WaitGroup
+	stop func()
+}
+
+func startKubeRun(t testing.TB, cfgPath string, signer *exchange.Signer, kc KubeSourceConfig, watchFiles bool) *kubeRun {
+	t.Helper()
+	r := &kubeRun{cur: &Current{}}
+	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: signer,
 		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
-	rl := &Reloader{Current: cur, Build: loader.Build, Logger: quiet}
-	loader.Kube = NewKubeSource(KubeSourceConfig{Client: e.client, Logger: quiet, OnChange: rl.Kick})
+	rl := &Reloader{Current: r.cur, Build: loader.Build, Logger: quiet}
+	if watchFiles {
+		rl.Files = WatchedFiles(cfgPath, r.cur)
+	}
+	kc.OnChange = rl.Kick
+	if kc.Logger == nil {
+		kc.Logger = quiet
+	}
+	r.src = NewKubeSource(kc)
+	loader.Kube = r.src
 	ctx, cancel := context.WithCancel(context.Background())
+	r.ctx = ctx
 	if err := rl.Start(ctx); err != nil {
-		e.t.Fatal(err)
+		cancel()
+		t.Fatal(err)
 	}
 	done, err := rl.Watch(ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		cancel()
+		t.Fatal(err)
 	}
-	ran, wrote := make(chan struct{}), make(chan struct{})
-	go func() { defer close(ran); loader.Kube.Run(ctx) }()
-	go func() {
-		defer close(wrote)
-		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: e.cluster.Config, Client: e.client, Current: cur, Source: loader.Kube,
+	r.wg.Go(func() { r.src.Run(ctx) })
+	var once sync.Once
+	r.stop = func() { once.Do(func() { cancel(); <-done; r.wg.Wait() }) }
+	t.Cleanup(r.stop)
+	return r
+}
+
+// writeStatus runs a status writer (and key provisioner) for the run, as
+// identity, with short election timings.
+func (r *kubeRun) writeStatus(rc *rest.Config, client dynamic.Interface, identity string, log *slog.Logger) {
+	r.wg.Go(func() {
+		_ = RunStatusWriter(r.ctx, KubeStatusConfig{Rest: rc, Client: client, Current: r.cur, Source: r.src,
 			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
-			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: quiet})
-	}()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			<-done
-			<-ran
-			<-wrote
-		}
-	}
-	e.t.Cleanup(stop)
-	return &replica{cur: cur, stop: stop}
+			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: log})
+	})
 }
 
 // readyCondition is app-b's Ready condition as its status has it.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -106,50 +107,21 @@ kubernetes:
 
 func (e *keysEnv) startReplica(identity string, ls *Listeners) *keysReplica {
 	t := e.t
-	r := &keysReplica{cur: &Current{}, listen: ls, logs: &lockedBuffer{}}
-	log := slog.New(slog.NewJSONHandler(r.logs, nil))
-	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(e.cfgPath) }, Ephemeral: e.signer,
-		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
-	rl := &Reloader{Current: r.cur, Build: loader.Build, Logger: quiet}
-	loader.Kube = NewKubeSource(KubeSourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt", Logger: quiet, OnChange: rl.Kick})
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := rl.Start(ctx); err != nil {
-		t.Fatal(err)
+	r := &keysReplica{listen: ls, logs: &lockedBuffer{}}
+	run := startKubeRun(t, e.cfgPath, e.signer, KubeSourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false)
+	r.cur, r.src = run.cur, run.src
+	if identity != "" {
+		run.writeStatus(e.cluster.Config, e.client, identity, slog.New(slog.NewJSONHandler(r.logs, nil)))
 	}
-	done, err := rl.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ran, wrote, served := make(chan struct{}), make(chan struct{}), make(chan error, 1)
-	go func() { defer close(ran); loader.Kube.Run(ctx) }()
-	r.src = loader.Kube
-	go func() {
-		defer close(wrote)
-		if identity == "" {
-			return // no status writer
-		}
-		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: e.cluster.Config, Client: e.client, Current: r.cur, Source: loader.Kube,
-			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
-			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: log})
-	}()
-	go func() { served <- Serve(ctx, AuthorityServices(r.cur, NewMetrics(), quiet), ls) }()
+	served := make(chan error, 1)
+	go func() { served <- Serve(run.ctx, AuthorityServices(r.cur, NewMetrics(), quiet), ls) }()
 	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), testDialOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.exchange = vaktv1.NewTokenExchangeServiceClient(conn)
-	stopped := false
-	r.stop = func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			<-done
-			<-ran
-			<-wrote
-			<-served
-			conn.Close()
-		}
-	}
+	var once sync.Once
+	r.stop = func() { once.Do(func() { run.stop(); <-served; conn.Close() }) }
 	t.Cleanup(r.stop)
 	return r
 }

@@ -453,19 +453,7 @@ applications:
 	// vakt keys rotate has the replica make a new one, the old still valid.
 	apply(schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}, "team-b",
 		[]byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-k","namespace":"team-b"},"spec":{"secretName":"app-k-tokenx"}}`))
-	kidIn := func() string {
-		s, err := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}).Namespace("team-b").Get(context.Background(), "app-k-tokenx", metav1.GetOptions{})
-		if err != nil {
-			return ""
-		}
-		v, _, _ := unstructured.NestedString(s.Object, "data", "TOKEN_X_PRIVATE_JWK")
-		b, _ := base64.StdEncoding.DecodeString(v)
-		k, err := exchange.ParsePrivateJWK(b)
-		if err != nil {
-			return ""
-		}
-		return k.ID
-	}
+	kidIn := func() string { return secretKid(client, "team-b", "app-k-tokenx") }
 	published := func() []any {
 		u, err := client.Resource(schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}).Namespace("team-b").Get(context.Background(), "app-k", metav1.GetOptions{})
 		if err != nil {
@@ -524,19 +512,7 @@ kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
 		h, _, _ := unstructured.NestedString(l.Object, "spec", "holderIdentity")
 		return h
 	}
-	kid := func() string {
-		s, err := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}).Namespace("team-b").Get(context.Background(), "app-k-tokenx", metav1.GetOptions{})
-		if err != nil {
-			return ""
-		}
-		v, _, _ := unstructured.NestedString(s.Object, "data", "TOKEN_X_PRIVATE_JWK")
-		b, _ := base64.StdEncoding.DecodeString(v)
-		k, err := exchange.ParsePrivateJWK(b)
-		if err != nil {
-			return ""
-		}
-		return k.ID
-	}
+	kid := func() string { return secretKid(client, "team-b", "app-k-tokenx") }
 	apply(apps, "team-b", []byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-k","namespace":"team-b"},"spec":{"secretName":"app-k-tokenx"}}`))
 	var first, leader string
 	waitFor(t, 30*time.Second, "no key made", func() bool { first, leader = kid(), holder(); return first != "" && leader != "" })
@@ -554,4 +530,20 @@ kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
 		k := kid()
 		return k != "" && k != first && holder() == survivor
 	})
+}
+
+// secretKid is the kid of the key in a Secret vakt made; "" when there is
+// none.
+func secretKid(client dynamic.Interface, ns, name string) string {
+	s, err := client.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	v, _, _ := unstructured.NestedString(s.Object, "data", "TOKEN_X_PRIVATE_JWK")
+	b, _ := base64.StdEncoding.DecodeString(v)
+	k, err := exchange.ParsePrivateJWK(b)
+	if err != nil {
+		return ""
+	}
+	return k.ID
 }
