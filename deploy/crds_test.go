@@ -160,6 +160,7 @@ func generateApplicationCRD(t *testing.T) []byte {
 					map[string]any{"name": "Ready", "type": "string", "jsonPath": `.status.conditions[?(@.type=="Ready")].status`},
 					map[string]any{"name": "Reason", "type": "string", "jsonPath": `.status.conditions[?(@.type=="Ready")].reason`},
 					map[string]any{"name": "Secret", "type": "string", "jsonPath": ".spec.secretName", "priority": 1},
+					map[string]any{"name": "Key", "type": "string", "jsonPath": `.status.conditions[?(@.type=="ClientKey")].reason`, "priority": 1},
 					map[string]any{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 				},
 				"schema": map[string]any{"openAPIV3Schema": map[string]any{
