@@ -39,6 +39,14 @@ func parseJSONObject(data []byte) (map[string]any, error) {
 	return m, err
 }
 
+// parseJSONObjectHint is parseJSONObject with the map sized for members
+// top-level members (as scanTop counted them), so that it does not grow
+// member by member. Nested objects get no hint: see object.
+func parseJSONObjectHint(data []byte, members int) (map[string]any, error) {
+	p := jsonParser{data: data, maxValues: maxJSONValues, members: members}
+	return p.top()
+}
+
 // parseJSONObjectSize is parseJSONObject, also returning about how many
 // bytes of memory the result holds (for the verified-token cache's bound).
 func parseJSONObjectSize(data []byte) (map[string]any, int64, error) {
@@ -49,19 +57,25 @@ func parseJSONObjectSize(data []byte) (map[string]any, int64, error) {
 // the values (a JOSE header holds a handful).
 func parseJSONObjectLimit(data []byte, maxValues int) (map[string]any, int64, error) {
 	p := jsonParser{data: data, maxValues: maxValues}
+	v, err := p.top()
+	return v, p.size, err
+}
+
+// top parses the whole of p.data as one object.
+func (p *jsonParser) top() (map[string]any, error) {
 	p.skipSpace()
 	if p.i >= len(p.data) || p.data[p.i] != '{' {
-		return nil, 0, errJSONNotObject
+		return nil, errJSONNotObject
 	}
 	v, err := p.object(0)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	p.skipSpace()
 	if p.i != len(p.data) {
-		return nil, 0, errJSONSyntax
+		return nil, errJSONSyntax
 	}
-	return v, p.size, nil
+	return v, nil
 }
 
 type jsonParser struct {
@@ -70,6 +84,7 @@ type jsonParser struct {
 	values    int   // values parsed so far
 	maxValues int   // maxJSONValues when 0
 	size      int64 // bytes the result holds, estimated (see count)
+	members   int   // the top-level object's members, when known: its map's size
 }
 
 // Memory the parser's values hold, estimated from Go's representation: a
@@ -82,6 +97,7 @@ const (
 	sizeBoxed    = 16 // a string or json.Number stored in an interface
 	sizeSlice    = 24
 	sizeElem     = 16 // an interface in a slice
+	sizeString   = 16 // a string header
 )
 
 // count notes one more value, refusing more than maxJSONValues.
@@ -147,9 +163,15 @@ func (p *jsonParser) object(depth int) (map[string]any, error) {
 		return nil, errJSONDepth
 	}
 	p.i++ // '{'
-	// No size hint: a hint reserves room before a single member is seen,
-	// which thousands of empty objects would turn into megabytes.
-	m := map[string]any{}
+	// No size hint below the top: a hint reserves room before a single
+	// member is seen, which thousands of empty objects would turn into
+	// megabytes. The top level's members were counted by a scan already.
+	var m map[string]any
+	if depth == 0 && p.members > 0 {
+		m = make(map[string]any, p.members)
+	} else {
+		m = map[string]any{}
+	}
 	defer func() { p.size += sizeMap + sizeMapSlot*int64(max(len(m), sizeMapSlots)) }()
 	p.skipSpace()
 	if p.i < len(p.data) && p.data[p.i] == '}' {

@@ -113,41 +113,43 @@ func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims
 	if c, p, ok, err := v.cachedByIssuer(token); ok {
 		return c, p, err
 	}
-	return v.verifyByIssuer(ctx, token)
+	c, _, p, err := v.verifyByIssuer(ctx, token)
+	return c, p, err
 }
 
 // verifyByIssuer is ValidateByIssuer after a cache miss. The token is
-// parsed once: its iss chooses whose keys verify it.
-func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
+// parsed once: its iss chooses whose keys verify it. It returns every claim
+// too, as the verification parsed them (the caller's own map).
+func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, map[string]any, *Provider, error) {
 	pt, err := parseCompact(token, v.maxSize)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	top, err := scanTop(pt.payload)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
+		return nil, nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
 	// exp, nbf and iat are read now, whoever the issuer: a malformed date is
 	// the same answer for every provider.
 	var t timeClaims
 	if err := t.read(&top); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	iss, _, err := top.str(top.iss, "iss")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	p, ok := v.byIssuer[iss]
 	if !ok {
-		return nil, nil, ErrIssuerNotTrusted
+		return nil, nil, nil, ErrIssuerNotTrusted
 	}
 	now := v.now()
-	c, err := p.verifyParsed(ctx, pt, &top, now)
+	c, raw, err := p.verifyParsed(ctx, pt, &top, now)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	v.store(token, p, c, now)
-	return c, p, nil
+	return c, raw, p, nil
 }
 
 func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*Claims, error) {
@@ -160,7 +162,7 @@ func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*C
 		}
 	}
 	now := v.now()
-	c, err := p.verify(ctx, token, now, v.maxSize)
+	c, _, err := p.verify(ctx, token, now, v.maxSize)
 	if err != nil {
 		return nil, err
 	}
@@ -175,9 +177,8 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
 	}
 	dot := signatureDot(token)
 	key := signatureKey(token[dot+1:])
-	// Clone: the token points into the caller's buffer, which must not be kept.
-	e := cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}
-	c.signed = e.signed // one copy, shared: not yet seen by any other goroutine
+	// The claims hold a copy of the signed part, never the caller's buffer.
+	e := cacheEntry{provider: p, claims: c}
 	v.cache.Put(&key, e, entrySize(&e), expiryNanos(c.exp, p), now.UnixNano())
 }
 
@@ -197,7 +198,7 @@ func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider
 	key := signatureKey(token[dot+1:])
 	now := v.now()
 	e, hit := v.cache.Get(&key, now.UnixNano())
-	if !hit || (want != nil && e.provider != want) || e.signed != token[:dot] {
+	if !hit || (want != nil && e.provider != want) || e.claims.signed != token[:dot] {
 		return nil, nil, false, nil
 	}
 	if err := e.claims.checkTimes(now, e.provider.leeway); err != nil {

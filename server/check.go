@@ -310,12 +310,11 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	if d.Claims != nil {
 		answer = d.Claims.Derive(app, func() any { return identityAnswer(d, app) }).(*preMarshalled)
 	}
-	set := answer.sets
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
 	var remove []string
 	reqHeaders.each(func(name string) {
-		if spoofsIdentity(name) && !setsHeader(set, name) {
+		if spoofsIdentity(name) && !answer.setsHeader(app, name) {
 			remove = append(remove, name)
 		}
 	})
@@ -338,36 +337,52 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 // with the token in the verified-token cache, which counts it at
 // authz.DerivedAllowance bytes: a token whose claims would make it larger
 // is answered without them in dynamic_metadata (the identity headers are
-// always there).
+// always there). Its bytes are one allocation of their exact size.
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
-	raw := d.Claims.Raw() // once per token and application
-	res := identityResponse(d, app, raw)
+	raw := d.RawClaims() // parsed by the verification on a cache miss
+	res, sets, extra := identityResponse(d, app, raw)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
 	if err != nil {
 		panic(err) // a message of strings; cannot fail
 	}
+	var md []byte
 	if !app.NoDynamicMetadata {
 		// An answer past the allowance goes without its metadata, so that
 		// one large token cannot take a large share of the cache.
-		if full, err := appendDynamicMetadata(slices.Clip(b), metadataNamespace, raw); err == nil && len(full) <= authz.DerivedAllowance {
-			b = full
+		if m, err := appendDynamicMetadata(nil, metadataNamespace, raw); err == nil && answerOverhead+len(b)+len(m) <= authz.DerivedAllowance {
+			md = m
 		}
 	}
-	return newPreMarshalledBytes(b, res)
+	wire := make([]byte, len(b)+len(md))
+	copy(wire[copy(wire, b):], md)
+	return newPreMarshalledBytes(wire, sets, extra)
 }
 
+// answerOverhead is what an answer kept with a token costs besides its
+// bytes: the preMarshalled, and the claims' slot for it (authz.Claims.Derive),
+// rounded up.
+const answerOverhead = 128
+
 // identityResponse is the allow response for a token and an application:
-// the identity headers. The claims as dynamic metadata are appended to its
+// the identity headers, and which of answerHeaders(app) it sets (bits, and
+// the names past 64). The claims as dynamic metadata are appended to its
 // wire form (identityAnswer).
-func identityResponse(d authz.Decision, app *authz.Application, raw map[string]any) *authv3.CheckResponse {
+func identityResponse(d authz.Decision, app *authz.Application, raw map[string]any) (_ *authv3.CheckResponse, sets uint64, extra []string) {
 	ok := &authv3.OkHttpResponse{}
+	i := 0
 	set := func(name, value string) {
 		if value != "" {
 			ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
 				Header:       &corev3.HeaderValue{Key: name, Value: value},
 				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 			})
+			if i < 64 {
+				sets |= 1 << i
+			} else {
+				extra = append(extra, name)
+			}
 		}
+		i++
 	}
 	c := d.Claims
 	set(authz.HeaderSubject, c.Subject)
@@ -380,16 +395,7 @@ func identityResponse(d authz.Decision, app *authz.Application, raw map[string]a
 	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
-	}
-}
-
-func setsHeader(names []string, name string) bool {
-	for _, n := range names {
-		if strings.EqualFold(n, name) {
-			return true
-		}
-	}
-	return false
+	}, sets, extra
 }
 
 // claimString renders a claim as a header value: strings as they are,

@@ -1,0 +1,113 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/vakt-dev/vakt/authz"
+	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/exchange"
+)
+
+// cachedTokenHeap Checks n distinct tokens like the load benchmark's (ES256,
+// an allowed GET /read to app-b) once each, and returns the live heap and
+// the heap objects each cached token adds: its verified-token cache entry
+// and the Check answer derived from it.
+func cachedTokenHeap(t *testing.T, n int, yaml string) (bytes, objects float64, counted int64) {
+	t.Helper()
+	cfg, err := config.Load([]byte(strings.ReplaceAll(yaml, "AUTH0", "https://auth0.example")), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateSigningKey("ES256")
+	signer, _ := exchange.NewSigner(key)
+	rt, err := NewRuntime(context.Background(), cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := &Current{}
+	cur.Store(rt)
+	svc := newAuthorizationService(cur, quiet, nil, nil)
+	now := time.Now()
+	reqs := make([]*authv3.CheckRequest, n)
+	for i := range reqs {
+		tok, err := signer.Sign(exchange.IssuedTokenType, map[string]any{
+			"iss": "http://127.0.0.1:8080", "sub": fmt.Sprintf("user-%07d", i), "aud": appB, "client_id": app1,
+			"idp": "https://idporten.example/", "acr": "idporten-loa-high", "pid": fmt.Sprintf("%011d", i),
+			"scope": "openid read:users", "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+			"jti": fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs[i] = checkRequest("/read", "Bearer "+tok)
+	}
+	before := heapStats()
+	for _, r := range reqs {
+		res, err := svc.checkWire(context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pm, ok := res.(*preMarshalled)
+		if !ok {
+			t.Fatalf("answer %T, want the pre-marshalled allow", res)
+		}
+		if r == reqs[0] {
+			t.Logf("a %d-byte token, a %d-byte answer", len(r.Attributes.Request.Http.Headers["authorization"])-len("Bearer "), len(pm.bytes))
+		}
+	}
+	after := heapStats()
+	st, _ := rt.Checker.Validator.CacheStats()
+	if st.Entries != n {
+		t.Fatalf("%d entries cached, want %d", st.Entries, n)
+	}
+	runtime.KeepAlive(reqs)
+	runtime.KeepAlive(svc)
+	return float64(after.HeapAlloc-before.HeapAlloc) / float64(n),
+		float64(after.HeapObjects-before.HeapObjects) / float64(n), st.Bytes / int64(n)
+}
+
+func heapStats() runtime.MemStats {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m
+}
+
+// A cached token costs at most 2 KiB of live heap with its Check answer
+// (the claims in dynamic_metadata included), in a handful of objects (the
+// claims, their one buffer of strings and its array of string headers, the
+// answer and its bytes): not one object per claim for the collector to mark.
+// The cache counts each entry at no less than it costs, and at no more than
+// it costs plus the allowance for the answer.
+func TestCachedTokenHeap(t *testing.T) {
+	noMetadata := strings.Replace(checkYAML, "    hosts: [app-b.example.com]\n", "    hosts: [app-b.example.com]\n    dynamicMetadata: false\n", 1)
+	if noMetadata == checkYAML {
+		t.Fatal("checkYAML changed: app-b's hosts not found")
+	}
+	for _, tt := range []struct {
+		name, yaml string
+		maxBytes   float64
+	}{
+		{"metadata", checkYAML, 2048},
+		{"no metadata", noMetadata, 1600},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			bytes, objects, counted := cachedTokenHeap(t, 4000, tt.yaml)
+			t.Logf("%.0f bytes, %.1f objects per cached token; %d bytes counted", bytes, objects, counted)
+			if bytes > tt.maxBytes || objects > 6.5 {
+				t.Errorf("%.0f bytes and %.1f objects per cached token, want at most %.0f and 6.5", bytes, objects, tt.maxBytes)
+			}
+			if float64(counted) < bytes || float64(counted-authz.DerivedAllowance) > bytes {
+				t.Errorf("counted %d bytes per entry (%d allowed for the answer), measured %.0f", counted, authz.DerivedAllowance, bytes)
+			}
+		})
+	}
+}
