@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/vakt-dev/vakt/internal/idptest"
 )
@@ -270,5 +272,72 @@ func TestRawFromCachedToken(t *testing.T) {
 				t.Fatalf("cache %d, validation %d: Raw() = %v, want %v", size, i, got, want)
 			}
 		}
+	}
+}
+
+// The claims of a verified token are copies, in one buffer of their own:
+// overwriting the bytes the token was read from (as a gRPC server reuses
+// its buffers) changes nothing of the claims, of Raw or of later hits, and
+// every string of the claims (but the issuer, the provider's) lies in the
+// one buffer that begins with the signed part.
+func TestClaimsOwnTheirBytes(t *testing.T) {
+	k := idptest.NewKey(t, "k1", "ES256")
+	p, keys := staticProvider(t, "a", "https://a.example", k)
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := token(t, k, "https://a.example", clock.Now().Add(time.Hour),
+		"aud", []string{"api-1", "api-2"}, "scope", "openid read:users", "scp", []string{"write"}, "client_id", "dev:ns:app",
+		"idp", "https://idporten.example/", "jti", "id-1", "note", "two\nlines")
+	buf := []byte(tok)
+	c, err := v.Validate(context.Background(), "a", unsafe.String(&buf[0], len(buf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRaw := c.Raw()
+	for i := range buf {
+		buf[i] = 'x'
+	}
+	want := Claims{Issuer: "https://a.example", Subject: "user-1", Audience: []string{"api-1", "api-2"},
+		Scopes: []string{"openid", "read:users", "write"}, ScopeText: "openid read:users write"}
+	check := func(c *Claims) {
+		t.Helper()
+		if c.Issuer != want.Issuer || c.Subject != want.Subject || !slices.Equal(c.Audience, want.Audience) ||
+			!slices.Equal(c.Scopes, want.Scopes) || c.ScopeText != want.ScopeText || c.Caller() != "dev:ns:app" ||
+			c.IDP() != "https://idporten.example/" || c.ID() != "id-1" || !slices.Equal(c.unsafe, []string{"note"}) ||
+			c.signed != tok[:strings.LastIndexByte(tok, '.')] || !reflect.DeepEqual(c.Raw(), wantRaw) {
+			t.Fatalf("claims %+v", c)
+		}
+	}
+	check(c)
+	again, err := v.Validate(context.Background(), "a", tok)
+	if err != nil || again != c || keys.n.Load() != 1 {
+		t.Fatalf("no hit after the token's bytes were overwritten: %v", err)
+	}
+	check(again)
+
+	base := uintptr(unsafe.Pointer(unsafe.StringData(c.signed)))
+	end := base + uintptr(c.size) - uintptr(claimsOverhead)
+	inBuffer := func(s string) bool {
+		at := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		return s == "" || base <= at && at+uintptr(len(s)) <= end
+	}
+	strs := slices.Concat([]string{c.Subject, c.ScopeText, c.caller, c.idp, c.id}, c.Audience, c.Scopes, c.unsafe)
+	for _, s := range strs {
+		if !inBuffer(s) {
+			t.Errorf("%q is not in the claims' buffer", s)
+		}
+	}
+	if unsafe.StringData(c.Issuer) != unsafe.StringData(p.issuer) {
+		t.Error("the issuer is a copy of the provider's")
+	}
+	// Audience, Scopes and unsafe are views of one array.
+	next := func(a []string) unsafe.Pointer {
+		return unsafe.Add(unsafe.Pointer(unsafe.SliceData(a)), len(a)*int(unsafe.Sizeof("")))
+	}
+	if next(c.Audience) != unsafe.Pointer(unsafe.SliceData(c.Scopes)) || next(c.Scopes) != unsafe.Pointer(unsafe.SliceData(c.unsafe)) {
+		t.Error("Audience, Scopes and unsafe are not one array")
 	}
 }

@@ -1,9 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +17,8 @@ import (
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
+	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
+	"github.com/vakt-dev/vakt/internal/idptest"
 )
 
 // cachedTokenHeap Checks n distinct tokens like the load benchmark's (ES256,
@@ -109,5 +115,53 @@ func TestCachedTokenHeap(t *testing.T) {
 				t.Errorf("counted %d bytes per entry (%d allowed for the answer), measured %.0f", counted, authz.DerivedAllowance, bytes)
 			}
 		})
+	}
+}
+
+// Introspect tells every claim verbatim, from the verification (a cache
+// miss) and from the cached claims (a hit), which keep no map: re-encoded
+// in the payload's own form (keys sorted, compact), the answer's claims
+// are the token's payload byte for byte, numbers as the token wrote them.
+func TestIntrospectVerbatimAfterCacheHit(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now()
+	payload := `{"acr":"idporten-loa-high","amr":["BankID","pwd"],"aud":"my-api","big":12345678901234567891,` +
+		`"exp":` + strconv.FormatInt(now.Add(time.Hour).Unix(), 10) + `,"f":1.50,"iat":` + strconv.FormatInt(now.Unix(), 10) +
+		`,"iss":"` + e.idp.URL + `","n":null,"name":"Åse Ødegård 😀","nested":{"a":[1,{"b":false}],"z":"q\"uote"},"sub":"user-1","t":true}`
+	k := e.idp.Key()
+	token := idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID}, payload)
+	for i := range 2 {
+		res, err := e.client.Introspect(context.Background(), &vaktv1.IntrospectRequest{IdentityProvider: "idporten", Token: token})
+		if err != nil || !res.GetActive() {
+			t.Fatalf("introspection %d: %v %v", i, res, err)
+		}
+		req, _ := http.NewRequest(http.MethodPost, e.http.URL+"/api/v1/introspect", strings.NewReader(`{"identity_provider":"idporten","token":"`+token+`"}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := testHTTP.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := json.NewDecoder(resp.Body)
+		dec.UseNumber()
+		var got map[string]any
+		err = dec.Decode(&got)
+		resp.Body.Close()
+		if err != nil || got["active"] != true {
+			t.Fatalf("answer %d: %v %v", i, got, err)
+		}
+		delete(got, "active")
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(got); err != nil {
+			t.Fatal(err)
+		}
+		if s := strings.TrimSuffix(b.String(), "\n"); s != payload {
+			t.Fatalf("answer %d's claims:\n%s\nthe token's:\n%s", i, s, payload)
+		}
+	}
+	st, _ := e.cur.Load().Checker.Validator.CacheStats()
+	if st.Misses != 1 || st.Hits != 3 {
+		t.Fatalf("cache %+v: want 1 miss, then hits", st)
 	}
 }
