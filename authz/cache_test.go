@@ -341,3 +341,68 @@ func TestClaimsOwnTheirBytes(t *testing.T) {
 		t.Error("Audience, Scopes and unsafe are not one array")
 	}
 }
+
+// ValidateRaw parses a new token's payload once: verifying it and having
+// every claim costs about the allocations of verifying it alone, and the
+// claims are those Raw finds, from the cache as from the verification; each
+// caller's map is its own.
+func TestValidateRawParsesOnce(t *testing.T) {
+	k := idptest.NewKey(t, "k1", "ES256")
+	p, _ := staticProvider(t, "a", "https://a.example", k)
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	const runs = 20
+	toks := make([]string, 2*(runs+1))
+	for i := range toks {
+		toks[i] = token(t, k, "https://a.example", clock.Now().Add(time.Hour), "jti", fmt.Sprint(i), "amr", []string{"pwd"}, "acr", "high")
+	}
+	uncached, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, CacheSize: -1, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	next := 0
+	validate := testing.AllocsPerRun(runs, func() {
+		if _, err := uncached.Validate(ctx, "a", toks[next]); err != nil {
+			t.Fatal(err)
+		}
+		next++
+	})
+	withRaw := testing.AllocsPerRun(runs, func() {
+		if _, raw, err := uncached.ValidateRaw(ctx, "a", toks[next]); err != nil || len(raw) != 6 {
+			t.Fatal(raw, err)
+		}
+		next++
+	})
+	c, err := uncached.Validate(ctx, "a", toks[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	parse := testing.AllocsPerRun(runs, func() { _ = c.Raw() })
+	if withRaw > validate+parse/2 {
+		t.Fatalf("Validate %.0f allocations, ValidateRaw %.0f, a parse %.0f: the payload was parsed twice", validate, withRaw, parse)
+	}
+
+	v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, validate := range []func() (*Claims, map[string]any, error){
+		func() (*Claims, map[string]any, error) { return v.ValidateRaw(ctx, "a", toks[0]) },
+		func() (*Claims, map[string]any, error) {
+			c, raw, _, err := v.ValidateByIssuerRaw(ctx, toks[0])
+			return c, raw, err
+		},
+	} {
+		c, raw, err := validate()
+		if err != nil || !reflect.DeepEqual(raw, c.Raw()) || raw["acr"] != "high" {
+			t.Fatalf("%d: %v %v", i, raw, err)
+		}
+		raw["acr"] = "changed"
+		if c.Raw()["acr"] != "high" {
+			t.Fatalf("%d: a caller's map is shared", i)
+		}
+	}
+	if st := v.cache.Stats(); st.Misses != 1 || st.Hits != 1 || st.Entries != 1 {
+		t.Fatalf("cache %+v: want a miss, then a hit", st)
+	}
+}

@@ -98,11 +98,27 @@ func (v *Validator) Provider(name string) (*Provider, bool) {
 // Provider.verify for every step) and returns its claims. Every rejection
 // wraps one of the package's sentinel errors.
 func (v *Validator) Validate(ctx context.Context, provider, token string) (*Claims, error) {
+	c, _, err := v.validateRaw(ctx, provider, token, false)
+	return c, err
+}
+
+// ValidateRaw is Validate, also returning every claim as Claims.Raw does:
+// the map the verification parsed when the token was not in the cache, so
+// that a new token's payload is parsed once.
+func (v *Validator) ValidateRaw(ctx context.Context, provider, token string) (*Claims, map[string]any, error) {
+	return v.validateRaw(ctx, provider, token, true)
+}
+
+func (v *Validator) validateRaw(ctx context.Context, provider, token string, wantRaw bool) (*Claims, map[string]any, error) {
 	p, ok := v.providers[provider]
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownProvider, quoted(provider))
+		return nil, nil, fmt.Errorf("%w: %s", ErrUnknownProvider, quoted(provider))
 	}
-	return v.validate(ctx, p, token)
+	c, raw, err := v.validate(ctx, p, token)
+	if err == nil && raw == nil && wantRaw {
+		raw = c.Raw()
+	}
+	return c, raw, err
 }
 
 // ValidateByIssuer checks token against the provider whose issuer is the
@@ -115,6 +131,18 @@ func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims
 	}
 	c, _, p, err := v.verifyByIssuer(ctx, token)
 	return c, p, err
+}
+
+// ValidateByIssuerRaw is ValidateByIssuer, also returning every claim as
+// ValidateRaw does.
+func (v *Validator) ValidateByIssuerRaw(ctx context.Context, token string) (*Claims, map[string]any, *Provider, error) {
+	if c, p, ok, err := v.cachedByIssuer(token); ok {
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return c, c.Raw(), p, nil
+	}
+	return v.verifyByIssuer(ctx, token)
 }
 
 // verifyByIssuer is ValidateByIssuer after a cache miss. The token is
@@ -152,22 +180,27 @@ func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, 
 	return c, raw, p, nil
 }
 
-func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*Claims, error) {
+// validate is Validate with p chosen; on a cache miss it returns every
+// claim too (nil on a hit).
+func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*Claims, map[string]any, error) {
 	if len(token) > v.maxSize {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
+		return nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
 	}
 	if v.cache != nil {
 		if c, _, ok, err := v.cached(token, p); ok {
-			return c, err
+			if err != nil {
+				return nil, nil, err
+			}
+			return c, nil, nil
 		}
 	}
 	now := v.now()
-	c, _, err := p.verify(ctx, token, now, v.maxSize)
+	c, raw, err := p.verify(ctx, token, now, v.maxSize)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	v.store(token, p, c, now)
-	return c, nil
+	return c, raw, nil
 }
 
 // store remembers a token that passed verification.

@@ -246,7 +246,9 @@ func (a *Authority) exchange(ctx context.Context, req Request, o *Outcome) (*Res
 func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, now time.Time, o *Outcome) (*Response, error) {
 	client := as.client
 
-	subject, provider, err := a.cfg.Subjects.ValidateByIssuer(ctx, req.SubjectToken)
+	// Every claim too: parsed by the verification of a new subject token,
+	// from the cached claims' payload otherwise.
+	subject, raw, provider, err := a.cfg.Subjects.ValidateByIssuerRaw(ctx, req.SubjectToken)
 	if err != nil {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", err)
 	}
@@ -290,7 +292,6 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	if exp <= now.Unix() {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", authz.ErrExpired)
 	}
-	raw := subject.Raw()
 	claims := make(map[string]any, len(raw)+4)
 	for name, v := range raw {
 		if !protocolClaims[name] {
