@@ -24,12 +24,9 @@ import (
 // trace. Raw parses the payload again for the callers that want every
 // claim (Introspect, an exchange).
 type Claims struct {
-	Issuer    string
-	Subject   string
-	Audience  []string
-	ExpiresAt time.Time
-	NotBefore time.Time // zero when the token has no nbf
-	IssuedAt  time.Time // zero when the token has no iat
+	Issuer   string
+	Subject  string
+	Audience []string
 
 	// signed is the token's header.payload as it was signed, which the
 	// verified-token cache compares on a hit: Raw decodes the payload from
@@ -45,8 +42,12 @@ type Claims struct {
 	Scopes    []string
 	ScopeText string
 
-	exp float64 // seconds since the epoch, as in the token
-	nbf float64 // zero when absent
+	// exp, nbf and iat are seconds since the epoch, as in the token (nbf 0
+	// when absent, for the checks; hasNbf and hasIat say whether the token
+	// has them). Numbers rather than time.Time: 24 bytes and a pointer
+	// each, for every cached token, that ExpiresAt and the rest make on
+	// demand.
+	exp, nbf, iat float64
 
 	// unsafe names the top-level claims that hold a string no header value
 	// may carry (see headerSafe); nil for nearly every token. unsafeScope
@@ -55,9 +56,10 @@ type Claims struct {
 	unsafe      []string
 	unsafeScope bool
 
+	hasNbf, hasIat bool
+
 	// size is about how many bytes of memory the claims hold (a token is
-	// at most 16 KiB). Beside unsafeScope, it keeps a Claims at 288 bytes,
-	// a size class smaller.
+	// at most 16 KiB): an int32, beside the bools in one word.
 	size int32
 
 	derived atomic.Pointer[derivedValue]
@@ -115,16 +117,11 @@ func parseClaims(payload []byte, signed string, members int, issuer string) (*Cl
 	} else if !ok {
 		return nil, nil, fmt.Errorf("%w: exp is required", ErrClaimInvalid)
 	}
-	c.ExpiresAt = toTime(c.exp)
-	if c.nbf, ok, err = numericDate(raw, "nbf"); err != nil {
+	if c.nbf, c.hasNbf, err = numericDate(raw, "nbf"); err != nil {
 		return nil, nil, err
-	} else if ok {
-		c.NotBefore = toTime(c.nbf)
 	}
-	if iat, ok, err := numericDate(raw, "iat"); err != nil {
+	if c.iat, c.hasIat, err = numericDate(raw, "iat"); err != nil {
 		return nil, nil, err
-	} else if ok {
-		c.IssuedAt = toTime(iat)
 	}
 	if f.scopes, c.unsafeScope, err = scopes(raw); err != nil {
 		return nil, nil, err
@@ -279,6 +276,25 @@ func (c *Claims) forwardable(names ...string) bool {
 	return true
 }
 
+// ExpiresAt is the token's exp.
+func (c *Claims) ExpiresAt() time.Time { return toTime(c.exp) }
+
+// NotBefore is the token's nbf; the zero Time when it has none.
+func (c *Claims) NotBefore() time.Time {
+	if !c.hasNbf {
+		return time.Time{}
+	}
+	return toTime(c.nbf)
+}
+
+// IssuedAt is the token's iat; the zero Time when it has none.
+func (c *Claims) IssuedAt() time.Time {
+	if !c.hasIat {
+		return time.Time{}
+	}
+	return toTime(c.iat)
+}
+
 // Caller is the application or client the token was issued to: client_id
 // (RFC 8693, RFC 9068), else azp (OpenID Connect).
 func (c *Claims) Caller() string { return c.caller }
@@ -414,7 +430,7 @@ func (c *Claims) checkTimes(now time.Time, leeway time.Duration) error {
 
 // checkIssuedAt rejects a token issued in the future (beyond leeway).
 func (c *Claims) checkIssuedAt(now time.Time, leeway time.Duration) error {
-	if !c.IssuedAt.IsZero() && c.IssuedAt.After(now.Add(leeway)) {
+	if c.hasIat && c.IssuedAt().After(now.Add(leeway)) {
 		return fmt.Errorf("%w: iat is in the future", ErrNotYetValid)
 	}
 	return nil

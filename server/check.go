@@ -340,7 +340,7 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 // always there). Its bytes are one allocation of their exact size.
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 	raw := d.RawClaims() // parsed by the verification on a cache miss
-	res, sets, extra := identityResponse(d, app, raw)
+	res, sets := identityResponse(d, app, raw)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
 	if err != nil {
 		panic(err) // a message of strings; cannot fail
@@ -355,7 +355,7 @@ func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 	}
 	wire := make([]byte, len(b)+len(md))
 	copy(wire[copy(wire, b):], md)
-	return newPreMarshalledBytes(wire, sets, extra)
+	return newPreMarshalledBytes(wire, sets)
 }
 
 // answerOverhead is what an answer kept with a token costs besides its
@@ -364,10 +364,10 @@ func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 const answerOverhead = 128
 
 // identityResponse is the allow response for a token and an application:
-// the identity headers, and which of answerHeaders(app) it sets (bits, and
-// the names past 64). The claims as dynamic metadata are appended to its
-// wire form (identityAnswer).
-func identityResponse(d authz.Decision, app *authz.Application, raw map[string]any) (_ *authv3.CheckResponse, sets uint64, extra []string) {
+// the identity headers, and which of answerHeaders(app) it sets, as
+// preMarshalled.sets has them. The claims as dynamic metadata are appended
+// to its wire form (identityAnswer).
+func identityResponse(d authz.Decision, app *authz.Application, raw map[string]any) (_ *authv3.CheckResponse, sets uint64) {
 	ok := &authv3.OkHttpResponse{}
 	i := 0
 	set := func(name, value string) {
@@ -376,11 +376,7 @@ func identityResponse(d authz.Decision, app *authz.Application, raw map[string]a
 				Header:       &corev3.HeaderValue{Key: name, Value: value},
 				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 			})
-			if i < 64 {
-				sets |= 1 << i
-			} else {
-				extra = append(extra, name)
-			}
+			sets |= 1 << min(i, moreHeaders)
 		}
 		i++
 	}
@@ -395,7 +391,7 @@ func identityResponse(d authz.Decision, app *authz.Application, raw map[string]a
 	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
-	}, sets, extra
+	}, sets
 }
 
 // claimString renders a claim as a header value: strings as they are,

@@ -27,27 +27,30 @@ import (
 // for every cached token), the one-element BufferSlice the codec returns in
 // the object itself, and the headers the answer sets as bits.
 type preMarshalled struct {
-	// sets has bit i set when the answer sets the i-th header of the
-	// application's answerHeaders; headers past the bits are named in
-	// extra (an application forwarding more than 60 claims).
+	// sets has bit i set when the answer sets the i-th header of
+	// answerHeaders(app), for i < 63; bit 63 when it sets any past them
+	// (an application forwarding more than 59 claims), which setsHeader
+	// then reads from the message.
 	sets  uint64
-	extra []string
 	bytes mem.SliceBuffer
 	buf   [1]mem.Buffer // &bytes: a pointer in an interface, not a copy
 }
+
+// moreHeaders is the bit of preMarshalled.sets for the headers past 63.
+const moreHeaders = 63
 
 func newPreMarshalled(m *authv3.CheckResponse) (*preMarshalled, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	return newPreMarshalledBytes(b, 0, nil), nil
+	return newPreMarshalledBytes(b, 0), nil
 }
 
 // newPreMarshalledBytes keeps b, an answer's wire form, which sets the
-// headers sets and extra say.
-func newPreMarshalledBytes(b []byte, sets uint64, extra []string) *preMarshalled {
-	p := &preMarshalled{sets: sets, extra: extra, bytes: b}
+// headers sets says.
+func newPreMarshalledBytes(b []byte, sets uint64) *preMarshalled {
+	p := &preMarshalled{sets: sets, bytes: b}
 	p.buf[0] = &p.bytes
 	return p
 }
@@ -70,15 +73,18 @@ func (p *preMarshalled) message() *authv3.CheckResponse {
 // case), app being the application it was made for.
 func (p *preMarshalled) setsHeader(app *authz.Application, name string) bool {
 	for i, h := range answerHeaders(app) {
-		if i >= 64 {
+		if i >= moreHeaders {
 			break
 		}
 		if p.sets&(1<<i) != 0 && strings.EqualFold(h, name) {
 			return true
 		}
 	}
-	for _, h := range p.extra {
-		if strings.EqualFold(h, name) {
+	if p.sets&(1<<moreHeaders) == 0 {
+		return false
+	}
+	for _, h := range p.message().GetOkResponse().GetHeaders() {
+		if strings.EqualFold(h.GetHeader().GetKey(), name) {
 			return true
 		}
 	}

@@ -90,7 +90,7 @@ func TestCheckManyHeaders(t *testing.T) {
 }
 
 // An answer says which headers it sets as bits of answerHeaders, and past
-// 64 by name: setsHeader agrees with the headers the message holds, in any
+// 63 in its message: setsHeader agrees with the headers the message holds, in any
 // case, for an application forwarding more claims than there are bits, and
 // a client's header that vakt does not set (its claim absent) is removed.
 func TestPreMarshalledSetsHeader(t *testing.T) {
@@ -109,8 +109,12 @@ func TestPreMarshalledSetsHeader(t *testing.T) {
 	}
 	for _, c := range []*authz.Claims{{Subject: "s", ScopeText: "read"}, {}} {
 		d := authz.Decision{Allow: true, Claims: c, Provider: p}
-		res, sets, extra := identityResponse(d, app, raw)
-		answer := newPreMarshalledBytes(nil, sets, extra)
+		res, sets := identityResponse(d, app, raw)
+		b, err := proto.Marshal(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		answer := newPreMarshalledBytes(b, sets)
 		set := headerMap(res.GetOkResponse().GetHeaders())
 		n := 0
 		for _, h := range answerHeaders(app) {
