@@ -406,3 +406,35 @@ func TestValidateRawParsesOnce(t *testing.T) {
 		t.Fatalf("cache %+v: want a miss, then a hit", st)
 	}
 }
+
+// ExpiresAt, NotBefore and IssuedAt are the token's dates, made on demand
+// from its numbers: zero when absent, and a date present as 0 is 1970, not
+// absent.
+func TestClaimsDates(t *testing.T) {
+	k := idptest.NewKey(t, "k1", "ES256")
+	p, _ := staticProvider(t, "a", "https://a.example", k)
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := clock.Now().Add(time.Hour)
+	for _, tt := range []struct {
+		name     string
+		extra    []any
+		nbf, iat time.Time
+	}{
+		{"absent", nil, time.Time{}, time.Time{}},
+		{"zero", []any{"nbf", 0, "iat", 0}, time.Unix(0, 0).UTC(), time.Unix(0, 0).UTC()},
+		{"fractions", []any{"nbf", json.Number("1799999999.5"), "iat", 1_799_999_000}, time.Unix(1_799_999_999, 5e8).UTC(), time.Unix(1_799_999_000, 0).UTC()},
+	} {
+		c, err := v.Validate(context.Background(), "a", token(t, k, "https://a.example", exp, tt.extra...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.ExpiresAt().Equal(exp) || !c.NotBefore().Equal(tt.nbf) || !c.IssuedAt().Equal(tt.iat) ||
+			c.NotBefore().IsZero() != tt.nbf.IsZero() || c.IssuedAt().IsZero() != tt.iat.IsZero() {
+			t.Errorf("%s: exp %v nbf %v iat %v", tt.name, c.ExpiresAt(), c.NotBefore(), c.IssuedAt())
+		}
+	}
+}
