@@ -42,6 +42,15 @@ type Claims struct {
 	Scopes    []string
 	ScopeText string
 
+	// unsafe names the top-level claims that hold a string no header value
+	// may carry (see headerSafe); nil for nearly every token.
+	unsafe []string
+
+	derived atomic.Pointer[derivedValue]
+
+	// The fields without pointers come last, where the garbage collector,
+	// which scans an object up to its last pointer, does not look.
+
 	// exp, nbf and iat are seconds since the epoch, as in the token (nbf 0
 	// when absent, for the checks; hasNbf and hasIat say whether the token
 	// has them). Numbers rather than time.Time: 24 bytes and a pointer
@@ -49,20 +58,14 @@ type Claims struct {
 	// demand.
 	exp, nbf, iat float64
 
-	// unsafe names the top-level claims that hold a string no header value
-	// may carry (see headerSafe); nil for nearly every token. unsafeScope
-	// is set when a scope is no RFC 6749 scope-token, so that ScopeText
-	// would not say truthfully which scopes the token holds.
-	unsafe      []string
-	unsafeScope bool
-
+	// unsafeScope is set when a scope is no RFC 6749 scope-token, so that
+	// ScopeText would not say truthfully which scopes the token holds.
+	unsafeScope    bool
 	hasNbf, hasIat bool
 
 	// size is about how many bytes of memory the claims hold (a token is
 	// at most 16 KiB): an int32, beside the bools in one word.
 	size int32
-
-	derived atomic.Pointer[derivedValue]
 }
 
 type derivedValue struct {

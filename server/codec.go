@@ -27,13 +27,13 @@ import (
 // for every cached token), the one-element BufferSlice the codec returns in
 // the object itself, and the headers the answer sets as bits.
 type preMarshalled struct {
+	bytes mem.SliceBuffer
+	buf   [1]mem.Buffer // &bytes: a pointer in an interface, not a copy
 	// sets has bit i set when the answer sets the i-th header of
 	// answerHeaders(app), for i < 63; bit 63 when it sets any past them
 	// (an application forwarding more than 59 claims), which setsHeader
 	// then reads from the message.
-	sets  uint64
-	bytes mem.SliceBuffer
-	buf   [1]mem.Buffer // &bytes: a pointer in an interface, not a copy
+	sets uint64
 }
 
 // moreHeaders is the bit of preMarshalled.sets for the headers past 63.
