@@ -345,16 +345,19 @@ func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 	if err != nil {
 		panic(err) // a message of strings; cannot fail
 	}
-	var md []byte
+	var md structWire
+	mdSize := 0
 	if !app.NoDynamicMetadata {
 		// An answer past the allowance goes without its metadata, so that
 		// one large token cannot take a large share of the cache.
-		if m, err := appendDynamicMetadata(nil, metadataNamespace, raw); err == nil && answerOverhead+len(b)+len(m) <= authz.DerivedAllowance {
-			md = m
+		if n, err := md.size(metadataNamespace, raw); err == nil && answerOverhead+len(b)+n <= authz.DerivedAllowance {
+			mdSize = n
 		}
 	}
-	wire := make([]byte, len(b)+len(md))
-	copy(wire[copy(wire, b):], md)
+	wire := append(make([]byte, 0, len(b)+mdSize), b...)
+	if mdSize > 0 {
+		wire = md.append(wire, metadataNamespace, raw)
+	}
 	return newPreMarshalledBytes(wire, sets)
 }
 
