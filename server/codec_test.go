@@ -1,13 +1,17 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/vakt-dev/vakt/authz"
@@ -109,13 +113,9 @@ func TestPreMarshalledSetsHeader(t *testing.T) {
 	}
 	for _, c := range []*authz.Claims{{Subject: "s", ScopeText: "read"}, {}} {
 		d := authz.Decision{Allow: true, Claims: c, Provider: p}
-		res, sets := identityResponse(d, app, raw)
-		b, err := proto.Marshal(res)
-		if err != nil {
-			t.Fatal(err)
-		}
-		answer := newPreMarshalledBytes(b, sets)
-		set := headerMap(res.GetOkResponse().GetHeaders())
+		hs, sets := identityHeaders(d, app, raw, nil)
+		answer := newPreMarshalledBytes(appendIdentityWire(nil, hs), sets)
+		set := headerMap(answer.message().GetOkResponse().GetHeaders())
 		n := 0
 		for _, h := range answerHeaders(app) {
 			n++
@@ -137,6 +137,38 @@ func TestPreMarshalledSetsHeader(t *testing.T) {
 		ok := res.GetOkResponse()
 		if ok == nil || !slices.Equal(ok.GetHeadersToRemove(), []string{"x-vakt-pid"}) || headerMap(ok.GetHeaders())[authz.HeaderSubject] != "user-1" {
 			t.Fatalf("answer %v", res)
+		}
+	}
+}
+
+// The identity headers' wire form is what proto.Marshal makes of the
+// message, byte for byte: no header, short and long names and values
+// (lengths that take two-byte varints), and non-ASCII text.
+func TestIdentityWire(t *testing.T) {
+	for _, hs := range [][]answerHeader{
+		nil,
+		{{authz.HeaderSubject, "user-1"}},
+		{{authz.HeaderSubject, "Åse Ødegård"}, {authz.HeaderClientID, "dev-gcp:team-a:app-1"}, {authz.HeaderScope, "openid read:users"}},
+		{{authz.HeaderSubject, strings.Repeat("s", 127)}, {"x-vakt-" + strings.Repeat("n", 120), strings.Repeat("v", 300)}},
+		{{authz.HeaderIdentityProvider, strings.Repeat("é", 5000)}},
+	} {
+		ok := &authv3.OkHttpResponse{}
+		for _, h := range hs {
+			ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: h.name, Value: h.value},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			})
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&authv3.CheckResponse{
+			Status:       &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := appendIdentityWire(nil, hs)
+		if !bytes.Equal(got, want) || len(got) != identityWireSize(hs) {
+			t.Fatalf("%d headers: got %x (sized %d), want %x", len(hs), got, identityWireSize(hs), want)
 		}
 	}
 }
