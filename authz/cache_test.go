@@ -439,3 +439,36 @@ func TestClaimsDates(t *testing.T) {
 		}
 	}
 }
+
+// The parser's strings, names and numbers are views of the bytes it read,
+// but for those it had to unescape; the claims a cache keeps are copies
+// (TestClaimsOwnTheirBytes).
+func TestParseJSONObjectViews(t *testing.T) {
+	data := []byte(`{"name":"plain","num":-12.5e3,"esc":"a\"b","list":["x"]}`)
+	m, err := parseJSONObject(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := func(s string) bool {
+		at := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		base := uintptr(unsafe.Pointer(&data[0]))
+		return base <= at && at+uintptr(len(s)) <= base+uintptr(len(data))
+	}
+	for k := range m {
+		if !in(k) {
+			t.Errorf("name %q is a copy", k)
+		}
+	}
+	if s := m["name"].(string); s != "plain" || !in(s) {
+		t.Errorf("name: %q", s)
+	}
+	if n := m["num"].(json.Number); n != "-12.5e3" || !in(string(n)) {
+		t.Errorf("num: %q", n)
+	}
+	if s := m["list"].([]any)[0].(string); s != "x" || !in(s) {
+		t.Errorf("list: %q", s)
+	}
+	if s := m["esc"].(string); s != `a"b` || in(s) {
+		t.Errorf("esc: %q", s)
+	}
+}

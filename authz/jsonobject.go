@@ -34,6 +34,12 @@ var (
 // depth (RFC 7515 §5.2, RFC 7519 §4: two parsers must not read different
 // claims from one token), and nesting deeper than maxJSONDepth. Invalid UTF-8
 // and lone surrogates become U+FFFD, as with encoding/json.
+//
+// Its strings, names and numbers are views of data wherever they need no
+// unescaping (unsafe.String), not copies: data must not change after, and
+// every caller parses bytes it has just decoded and never writes again. A
+// string kept keeps data alive; what the verified-token cache keeps it
+// copies (Claims.pack).
 func parseJSONObject(data []byte) (map[string]any, error) {
 	m, _, err := parseJSONObjectSize(data)
 	return m, err
@@ -251,16 +257,24 @@ func (p *jsonParser) array(depth int) ([]any, error) {
 	}
 }
 
+// view is b as a string, without a copy: b must never change after.
+func view(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
 // string reads a string literal starting at the opening quote.
 func (p *jsonParser) string() (string, error) {
 	start := p.i + 1
 	// Fast path: printable ASCII without escapes, the shape of nearly every
-	// claim, is copied once.
+	// claim, is a view of the data.
 	for j := start; j < len(p.data); j++ {
 		c := p.data[j]
 		if c == '"' {
 			p.i = j + 1
-			return string(p.data[start:j]), nil
+			return view(p.data[start:j]), nil
 		}
 		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
 			break
@@ -272,7 +286,7 @@ func (p *jsonParser) string() (string, error) {
 		switch {
 		case c == '"':
 			p.i = j + 1
-			return string(buf), nil
+			return view(buf), nil // buf is this string's own
 		case c < 0x20:
 			return "", errJSONSyntax
 		case c == '\\':
@@ -393,5 +407,5 @@ func (p *jsonParser) number() (json.Number, error) {
 	if f, err := strconv.ParseFloat(unsafe.String(&d[start], i-start), 64); err != nil || math.IsInf(f, 0) {
 		return "", errJSONNumber
 	}
-	return json.Number(d[start:i]), nil
+	return json.Number(view(d[start:i])), nil
 }
