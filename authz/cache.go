@@ -30,16 +30,19 @@ const (
 // memory dump yields no credential. Failures are never stored. An entry
 // lives until the token's exp at most, and callers re-check exp and nbf on
 // every hit. It is bounded in entries and in bytes (internal/cache), each
-// entry counted at what it costs (Claims.size, the signed part, and
-// allowances for the rest).
+// entry counted at what it costs (Claims.size, which holds the signed part,
+// and allowances for the rest).
 type tokenCache = cache.Cache[cacheEntry]
 
 // CacheStats are the verified-token cache's counts (Validator.CacheStats).
 type CacheStats = cache.Stats
 
+// cacheEntry is a verified token: two pointers for the collector, to the
+// provider (shared) and to the claims, which hold the signed part
+// (header.payload) to compare on a hit and the strings Check reads in one
+// buffer that holds no pointer (Claims.pack).
 type cacheEntry struct {
 	provider *Provider
-	signed   string // header.payload of the verified token
 	claims   *Claims
 }
 
@@ -60,7 +63,7 @@ func newTokenCache(entries int, maxBytes int64) *tokenCache {
 
 // entrySize is what e costs in memory, in bytes.
 func entrySize(e *cacheEntry) int64 {
-	return entryOverhead + DerivedAllowance + int64(len(e.signed)) + e.claims.size
+	return entryOverhead + DerivedAllowance + int64(e.claims.size)
 }
 
 // expiryNanos is when a token with exp (seconds) leaves the cache: at exp
@@ -74,4 +77,4 @@ func expiryNanos(exp float64, p *Provider) int64 {
 }
 
 // claimsOverhead is the fixed part of a Claims.
-const claimsOverhead = int64(unsafe.Sizeof(Claims{}))
+const claimsOverhead = int(unsafe.Sizeof(Claims{}))

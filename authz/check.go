@@ -38,6 +38,20 @@ type Decision struct {
 	// the order of its routes; 0 when none matched or it has none. It says
 	// which rule decided (the decision log, explain).
 	Route int
+
+	// raw is every claim, when the token was verified for this decision
+	// (a cache miss): parsed once, and never kept with the claims.
+	raw map[string]any
+}
+
+// RawClaims returns every claim of the token as Claims.Raw does, in a map of
+// the caller's own: the one its verification parsed when this decision
+// verified the token, so that a cache miss parses the payload once.
+func (d *Decision) RawClaims() map[string]any {
+	if d.raw != nil {
+		return d.raw
+	}
+	return d.Claims.Raw()
 }
 
 // Checker decides Check requests: the bearer token, the application's
@@ -109,11 +123,12 @@ func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route
 	}
 	v := c.Validator
 	claims, provider, hit, err := v.cachedByIssuer(token)
+	var raw map[string]any
 	if !hit {
 		if !validB64Token(token) {
 			return deny(ReasonAuthorizationInvalid, ErrBadAuthorization)
 		}
-		claims, provider, err = v.verifyByIssuer(ctx, token)
+		claims, raw, provider, err = v.verifyByIssuer(ctx, token)
 	}
 	if err != nil {
 		return deny(ReasonOf(err), err)
@@ -159,7 +174,7 @@ func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route
 	if !forwardable(claims, own, app) {
 		return refuse(ReasonClaimNotForwardable, caller)
 	}
-	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller}
+	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller, raw: raw}
 }
 
 // forwardable reports whether every claim the allow response sets as a

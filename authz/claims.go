@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // Claims are the claims of a verified token.
@@ -17,22 +18,21 @@ import (
 // (through the verified-token cache), so it is read-only: callers must not
 // modify it or anything it points to.
 //
-// It keeps no map of the claims: a cached token costs its claims' JSON
-// (payload) and the few fields Check reads, not a tree of maps and
-// interfaces for the garbage collector to trace. Raw parses the payload
-// again for the callers that want every claim (Introspect, an exchange).
+// It keeps no map of the claims: a cached token costs its signed part and
+// the few strings Check reads, all in one buffer that holds no pointer
+// (pack), not a tree of maps and interfaces for the garbage collector to
+// trace. Raw parses the payload again for the callers that want every
+// claim (Introspect, an exchange).
 type Claims struct {
-	Issuer    string
-	Subject   string
-	Audience  []string
-	ExpiresAt time.Time
-	NotBefore time.Time // zero when the token has no nbf
-	IssuedAt  time.Time // zero when the token has no iat
+	Issuer   string
+	Subject  string
+	Audience []string
 
 	// signed is the token's header.payload as it was signed, which the
-	// verified-token cache keeps anyway: Raw decodes the payload from it
-	// rather than the claims keeping a second, decoded copy. caller, idp
-	// and jti are read from the payload once.
+	// verified-token cache compares on a hit: Raw decodes the payload from
+	// it rather than the claims keeping a second, decoded copy. caller,
+	// idp and jti are read from the payload once. Like every string of a
+	// Claims, they are views of the one buffer pack made.
 	signed          string
 	caller, idp, id string
 
@@ -42,20 +42,30 @@ type Claims struct {
 	Scopes    []string
 	ScopeText string
 
-	exp float64 // seconds since the epoch, as in the token
-	nbf float64 // zero when absent
-
-	// size is about how many bytes of memory the claims hold.
-	size int64
-
 	// unsafe names the top-level claims that hold a string no header value
-	// may carry (see headerSafe); nil for nearly every token. unsafeScope
-	// is set when a scope is no RFC 6749 scope-token, so that ScopeText
-	// would not say truthfully which scopes the token holds.
-	unsafe      []string
-	unsafeScope bool
+	// may carry (see headerSafe); nil for nearly every token.
+	unsafe []string
 
 	derived atomic.Pointer[derivedValue]
+
+	// The fields without pointers come last, where the garbage collector,
+	// which scans an object up to its last pointer, does not look.
+
+	// exp, nbf and iat are seconds since the epoch, as in the token (nbf 0
+	// when absent, for the checks; hasNbf and hasIat say whether the token
+	// has them). Numbers rather than time.Time: 24 bytes and a pointer
+	// each, for every cached token, that ExpiresAt and the rest make on
+	// demand.
+	exp, nbf, iat float64
+
+	// unsafeScope is set when a scope is no RFC 6749 scope-token, so that
+	// ScopeText would not say truthfully which scopes the token holds.
+	unsafeScope    bool
+	hasNbf, hasIat bool
+
+	// size is about how many bytes of memory the claims hold (a token is
+	// at most 16 KiB): an int32, beside the bools in one word.
+	size int32
 }
 
 type derivedValue struct {
@@ -79,72 +89,141 @@ func (c *Claims) Derive(key any, compute func() any) any {
 // parseClaims decodes a payload and reads the registered claims vakt checks.
 // exp is required; exp, nbf and iat must be JSON numbers (a numeric string is
 // not a NumericDate); iss and sub must be strings; aud a string or an array
-// of strings.
-func parseClaims(payload []byte) (*Claims, error) {
-	raw, err := parseJSONObject(payload)
+// of strings. signed is the token's header.payload, which the claims keep (a
+// copy) for Raw and for the verified-token cache's comparison; members is
+// how many top-level members the payload has (scanTop), to size the map;
+// issuer is the provider's, which an iss equal to it (every accepted
+// token's) shares rather than copies.
+//
+// It returns the claims and the map it parsed them from, which is the
+// caller's own and is kept nowhere: a caller that wants every claim of a
+// token it has just verified need not parse the payload again (Raw).
+func parseClaims(payload []byte, signed string, members int, issuer string) (*Claims, map[string]any, error) {
+	raw, err := parseJSONObjectHint(payload, members)
 	if err != nil {
-		return nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
+		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
 	c := &Claims{}
-	if c.Issuer, err = stringClaim(raw, "iss"); err != nil {
-		return nil, err
+	f := claimFields{signed: signed, issuer: issuer}
+	if f.iss, err = stringClaim(raw, "iss"); err != nil {
+		return nil, nil, err
 	}
-	if c.Subject, err = stringClaim(raw, "sub"); err != nil {
-		return nil, err
+	if f.sub, err = stringClaim(raw, "sub"); err != nil {
+		return nil, nil, err
 	}
-	if c.Audience, err = audienceClaim(raw); err != nil {
-		return nil, err
+	if f.aud, err = audienceClaim(raw); err != nil {
+		return nil, nil, err
 	}
 	var ok bool
 	if c.exp, ok, err = numericDate(raw, "exp"); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if !ok {
-		return nil, fmt.Errorf("%w: exp is required", ErrClaimInvalid)
+		return nil, nil, fmt.Errorf("%w: exp is required", ErrClaimInvalid)
 	}
-	c.ExpiresAt = toTime(c.exp)
-	if c.nbf, ok, err = numericDate(raw, "nbf"); err != nil {
-		return nil, err
-	} else if ok {
-		c.NotBefore = toTime(c.nbf)
+	if c.nbf, c.hasNbf, err = numericDate(raw, "nbf"); err != nil {
+		return nil, nil, err
 	}
-	if iat, ok, err := numericDate(raw, "iat"); err != nil {
-		return nil, err
-	} else if ok {
-		c.IssuedAt = toTime(iat)
+	if c.iat, c.hasIat, err = numericDate(raw, "iat"); err != nil {
+		return nil, nil, err
 	}
-	var invalidScope bool
-	if c.Scopes, invalidScope, err = scopes(raw); err != nil {
-		return nil, err
+	if f.scopes, c.unsafeScope, err = scopes(raw); err != nil {
+		return nil, nil, err
 	}
-	c.ScopeText = strings.Join(c.Scopes, " ")
-	c.unsafe = unsafeClaims(raw)
-	c.unsafeScope = invalidScope
+	f.unsafe = unsafeClaims(raw)
 	if s, ok := raw["client_id"].(string); ok && s != "" {
-		c.caller = s
+		f.caller = s
 	} else {
-		c.caller, _ = raw["azp"].(string)
+		f.caller, _ = raw["azp"].(string)
 	}
-	c.idp, _ = raw["idp"].(string)
-	c.id, _ = raw["jti"].(string)
-	// The strings the parser made are copies of their own: keeping them
-	// keeps nothing else of the map alive.
-	c.size = claimsOverhead + c.stringBytes()
-	return c, nil
+	f.idp, _ = raw["idp"].(string)
+	f.id, _ = raw["jti"].(string)
+	c.pack(&f)
+	return c, raw, nil
 }
 
-// stringBytes is about what the kept strings and slices take.
-func (c *Claims) stringBytes() int64 {
-	n := len(c.Issuer) + len(c.Subject) + len(c.caller) + len(c.idp) + len(c.id) + len(c.ScopeText)
-	for _, s := range c.Audience {
-		n += len(s) + sizeElem
+// claimFields are the strings a Claims keeps, before pack copies them.
+type claimFields struct {
+	signed, iss, sub, caller, idp, id string
+	aud, scopes, unsafe               []string
+	issuer                            string // the provider's
+}
+
+// pack copies every string the claims keep into one byte buffer, and makes
+// the claims' strings views of it (unsafe.String) and their three slices
+// views of one array: a cached token is then three objects (the Claims, the
+// buffer, which holds no pointer, and the array) rather than one for each
+// claim, for the garbage collector to mark on every cycle. The buffer is
+// written here, before any view of it exists, and never again; nothing but
+// the views reaches it. So the views are as immutable as any string.
+func (c *Claims) pack(f *claimFields) {
+	n := len(f.signed) + len(f.sub)
+	if f.iss != f.issuer {
+		n += len(f.iss)
 	}
-	for _, s := range c.Scopes {
-		n += len(s) + sizeElem
+	n += len(f.caller) + len(f.idp) + len(f.id)
+	for _, s := range f.aud {
+		n += len(s)
 	}
-	for _, s := range c.unsafe {
-		n += len(s) + sizeElem
+	for _, s := range f.scopes {
+		n += len(s) + 1 // and a space in ScopeText
 	}
-	return int64(n + 3*sizeSlice)
+	for _, s := range f.unsafe {
+		n += len(s)
+	}
+	// Grown, not made: append rounds the capacity up to the allocation's
+	// size class, so that cap(buf) is what the buffer costs.
+	buf := slices.Grow([]byte(nil), n)
+	view := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		start := len(buf)
+		buf = append(buf, s...) // within cap: never reallocates
+		return unsafe.String(&buf[start], len(s))
+	}
+	c.signed = view(f.signed)
+	if f.iss == f.issuer {
+		c.Issuer = f.issuer
+	} else {
+		c.Issuer = view(f.iss)
+	}
+	c.Subject = view(f.sub)
+	c.caller = view(f.caller)
+	c.idp = view(f.idp)
+	c.id = view(f.id)
+
+	var strs []string
+	if k := len(f.aud) + len(f.scopes) + len(f.unsafe); k > 0 {
+		strs = slices.Grow([]string(nil), k)
+	}
+	for _, s := range f.aud {
+		strs = append(strs, view(s))
+	}
+	if f.aud != nil {
+		c.Audience = strs[:len(strs):len(strs)]
+	}
+	// The scopes are views of ScopeText: them, joined by spaces.
+	from, start := len(strs), len(buf)
+	for i, s := range f.scopes {
+		if i > 0 {
+			buf = append(buf, ' ')
+		}
+		strs = append(strs, view(s))
+	}
+	if len(buf) > start {
+		c.ScopeText = unsafe.String(&buf[start], len(buf)-start)
+	}
+	if f.scopes != nil {
+		c.Scopes = strs[from:len(strs):len(strs)]
+	}
+	from = len(strs)
+	for _, s := range f.unsafe {
+		strs = append(strs, view(s))
+	}
+	if f.unsafe != nil {
+		c.unsafe = strs[from:len(strs):len(strs)]
+	}
+	c.size = int32(claimsOverhead + cap(buf) + cap(strs)*sizeString)
 }
 
 // unsafeClaims lists the top-level claims holding a string, or an array of
@@ -198,6 +277,25 @@ func (c *Claims) forwardable(names ...string) bool {
 		}
 	}
 	return true
+}
+
+// ExpiresAt is the token's exp.
+func (c *Claims) ExpiresAt() time.Time { return toTime(c.exp) }
+
+// NotBefore is the token's nbf; the zero Time when it has none.
+func (c *Claims) NotBefore() time.Time {
+	if !c.hasNbf {
+		return time.Time{}
+	}
+	return toTime(c.nbf)
+}
+
+// IssuedAt is the token's iat; the zero Time when it has none.
+func (c *Claims) IssuedAt() time.Time {
+	if !c.hasIat {
+		return time.Time{}
+	}
+	return toTime(c.iat)
 }
 
 // Caller is the application or client the token was issued to: client_id
@@ -335,7 +433,7 @@ func (c *Claims) checkTimes(now time.Time, leeway time.Duration) error {
 
 // checkIssuedAt rejects a token issued in the future (beyond leeway).
 func (c *Claims) checkIssuedAt(now time.Time, leeway time.Duration) error {
-	if !c.IssuedAt.IsZero() && c.IssuedAt.After(now.Add(leeway)) {
+	if c.hasIat && c.IssuedAt().After(now.Add(leeway)) {
 		return fmt.Errorf("%w: iat is in the future", ErrNotYetValid)
 	}
 	return nil

@@ -34,9 +34,23 @@ var (
 // depth (RFC 7515 §5.2, RFC 7519 §4: two parsers must not read different
 // claims from one token), and nesting deeper than maxJSONDepth. Invalid UTF-8
 // and lone surrogates become U+FFFD, as with encoding/json.
+//
+// Its strings, names and numbers are views of data wherever they need no
+// unescaping (unsafe.String), not copies: data must not change after, and
+// every caller parses bytes it has just decoded and never writes again. A
+// string kept keeps data alive; what the verified-token cache keeps it
+// copies (Claims.pack).
 func parseJSONObject(data []byte) (map[string]any, error) {
 	m, _, err := parseJSONObjectSize(data)
 	return m, err
+}
+
+// parseJSONObjectHint is parseJSONObject with the map sized for members
+// top-level members (as scanTop counted them), so that it does not grow
+// member by member. Nested objects get no hint: see object.
+func parseJSONObjectHint(data []byte, members int) (map[string]any, error) {
+	p := jsonParser{data: data, maxValues: maxJSONValues, members: members}
+	return p.top()
 }
 
 // parseJSONObjectSize is parseJSONObject, also returning about how many
@@ -49,19 +63,25 @@ func parseJSONObjectSize(data []byte) (map[string]any, int64, error) {
 // the values (a JOSE header holds a handful).
 func parseJSONObjectLimit(data []byte, maxValues int) (map[string]any, int64, error) {
 	p := jsonParser{data: data, maxValues: maxValues}
+	v, err := p.top()
+	return v, p.size, err
+}
+
+// top parses the whole of p.data as one object.
+func (p *jsonParser) top() (map[string]any, error) {
 	p.skipSpace()
 	if p.i >= len(p.data) || p.data[p.i] != '{' {
-		return nil, 0, errJSONNotObject
+		return nil, errJSONNotObject
 	}
 	v, err := p.object(0)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	p.skipSpace()
 	if p.i != len(p.data) {
-		return nil, 0, errJSONSyntax
+		return nil, errJSONSyntax
 	}
-	return v, p.size, nil
+	return v, nil
 }
 
 type jsonParser struct {
@@ -70,6 +90,7 @@ type jsonParser struct {
 	values    int   // values parsed so far
 	maxValues int   // maxJSONValues when 0
 	size      int64 // bytes the result holds, estimated (see count)
+	members   int   // the top-level object's members, when known: its map's size
 }
 
 // Memory the parser's values hold, estimated from Go's representation: a
@@ -82,6 +103,7 @@ const (
 	sizeBoxed    = 16 // a string or json.Number stored in an interface
 	sizeSlice    = 24
 	sizeElem     = 16 // an interface in a slice
+	sizeString   = 16 // a string header
 )
 
 // count notes one more value, refusing more than maxJSONValues.
@@ -147,9 +169,15 @@ func (p *jsonParser) object(depth int) (map[string]any, error) {
 		return nil, errJSONDepth
 	}
 	p.i++ // '{'
-	// No size hint: a hint reserves room before a single member is seen,
-	// which thousands of empty objects would turn into megabytes.
-	m := map[string]any{}
+	// No size hint below the top: a hint reserves room before a single
+	// member is seen, which thousands of empty objects would turn into
+	// megabytes. The top level's members were counted by a scan already.
+	var m map[string]any
+	if depth == 0 && p.members > 0 {
+		m = make(map[string]any, p.members)
+	} else {
+		m = map[string]any{}
+	}
 	defer func() { p.size += sizeMap + sizeMapSlot*int64(max(len(m), sizeMapSlots)) }()
 	p.skipSpace()
 	if p.i < len(p.data) && p.data[p.i] == '}' {
@@ -229,16 +257,24 @@ func (p *jsonParser) array(depth int) ([]any, error) {
 	}
 }
 
+// view is b as a string, without a copy: b must never change after.
+func view(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
 // string reads a string literal starting at the opening quote.
 func (p *jsonParser) string() (string, error) {
 	start := p.i + 1
 	// Fast path: printable ASCII without escapes, the shape of nearly every
-	// claim, is copied once.
+	// claim, is a view of the data.
 	for j := start; j < len(p.data); j++ {
 		c := p.data[j]
 		if c == '"' {
 			p.i = j + 1
-			return string(p.data[start:j]), nil
+			return view(p.data[start:j]), nil
 		}
 		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
 			break
@@ -250,7 +286,7 @@ func (p *jsonParser) string() (string, error) {
 		switch {
 		case c == '"':
 			p.i = j + 1
-			return string(buf), nil
+			return view(buf), nil // buf is this string's own
 		case c < 0x20:
 			return "", errJSONSyntax
 		case c == '\\':
@@ -371,5 +407,5 @@ func (p *jsonParser) number() (json.Number, error) {
 	if f, err := strconv.ParseFloat(unsafe.String(&d[start], i-start), 64); err != nil || math.IsInf(f, 0) {
 		return "", errJSONNumber
 	}
-	return json.Number(d[start:i]), nil
+	return json.Number(view(d[start:i])), nil
 }

@@ -25,6 +25,7 @@ func (s span) present() bool { return s.end > 0 }
 type topClaims struct {
 	data                    []byte
 	iss, exp, nbf, iat, aud span
+	members                 int // top-level members seen
 }
 
 // scanTop walks the top-level members of the payload object data. It
@@ -61,6 +62,7 @@ func scanTop(data []byte) (topClaims, error) {
 		if err != nil {
 			return t, err
 		}
+		t.members++
 		if dst := t.slot(name, escaped); dst != nil && !dst.present() {
 			*dst = span{i, vend}
 		}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/lestrrat-go/jwx/v3/jws/jwsbb"
 )
@@ -162,56 +163,59 @@ func (p *Provider) Issuer() string { return p.issuer }
 // no key fetch and no signature check. The audience check moves after the
 // signature for providers that ask for it (AudienceAfterSignature), and
 // steps 4–7 with it for SignatureFirst.
-func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxSize int) (*Claims, error) {
+func (p *Provider) verify(ctx context.Context, token string, now time.Time, maxSize int) (*Claims, map[string]any, error) {
 	pt, err := parseCompact(token, maxSize)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	top, err := scanTop(pt.payload)
 	if err != nil {
-		return nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
+		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
 	return p.verifyParsed(ctx, pt, &top, now)
 }
 
 // verifyParsed is verify from step 3 on, for a token already parsed and
 // scanned (steps 1 and 2), so that choosing the provider by iss costs no
-// second scan.
-func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, top *topClaims, now time.Time) (*Claims, error) {
+// second scan. It returns the claims, and every claim as parseClaims read
+// it (the caller's own map).
+func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, top *topClaims, now time.Time) (*Claims, map[string]any, error) {
 	if !slices.Contains(p.algorithms, pt.alg) {
-		return nil, fmt.Errorf("%w: %s", ErrAlgorithmNotAllowed, quoted(pt.alg))
+		return nil, nil, fmt.Errorf("%w: %s", ErrAlgorithmNotAllowed, quoted(pt.alg))
 	}
 	if !p.sigFirst {
 		if err := p.preCheck(pt, top, now); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	key, err := p.keys.Key(ctx, pt.kid)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !key.Allows(pt.alg) {
-		return nil, fmt.Errorf("%w: %s does not match key %s", ErrAlgorithmNotAllowed, pt.alg, quoted(pt.kid))
+		return nil, nil, fmt.Errorf("%w: %s does not match key %s", ErrAlgorithmNotAllowed, pt.alg, quoted(pt.kid))
 	}
-	if err := jwsbb.Verify(key.public, pt.alg, []byte(pt.signingInput), pt.signature); err != nil {
-		return nil, ErrSignatureInvalid
+	// The signing input in place: jwsbb only reads it (hashes it, or hands
+	// it to ed25519.Verify), and a conversion would copy the token.
+	input := unsafe.Slice(unsafe.StringData(pt.signingInput), len(pt.signingInput))
+	if err := jwsbb.Verify(key.public, pt.alg, input, pt.signature); err != nil {
+		return nil, nil, ErrSignatureInvalid
 	}
-	c, err := parseClaims(pt.payload)
+	c, raw, err := parseClaims(pt.payload, pt.signingInput, top.members, p.issuer)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	c.signed = pt.signingInput
 	switch {
 	case p.sigFirst:
 		if err := p.checkClaims(pt, c, now, true); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	case p.audLate:
 		if err := p.checkAudience(c); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return c, nil
+	return c, raw, nil
 }
 
 // preCheck is steps 4 to 7 on the scanned claims, before the signature:

@@ -98,11 +98,27 @@ func (v *Validator) Provider(name string) (*Provider, bool) {
 // Provider.verify for every step) and returns its claims. Every rejection
 // wraps one of the package's sentinel errors.
 func (v *Validator) Validate(ctx context.Context, provider, token string) (*Claims, error) {
+	c, _, err := v.validateRaw(ctx, provider, token, false)
+	return c, err
+}
+
+// ValidateRaw is Validate, also returning every claim as Claims.Raw does:
+// the map the verification parsed when the token was not in the cache, so
+// that a new token's payload is parsed once.
+func (v *Validator) ValidateRaw(ctx context.Context, provider, token string) (*Claims, map[string]any, error) {
+	return v.validateRaw(ctx, provider, token, true)
+}
+
+func (v *Validator) validateRaw(ctx context.Context, provider, token string, wantRaw bool) (*Claims, map[string]any, error) {
 	p, ok := v.providers[provider]
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownProvider, quoted(provider))
+		return nil, nil, fmt.Errorf("%w: %s", ErrUnknownProvider, quoted(provider))
 	}
-	return v.validate(ctx, p, token)
+	c, raw, err := v.validate(ctx, p, token)
+	if err == nil && raw == nil && wantRaw {
+		raw = c.Raw()
+	}
+	return c, raw, err
 }
 
 // ValidateByIssuer checks token against the provider whose issuer is the
@@ -113,59 +129,78 @@ func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims
 	if c, p, ok, err := v.cachedByIssuer(token); ok {
 		return c, p, err
 	}
+	c, _, p, err := v.verifyByIssuer(ctx, token)
+	return c, p, err
+}
+
+// ValidateByIssuerRaw is ValidateByIssuer, also returning every claim as
+// ValidateRaw does.
+func (v *Validator) ValidateByIssuerRaw(ctx context.Context, token string) (*Claims, map[string]any, *Provider, error) {
+	if c, p, ok, err := v.cachedByIssuer(token); ok {
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return c, c.Raw(), p, nil
+	}
 	return v.verifyByIssuer(ctx, token)
 }
 
 // verifyByIssuer is ValidateByIssuer after a cache miss. The token is
-// parsed once: its iss chooses whose keys verify it.
-func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
+// parsed once: its iss chooses whose keys verify it. It returns every claim
+// too, as the verification parsed them (the caller's own map).
+func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, map[string]any, *Provider, error) {
 	pt, err := parseCompact(token, v.maxSize)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	top, err := scanTop(pt.payload)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
+		return nil, nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
 	// exp, nbf and iat are read now, whoever the issuer: a malformed date is
 	// the same answer for every provider.
 	var t timeClaims
 	if err := t.read(&top); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	iss, _, err := top.str(top.iss, "iss")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	p, ok := v.byIssuer[iss]
 	if !ok {
-		return nil, nil, ErrIssuerNotTrusted
+		return nil, nil, nil, ErrIssuerNotTrusted
 	}
 	now := v.now()
-	c, err := p.verifyParsed(ctx, pt, &top, now)
+	c, raw, err := p.verifyParsed(ctx, pt, &top, now)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	v.store(token, p, c, now)
+	return c, raw, p, nil
+}
+
+// validate is Validate with p chosen; on a cache miss it returns every
+// claim too (nil on a hit).
+func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*Claims, map[string]any, error) {
+	if len(token) > v.maxSize {
+		return nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
+	}
+	if v.cache != nil {
+		if c, _, ok, err := v.cached(token, p); ok {
+			if err != nil {
+				return nil, nil, err
+			}
+			return c, nil, nil
+		}
+	}
+	now := v.now()
+	c, raw, err := p.verify(ctx, token, now, v.maxSize)
 	if err != nil {
 		return nil, nil, err
 	}
 	v.store(token, p, c, now)
-	return c, p, nil
-}
-
-func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*Claims, error) {
-	if len(token) > v.maxSize {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
-	}
-	if v.cache != nil {
-		if c, _, ok, err := v.cached(token, p); ok {
-			return c, err
-		}
-	}
-	now := v.now()
-	c, err := p.verify(ctx, token, now, v.maxSize)
-	if err != nil {
-		return nil, err
-	}
-	v.store(token, p, c, now)
-	return c, nil
+	return c, raw, nil
 }
 
 // store remembers a token that passed verification.
@@ -175,9 +210,8 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
 	}
 	dot := signatureDot(token)
 	key := signatureKey(token[dot+1:])
-	// Clone: the token points into the caller's buffer, which must not be kept.
-	e := cacheEntry{provider: p, signed: strings.Clone(token[:dot]), claims: c}
-	c.signed = e.signed // one copy, shared: not yet seen by any other goroutine
+	// The claims hold a copy of the signed part, never the caller's buffer.
+	e := cacheEntry{provider: p, claims: c}
 	v.cache.Put(&key, e, entrySize(&e), expiryNanos(c.exp, p), now.UnixNano())
 }
 
@@ -197,7 +231,7 @@ func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider
 	key := signatureKey(token[dot+1:])
 	now := v.now()
 	e, hit := v.cache.Get(&key, now.UnixNano())
-	if !hit || (want != nil && e.provider != want) || e.signed != token[:dot] {
+	if !hit || (want != nil && e.provider != want) || e.claims.signed != token[:dot] {
 		return nil, nil, false, nil
 	}
 	if err := e.claims.checkTimes(now, e.provider.leeway); err != nil {

@@ -246,7 +246,9 @@ func (a *Authority) exchange(ctx context.Context, req Request, o *Outcome) (*Res
 func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, now time.Time, o *Outcome) (*Response, error) {
 	client := as.client
 
-	subject, provider, err := a.cfg.Subjects.ValidateByIssuer(ctx, req.SubjectToken)
+	// Every claim too: parsed by the verification of a new subject token,
+	// from the cached claims' payload otherwise.
+	subject, raw, provider, err := a.cfg.Subjects.ValidateByIssuerRaw(ctx, req.SubjectToken)
 	if err != nil {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", err)
 	}
@@ -286,11 +288,10 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 
 	// The token never outlives the one it was exchanged for: a chain of
 	// exchanges, or a cycle of applications, cannot keep a session alive.
-	exp := min(now.Add(a.cfg.TokenLifetime).Unix(), subject.ExpiresAt.Unix())
+	exp := min(now.Add(a.cfg.TokenLifetime).Unix(), subject.ExpiresAt().Unix())
 	if exp <= now.Unix() {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", authz.ErrExpired)
 	}
-	raw := subject.Raw()
 	claims := make(map[string]any, len(raw)+4)
 	for name, v := range raw {
 		if !protocolClaims[name] {
@@ -510,17 +511,17 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	if len(c.Audience) != 1 {
 		return bad("aud must be the token endpoint alone")
 	}
-	if c.IssuedAt.IsZero() {
+	if c.IssuedAt().IsZero() {
 		return bad("iat is required")
 	}
-	if c.ExpiresAt.Sub(c.IssuedAt) > MaxAssertionLifetime || c.ExpiresAt.Sub(now) > MaxAssertionLifetime+assertionLeeway {
+	if exp, iat := c.ExpiresAt(), c.IssuedAt(); exp.Sub(iat) > MaxAssertionLifetime || exp.Sub(now) > MaxAssertionLifetime+assertionLeeway {
 		return bad("exp must be at most 120 seconds after iat and now")
 	}
 	jti := c.ID()
 	if jti == "" {
 		return bad("jti is required")
 	}
-	return clientAssertion{client: client, jti: jti, expires: c.ExpiresAt.Add(assertionLeeway)}, nil
+	return clientAssertion{client: client, jti: jti, expires: c.ExpiresAt().Add(assertionLeeway)}, nil
 }
 
 // clientAuthFailed is the one answer to an assertion whose client, key or

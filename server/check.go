@@ -16,7 +16,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
@@ -310,12 +310,11 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	if d.Claims != nil {
 		answer = d.Claims.Derive(app, func() any { return identityAnswer(d, app) }).(*preMarshalled)
 	}
-	set := answer.sets
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
 	var remove []string
 	reqHeaders.each(func(name string) {
-		if spoofsIdentity(name) && !setsHeader(set, name) {
+		if spoofsIdentity(name) && !answer.setsHeader(app, name) {
 			remove = append(remove, name)
 		}
 	})
@@ -334,40 +333,55 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	return res
 }
 
-// identityAnswer is identityResponse, pre-marshalled. The answer is kept
-// with the token in the verified-token cache, which counts it at
-// authz.DerivedAllowance bytes: a token whose claims would make it larger
-// is answered without them in dynamic_metadata (the identity headers are
-// always there).
+// identityAnswer is the allow answer for a token and an application,
+// marshalled: the identity headers, and the claims as dynamic metadata.
+// The answer is kept with the token in the verified-token cache, which
+// counts it at authz.DerivedAllowance bytes: a token whose claims would
+// make it larger is answered without them in dynamic_metadata (the
+// identity headers are always there). Both are written in their wire form
+// straight from the claims, with no message built and no reflection, into
+// one buffer of their exact size.
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
-	raw := d.Claims.Raw() // once per token and application
-	res := identityResponse(d, app, raw)
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(res)
-	if err != nil {
-		panic(err) // a message of strings; cannot fail
-	}
+	raw := d.RawClaims() // parsed by the verification on a cache miss
+	var stack [8]answerHeader
+	hs, sets := identityHeaders(d, app, raw, stack[:0])
+	n := identityWireSize(hs)
+	var md structWire
+	mdSize := 0
 	if !app.NoDynamicMetadata {
 		// An answer past the allowance goes without its metadata, so that
 		// one large token cannot take a large share of the cache.
-		if full, err := appendDynamicMetadata(slices.Clip(b), metadataNamespace, raw); err == nil && len(full) <= authz.DerivedAllowance {
-			b = full
+		if m, err := md.size(metadataNamespace, raw); err == nil && answerOverhead+n+m <= authz.DerivedAllowance {
+			mdSize = m
 		}
 	}
-	return newPreMarshalledBytes(b, res)
+	wire := appendIdentityWire(make([]byte, 0, n+mdSize), hs)
+	if mdSize > 0 {
+		wire = md.append(wire, metadataNamespace, raw)
+	}
+	return newPreMarshalledBytes(wire, sets)
 }
 
-// identityResponse is the allow response for a token and an application:
-// the identity headers. The claims as dynamic metadata are appended to its
-// wire form (identityAnswer).
-func identityResponse(d authz.Decision, app *authz.Application, raw map[string]any) *authv3.CheckResponse {
-	ok := &authv3.OkHttpResponse{}
+// answerOverhead is what an answer kept with a token costs besides its
+// bytes: the preMarshalled, and the claims' slot for it (authz.Claims.Derive),
+// rounded up.
+const answerOverhead = 128
+
+// answerHeader is a header an allow answer sets.
+type answerHeader struct{ name, value string }
+
+// identityHeaders appends to hs the headers of the allow answer for a token
+// and an application, those with a value, in the order of
+// answerHeaders(app), and says which they are as preMarshalled.sets has
+// them.
+func identityHeaders(d authz.Decision, app *authz.Application, raw map[string]any, hs []answerHeader) (_ []answerHeader, sets uint64) {
+	i := 0
 	set := func(name, value string) {
 		if value != "" {
-			ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
-				Header:       &corev3.HeaderValue{Key: name, Value: value},
-				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-			})
+			hs = append(hs, answerHeader{name, value})
+			sets |= 1 << min(i, moreHeaders)
 		}
+		i++
 	}
 	c := d.Claims
 	set(authz.HeaderSubject, c.Subject)
@@ -377,20 +391,58 @@ func identityResponse(d authz.Decision, app *authz.Application, raw map[string]a
 	for _, fc := range app.ForwardClaims {
 		set(fc.Header, claimString(raw[fc.Claim]))
 	}
-	return &authv3.CheckResponse{
-		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
-	}
+	return hs, sets
 }
 
-func setsHeader(names []string, name string) bool {
-	for _, n := range names {
-		if strings.EqualFold(n, name) {
-			return true
-		}
+// Field numbers of CheckResponse (external_auth.proto), OkHttpResponse,
+// HeaderValueOption and HeaderValue (base.proto), and the append action.
+const (
+	checkStatus            protowire.Number = 1
+	checkOkResponse        protowire.Number = 3
+	okHeaders              protowire.Number = 2
+	optionHeader           protowire.Number = 1
+	optionAppendAction     protowire.Number = 3
+	headerKey              protowire.Number = 1
+	headerValue            protowire.Number = 2
+	overwriteIfExistsOrAdd                  = uint64(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD)
+)
+
+// appendIdentityWire appends CheckResponse{status: OK, ok_response:
+// {headers: hs, each to overwrite}} as proto.Marshal writes it, byte for
+// byte (TestIdentityWire). The values are claims, which the token's parser
+// made valid UTF-8, as a string field must be.
+func appendIdentityWire(b []byte, hs []answerHeader) []byte {
+	b = protowire.AppendTag(b, checkStatus, protowire.BytesType)
+	b = protowire.AppendVarint(b, 0) // google.rpc.Status{code: OK}: no field set
+	b = protowire.AppendTag(b, checkOkResponse, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(okResponseSize(hs)))
+	for _, h := range hs {
+		hv := lenString(h.name) + lenString(h.value)
+		b = protowire.AppendTag(b, okHeaders, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(lenField(hv)+2))
+		b = protowire.AppendTag(b, optionHeader, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(hv))
+		b = protowire.AppendTag(b, headerKey, protowire.BytesType)
+		b = protowire.AppendString(b, h.name)
+		b = protowire.AppendTag(b, headerValue, protowire.BytesType)
+		b = protowire.AppendString(b, h.value)
+		b = protowire.AppendTag(b, optionAppendAction, protowire.VarintType)
+		b = protowire.AppendVarint(b, overwriteIfExistsOrAdd)
 	}
-	return false
+	return b
 }
+
+// okResponseSize is the size of the OkHttpResponse setting hs.
+func okResponseSize(hs []answerHeader) int {
+	n := 0
+	for _, h := range hs {
+		n += lenField(lenField(lenString(h.name)+lenString(h.value)) + 2) // and append_action: a tag and a one-byte varint
+	}
+	return n
+}
+
+// identityWireSize is the length appendIdentityWire appends.
+func identityWireSize(hs []answerHeader) int { return 2 + lenField(okResponseSize(hs)) }
 
 // claimString renders a claim as a header value: strings as they are,
 // anything else as JSON.

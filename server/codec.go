@@ -2,12 +2,16 @@ package server
 
 import (
 	"context"
+	"iter"
+	"strings"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/vakt-dev/vakt/authz"
 
 	// The proto codec registers itself; codec delegates to it.
 	_ "google.golang.org/grpc/encoding/proto"
@@ -18,40 +22,91 @@ import (
 // first verified and written as it is on every Check after. It is shared
 // and never modified.
 //
-// It keeps the bytes only, not the message they came from (a tree of
-// pointers the garbage collector would trace for every cached token), and
-// the names of the headers the answer sets.
+// It is one object and its bytes, kept with the token in the verified-token
+// cache: no message (a tree of pointers the garbage collector would trace
+// for every cached token), the one-element BufferSlice the codec returns in
+// the object itself, and the headers the answer sets as bits.
 type preMarshalled struct {
-	wire mem.BufferSlice
-	sets []string
+	bytes mem.SliceBuffer
+	buf   [1]mem.Buffer // &bytes: a pointer in an interface, not a copy
+	// sets has bit i set when the answer sets the i-th header of
+	// answerHeaders(app), for i < 63; bit 63 when it sets any past them
+	// (an application forwarding more than 59 claims), which setsHeader
+	// then reads from the message.
+	sets uint64
 }
+
+// moreHeaders is the bit of preMarshalled.sets for the headers past 63.
+const moreHeaders = 63
 
 func newPreMarshalled(m *authv3.CheckResponse) (*preMarshalled, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	return newPreMarshalledBytes(b, m), nil
+	return newPreMarshalledBytes(b, 0), nil
 }
 
-// newPreMarshalledBytes keeps b, m's wire form with perhaps more appended,
-// and the names of the headers m sets.
-func newPreMarshalledBytes(b []byte, m *authv3.CheckResponse) *preMarshalled {
-	p := &preMarshalled{wire: mem.BufferSlice{mem.SliceBuffer(b)}}
-	for _, h := range m.GetOkResponse().GetHeaders() {
-		p.sets = append(p.sets, h.GetHeader().GetKey())
-	}
+// newPreMarshalledBytes keeps b, an answer's wire form, which sets the
+// headers sets says.
+func newPreMarshalledBytes(b []byte, sets uint64) *preMarshalled {
+	p := &preMarshalled{sets: sets, bytes: b}
+	p.buf[0] = &p.bytes
 	return p
 }
+
+// wire is the answer's bytes as the codec returns them. Nothing frees
+// them: a SliceBuffer's Free does nothing.
+func (p *preMarshalled) wire() mem.BufferSlice { return p.buf[:] }
 
 // message decodes the answer, into a message of the caller's own: for the
 // rare answer that needs a change, and for callers that want a message.
 func (p *preMarshalled) message() *authv3.CheckResponse {
 	var m authv3.CheckResponse
-	if err := proto.Unmarshal(p.wire.Materialize(), &m); err != nil {
+	if err := proto.Unmarshal(p.bytes, &m); err != nil {
 		panic(err) // bytes proto.Marshal made; cannot fail
 	}
 	return &m
+}
+
+// setsHeader reports whether the answer sets the header name (in any
+// case), app being the application it was made for.
+func (p *preMarshalled) setsHeader(app *authz.Application, name string) bool {
+	for i, h := range answerHeaders(app) {
+		if i >= moreHeaders {
+			break
+		}
+		if p.sets&(1<<i) != 0 && strings.EqualFold(h, name) {
+			return true
+		}
+	}
+	if p.sets&(1<<moreHeaders) == 0 {
+		return false
+	}
+	for _, h := range p.message().GetOkResponse().GetHeaders() {
+		if strings.EqualFold(h.GetHeader().GetKey(), name) {
+			return true
+		}
+	}
+	return false
+}
+
+// answerHeaders lists, in order, every header an allow answer for app may
+// set: the identity headers, then the claims the application forwards.
+func answerHeaders(app *authz.Application) iter.Seq2[int, string] {
+	return func(yield func(int, string) bool) {
+		fixed := [...]string{authz.HeaderSubject, authz.HeaderClientID, authz.HeaderIdentityProvider, authz.HeaderScope}
+		for i, h := range fixed {
+			if !yield(i, h) {
+				return
+			}
+		}
+		for j, fc := range app.ForwardClaims {
+			if !yield(len(fixed)+j, fc.Header) {
+				return
+			}
+		}
+	}
 }
 
 // codec is gRPC's proto codec, but for a *preMarshalled, whose bytes it
@@ -63,7 +118,7 @@ func newCodec() codec { return codec{proto: encoding.GetCodecV2("proto")} }
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if p, ok := v.(*preMarshalled); ok {
-		return p.wire, nil // SliceBuffer's Free does nothing: the bytes stay ours
+		return p.wire(), nil // SliceBuffer's Free does nothing: the bytes stay ours
 	}
 	return c.proto.Marshal(v)
 }

@@ -1,12 +1,20 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/vakt-dev/vakt/authz"
 )
 
 // A cached allow is written as the bytes marshalled when the token was
@@ -82,5 +90,85 @@ func TestCheckManyHeaders(t *testing.T) {
 	res, err = svc.Check(context.Background(), req)
 	if err != nil || res.GetDeniedResponse().GetStatus().GetCode() != 400 {
 		t.Fatalf("1100 headers: %v %v", res, err)
+	}
+}
+
+// An answer says which headers it sets as bits of answerHeaders, and past
+// 63 in its message: setsHeader agrees with the headers the message holds, in any
+// case, for an application forwarding more claims than there are bits, and
+// a client's header that vakt does not set (its claim absent) is removed.
+func TestPreMarshalledSetsHeader(t *testing.T) {
+	p, err := authz.NewProvider(authz.ProviderConfig{Name: "idp", Issuer: "https://idp.example", Keys: authz.StaticKeys{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &authz.Application{}
+	raw := map[string]any{}
+	for i := range 70 {
+		name := fmt.Sprintf("c%d", i)
+		app.ForwardClaims = append(app.ForwardClaims, authz.ClaimHeader{Claim: name, Header: "x-vakt-" + name})
+		if i%3 != 0 {
+			raw[name] = "v"
+		}
+	}
+	for _, c := range []*authz.Claims{{Subject: "s", ScopeText: "read"}, {}} {
+		d := authz.Decision{Allow: true, Claims: c, Provider: p}
+		hs, sets := identityHeaders(d, app, raw, nil)
+		answer := newPreMarshalledBytes(appendIdentityWire(nil, hs), sets)
+		set := headerMap(answer.message().GetOkResponse().GetHeaders())
+		n := 0
+		for _, h := range answerHeaders(app) {
+			n++
+			_, want := set[h]
+			if got := answer.setsHeader(app, strings.ToUpper(h)); got != want {
+				t.Errorf("claims %+v: setsHeader(%s) = %v, the message sets it: %v", c.Subject, h, got, want)
+			}
+		}
+		if n != 4+70 || answer.setsHeader(app, "x-vakt-role") {
+			t.Fatalf("%d headers, or x-vakt-role set", n)
+		}
+	}
+	// Through Check, twice (verified, then cached): a token whose pid is
+	// null has a client's x-vakt-pid removed, and its subject set.
+	e := newCheckEnv(t)
+	tok := e.own(app1, appB, "read:users", "pid", nil)
+	for range 2 {
+		res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok, "x-vakt-pid": "0", "x-vakt-subject": "admin"}})
+		ok := res.GetOkResponse()
+		if ok == nil || !slices.Equal(ok.GetHeadersToRemove(), []string{"x-vakt-pid"}) || headerMap(ok.GetHeaders())[authz.HeaderSubject] != "user-1" {
+			t.Fatalf("answer %v", res)
+		}
+	}
+}
+
+// The identity headers' wire form is what proto.Marshal makes of the
+// message, byte for byte: no header, short and long names and values
+// (lengths that take two-byte varints), and non-ASCII text.
+func TestIdentityWire(t *testing.T) {
+	for _, hs := range [][]answerHeader{
+		nil,
+		{{authz.HeaderSubject, "user-1"}},
+		{{authz.HeaderSubject, "Åse Ødegård"}, {authz.HeaderClientID, "dev-gcp:team-a:app-1"}, {authz.HeaderScope, "openid read:users"}},
+		{{authz.HeaderSubject, strings.Repeat("s", 127)}, {"x-vakt-" + strings.Repeat("n", 120), strings.Repeat("v", 300)}},
+		{{authz.HeaderIdentityProvider, strings.Repeat("é", 5000)}},
+	} {
+		ok := &authv3.OkHttpResponse{}
+		for _, h := range hs {
+			ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+				Header:       &corev3.HeaderValue{Key: h.name, Value: h.value},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			})
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&authv3.CheckResponse{
+			Status:       &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := appendIdentityWire(nil, hs)
+		if !bytes.Equal(got, want) || len(got) != identityWireSize(hs) {
+			t.Fatalf("%d headers: got %x (sized %d), want %x", len(hs), got, identityWireSize(hs), want)
+		}
 	}
 }

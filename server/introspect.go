@@ -47,7 +47,7 @@ func (in *introspector) introspect(ctx context.Context, provider, token string) 
 	case token == "":
 		return introspection{}, "token is required"
 	}
-	c, err := in.validator().Validate(ctx, provider, token)
+	c, raw, err := in.validator().ValidateRaw(ctx, provider, token)
 	if err != nil {
 		r := authz.ReasonOf(err)
 		res := introspection{Reason: r, Error: introspectionError(err, r, provider)}
@@ -55,7 +55,7 @@ func (in *introspector) introspect(ctx context.Context, provider, token string) 
 		in.observe(ctx, start, provider, nil, r, err)
 		return res, ""
 	}
-	res := introspection{Active: true, Claims: c.Raw()}
+	res := introspection{Active: true, Claims: raw}
 	in.metrics.observeIntrospection(start, res)
 	in.observe(ctx, start, provider, c, authz.ReasonNone, nil)
 	return res, ""

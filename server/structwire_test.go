@@ -45,6 +45,12 @@ func checkStructWire(t *testing.T, doc string) {
 	if err != nil {
 		t.Fatalf("%s: %v", doc, err)
 	}
+	// The size pass measured exactly what the append pass wrote, and the
+	// buffer was made to it.
+	var w structWire
+	if n, err := w.size("vakt", claims); err != nil || n != len(got) || cap(got) != len(got) {
+		t.Fatalf("%s: sized %d (%v), wrote %d into %d", doc, n, err, len(got), cap(got))
+	}
 	if !bytes.Equal(got, want) {
 		var g, w authv3.CheckResponse
 		if err := proto.Unmarshal(got, &g); err != nil {
@@ -61,6 +67,27 @@ func checkStructWire(t *testing.T, doc string) {
 func TestDynamicMetadataWire(t *testing.T) {
 	for _, doc := range structWireSeeds {
 		checkStructWire(t, doc)
+	}
+}
+
+// The metadata costs a few allocations however many claims there are, and
+// however deep they nest: its buffer, and the sizes and keys noted for it.
+func TestDynamicMetadataWireAllocations(t *testing.T) {
+	d := json.NewDecoder(bytes.NewReader([]byte(`{"iss":"https://idp.example","sub":"user-1","aud":["a","b"],` +
+		`"client_id":"dev:ns:app","acr":"high","amr":["pwd"],"pid":"12345678901","scope":"openid read","iat":1,"exp":2,` +
+		`"jti":"id","groups":{"g1":[1,2,{"x":null}],"g2":true}}`)))
+	d.UseNumber()
+	var claims map[string]any
+	if err := d.Decode(&claims); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 0, 4096)
+	if n := testing.AllocsPerRun(20, func() {
+		if _, err := appendDynamicMetadata(b, "vakt", claims); err != nil {
+			t.Fatal(err)
+		}
+	}); n > 4 {
+		t.Fatalf("%.0f allocations for %d claims", n, len(claims))
 	}
 }
 
