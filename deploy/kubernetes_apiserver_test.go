@@ -454,6 +454,9 @@ applications:
 		"conditions": []any{map[string]any{
 			"type": "Ready", "status": "True", "reason": "Serving", "message": "vakt serves dev-gcp:team-b:app-b",
 			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339), "observedGeneration": app.GetGeneration(),
+		}, map[string]any{
+			"type": "ClientKey", "status": "True", "reason": "Published", "message": "key k1 is in Secret app-b-tokenx",
+			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339), "observedGeneration": app.GetGeneration(),
 		}},
 		"keys":       map[string]any{"keys": []any{key}},
 		"secretName": "app-b-tokenx",
@@ -465,7 +468,7 @@ applications:
 		t.Errorf("Application app-b: a status with ready: %v, want unknown field \"status.ready\"", err)
 	}
 	cols, row := tableRow(t, cfg, "/apis/vakt.dev/v1alpha1/namespaces/team-b/applications/app-b")
-	if !slices.Equal(cols, []string{"Name", "Ready", "Reason", "Secret", "Age"}) || row[0] != "app-b" || row[1] != "True" || row[2] != "Serving" || row[3] != "app-b-tokenx" {
+	if !slices.Equal(cols, []string{"Name", "Ready", "Reason", "Secret", "Key", "Age"}) || row[0] != "app-b" || row[1] != "True" || row[2] != "Serving" || row[3] != "app-b-tokenx" || row[4] != "Published" {
 		t.Errorf("kubectl get applications.vakt.dev shows %v: %v", cols, row)
 	}
 	if err := setStatus(jwkers.Namespace("myteam"), j, map[string]any{
