@@ -305,6 +305,21 @@ func TestKubeClientKeys(t *testing.T) {
 		t.Fatalf("the agent's exchange: %v %v", res, err)
 	}
 
+	// The target's rules, changed, are enforced by Exchange as they are by
+	// Check: about as fast (the latency is logged; the bound is generous).
+	old0 := e.secretKey("team-a", "app-1-tokenx")
+	changed := time.Now()
+	e.apply(applicationsGVR, "team-b", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-b","namespace":"team-b"},"spec":{"hosts":["app-b.example"]}}`)
+	e.until(5*time.Second, "the removed rule was never enforced by Exchange", func() bool {
+		return strings.Contains(e.exchangeAs(r1, "dev-gcp:team-a:app-1", old0, "dev-gcp:team-b:app-b"), "token exchange audience is invalid")
+	})
+	t.Logf("rule removed → exchange refused in %v", time.Since(changed).Round(time.Millisecond))
+	e.apply(applicationsGVR, "team-b", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-b","namespace":"team-b"},
+		"spec":{"accessPolicy":{"inbound":{"rules":[{"application":"app-1","namespace":"team-a"}]}}}}`)
+	e.until(5*time.Second, "the rule put back was never enforced by Exchange", func() bool {
+		return e.exchangeAs(r1, "dev-gcp:team-a:app-1", old0, "dev-gcp:team-b:app-b") == ""
+	})
+
 	// One replica made the key; both enforce with it.
 	leader := e.leader()
 	other := map[string]string{"r1": "r2", "r2": "r1"}[leader]
