@@ -330,6 +330,14 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) {
 		t := keyTarget{r: r, secretName: st.SecretName, overlap: cfg.Kubernetes.KeyOverlap.Std(),
 			env: clientEnv(cfg.Issuer, authz.AppID{Cluster: cfg.Cluster, Namespace: r.Namespace, Name: r.Name}.String())}
 		fp := t.fingerprint()
+		if _, seen := p.done[key]; !seen {
+			if due, ok := t.settled(now); ok {
+				// A replica newly elected takes what it finds published as
+				// done, to be checked within keyResync: its first pass is
+				// for what needs work, not thousands of reads at once.
+				p.done[key] = provisioned{fingerprint: fp, due: due}
+			}
+		}
 		if d, ok := p.done[key]; ok && d.fingerprint == fp && now.Before(d.due) {
 			continue
 		}
@@ -419,6 +427,28 @@ func (t keyTarget) fingerprint() string {
 		fmt.Fprintf(h, "%s=%s\n", k, t.env[k])
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// settled reports whether what the informer holds as published for the
+// target is complete (its Secret, the rotation asked for, a key), and when
+// to check it: at a random moment within keyResync, or when a retired key
+// expires.
+func (t keyTarget) settled(now time.Time) (time.Time, bool) {
+	if t.secretName == "" || len(t.r.Published) == 0 {
+		return time.Time{}, false
+	}
+	var pub publishedKeys
+	if json.Unmarshal(t.r.Published, &pub) != nil || pub.SecretName != t.secretName ||
+		(t.r.RotateKey != "" && t.r.RotateKey != pub.Rotation) || len(jwks(pub.Keys)) == 0 {
+		return time.Time{}, false
+	}
+	due := now.Add(time.Duration(rand.Int64N(int64(keyResync))))
+	for _, rk := range pub.RetiredKeys {
+		if rk.Until.Before(due) {
+			due = rk.Until
+		}
+	}
+	return due, true
 }
 
 // live is a resource as the API server has it now, not as a cache does:

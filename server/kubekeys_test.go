@@ -607,6 +607,22 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		return len(r.served(config.KindApplication, "team-a", "app-r")) == 1
 	})
 	first := e.secretKey("team-a", "app-r-tokenx")
+	key := config.KindApplication + "/team-a/app-r"
+	// A replica newly elected, whose account may not read anything yet,
+	// takes the complete record as done: no read at once, so no problem.
+	none, err := dynamic.NewForConfig(e.cluster.TokenFor(t, "prov"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.until(10*time.Second, "the informer never saw the record", func() bool {
+		got, ok := r.src.lookup(config.KindApplication, "team-a", "app-r")
+		return ok && len(got.Published) > 0
+	})
+	fresh := newKeyProvisioner(none, r.src, "vakt", quiet)
+	fresh.provision(ctx, r.cur.Load())
+	if d, ok := fresh.done[key]; !ok || fresh.problem(key) != "" || d.due.After(time.Now().Add(keyResync)) {
+		t.Fatalf("a new leader's first pass over a settled key: done %v %v, problem %q", d, ok, fresh.problem(key))
+	}
 
 	rbac := func(resource, object string) {
 		e.apply(schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: resource}, "", object)
@@ -615,11 +631,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 	rbac("clusterroles", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"prov"},"rules":[`+rules+`]}`)
 	rbac("clusterrolebindings", `{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding","metadata":{"name":"prov"},
 		"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"prov"},"subjects":[{"kind":"User","name":"prov"}]}`)
-	client, err := dynamic.NewForConfig(e.cluster.TokenFor(t, "prov"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newKeyProvisioner(client, r.src, "vakt", quiet)
+	p := newKeyProvisioner(none, r.src, "vakt", quiet)
 	clock := time.Now()
 	p.now = func() time.Time { return clock }
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"r1"}}}`, AnnotationRotateKey)
@@ -630,7 +642,6 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		got, ok := r.src.lookup(config.KindApplication, "team-a", "app-r")
 		return ok && got.RotateKey == "r1"
 	})
-	key := config.KindApplication + "/team-a/app-r"
 	e.until(10*time.Second, "publishing was never refused", func() bool {
 		p.provision(ctx, r.cur.Load())
 		return strings.Contains(p.problem(key), "publishing the keys: Forbidden (HTTP 403)")
