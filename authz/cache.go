@@ -22,6 +22,9 @@ const (
 	// answer, marshalled), and is the most it may keep: a typical token's
 	// answer is under 1 KiB.
 	DerivedAllowance = 2 << 10
+	// derivedOverhead is what a derived value costs besides its bytes:
+	// the claims' slot for it and the object holding them, rounded up.
+	derivedOverhead = 128
 )
 
 // tokenCache maps the SHA-256 of a token's signature to the claims of a
@@ -63,7 +66,7 @@ func newTokenCache(entries int, maxBytes int64) *tokenCache {
 
 // entrySize is what e costs in memory, in bytes.
 func entrySize(e *cacheEntry) int64 {
-	return entryOverhead + DerivedAllowance + int64(e.claims.size)
+	return entryOverhead + derivedOverhead + DerivedAllowance + int64(e.claims.size)
 }
 
 // expiryNanos is when a token with exp (seconds) leaves the cache: at exp

@@ -18,6 +18,10 @@ import (
 // (through the verified-token cache), so it is read-only: callers must not
 // modify it or anything it points to.
 //
+// Its strings are views of one buffer holding the token's signed part:
+// whatever keeps one of them beyond the request (a span, a metric label)
+// keeps the whole buffer, so it keeps a copy (strings.Clone) instead.
+//
 // It keeps no map of the claims: a cached token costs its signed part and
 // the few strings Check reads, all in one buffer that holds no pointer
 // (pack), not a tree of maps and interfaces for the garbage collector to

@@ -312,9 +312,9 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 	}
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
-	var remove []string
+	var remove, more []string
 	reqHeaders.each(func(name string) {
-		if spoofsIdentity(name) && !answer.setsHeader(app, name) {
+		if spoofsIdentity(name) && !answer.setsHeader(app, name, &more) {
 			remove = append(remove, name)
 		}
 	})
@@ -351,7 +351,7 @@ func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 	if !app.NoDynamicMetadata {
 		// An answer past the allowance goes without its metadata, so that
 		// one large token cannot take a large share of the cache.
-		if m, err := md.size(metadataNamespace, raw); err == nil && answerOverhead+n+m <= authz.DerivedAllowance {
+		if m, err := md.size(metadataNamespace, raw); err == nil && n+m <= authz.DerivedAllowance {
 			mdSize = m
 		}
 	}
@@ -361,11 +361,6 @@ func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 	}
 	return newPreMarshalledBytes(wire, sets)
 }
-
-// answerOverhead is what an answer kept with a token costs besides its
-// bytes: the preMarshalled, and the claims' slot for it (authz.Claims.Derive),
-// rounded up.
-const answerOverhead = 128
 
 // answerHeader is a header an allow answer sets.
 type answerHeader struct{ name, value string }

@@ -582,7 +582,11 @@ func TestHeaderJoinLinear(t *testing.T) {
 	if got := h.get("traceparent"); len(got) != len("first")+1000*(1+len(value)) || !strings.HasPrefix(got, "first,vvv") {
 		t.Fatalf("joined %d bytes", len(got))
 	}
-	if n := testing.AllocsPerRun(10, func() { _ = h.get("traceparent") }); n > 40 {
+	limit := 40.0 // a thousand values joined: linear would be 1000 or more
+	if raceEnabled {
+		limit = 80
+	}
+	if n := testing.AllocsPerRun(10, func() { _ = h.get("traceparent") }); n > limit {
 		t.Errorf("%v allocations to join 1000 values: not linear", n)
 	}
 	one := requestHeaders{raw: []*corev3.HeaderValue{{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "a", RawValue: []byte("3")}}}

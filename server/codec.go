@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"iter"
 	"strings"
 
@@ -39,7 +40,13 @@ type preMarshalled struct {
 // moreHeaders is the bit of preMarshalled.sets for the headers past 63.
 const moreHeaders = 63
 
+// newPreMarshalled marshals an answer that sets no header (its sets say
+// so): one that does is refused, as its headers would be removed as a
+// client's.
 func newPreMarshalled(m *authv3.CheckResponse) (*preMarshalled, error) {
+	if len(m.GetOkResponse().GetHeaders()) > 0 {
+		return nil, errors.New("newPreMarshalled: an answer with headers needs newPreMarshalledBytes and its sets")
+	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, err
@@ -70,8 +77,11 @@ func (p *preMarshalled) message() *authv3.CheckResponse {
 }
 
 // setsHeader reports whether the answer sets the header name (in any
-// case), app being the application it was made for.
-func (p *preMarshalled) setsHeader(app *authz.Application, name string) bool {
+// case), app being the application it was made for. more holds the names
+// of the headers past the 63rd, read from the message the first time one
+// is asked of a caller (and so once per request, however many headers it
+// asks about): nil until then.
+func (p *preMarshalled) setsHeader(app *authz.Application, name string, more *[]string) bool {
 	for i, h := range answerHeaders(app) {
 		if i >= moreHeaders {
 			break
@@ -83,8 +93,16 @@ func (p *preMarshalled) setsHeader(app *authz.Application, name string) bool {
 	if p.sets&(1<<moreHeaders) == 0 {
 		return false
 	}
-	for _, h := range p.message().GetOkResponse().GetHeaders() {
-		if strings.EqualFold(h.GetHeader().GetKey(), name) {
+	if *more == nil {
+		hs := p.message().GetOkResponse().GetHeaders()
+		names := make([]string, 0, len(hs))
+		for _, h := range hs {
+			names = append(names, h.GetHeader().GetKey())
+		}
+		*more = names
+	}
+	for _, h := range *more {
+		if strings.EqualFold(h, name) {
 			return true
 		}
 	}

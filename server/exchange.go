@@ -54,7 +54,7 @@ func (x exchangeRecorder) done(ctx context.Context, span trace.Span, start time.
 		attrs := make([]attribute.KeyValue, 0, 4)
 		for _, a := range [...]struct{ k, v string }{{"vakt.client", o.Client}, {"vakt.target", o.Target}, {"vakt.provider", o.Provider}, {"vakt.rule", o.Rule}} {
 			if a.v != "" {
-				attrs = append(attrs, attribute.String(a.k, truncate(a.v, 256)))
+				attrs = append(attrs, attribute.String(a.k, strings.Clone(truncate(a.v, 256)))) // a copy: not a view of a token kept by the exporter
 			}
 		}
 		endSpan(span, r, attrs...)

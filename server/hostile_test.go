@@ -29,7 +29,7 @@ func TestHangingProviderDoesNotStarveCheck(t *testing.T) {
 	yaml := `issuer: http://127.0.0.1:8080
 cluster: dev-gcp
 limits:
-  keyWait: 1s
+  keyWait: 3s
 identityProviders:
   - name: good
     issuer: ` + good.URL + `
@@ -77,7 +77,10 @@ applications:
 		t.Fatalf("healthy provider before the flood: %v %v", res, err)
 	}
 
-	const keyWait = time.Second
+	// Long enough that a Check that waited on the hanging fetch (the whole
+	// keyWait) stands apart from one slowed by a busy machine (a second,
+	// seen under the race detector with other packages' tests).
+	const keyWait = 3 * time.Second
 	var flood sync.WaitGroup
 	var slowest atomic.Int64
 	var wrong atomic.Value

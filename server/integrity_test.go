@@ -2,7 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 	"io"
 	"net/http"
 	"slices"
@@ -336,5 +340,47 @@ func TestCheckAnswerBounded(t *testing.T) {
 	res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}})
 	if res.GetOkResponse() == nil || res.GetDynamicMetadata() != nil || headerMap(res.GetOkResponse().GetHeaders())[authz.HeaderSubject] != "user-1" {
 		t.Fatalf("a large token's answer: %v", res)
+	}
+}
+
+// The allow answer keeps the claims in dynamic_metadata while the whole
+// answer is within authz.DerivedAllowance bytes, and goes without them
+// past it (the identity headers are always there): the boundary is the
+// size the answer would have with them, byte for byte.
+func TestCheckMetadataAllowance(t *testing.T) {
+	e := newIntegrityEnv(t)
+	seen := map[bool]bool{}
+	for pad := 1300; pad <= 1900; pad += 3 {
+		tok := e.own(app1, appB, "read:users", "pad", strings.Repeat("p", pad))
+		res := e.check(creq{app: appB, path: "/read", headers: map[string]string{"authorization": "Bearer " + tok}})
+		if res.GetOkResponse() == nil || len(res.GetOkResponse().GetHeaders()) == 0 {
+			t.Fatalf("pad %d: %v", pad, res)
+		}
+		payload, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var claims map[string]any
+		if err := json.Unmarshal(payload, &claims); err != nil {
+			t.Fatal(err)
+		}
+		md, err := structpb.NewStruct(map[string]any{"vakt": claims})
+		if err != nil {
+			t.Fatal(err)
+		}
+		headersOnly := proto.Clone(res).(*authv3.CheckResponse)
+		headersOnly.DynamicMetadata = nil
+		would := proto.Size(headersOnly) + proto.Size(&authv3.CheckResponse{DynamicMetadata: md})
+		withMeta := res.GetDynamicMetadata() != nil
+		if withMeta != (would <= authz.DerivedAllowance) {
+			t.Fatalf("pad %d: an answer of %d bytes with its metadata: metadata kept %v, the allowance %d", pad, would, withMeta, authz.DerivedAllowance)
+		}
+		if withMeta && !proto.Equal(res.GetDynamicMetadata(), md) {
+			t.Fatalf("pad %d: the metadata is not the claims", pad)
+		}
+		seen[withMeta] = true
+	}
+	if !seen[true] || !seen[false] {
+		t.Fatalf("the pads never crossed the allowance: %v", seen)
 	}
 }

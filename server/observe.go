@@ -125,7 +125,10 @@ func endCheckSpan(span trace.Span, o *checkOutcome) {
 			attribute.String("url.path", truncatePath(o.path)))
 	}
 	if o.d.Caller != "" {
-		attrs = append(attrs, attribute.String("vakt.caller", o.d.Caller))
+		// A copy: the caller is a view of the cached token's claims
+		// (authz.Claims), which a span waiting to be exported would keep
+		// whole after the cache let it go.
+		attrs = append(attrs, attribute.String("vakt.caller", strings.Clone(o.d.Caller)))
 	}
 	if o.d.Provider != nil {
 		attrs = append(attrs, attribute.String("vakt.provider", o.d.Provider.Name()))
