@@ -53,14 +53,7 @@ func TestPreMarshalledAnswer(t *testing.T) {
 	// What the bytes say, against the token itself, not against the
 	// cached answer they were made from: the identity headers are its
 	// claims, and dynamic_metadata is its claims whole.
-	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var claims map[string]any
-	if err := json.Unmarshal(payload, &claims); err != nil {
-		t.Fatal(err)
-	}
+	claims, md := tokenClaims(t, tok)
 	want := map[string]any{authz.HeaderSubject: claims["sub"], authz.HeaderClientID: claims["client_id"],
 		authz.HeaderIdentityProvider: claims["idp"], authz.HeaderScope: claims["scope"]}
 	got := map[string]any{}
@@ -71,10 +64,6 @@ func TestPreMarshalledAnswer(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("identity headers %v, the token says %v", got, want)
-	}
-	md, err := structpb.NewStruct(map[string]any{metadataNamespace: claims})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if !proto.Equal(decoded.GetDynamicMetadata(), md) {
 		t.Errorf("dynamic_metadata %v, the token's claims %v", decoded.GetDynamicMetadata(), md)
@@ -197,4 +186,24 @@ func TestIdentityWire(t *testing.T) {
 			t.Fatalf("%d headers: got %x (sized %d), want %x", len(hs), got, identityWireSize(hs), want)
 		}
 	}
+}
+
+// tokenClaims are a token's claims as encoding/json reads its payload, and
+// the dynamic_metadata an allow answer should carry of them: built by
+// structpb, independently of vakt's wire form.
+func tokenClaims(t *testing.T, tok string) (map[string]any, *structpb.Struct) {
+	t.Helper()
+	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims map[string]any
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatal(err)
+	}
+	md, err := structpb.NewStruct(map[string]any{metadataNamespace: claims})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return claims, md
 }
