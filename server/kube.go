@@ -206,14 +206,8 @@ func slim(obj any) (any, error) {
 	if spec, ok := u.Object["spec"]; ok {
 		out.Object["spec"] = spec
 	}
-	kept := map[string]string{}
-	for _, a := range [...]string{annotationRotateKey} {
-		if v, ok := u.GetAnnotations()[a]; ok {
-			kept[a] = v
-		}
-	}
-	if len(kept) > 0 {
-		out.SetAnnotations(kept)
+	if v, ok := u.GetAnnotations()[AnnotationRotateKey]; ok {
+		out.SetAnnotations(map[string]string{AnnotationRotateKey: v})
 	}
 	if st, ok := u.Object["status"].(map[string]any); ok {
 		keep := map[string]any{}
@@ -331,7 +325,7 @@ func (k *KubeSource) Resources() []Resource {
 			out = append(out, Resource{
 				Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
 				UID: string(u.GetUID()), Generation: u.GetGeneration(), Spec: b,
-				Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey],
+				Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[AnnotationRotateKey],
 			})
 		}
 	}
@@ -365,7 +359,7 @@ func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
 		return Resource{}, false
 	}
 	return Resource{Kind: kind, Namespace: namespace, Name: name, UID: string(u.GetUID()), Generation: u.GetGeneration(),
-		Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[annotationRotateKey]}, true
+		Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[AnnotationRotateKey]}, true
 }
 
 // status is one resource's status as the informers hold it (what slim

@@ -34,7 +34,6 @@ const (
 	// AnnotationRotateKey on an Application or Jwker asks for a new client
 	// key whenever its value changes (vakt keys rotate sets it to the time).
 	AnnotationRotateKey = "vakt.dev/rotate-key"
-	annotationRotateKey = AnnotationRotateKey
 	// annotationRotation on a Secret vakt made is the rotation request
 	// whose key it holds: a rotation interrupted after the Secret was
 	// written is not made again.
@@ -118,32 +117,12 @@ func parsePublishedKeys(b []byte) (*authz.KeySet, []string, error) {
 	if len(skipped) > 0 {
 		return nil, nil, errors.Join(skipped...)
 	}
-	kids, err := jwkIDs(p.Keys)
-	if err != nil {
-		return nil, nil, err
-	}
+	kids := kidsOf(jwks(p.Keys))
 	// The current key, the retired ones, and one on its way to the Secret.
 	if len(kids) > 2+maxRetiredKeys {
 		return nil, nil, fmt.Errorf("%d keys, more than the %d vakt publishes", len(kids), 2+maxRetiredKeys)
 	}
 	return set, kids, nil
-}
-
-// jwkIDs are the kids of a JWK Set's keys, in order.
-func jwkIDs(set json.RawMessage) ([]string, error) {
-	var doc struct {
-		Keys []struct {
-			Kid string `json:"kid"`
-		} `json:"keys"`
-	}
-	if err := json.Unmarshal(set, &doc); err != nil {
-		return nil, err
-	}
-	kids := make([]string, 0, len(doc.Keys))
-	for _, k := range doc.Keys {
-		kids = append(kids, k.Kid)
-	}
-	return kids, nil
 }
 
 // clientEnv is the Secret's variables but the key, for client id: vakt's
@@ -526,7 +505,7 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 	if err != nil || live == nil {
 		return now.Add(keyResync), err
 	}
-	rotateReq := live.GetAnnotations()[annotationRotateKey]
+	rotateReq := live.GetAnnotations()[AnnotationRotateKey]
 	pub, rv, err := p.record(ctx, live)
 	if err != nil {
 		return time.Time{}, err

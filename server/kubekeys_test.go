@@ -180,7 +180,7 @@ func (e *keysEnv) published(gvr schema.GroupVersionResource, ns, name string) ([
 			e.t.Fatal(err)
 		}
 	}
-	kids, _ := jwkIDs(p.Keys)
+	kids := kidsOf(jwks(p.Keys))
 	return kids, p
 }
 
