@@ -115,11 +115,10 @@ type failure struct {
 // writtenStatus is a status as last written, to write only changes and
 // keep each condition's lastTransitionTime while its status stands.
 type writtenStatus struct {
-	uid        string
-	sig        string            // what was written, but for times
-	statuses   map[string]string // condition type → status
-	changedAt  map[string]string // condition type → lastTransitionTime
-	syncedTime string            // a Jwker's synchronizationTimestamp
+	uid       string
+	sig       string            // what was written, but for times
+	statuses  map[string]string // condition type → status
+	changedAt map[string]string // condition type → lastTransitionTime
 }
 
 func (w *statusWriter) run(ctx context.Context) {
@@ -253,7 +252,7 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 		if seen && prev.uid == r.UID && prev.sig == sig {
 			continue
 		}
-		want := writtenStatus{uid: r.UID, sig: sig, statuses: map[string]string{}, changedAt: map[string]string{}, syncedTime: stamp}
+		want := writtenStatus{uid: r.UID, sig: sig, statuses: map[string]string{}, changedAt: map[string]string{}}
 		status := map[string]any{}
 		for k, v := range fields {
 			status[k] = v
