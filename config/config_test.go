@@ -58,6 +58,8 @@ func TestLoadRejects(t *testing.T) {
 		{"bad token lifetime", base + "signing:\n  tokenLifetime: 15\n", []string{"line 4", `signing.tokenLifetime: "15" is not a duration`}},
 		{"leeway out of range", base + "identityProviders:\n  - name: a\n    issuer: https://a.example/\n    jwksUri: https://a.example/jwks\n    leeway: 11m\n", []string{"line 7", "identityProviders[0].leeway: must be between 0s and 10m"}},
 		{"zero token lifetime", base + "signing:\n  tokenLifetime: 0s\n", []string{"line 4", "signing.tokenLifetime: must be between 1m and 24h"}},
+		{"key overlap too short", base + "kubernetes:\n  enabled: true\n  keyOverlap: 30s\n", []string{"kubernetes.keyOverlap: must be between 1m and 2160h (90 days)"}},
+		{"lease namespace not a name", base + "kubernetes:\n  enabled: true\n  leaseNamespace: Vakt_NS\n", []string{"kubernetes.leaseNamespace", "is not a namespace name"}},
 		{"bad issuer", "issuer: 127.0.0.1:8080\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not an absolute http(s) URL"}},
 		{"missing cluster", "issuer: http://127.0.0.1:8080\n", []string{"cluster: is required"}},
 		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
