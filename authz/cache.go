@@ -2,7 +2,6 @@ package authz
 
 import (
 	"math"
-	"unsafe"
 
 	"github.com/vakt-dev/vakt/internal/cache"
 )
@@ -40,13 +39,27 @@ type tokenCache = cache.Cache[cacheEntry]
 // CacheStats are the verified-token cache's counts (Validator.CacheStats).
 type CacheStats = cache.Stats
 
-// cacheEntry is a verified token: two pointers for the collector, to the
-// provider (shared) and to the claims, which hold the signed part
-// (header.payload) to compare on a hit and the strings Check reads in one
-// buffer that holds no pointer (Claims.pack).
+// cacheEntry is a verified token: for the collector, a pointer to the
+// provider (shared), one to the claims, which hold no pointer (the signed
+// part, header.payload, to compare on a hit, and the strings Check reads:
+// Claims), and what an adapter derived from them (Decision.Derive), once it
+// has.
 type cacheEntry struct {
 	provider *Provider
 	claims   *Claims
+	derived  derived
+}
+
+// derived is what Decision.Derive computed for key.
+type derived struct{ key, value any }
+
+// setDerived keeps v with the entry of claims under k, if it is still there.
+func setDerived(c *tokenCache, k cache.Key, claims *Claims, v derived) {
+	c.Update(&k, func(e *cacheEntry) {
+		if e.claims == claims {
+			e.derived = v
+		}
+	})
 }
 
 // newTokenCache returns a cache of at most entries entries and maxBytes
@@ -78,6 +91,3 @@ func expiryNanos(exp float64, p *Provider) int64 {
 	}
 	return int64(t)
 }
-
-// claimsOverhead is the fixed part of a Claims.
-const claimsOverhead = int(unsafe.Sizeof(Claims{}))

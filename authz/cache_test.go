@@ -124,7 +124,7 @@ func TestCacheHitNeedsTheWholeToken(t *testing.T) {
 				t.Fatalf("%d verifications, want 3 (forgeries must not hit)", n)
 			}
 			// The genuine token still hits.
-			if c, err := v.Validate(ctx, "a", tok); err != nil || c.Subject != "user-1" || keys.n.Load() != 3 {
+			if c, err := v.Validate(ctx, "a", tok); err != nil || c.Subject() != "user-1" || keys.n.Load() != 3 {
 				t.Fatalf("genuine token after forgeries: %v", err)
 			}
 		})
@@ -277,11 +277,10 @@ func TestRawFromCachedToken(t *testing.T) {
 	}
 }
 
-// The claims of a verified token are copies, in one buffer of their own:
-// overwriting the bytes the token was read from (as a gRPC server reuses
-// its buffers) changes nothing of the claims, of Raw or of later hits, and
-// every string of the claims (but the issuer, the provider's) lies in the
-// one buffer that begins with the signed part.
+// The claims of a verified token are copies, in one allocation of their
+// own: overwriting the bytes the token was read from (as a gRPC server
+// reuses its buffers) changes nothing of the claims, of Raw or of later
+// hits, and every string of the claims lies in the Claims' own allocation.
 func TestClaimsOwnTheirBytes(t *testing.T) {
 	k := idptest.NewKey(t, "k1", "ES256")
 	p, keys := staticProvider(t, "a", "https://a.example", k)
@@ -302,14 +301,14 @@ func TestClaimsOwnTheirBytes(t *testing.T) {
 	for i := range buf {
 		buf[i] = 'x'
 	}
-	want := Claims{Issuer: "https://a.example", Subject: "user-1", Audience: []string{"api-1", "api-2"},
-		Scopes: []string{"openid", "read:users", "write"}, ScopeText: "openid read:users write"}
 	check := func(c *Claims) {
 		t.Helper()
-		if c.Issuer != want.Issuer || c.Subject != want.Subject || !slices.Equal(c.Audience, want.Audience) ||
-			!slices.Equal(c.Scopes, want.Scopes) || c.ScopeText != want.ScopeText || c.Caller() != "dev:ns:app" ||
-			c.IDP() != "https://idporten.example/" || c.ID() != "id-1" || !slices.Equal(c.unsafe, []string{"note"}) ||
-			c.signed != tok[:strings.LastIndexByte(tok, '.')] || !reflect.DeepEqual(c.Raw(), wantRaw) {
+		if c.Issuer() != "https://a.example" || c.Subject() != "user-1" || !slices.Equal(c.Audience(), []string{"api-1", "api-2"}) ||
+			!slices.Equal(c.Scopes(), []string{"openid", "read:users", "write"}) || c.ScopeText() != "openid read:users write" ||
+			c.Caller() != "dev:ns:app" || c.IDP() != "https://idporten.example/" || c.ID() != "id-1" ||
+			!slices.Equal(c.strings(c.unsafe, false), []string{"note"}) ||
+			c.str(c.signed) != tok[:strings.LastIndexByte(tok, '.')] || !reflect.DeepEqual(c.Raw(), wantRaw) ||
+			!c.HasAudience("api-2") || c.HasAudience("api") || !c.HasScope("read:users") || c.HasScope("read") {
 			t.Fatalf("claims %+v", c)
 		}
 	}
@@ -320,27 +319,72 @@ func TestClaimsOwnTheirBytes(t *testing.T) {
 	}
 	check(again)
 
-	base := uintptr(unsafe.Pointer(unsafe.StringData(c.signed)))
-	end := base + uintptr(c.size) - uintptr(claimsOverhead)
-	inBuffer := func(s string) bool {
-		at := uintptr(unsafe.Pointer(unsafe.StringData(s)))
-		return s == "" || base <= at && at+uintptr(len(s)) <= end
-	}
-	strs := slices.Concat([]string{c.Subject, c.ScopeText, c.caller, c.idp, c.id}, c.Audience, c.Scopes, c.unsafe)
+	base := uintptr(unsafe.Pointer(c))
+	end := base + uintptr(c.size)
+	strs := slices.Concat([]string{c.Issuer(), c.Subject(), c.ScopeText(), c.Caller(), c.IDP(), c.ID()},
+		c.Audience(), c.Scopes(), c.strings(c.unsafe, false))
 	for _, s := range strs {
-		if !inBuffer(s) {
-			t.Errorf("%q is not in the claims' buffer", s)
+		at := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		if at < base+uintptr(claimsOverhead) || at+uintptr(len(s)) > end {
+			t.Errorf("%q is not in the claims' allocation", s)
 		}
 	}
-	if unsafe.StringData(c.Issuer) != unsafe.StringData(p.issuer) {
-		t.Error("the issuer is a copy of the provider's")
+}
+
+// A Claims holds no pointer: the garbage collector never scans one,
+// however many the cache holds, and a pointer added to it would be one the
+// collector cannot see (newClaims allocates words).
+func TestClaimsHoldNoPointer(t *testing.T) {
+	var walk func(reflect.Type, string)
+	walk = func(ty reflect.Type, path string) {
+		switch ty.Kind() {
+		case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+			reflect.Float32, reflect.Float64:
+		case reflect.Array:
+			walk(ty.Elem(), path+"[]")
+		case reflect.Struct:
+			for f := range ty.Fields() {
+				walk(f.Type, path+"."+f.Name)
+			}
+		default:
+			t.Errorf("Claims%s is a %s", path, ty.Kind())
+		}
 	}
-	// Audience, Scopes and unsafe are views of one array.
-	next := func(a []string) unsafe.Pointer {
-		return unsafe.Add(unsafe.Pointer(unsafe.SliceData(a)), len(a)*int(unsafe.Sizeof("")))
+	walk(reflect.TypeFor[Claims](), "")
+}
+
+// A copy of a Claims would find its strings at offsets from itself, beyond
+// the copy: the accessors refuse it rather than read there. The zero Claims
+// is a token with no claims.
+func TestCopiedClaimsRefused(t *testing.T) {
+	k := idptest.NewKey(t, "k1", "ES256")
+	p, _ := staticProvider(t, "a", "https://a.example", k)
+	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+	v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if next(c.Audience) != unsafe.Pointer(unsafe.SliceData(c.Scopes)) || next(c.Scopes) != unsafe.Pointer(unsafe.SliceData(c.unsafe)) {
-		t.Error("Audience, Scopes and unsafe are not one array")
+	c, err := v.Validate(context.Background(), "a", token(t, k, "https://a.example", clock.Now().Add(time.Hour), "scope", "read"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := new(Claims)
+	// A copy go vet does not see (it flags cp := *c).
+	*(*[claimsOverhead]byte)(unsafe.Pointer(cp)) = *(*[claimsOverhead]byte)(unsafe.Pointer(c))
+	for name, f := range map[string]func(){"Subject": func() { cp.Subject() }, "HasScope": func() { cp.HasScope("read") }} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s of a copied Claims did not panic", name)
+				}
+			}()
+			f()
+		}()
+	}
+	var zero Claims
+	if zero.Subject() != "" || zero.Audience() != nil || zero.Scopes() != nil || zero.HasScope("") || zero.ScopeText() != "" {
+		t.Error("the zero Claims is not empty")
 	}
 }
 

@@ -2,8 +2,9 @@ package authz
 
 import (
 	"context"
-	"slices"
 	"strings"
+
+	"github.com/vakt-dev/vakt/internal/cache"
 )
 
 // CheckRequest is one HTTP request to an application, as Check sees it.
@@ -42,6 +43,30 @@ type Decision struct {
 	// raw is every claim, when the token was verified for this decision
 	// (a cache miss): parsed once, and never kept with the claims.
 	raw map[string]any
+	// cache and key are where the verified-token cache keeps the token
+	// (cache nil when it keeps none), and derived what Derive computed for
+	// it before.
+	cache   *tokenCache
+	key     cache.Key
+	derived derived
+}
+
+// Derive returns what compute makes of the decision's claims for key,
+// computing it once per token and key: a repeated token then costs no
+// rework in an adapter (the Check adapter keeps its answer here, keyed by
+// the application). The value is kept with the token in the verified-token
+// cache, one per token (another key replaces it), and shared by every
+// request that presents the token: compute must return something nobody
+// modifies afterwards.
+func (d *Decision) Derive(key any, compute func() any) any {
+	if d.derived.value != nil && d.derived.key == key {
+		return d.derived.value
+	}
+	d.derived = derived{key: key, value: compute()}
+	if d.cache != nil {
+		setDerived(d.cache, d.key, d.Claims, d.derived)
+	}
+	return d.derived.value
 }
 
 // RawClaims returns every claim of the token as Claims.Raw does, in a map of
@@ -122,13 +147,14 @@ func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route
 		return deny(ReasonAuthorizationInvalid, err)
 	}
 	v := c.Validator
-	claims, provider, hit, err := v.cachedByIssuer(token)
+	e, key, hit, err := v.cachedByIssuer(token)
+	claims, provider := e.claims, e.provider
 	var raw map[string]any
 	if !hit {
 		if !validB64Token(token) {
 			return deny(ReasonAuthorizationInvalid, ErrBadAuthorization)
 		}
-		claims, raw, provider, err = v.verifyByIssuer(ctx, token)
+		claims, raw, provider, key, err = v.verifyByIssuer(ctx, token)
 	}
 	if err != nil {
 		return deny(ReasonOf(err), err)
@@ -141,7 +167,7 @@ func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route
 	app := req.App
 	own := provider.Name() == c.Own
 	if own {
-		if !slices.Contains(claims.Audience, app.ID) {
+		if !claims.HasAudience(app.ID) {
 			return refuse(ReasonTokenAudience, "")
 		}
 	} else if r := acceptsExternal(app, provider.Name(), claims); r != ReasonNone {
@@ -174,7 +200,8 @@ func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route
 	if !forwardable(claims, own, app) {
 		return refuse(ReasonClaimNotForwardable, caller)
 	}
-	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller, raw: raw}
+	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller, raw: raw,
+		cache: v.cache, key: key, derived: e.derived}
 }
 
 // forwardable reports whether every claim the allow response sets as a
@@ -184,7 +211,7 @@ func forwardable(c *Claims, own bool, app *Application) bool {
 	if c.unsafeScope {
 		return false
 	}
-	if len(c.unsafe) == 0 {
+	if c.unsafe.n == 0 {
 		return true
 	}
 	if !c.forwardable("sub") || (own && !c.forwardable("idp")) {
@@ -207,7 +234,7 @@ func acceptsExternal(app *Application, provider string, claims *Claims) Reason {
 			continue
 		}
 		listed = true
-		if a.Audience == "" || slices.Contains(claims.Audience, a.Audience) {
+		if a.Audience == "" || claims.HasAudience(a.Audience) {
 			return ReasonNone
 		}
 	}

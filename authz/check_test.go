@@ -289,8 +289,8 @@ func (tt *checkCase) verify(t *testing.T, d authz.Decision) {
 	if d.Provider.Name() != tt.provider {
 		t.Errorf("Provider %s, want %s", d.Provider.Name(), tt.provider)
 	}
-	if d.Claims.Issuer != d.Provider.Issuer() || d.Claims.Subject != tt.sub {
-		t.Errorf("Claims iss %q, sub %q; want iss %q, sub %q", d.Claims.Issuer, d.Claims.Subject, d.Provider.Issuer(), tt.sub)
+	if d.Claims.Issuer() != d.Provider.Issuer() || d.Claims.Subject() != tt.sub {
+		t.Errorf("Claims iss %q, sub %q; want iss %q, sub %q", d.Claims.Issuer(), d.Claims.Subject(), d.Provider.Issuer(), tt.sub)
 	}
 	if d.Caller != tt.caller {
 		t.Errorf("Caller %q, want %q", d.Caller, tt.caller)
@@ -433,7 +433,7 @@ func TestCheckerCache(t *testing.T) {
 	same := func(a, b authz.Decision) bool {
 		return a.Allow == b.Allow && a.Reason == b.Reason && a.Caller == b.Caller && a.Scope == b.Scope &&
 			(a.Provider == nil) == (b.Provider == nil) && (a.Provider == nil || a.Provider.Name() == b.Provider.Name()) &&
-			(a.Claims == nil) == (b.Claims == nil) && (a.Claims == nil || a.Claims.Subject == b.Claims.Subject)
+			(a.Claims == nil) == (b.Claims == nil) && (a.Claims == nil || a.Claims.Subject() == b.Claims.Subject())
 	}
 	hits := 0
 	for _, tt := range e.cases(t) {
@@ -488,6 +488,58 @@ func TestCheckerCache(t *testing.T) {
 		if d.Reason != authz.ReasonTokenExpired || !errors.Is(d.Err, authz.ErrExpired) {
 			t.Fatalf("expired since it was cached: %v (%v)", d.Reason, d.Err)
 		}
+	}
+}
+
+// Derive computes once per token and key: a later Check of the same token
+// (from the cache) finds the value, a Check for another key computes and
+// replaces it, and without a cache every Check computes.
+func TestDecisionDerive(t *testing.T) {
+	e := newCheckEnv(t)
+	ctx := context.Background()
+	tok := "Bearer " + e.own(t, app1, []string{appB, appAPI}, "read:users")
+	b, _ := e.policy.Application(appB)
+	api, _ := e.policy.Application(appAPI)
+	computed := 0
+	derive := func(c *authz.Checker, app *authz.Application, path string) any {
+		t.Helper()
+		d := c.Check(ctx, authz.CheckRequest{App: app, Method: "GET", Path: path, Authorization: tok})
+		if !d.Allow {
+			t.Fatalf("%v (%v)", d.Reason, d.Err)
+		}
+		return d.Derive(app, func() any { computed++; return &struct{ n int }{computed} })
+	}
+	first := derive(e.cached, b, "/read")
+	for _, tt := range []struct {
+		name     string
+		checker  *authz.Checker
+		app      *authz.Application
+		path     string
+		computed int  // computations so far
+		same     bool // the value of first
+	}{
+		{"cached again", e.cached, b, "/read", 1, true},
+		{"another key", e.cached, api, "/", 2, false},
+		{"the first key again, replaced", e.cached, b, "/read", 3, false},
+		{"and kept", e.cached, b, "/read", 3, false},
+		{"no cache", e.uncached, b, "/read", 4, false},
+		{"no cache again", e.uncached, b, "/read", 5, false},
+	} {
+		got := derive(tt.checker, tt.app, tt.path)
+		if computed != tt.computed || (got == first) != tt.same {
+			t.Fatalf("%s: %d computations, want %d; the first value: %v, want %v", tt.name, computed, tt.computed, got == first, tt.same)
+		}
+	}
+	// A token verified again (its entry gone) starts with nothing derived.
+	e.clock.Advance(2 * time.Minute)
+	if d := e.cached.Check(ctx, authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: tok}); d.Allow {
+		t.Fatal("expired token allowed")
+	}
+	tok = "Bearer " + e.own(t, app1, []string{appB, appAPI}, "read:users")
+	before := computed
+	derive(e.cached, b, "/read")
+	if computed != before+1 {
+		t.Fatal("a new token found a value derived for another")
 	}
 }
 

@@ -7,108 +7,155 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unsafe"
 )
 
 // Claims are the claims of a verified token.
 //
-// A Claims value is shared by every request that presents the same token
-// (through the verified-token cache), so it is read-only: callers must not
-// modify it or anything it points to.
+// A Claims is shared by every request that presents the same token
+// (through the verified-token cache), and is read-only.
 //
-// Its strings are views of one buffer holding the token's signed part:
-// whatever keeps one of them beyond the request (a span, a metric label)
-// keeps the whole buffer, so it keeps a copy (strings.Clone) instead.
+// It is one allocation that holds no pointer: the fields below, then every
+// string it keeps (the token's signed part, the few claims Check reads),
+// each found at an offset from the Claims itself, and the lists of them.
+// The garbage collector marks it and never scans it, however many tokens
+// the cache holds; the accessors make strings that are views of it. A
+// Claims is only ever used through the *Claims parseClaims made: a copy
+// would find its strings at offsets from itself, so the accessors refuse
+// one (self), and go vet flags one (noCopy).
 //
-// It keeps no map of the claims: a cached token costs its signed part and
-// the few strings Check reads, all in one buffer that holds no pointer
-// (pack), not a tree of maps and interfaces for the garbage collector to
-// trace. Raw parses the payload again for the callers that want every
-// claim (Introspect, an exchange).
+// Whatever keeps one of its strings beyond the request (a ref, a metric
+// label) keeps the whole allocation alive, so it keeps a copy
+// (strings.Clone) instead.
+//
+// It keeps no map of the claims: Raw parses the payload again for the
+// callers that want every claim (Introspect, an exchange).
 type Claims struct {
-	Issuer   string
-	Subject  string
-	Audience []string
+	_ noCopy
+	// self is the address the Claims was made at: a copy is elsewhere.
+	self uintptr
 
 	// signed is the token's header.payload as it was signed, which the
 	// verified-token cache compares on a hit: Raw decodes the payload from
-	// it rather than the claims keeping a second, decoded copy. caller,
-	// idp and jti are read from the payload once. Like every string of a
-	// Claims, they are views of the one buffer pack made.
-	signed          string
-	caller, idp, id string
-
-	// Scopes are the token's scopes, from scope (a space-separated string),
-	// scp (a string or an array) and permissions (an array), as identity
-	// providers differ. ScopeText joins them with spaces.
-	Scopes    []string
-	ScopeText string
-
-	// unsafe names the top-level claims that hold a string no header value
-	// may carry (see headerSafe); nil for nearly every token.
-	unsafe []string
-
-	derived atomic.Pointer[derivedValue]
-
-	// The fields without pointers come last, where the garbage collector,
-	// which scans an object up to its last pointer, does not look.
+	// it rather than the claims keeping a second, decoded copy.
+	signed                              ref
+	iss, sub, caller, idp, id, scopeTxt ref
+	// aud, scopes and unsafe are lists: spans of arrays of spans. unsafe
+	// names the top-level claims that hold a string no header value may
+	// carry (see headerSafe); empty for nearly every token. Scopes are
+	// views of scopeTxt: them, joined by spaces.
+	aud, scopes, unsafe ref
 
 	// exp, nbf and iat are seconds since the epoch, as in the token (nbf 0
 	// when absent, for the checks; hasNbf and hasIat say whether the token
-	// has them). Numbers rather than time.Time: 24 bytes and a pointer
-	// each, for every cached token, that ExpiresAt and the rest make on
-	// demand.
+	// has them). Numbers rather than time.Time, which holds a pointer.
 	exp, nbf, iat float64
 
+	// size is how many bytes the allocation takes (a token is at most
+	// 16 KiB).
+	size int32
 	// unsafeScope is set when a scope is no RFC 6749 scope-token, so that
 	// ScopeText would not say truthfully which scopes the token holds.
-	unsafeScope    bool
-	hasNbf, hasIat bool
-
-	// size is about how many bytes of memory the claims hold (a token is
-	// at most 16 KiB): an int32, beside the bools in one word.
-	size int32
+	unsafeScope, hasNbf, hasIat, hasAud bool
 }
 
-type derivedValue struct {
-	key, value any
-}
+// ref is a string's (or a list's) place in its Claims: bytes from the
+// Claims' own address, and length (in bytes, or entries for a list).
+type ref struct{ off, n uint32 }
 
-// Derive returns what compute makes of these claims for key, computing it
-// once per key: a repeated token then costs no rework in an adapter (the
-// Check adapter keeps its response here, keyed by the application). Claims
-// are shared through the cache, and so is the value: compute must return
-// something nobody modifies afterwards.
-func (c *Claims) Derive(key any, compute func() any) any {
-	if d := c.derived.Load(); d != nil && d.key == key {
-		return d.value
+// noCopy makes go vet's copylocks check flag a copied Claims.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
+
+// str is the string at s.
+func (c *Claims) str(s ref) string {
+	if s.n == 0 {
+		return ""
 	}
-	v := compute()
-	c.derived.Store(&derivedValue{key: key, value: v})
-	return v
+	c.checkSelf()
+	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(c), s.off)), s.n)
 }
+
+// list is the list at l: spans of strings.
+func (c *Claims) list(l ref) []ref {
+	if l.n == 0 {
+		return nil
+	}
+	c.checkSelf()
+	return unsafe.Slice((*ref)(unsafe.Add(unsafe.Pointer(c), l.off)), l.n)
+}
+
+func (c *Claims) checkSelf() {
+	if c.self != uintptr(unsafe.Pointer(c)) {
+		// Its offsets would lead beyond the copy.
+		panic("authz: a copied Claims")
+	}
+}
+
+// contains reports whether the list l holds s.
+func (c *Claims) contains(l ref, s string) bool {
+	for _, e := range c.list(l) {
+		if c.str(e) == s {
+			return true
+		}
+	}
+	return false
+}
+
+// strings is the list l, in a slice of the caller's own; nil when empty
+// and not present.
+func (c *Claims) strings(l ref, present bool) []string {
+	entries := c.list(l)
+	if len(entries) == 0 && !present {
+		return nil
+	}
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		out[i] = c.str(e)
+	}
+	return out
+}
+
+// Issuer is the token's iss.
+func (c *Claims) Issuer() string { return c.str(c.iss) }
+
+// Subject is the token's sub.
+func (c *Claims) Subject() string { return c.str(c.sub) }
+
+// Audience is the token's aud as a list (a string aud is one entry), in a
+// slice of the caller's own; nil when the token has no aud.
+func (c *Claims) Audience() []string { return c.strings(c.aud, c.hasAud) }
+
+// HasAudience reports whether the token's aud holds a.
+func (c *Claims) HasAudience(a string) bool { return c.contains(c.aud, a) }
+
+// Scopes are the token's scopes, from scope (a space-separated string),
+// scp (a string or an array) and permissions (an array), as identity
+// providers differ, each once: in a slice of the caller's own.
+func (c *Claims) Scopes() []string { return c.strings(c.scopes, false) }
+
+// ScopeText joins Scopes with spaces.
+func (c *Claims) ScopeText() string { return c.str(c.scopeTxt) }
 
 // parseClaims decodes a payload and reads the registered claims vakt checks.
 // exp is required; exp, nbf and iat must be JSON numbers (a numeric string is
 // not a NumericDate); iss and sub must be strings; aud a string or an array
 // of strings. signed is the token's header.payload, which the claims keep (a
 // copy) for Raw and for the verified-token cache's comparison; members is
-// how many top-level members the payload has (scanTop), to size the map;
-// issuer is the provider's, which an iss equal to it (every accepted
-// token's) shares rather than copies.
+// how many top-level members the payload has (scanTop), to size the map.
 //
 // It returns the claims and the map it parsed them from, which is the
 // caller's own and is kept nowhere: a caller that wants every claim of a
 // token it has just verified need not parse the payload again (Raw).
-func parseClaims(payload []byte, signed string, members int, issuer string) (*Claims, map[string]any, error) {
+func parseClaims(payload []byte, signed string, members int) (*Claims, map[string]any, error) {
 	raw, err := parseJSONObjectHint(payload, members)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
-	c := &Claims{}
-	f := claimFields{signed: signed, issuer: issuer}
+	f := claimFields{signed: signed}
 	if f.iss, err = stringClaim(raw, "iss"); err != nil {
 		return nil, nil, err
 	}
@@ -118,19 +165,21 @@ func parseClaims(payload []byte, signed string, members int, issuer string) (*Cl
 	if f.aud, err = audienceClaim(raw); err != nil {
 		return nil, nil, err
 	}
+	var t timeClaims
 	var ok bool
-	if c.exp, ok, err = numericDate(raw, "exp"); err != nil {
+	if t.exp, ok, err = numericDate(raw, "exp"); err != nil {
 		return nil, nil, err
 	} else if !ok {
 		return nil, nil, fmt.Errorf("%w: exp is required", ErrClaimInvalid)
 	}
-	if c.nbf, c.hasNbf, err = numericDate(raw, "nbf"); err != nil {
+	if t.nbf, t.hasNbf, err = numericDate(raw, "nbf"); err != nil {
 		return nil, nil, err
 	}
-	if c.iat, c.hasIat, err = numericDate(raw, "iat"); err != nil {
+	if t.iat, t.hasIat, err = numericDate(raw, "iat"); err != nil {
 		return nil, nil, err
 	}
-	if f.scopes, c.unsafeScope, err = scopes(raw); err != nil {
+	var unsafeScope bool
+	if f.scopes, unsafeScope, err = scopes(raw); err != nil {
 		return nil, nil, err
 	}
 	f.unsafe = unsafeClaims(raw)
@@ -141,30 +190,23 @@ func parseClaims(payload []byte, signed string, members int, issuer string) (*Cl
 	}
 	f.idp, _ = raw["idp"].(string)
 	f.id, _ = raw["jti"].(string)
-	c.pack(&f)
-	return c, raw, nil
+	return newClaims(&f, &t, unsafeScope), raw, nil
 }
 
-// claimFields are the strings a Claims keeps, before pack copies them.
+// claimFields are the strings a Claims keeps, before newClaims copies them.
 type claimFields struct {
 	signed, iss, sub, caller, idp, id string
 	aud, scopes, unsafe               []string
-	issuer                            string // the provider's
 }
 
-// pack copies every string the claims keep into one byte buffer, and makes
-// the claims' strings views of it (unsafe.String) and their three slices
-// views of one array: a cached token is then three objects (the Claims, the
-// buffer, which holds no pointer, and the array) rather than one for each
-// claim, for the garbage collector to mark on every cycle. The buffer is
-// written here, before any view of it exists, and never again; nothing but
-// the views reaches it. So the views are as immutable as any string.
-func (c *Claims) pack(f *claimFields) {
-	n := len(f.signed) + len(f.sub)
-	if f.iss != f.issuer {
-		n += len(f.iss)
-	}
-	n += len(f.caller) + len(f.idp) + len(f.id)
+// newClaims makes the Claims of f, with the dates t: one
+// allocation of words (so aligned for the fields), which holds no pointer,
+// the Claims at its start and what its spans lead to after it. It is
+// written here, before any view of it exists, and never again.
+func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
+	lists := len(f.aud) + len(f.scopes) + len(f.unsafe)
+	n := claimsOverhead + lists*sizeRef
+	n += len(f.signed) + len(f.iss) + len(f.sub) + len(f.caller) + len(f.idp) + len(f.id)
 	for _, s := range f.aud {
 		n += len(s)
 	}
@@ -175,60 +217,60 @@ func (c *Claims) pack(f *claimFields) {
 		n += len(s)
 	}
 	// Grown, not made: append rounds the capacity up to the allocation's
-	// size class, so that cap(buf) is what the buffer costs.
-	buf := slices.Grow([]byte(nil), n)
-	view := func(s string) string {
-		if s == "" {
-			return ""
-		}
-		start := len(buf)
-		buf = append(buf, s...) // within cap: never reallocates
-		return unsafe.String(&buf[start], len(s))
-	}
-	c.signed = view(f.signed)
-	if f.iss == f.issuer {
-		c.Issuer = f.issuer
-	} else {
-		c.Issuer = view(f.iss)
-	}
-	c.Subject = view(f.sub)
-	c.caller = view(f.caller)
-	c.idp = view(f.idp)
-	c.id = view(f.id)
+	// size class, so that the size counted is what the allocation costs.
+	words := slices.Grow([]uint64(nil), (n+7)/8)
+	words = words[:cap(words)]
+	base := unsafe.Pointer(unsafe.SliceData(words))
+	buf := unsafe.Slice((*byte)(base), len(words)*8)
+	c := (*Claims)(base)
+	c.self = uintptr(base)
+	c.exp, c.nbf, c.iat = t.exp, t.nbf, t.iat
+	c.unsafeScope, c.hasNbf, c.hasIat, c.hasAud = unsafeScope, t.hasNbf, t.hasIat, f.aud != nil
+	c.size = int32(len(buf))
 
-	var strs []string
-	if k := len(f.aud) + len(f.scopes) + len(f.unsafe); k > 0 {
-		strs = slices.Grow([]string(nil), k)
+	at := claimsOverhead + lists*sizeRef // where the next string goes
+	put := func(s string) ref {
+		sp := ref{uint32(at), uint32(len(s))}
+		at += copy(buf[at:], s)
+		return sp
 	}
-	for _, s := range f.aud {
-		strs = append(strs, view(s))
+	nextList := claimsOverhead // where the next list entry goes
+	list := func(ss []string) ref {
+		l := ref{uint32(nextList), uint32(len(ss))}
+		for _, s := range ss {
+			*(*ref)(unsafe.Add(base, nextList)) = put(s)
+			nextList += sizeRef
+		}
+		return l
 	}
-	if f.aud != nil {
-		c.Audience = strs[:len(strs):len(strs)]
-	}
+	c.signed = put(f.signed)
+	c.iss = put(f.iss)
+	c.sub = put(f.sub)
+	c.caller = put(f.caller)
+	c.idp = put(f.idp)
+	c.id = put(f.id)
+	c.aud = list(f.aud)
+	c.unsafe = list(f.unsafe)
 	// The scopes are views of ScopeText: them, joined by spaces.
-	from, start := len(strs), len(buf)
+	start := at
+	c.scopes = ref{uint32(nextList), uint32(len(f.scopes))}
 	for i, s := range f.scopes {
 		if i > 0 {
-			buf = append(buf, ' ')
+			buf[at] = ' '
+			at++
 		}
-		strs = append(strs, view(s))
+		*(*ref)(unsafe.Add(base, nextList)) = put(s)
+		nextList += sizeRef
 	}
-	if len(buf) > start {
-		c.ScopeText = unsafe.String(&buf[start], len(buf)-start)
-	}
-	if f.scopes != nil {
-		c.Scopes = strs[from:len(strs):len(strs)]
-	}
-	from = len(strs)
-	for _, s := range f.unsafe {
-		strs = append(strs, view(s))
-	}
-	if f.unsafe != nil {
-		c.unsafe = strs[from:len(strs):len(strs)]
-	}
-	c.size = int32(claimsOverhead + cap(buf) + cap(strs)*sizeString)
+	c.scopeTxt = ref{uint32(start), uint32(at - start)}
+	return c
 }
+
+// Sizes of a Claims' parts.
+const (
+	claimsOverhead = int(unsafe.Sizeof(Claims{}))
+	sizeRef        = int(unsafe.Sizeof(ref{}))
+)
 
 // unsafeClaims lists the top-level claims holding a string, or an array of
 // strings, that headerSafe refuses.
@@ -272,11 +314,11 @@ func headerSafe(s string) bool {
 // forwardable reports whether every claim named can be forwarded as a
 // header value as it is.
 func (c *Claims) forwardable(names ...string) bool {
-	if len(c.unsafe) == 0 {
+	if c.unsafe.n == 0 {
 		return true
 	}
 	for _, n := range names {
-		if slices.Contains(c.unsafe, n) {
+		if c.contains(c.unsafe, n) {
 			return false
 		}
 	}
@@ -304,26 +346,27 @@ func (c *Claims) IssuedAt() time.Time {
 
 // Caller is the application or client the token was issued to: client_id
 // (RFC 8693, RFC 9068), else azp (OpenID Connect).
-func (c *Claims) Caller() string { return c.caller }
+func (c *Claims) Caller() string { return c.str(c.caller) }
 
 // IDP is the token's own idp claim, "" when it has none (see
 // Provider.IdentityProvider for the one to believe).
-func (c *Claims) IDP() string { return c.idp }
+func (c *Claims) IDP() string { return c.str(c.idp) }
 
 // ID is the token's jti, "" when it has none.
-func (c *Claims) ID() string { return c.id }
+func (c *Claims) ID() string { return c.str(c.id) }
 
 // Raw returns every claim as the token carries it, numbers as json.Number
 // so that they are copied verbatim, in a map of the caller's own (parsed
 // anew from the token's payload on every call: the cache keeps no map).
 func (c *Claims) Raw() map[string]any {
-	dot := strings.IndexByte(c.signed, '.')
+	signed := c.str(c.signed)
+	dot := strings.IndexByte(signed, '.')
 	if dot < 0 {
 		// Every Claims comes from a verified token: claims without one
 		// would mint and forward tokens without their subject.
 		panic("authz: Claims without the token they came from")
 	}
-	payload, err := b64.DecodeString(c.signed[dot+1:])
+	payload, err := b64.DecodeString(signed[dot+1:])
 	if err != nil {
 		panic("authz: Claims whose token does not decode: " + err.Error())
 	}
@@ -340,7 +383,7 @@ func (c *Claims) Raw() map[string]any {
 func (c *Claims) ScopesValid() bool { return !c.unsafeScope }
 
 // HasScope reports whether the token grants scope.
-func (c *Claims) HasScope(scope string) bool { return slices.Contains(c.Scopes, scope) }
+func (c *Claims) HasScope(scope string) bool { return c.contains(c.scopes, scope) }
 
 // Bounds of the claims vakt derives: linear work, and a clear refusal past
 // what any identity provider issues.
@@ -422,14 +465,20 @@ func scopeToken(s string) bool {
 	return s != ""
 }
 
-// checkTimes applies exp and nbf at now with leeway. exp: 0 is long expired.
+// checkTimes applies exp and nbf at now with leeway.
 func (c *Claims) checkTimes(now time.Time, leeway time.Duration) error {
+	return checkTimes(c.exp, c.nbf, now, leeway)
+}
+
+// checkTimes applies exp and nbf (0: none) at now with leeway. exp: 0 is
+// long expired.
+func checkTimes(exp, nbf float64, now time.Time, leeway time.Duration) error {
 	t := unixSeconds(now)
 	l := leeway.Seconds()
-	if t >= c.exp+l {
+	if t >= exp+l {
 		return ErrExpired
 	}
-	if c.nbf != 0 && t < c.nbf-l {
+	if nbf != 0 && t < nbf-l {
 		return ErrNotYetValid
 	}
 	return nil
@@ -534,11 +583,11 @@ func (t *timeClaims) read(top *topClaims) error {
 
 // check is Claims.checkTimes and checkIssuedAt on the scanned dates.
 func (t *timeClaims) check(now time.Time, leeway time.Duration) error {
-	c := Claims{exp: t.exp}
+	var nbf float64
 	if t.hasNbf {
-		c.nbf = t.nbf
+		nbf = t.nbf
 	}
-	if err := c.checkTimes(now, leeway); err != nil {
+	if err := checkTimes(t.exp, nbf, now, leeway); err != nil {
 		return err
 	}
 	if t.hasIat && toTime(t.iat).After(now.Add(leeway)) {

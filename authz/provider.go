@@ -123,8 +123,8 @@ func normalType(t string) string {
 // for); for any other token it is the provider's issuer, whatever the
 // token claims, so that no provider can pass as another.
 func (p *Provider) IdentityProvider(c *Claims) string {
-	if p.own && c.idp != "" {
-		return c.idp
+	if idp := c.IDP(); p.own && idp != "" {
+		return idp
 	}
 	return p.issuer
 }
@@ -201,7 +201,7 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, top *topCl
 	if err := jwsbb.Verify(key.public, pt.alg, input, pt.signature); err != nil {
 		return nil, nil, ErrSignatureInvalid
 	}
-	c, raw, err := parseClaims(pt.payload, pt.signingInput, top.members, p.issuer)
+	c, raw, err := parseClaims(pt.payload, pt.signingInput, top.members)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -254,7 +254,7 @@ func (p *Provider) preCheck(pt *parsedToken, top *topClaims, now time.Time) erro
 // checkClaims checks what the parsed token says of itself: iss, exp, nbf,
 // iat, typ and, with aud, its audience.
 func (p *Provider) checkClaims(pt *parsedToken, c *Claims, now time.Time, aud bool) error {
-	if c.Issuer != p.issuer {
+	if c.Issuer() != p.issuer {
 		return ErrIssuerNotTrusted
 	}
 	if err := c.checkTimes(now, p.leeway); err != nil {
@@ -273,10 +273,15 @@ func (p *Provider) checkClaims(pt *parsedToken, c *Claims, now time.Time, aud bo
 }
 
 func (p *Provider) checkAudience(c *Claims) error {
-	if p.checkAud && !slices.ContainsFunc(c.Audience, p.hasAudience) {
-		return ErrAudienceInvalid
+	if !p.checkAud {
+		return nil
 	}
-	return nil
+	for _, a := range c.list(c.aud) {
+		if p.hasAudience(c.str(a)) {
+			return nil
+		}
+	}
+	return ErrAudienceInvalid
 }
 
 // hasAudience reports whether a is one of the provider's audiences: a map

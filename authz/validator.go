@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unsafe"
+
+	"github.com/vakt-dev/vakt/internal/cache"
 )
 
 // ValidatorConfig configures a Validator.
@@ -126,58 +128,60 @@ func (v *Validator) validateRaw(ctx context.Context, provider, token string, wan
 // It returns the provider too. A token whose iss no provider has is
 // ErrIssuerNotTrusted.
 func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
-	if c, p, ok, err := v.cachedByIssuer(token); ok {
-		return c, p, err
+	if e, _, ok, err := v.cachedByIssuer(token); ok {
+		return e.claims, e.provider, err
 	}
-	c, _, p, err := v.verifyByIssuer(ctx, token)
+	c, _, p, _, err := v.verifyByIssuer(ctx, token)
 	return c, p, err
 }
 
 // ValidateByIssuerRaw is ValidateByIssuer, also returning every claim as
 // ValidateRaw does.
 func (v *Validator) ValidateByIssuerRaw(ctx context.Context, token string) (*Claims, map[string]any, *Provider, error) {
-	if c, p, ok, err := v.cachedByIssuer(token); ok {
+	if e, _, ok, err := v.cachedByIssuer(token); ok {
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		return c, c.Raw(), p, nil
+		return e.claims, e.claims.Raw(), e.provider, nil
 	}
-	return v.verifyByIssuer(ctx, token)
+	c, raw, p, _, err := v.verifyByIssuer(ctx, token)
+	return c, raw, p, err
 }
 
 // verifyByIssuer is ValidateByIssuer after a cache miss. The token is
 // parsed once: its iss chooses whose keys verify it. It returns every claim
-// too, as the verification parsed them (the caller's own map).
-func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, map[string]any, *Provider, error) {
+// too, as the verification parsed them (the caller's own map), and the
+// token's key in the cache.
+func (v *Validator) verifyByIssuer(ctx context.Context, token string) (*Claims, map[string]any, *Provider, cache.Key, error) {
 	pt, err := parseCompact(token, v.maxSize)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, cache.Key{}, err
 	}
 	top, err := scanTop(pt.payload)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
+		return nil, nil, nil, cache.Key{}, fmt.Errorf("%w: payload %v", ErrMalformed, err)
 	}
 	// exp, nbf and iat are read now, whoever the issuer: a malformed date is
 	// the same answer for every provider.
 	var t timeClaims
 	if err := t.read(&top); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, cache.Key{}, err
 	}
 	iss, _, err := top.str(top.iss, "iss")
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, cache.Key{}, err
 	}
 	p, ok := v.byIssuer[iss]
 	if !ok {
-		return nil, nil, nil, ErrIssuerNotTrusted
+		return nil, nil, nil, cache.Key{}, ErrIssuerNotTrusted
 	}
 	now := v.now()
 	c, raw, err := p.verifyParsed(ctx, pt, &top, now)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, cache.Key{}, err
 	}
-	v.store(token, p, c, now)
-	return c, raw, p, nil
+	key := v.store(token, p, c, now)
+	return c, raw, p, key, nil
 }
 
 // validate is Validate with p chosen; on a cache miss it returns every
@@ -187,11 +191,11 @@ func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*C
 		return nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
 	}
 	if v.cache != nil {
-		if c, _, ok, err := v.cached(token, p); ok {
+		if e, _, ok, err := v.cached(token, p); ok {
 			if err != nil {
 				return nil, nil, err
 			}
-			return c, nil, nil
+			return e.claims, nil, nil
 		}
 	}
 	now := v.now()
@@ -203,16 +207,17 @@ func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*C
 	return c, raw, nil
 }
 
-// store remembers a token that passed verification.
-func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
+// store remembers a token that passed verification, and returns its key.
+func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) cache.Key {
 	if v.cache == nil {
-		return
+		return cache.Key{}
 	}
 	dot := signatureDot(token)
 	key := signatureKey(token[dot+1:])
 	// The claims hold a copy of the signed part, never the caller's buffer.
 	e := cacheEntry{provider: p, claims: c}
 	v.cache.Put(&key, e, entrySize(&e), expiryNanos(c.exp, p), now.UnixNano())
+	return key
 }
 
 // cached looks token up. The cache is keyed by the SHA-256 of the signature
@@ -223,35 +228,35 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) {
 // holds no credential: the signature is kept only as a digest. With want
 // set, an entry of another provider is a miss. ok reports a hit; err is set
 // when the hit has expired since (exp and nbf are re-checked on every hit).
-func (v *Validator) cached(token string, want *Provider) (c *Claims, p *Provider, ok bool, err error) {
+func (v *Validator) cached(token string, want *Provider) (e cacheEntry, key cache.Key, ok bool, err error) {
 	dot := signatureDot(token)
 	if dot < 0 {
-		return nil, nil, false, nil
+		return cacheEntry{}, key, false, nil
 	}
-	key := signatureKey(token[dot+1:])
+	key = signatureKey(token[dot+1:])
 	now := v.now()
 	e, hit := v.cache.Get(&key, now.UnixNano())
-	if !hit || (want != nil && e.provider != want) || e.claims.signed != token[:dot] {
-		return nil, nil, false, nil
+	if !hit || (want != nil && e.provider != want) || e.claims.str(e.claims.signed) != token[:dot] {
+		return cacheEntry{}, key, false, nil
 	}
 	if err := e.claims.checkTimes(now, e.provider.leeway); err != nil {
 		if errors.Is(err, ErrExpired) {
 			v.cache.Remove(&key)
 		}
-		return nil, nil, true, err
+		return cacheEntry{}, key, true, err
 	}
-	return e.claims, e.provider, true, nil
+	return e, key, true, nil
 }
 
 // cachedByIssuer is the cache half of ValidateByIssuer, for the Checker. A
 // token over the size limit is a "hit" with ErrTooLarge: it is refused
 // before anything is hashed or parsed.
-func (v *Validator) cachedByIssuer(token string) (*Claims, *Provider, bool, error) {
+func (v *Validator) cachedByIssuer(token string) (cacheEntry, cache.Key, bool, error) {
 	if len(token) > v.maxSize {
-		return nil, nil, true, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
+		return cacheEntry{}, cache.Key{}, true, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(token), v.maxSize)
 	}
 	if v.cache == nil {
-		return nil, nil, false, nil
+		return cacheEntry{}, cache.Key{}, false, nil
 	}
 	return v.cached(token, nil)
 }

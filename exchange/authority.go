@@ -256,10 +256,10 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	// A token vakt issued may be exchanged only by the application it was
 	// issued to.
 	own := provider.Own()
-	if own && !slices.Contains(subject.Audience, client) {
+	if own && !subject.HasAudience(client) {
 		return nil, tokenRefusal(authz.ReasonSubjectTokenInvalid, "subject_token", authz.ErrAudienceInvalid)
 	}
-	if subject.Subject == "" {
+	if subject.Subject() == "" {
 		return nil, Refuse(authz.ReasonSubjectTokenInvalid, "invalid subject_token: sub is required", nil)
 	}
 
@@ -430,7 +430,7 @@ func grantedScopes(requested string, subject *authz.Claims) ([]string, error) {
 		return nil, Refuse(authz.ReasonSubjectTokenInvalid, "invalid subject_token: a scope is no RFC 6749 scope-token", nil)
 	}
 	if requested == "" {
-		return subject.Scopes, nil
+		return subject.Scopes(), nil
 	}
 	var out []string
 	for s := range strings.SplitSeq(requested, " ") {
@@ -505,10 +505,10 @@ func (a *Authority) authenticate(ctx context.Context, assertion string, now time
 	bad := func(why string) (clientAssertion, error) {
 		return clientAssertion{client: client}, Refuse(authz.ReasonAssertionInvalid, authz.ReasonAssertionInvalid.Description()+": "+why, nil)
 	}
-	if c.Subject != client {
+	if c.Subject() != client {
 		return bad("sub must equal iss")
 	}
-	if len(c.Audience) != 1 {
+	if len(c.Audience()) != 1 {
 		return bad("aud must be the token endpoint alone")
 	}
 	if c.IssuedAt().IsZero() {

@@ -369,8 +369,8 @@ func (f *authorityFixture) checkIssued(t *testing.T, res *Response, req Request,
 	if err != nil {
 		t.Fatalf("issued token does not verify with vakt's keys: %v", err)
 	}
-	if !slices.Equal(vc.Audience, req.Audience) {
-		t.Fatalf("verified audience %v", vc.Audience)
+	if !slices.Equal(vc.Audience(), req.Audience) {
+		t.Fatalf("verified audience %v", vc.Audience())
 	}
 	if t.Failed() {
 		t.FailNow()

@@ -308,7 +308,7 @@ func mustPreMarshal(m *authv3.CheckResponse) *preMarshalled {
 func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders) any {
 	answer := publicAllow
 	if d.Claims != nil {
-		answer = d.Claims.Derive(app, func() any { return identityAnswer(d, app) }).(*preMarshalled)
+		answer = d.Derive(app, func() any { return identityAnswer(d, app) }).(*preMarshalled)
 	}
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
@@ -379,10 +379,10 @@ func identityHeaders(d authz.Decision, app *authz.Application, raw map[string]an
 		i++
 	}
 	c := d.Claims
-	set(authz.HeaderSubject, c.Subject)
+	set(authz.HeaderSubject, c.Subject())
 	set(authz.HeaderClientID, d.Caller)
 	set(authz.HeaderIdentityProvider, d.Provider.IdentityProvider(c))
-	set(authz.HeaderScope, c.ScopeText)
+	set(authz.HeaderScope, c.ScopeText())
 	for _, fc := range app.ForwardClaims {
 		set(fc.Header, claimString(raw[fc.Claim]))
 	}

@@ -6,19 +6,22 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"google.golang.org/protobuf/types/known/structpb"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/vakt-dev/vakt/authz"
+	"github.com/vakt-dev/vakt/internal/idptest"
 )
 
 // A cached allow is written as the bytes marshalled when the token was
@@ -113,9 +116,33 @@ func TestCheckManyHeaders(t *testing.T) {
 // case, for an application forwarding more claims than there are bits, and
 // a client's header that vakt does not set (its claim absent) is removed.
 func TestPreMarshalledSetsHeader(t *testing.T) {
-	p, err := authz.NewProvider(authz.ProviderConfig{Name: "idp", Issuer: "https://idp.example", Keys: authz.StaticKeys{}})
+	k := idptest.NewKey(t, "k1", "ES256")
+	key, err := authz.NewKey(k.ID, k.Alg, k.Public())
 	if err != nil {
 		t.Fatal(err)
+	}
+	set, err := authz.NewKeySet(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := authz.NewProvider(authz.ProviderConfig{Name: "idp", Issuer: "https://idp.example", Keys: authz.StaticKeys{Set: set}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := authz.NewValidator(authz.ValidatorConfig{Providers: []*authz.Provider{p}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Claims with a subject and a scope, and claims with neither.
+	var claims []*authz.Claims
+	for _, extra := range []map[string]any{{"sub": "s", "scope": "read"}, {}} {
+		payload := map[string]any{"iss": "https://idp.example", "exp": time.Now().Add(time.Hour).Unix()}
+		maps.Copy(payload, extra)
+		c, err := v.Validate(context.Background(), "idp", idptest.Sign(t, k, k.Alg, map[string]any{"alg": k.Alg, "kid": k.ID}, payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		claims = append(claims, c)
 	}
 	app := &authz.Application{}
 	raw := map[string]any{}
@@ -126,7 +153,7 @@ func TestPreMarshalledSetsHeader(t *testing.T) {
 			raw[name] = "v"
 		}
 	}
-	for _, c := range []*authz.Claims{{Subject: "s", ScopeText: "read"}, {}} {
+	for _, c := range claims {
 		d := authz.Decision{Allow: true, Claims: c, Provider: p}
 		hs, sets := identityHeaders(d, app, raw, nil)
 		answer := newPreMarshalledBytes(appendIdentityWire(nil, hs), sets)
@@ -136,7 +163,7 @@ func TestPreMarshalledSetsHeader(t *testing.T) {
 			n++
 			_, want := set[h]
 			if got := answer.setsHeader(app, strings.ToUpper(h), new([]string)); got != want {
-				t.Errorf("claims %+v: setsHeader(%s) = %v, the message sets it: %v", c.Subject, h, got, want)
+				t.Errorf("claims %+v: setsHeader(%s) = %v, the message sets it: %v", c.Subject(), h, got, want)
 			}
 		}
 		if n != 4+70 || answer.setsHeader(app, "x-vakt-role", new([]string)) {

@@ -81,8 +81,8 @@ func (l *decisionLog) tokenAttrs(attrs []slog.Attr, c *authz.Claims) []slog.Attr
 	if jti := c.ID(); jti != "" {
 		attrs = append(attrs, slog.String("jti", truncate(jti, 128)))
 	}
-	if c.Subject != "" {
-		attrs = append(attrs, slog.String("sub_hash", l.subHash(c.Subject)))
+	if c.Subject() != "" {
+		attrs = append(attrs, slog.String("sub_hash", l.subHash(c.Subject())))
 	}
 	return attrs
 }

@@ -97,7 +97,7 @@ func Explain(ctx context.Context, rt *Runtime, r ExplainRequest) Explanation {
 		}
 		reached := d.Allow || d.Reason == authz.ReasonScopeInsufficient || d.Reason == authz.ReasonClaimNotForwardable
 		if reached && d.Route > 0 && len(app.Routes[d.Route-1].Scopes) > 0 {
-			step("scopes", "needs %s; the token holds %s", strings.Join(app.Routes[d.Route-1].Scopes, " "), orNone(d.Claims.ScopeText))
+			step("scopes", "needs %s; the token holds %s", strings.Join(app.Routes[d.Route-1].Scopes, " "), orNone(d.Claims.ScopeText()))
 		}
 	}
 	explainDecision(step, d)

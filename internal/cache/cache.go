@@ -145,6 +145,18 @@ func (c *Cache[V]) Put(k *Key, v V, size int64, expires, now int64) {
 	s.bytes += size
 }
 
+// Update calls f with the value under k, under the shard's lock, when k is
+// present (expired or not): for a value that changes in place after Put, its
+// size and expiry as they were.
+func (c *Cache[V]) Update(k *Key, f func(*V)) {
+	s := c.shard(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i, ok := s.index[*k]; ok {
+		f(&s.slots[i].val)
+	}
+}
+
 // evictWindow is how many slots the hand looks at, at least, before it
 // settles on an entry that is not expired: enough that an expired entry
 // nearby is dropped before a live one, few enough that an eviction stays

@@ -47,6 +47,27 @@ func TestGetPutExpire(t *testing.T) {
 	}
 }
 
+// Update changes a present entry in place (its size and expiry as they
+// were), and nothing for an absent or removed key.
+func TestUpdate(t *testing.T) {
+	c := New[string](100, 1<<20)
+	k, other := key(1), key(2)
+	c.Put(&k, "a", 10, 2*hour, hour)
+	c.Update(&k, func(v *string) { *v += "b" })
+	c.Update(&other, func(*string) { t.Error("f called for an absent key") })
+	if v, ok := c.Get(&k, hour); !ok || v != "ab" {
+		t.Fatalf("updated: %q %v", v, ok)
+	}
+	if _, ok := c.Get(&k, 2*hour); ok {
+		t.Fatal("Update changed the expiry")
+	}
+	if st := c.Stats(); st.Entries != 1 || st.Bytes != 10 {
+		t.Fatalf("stats %+v", st)
+	}
+	c.Remove(&k)
+	c.Update(&k, func(*string) { t.Error("f called for a removed key") })
+}
+
 // The bounds hold in entries and in bytes, whatever is put.
 func TestBounds(t *testing.T) {
 	for _, tt := range []struct {
