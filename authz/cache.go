@@ -17,12 +17,13 @@ const (
 	// the index, the slot and the entry itself.
 	entryOverhead = 160
 	// DerivedAllowance is counted for what an adapter derives from the
-	// claims once per token and application (Claims.Derive: Check's allow
-	// answer, marshalled), and is the most it may keep: a typical token's
+	// claims once per token and application (Decision.Derive: Check's
+	// allow answer, marshalled), and is the most it may keep: a typical token's
 	// answer is under 1 KiB.
 	DerivedAllowance = 2 << 10
 	// derivedOverhead is what a derived value costs besides its bytes:
-	// the claims' slot for it and the object holding them, rounded up.
+	// its key and value in the cache's slot and the object holding the
+	// bytes, rounded up.
 	derivedOverhead = 128
 )
 

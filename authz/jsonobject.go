@@ -39,7 +39,7 @@ var (
 // unescaping (unsafe.String), not copies: data must not change after, and
 // every caller parses bytes it has just decoded and never writes again. A
 // string kept keeps data alive; what the verified-token cache keeps it
-// copies (Claims.pack).
+// copies (newClaims).
 func parseJSONObject(data []byte) (map[string]any, error) {
 	m, _, err := parseJSONObjectSize(data)
 	return m, err
