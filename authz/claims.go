@@ -216,6 +216,12 @@ func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
 	for _, s := range f.unsafe {
 		n += len(s)
 	}
+	if n > math.MaxInt32 {
+		// Offsets are uint32 and size an int32: unreachable from a token
+		// of any size a transport carries (gRPC's 1 MiB), refused rather
+		// than wrapped should a bound ever move.
+		panic("authz: claims over 2 GiB")
+	}
 	// Grown, not made: append rounds the capacity up to the allocation's
 	// size class, so that the size counted is what the allocation costs.
 	words := slices.Grow([]uint64(nil), (n+7)/8)
@@ -231,7 +237,11 @@ func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
 	at := claimsOverhead + lists*sizeRef // where the next string goes
 	put := func(s string) ref {
 		sp := ref{uint32(at), uint32(len(s))}
-		at += copy(buf[at:], s)
+		if copy(buf[at:], s) != len(s) {
+			// n above missed a string: a ref past the allocation.
+			panic("authz: newClaims sized the claims short")
+		}
+		at += len(s)
 		return sp
 	}
 	nextList := claimsOverhead // where the next list entry goes
