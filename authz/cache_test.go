@@ -191,7 +191,7 @@ func TestCacheBound(t *testing.T) {
 
 // An entry is counted at what it costs: the count agrees with the heap it
 // takes, within a tenth, for a typical token and for a large one (the
-// claims are one buffer and one array, counted at their capacity).
+// claims are one allocation, counted at its size class).
 func TestCacheEntrySize(t *testing.T) {
 	k := idptest.NewKey(t, "k1", "RS256")
 	p, _ := staticProvider(t, "a", "https://a.example", k)

@@ -25,7 +25,7 @@ import (
 // would find its strings at offsets from itself, so the accessors refuse
 // one (self), and go vet flags one (noCopy).
 //
-// Whatever keeps one of its strings beyond the request (a ref, a metric
+// Whatever keeps one of its strings beyond the request (a span, a metric
 // label) keeps the whole allocation alive, so it keeps a copy
 // (strings.Clone) instead.
 //
@@ -41,7 +41,7 @@ type Claims struct {
 	// it rather than the claims keeping a second, decoded copy.
 	signed                              ref
 	iss, sub, caller, idp, id, scopeTxt ref
-	// aud, scopes and unsafe are lists: spans of arrays of spans. unsafe
+	// aud, scopes and unsafe are lists: refs of arrays of refs. unsafe
 	// names the top-level claims that hold a string no header value may
 	// carry (see headerSafe); empty for nearly every token. Scopes are
 	// views of scopeTxt: them, joined by spaces.
@@ -79,7 +79,7 @@ func (c *Claims) str(s ref) string {
 	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(c), s.off)), s.n)
 }
 
-// list is the list at l: spans of strings.
+// list is the list at l: refs of strings.
 func (c *Claims) list(l ref) []ref {
 	if l.n == 0 {
 		return nil
@@ -201,7 +201,7 @@ type claimFields struct {
 
 // newClaims makes the Claims of f, with the dates t: one
 // allocation of words (so aligned for the fields), which holds no pointer,
-// the Claims at its start and what its spans lead to after it. It is
+// the Claims at its start and what its refs lead to after it. It is
 // written here, before any view of it exists, and never again.
 func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
 	lists := len(f.aud) + len(f.scopes) + len(f.unsafe)
@@ -215,6 +215,12 @@ func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
 	}
 	for _, s := range f.unsafe {
 		n += len(s)
+	}
+	if n > math.MaxInt32 {
+		// Offsets are uint32 and size an int32: unreachable from a token
+		// of any size a transport carries (gRPC's 1 MiB), refused rather
+		// than wrapped should a bound ever move.
+		panic("authz: claims over 2 GiB")
 	}
 	// Grown, not made: append rounds the capacity up to the allocation's
 	// size class, so that the size counted is what the allocation costs.
@@ -231,7 +237,11 @@ func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
 	at := claimsOverhead + lists*sizeRef // where the next string goes
 	put := func(s string) ref {
 		sp := ref{uint32(at), uint32(len(s))}
-		at += copy(buf[at:], s)
+		if copy(buf[at:], s) != len(s) {
+			// n above missed a string: a ref past the allocation.
+			panic("authz: newClaims sized the claims short")
+		}
+		at += len(s)
 		return sp
 	}
 	nextList := claimsOverhead // where the next list entry goes
