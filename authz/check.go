@@ -43,9 +43,9 @@ type Decision struct {
 	// raw is every claim, when the token was verified for this decision
 	// (a cache miss): parsed once, and never kept with the claims.
 	raw map[string]any
-	// cache and key are where the verified-token cache keeps the token
-	// (cache nil when it keeps none), and derived what Derive computed for
-	// it before.
+	// cache and key are where the verified-token cache keeps the token, if
+	// it kept it (cache nil when there is no cache), and derived what
+	// Derive computed for it before.
 	cache   *tokenCache
 	key     cache.Key
 	derived derived
