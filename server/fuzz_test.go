@@ -70,7 +70,9 @@ func FuzzTokenEndpoint(f *testing.F) {
 
 // FuzzCheck: any method, path and Authorization header is allowed or denied
 // with 400, 401 or 403, never a panic or an RPC error; and nothing without a
-// valid token reaches a route that needs one.
+// valid token reaches a route that needs one. Its tokens never verify:
+// FuzzCheckAllow (check_fuzz_test.go) fuzzes the allow path with tokens it
+// signs.
 func FuzzCheck(f *testing.F) {
 	for _, s := range [][3]string{
 		{"GET", "/read", "Bearer a.b.c"}, {"GET", "/public/x", ""}, {"POST", "/read/..%2Fdelete", "bearer x"},

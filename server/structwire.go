@@ -26,31 +26,21 @@ const (
 	checkDynamicMetadata protowire.Number = 4
 )
 
-// appendDynamicMetadata appends CheckResponse.dynamic_metadata to a
-// marshalled CheckResponse: {namespace: claims}, the field byte for byte
-// as proto.Marshal writes it (TestDynamicMetadataWire), keys in order. The
-// whole response is the same message as proto.Marshal's, not the same
-// bytes: it writes field 4 before the ok_response oneof (3), this after. It
-// is what claimsStruct and a reflective Marshal make, at a fraction of their
-// cost, paid on every cache miss.
-func appendDynamicMetadata(b []byte, namespace string, claims map[string]any) ([]byte, error) {
-	var w structWire
-	n, err := w.size(namespace, claims)
-	if err != nil {
-		return b, err
-	}
-	if cap(b)-len(b) < n {
-		b = append(make([]byte, 0, len(b)+n), b...)
-	}
-	return w.append(b, namespace, claims), nil
-}
-
-// structWire writes dynamic_metadata in two passes over the claims: size
-// measures every value (and sorts every object's keys), append writes each
-// with its length known, into a buffer of the exact size. A length prefix
-// comes before what it measures, so one pass would build every nested value
-// apart and copy it up (an allocation or two per claim); two keep the work
-// linear and the allocations to a few, whatever the nesting.
+// structWire writes CheckResponse.dynamic_metadata, {namespace: claims},
+// after the rest of a marshalled CheckResponse (identityAnswer): the field
+// byte for byte as proto.Marshal writes it, keys in order
+// (TestDynamicMetadataWire, FuzzDynamicMetadataWire). The whole response is
+// the same message as proto.Marshal's, not the same bytes: it writes field 4
+// before the ok_response oneof (3), identityAnswer after. It is what
+// claimsStruct and a reflective Marshal make, at a fraction of their cost,
+// paid on every cache miss.
+//
+// It writes in two passes over the claims: size measures every value (and
+// sorts every object's keys), append writes each with its length known,
+// into a buffer of the exact size. A length prefix comes before what it
+// measures, so one pass would build every nested value apart and copy it up
+// (an allocation or two per claim); two keep the work linear and the
+// allocations to a few, whatever the nesting.
 type structWire struct {
 	sizes []int    // the size of each value, then of its fields for an object or a list, in the order written
 	keys  []string // each object's keys, sorted, in the order written

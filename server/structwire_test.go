@@ -8,6 +8,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/vakt-dev/vakt/authz"
 )
 
 var structWireSeeds = []string{
@@ -18,9 +20,30 @@ var structWireSeeds = []string{
 	`{"big":12345678901234567890,"tiny":1e-300,"zero":0,"negzero":-0}`,
 }
 
-// checkStructWire compares appendDynamicMetadata with what claimsStruct and
-// proto.Marshal make of the same claims: the same bytes, so the same
-// message.
+// metadataWire writes dynamic_metadata as identityAnswer does: the size
+// pass, then the append pass after an answer's identity part, into a buffer
+// made to the size of both. It returns what the append pass added, and
+// checks that the size pass measured it exactly, that the buffer did not
+// grow, and that the identity part is as it was.
+func metadataWire(t *testing.T, claims map[string]any) ([]byte, error) {
+	t.Helper()
+	hs := []answerHeader{{authz.HeaderSubject, "user-1"}}
+	identity := appendIdentityWire(nil, hs)
+	var w structWire
+	n, err := w.size(metadataNamespace, claims)
+	if err != nil {
+		return nil, err
+	}
+	b := w.append(appendIdentityWire(make([]byte, 0, identityWireSize(hs)+n), hs), metadataNamespace, claims)
+	if len(b) != len(identity)+n || cap(b) != len(identity)+n || !bytes.Equal(b[:len(identity)], identity) {
+		t.Fatalf("sized %d after %d bytes of identity headers, wrote %d into %d", n, len(identity), len(b), cap(b))
+	}
+	return b[len(identity):], nil
+}
+
+// checkStructWire compares the metadata structWire writes with what
+// claimsStruct and proto.Marshal make of the same claims: the same bytes,
+// so the same message.
 func checkStructWire(t *testing.T, doc string) {
 	d := json.NewDecoder(bytes.NewReader([]byte(doc)))
 	d.UseNumber()
@@ -30,26 +53,20 @@ func checkStructWire(t *testing.T, doc string) {
 	}
 	cs, err := claimsStruct(claims)
 	if err != nil {
-		if _, err2 := appendDynamicMetadata(nil, "vakt", claims); err2 == nil {
+		if _, err2 := metadataWire(t, claims); err2 == nil {
 			t.Fatalf("%s: claimsStruct refused (%v), the wire encoder did not", doc, err)
 		}
 		return
 	}
 	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&authv3.CheckResponse{
-		DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{"vakt": structpb.NewStructValue(cs)}},
+		DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{metadataNamespace: structpb.NewStructValue(cs)}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := appendDynamicMetadata(nil, "vakt", claims)
+	got, err := metadataWire(t, claims)
 	if err != nil {
 		t.Fatalf("%s: %v", doc, err)
-	}
-	// The size pass measured exactly what the append pass wrote, and the
-	// buffer was made to it.
-	var w structWire
-	if n, err := w.size("vakt", claims); err != nil || n != len(got) || cap(got) != len(got) {
-		t.Fatalf("%s: sized %d (%v), wrote %d into %d", doc, n, err, len(got), cap(got))
 	}
 	if !bytes.Equal(got, want) {
 		var g, w authv3.CheckResponse
@@ -71,7 +88,9 @@ func TestDynamicMetadataWire(t *testing.T) {
 }
 
 // The metadata costs a few allocations however many claims there are, and
-// however deep they nest: its buffer, and the sizes and keys noted for it.
+// however deep they nest, written as identityAnswer writes it: the answer's
+// one buffer (identity headers and metadata), and the sizes and keys noted
+// for it (grown once each here, past the first guess at their length).
 func TestDynamicMetadataWireAllocations(t *testing.T) {
 	d := json.NewDecoder(bytes.NewReader([]byte(`{"iss":"https://idp.example","sub":"user-1","aud":["a","b"],` +
 		`"client_id":"dev:ns:app","acr":"high","amr":["pwd"],"pid":"12345678901","scope":"openid read","iat":1,"exp":2,` +
@@ -81,12 +100,15 @@ func TestDynamicMetadataWireAllocations(t *testing.T) {
 	if err := d.Decode(&claims); err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, 0, 4096)
+	hs := []answerHeader{{authz.HeaderSubject, "user-1"}}
 	if n := testing.AllocsPerRun(20, func() {
-		if _, err := appendDynamicMetadata(b, "vakt", claims); err != nil {
+		var w structWire
+		n, err := w.size(metadataNamespace, claims)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}); n > 4 {
+		w.append(appendIdentityWire(make([]byte, 0, identityWireSize(hs)+n), hs), metadataNamespace, claims)
+	}); n > 5 {
 		t.Fatalf("%.0f allocations for %d claims", n, len(claims))
 	}
 }
