@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"iter"
-	"strings"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
@@ -86,7 +85,7 @@ func (p *preMarshalled) setsHeader(app *authz.Application, name string, more *[]
 		if i >= moreHeaders {
 			break
 		}
-		if p.sets&(1<<i) != 0 && strings.EqualFold(h, name) {
+		if p.sets&(1<<i) != 0 && asciiEqualFold(h, name) {
 			return true
 		}
 	}
@@ -102,11 +101,34 @@ func (p *preMarshalled) setsHeader(app *authz.Application, name string, more *[]
 		*more = names
 	}
 	for _, h := range *more {
-		if strings.EqualFold(h, name) {
+		if asciiEqualFold(h, name) {
 			return true
 		}
 	}
 	return false
+}
+
+// asciiEqualFold is HTTP's comparison of header names: ASCII letters in
+// any case. strings.EqualFold would also take ſ for s and the Kelvin sign
+// for k, and so a client's x-vakt-ſubject for the x-vakt-subject vakt sets
+// (kept, where an upstream that upper-cases names reads it as that).
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // answerHeaders lists, in order, every header an allow answer for app may
