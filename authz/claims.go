@@ -16,9 +16,10 @@ import (
 // A Claims is shared by every request that presents the same token
 // (through the verified-token cache), and is read-only.
 //
-// It is one allocation that holds no pointer: the fields below, then every
-// string it keeps (the token's signed part, the few claims Check reads),
-// each found at an offset from the Claims itself, and the lists of them.
+// It is one allocation that holds no pointer: the fields below, then its
+// lists (the audience, the scopes), then the bytes of every string it keeps
+// (the token's signed part, the few claims Check reads), each found at an
+// offset from the Claims itself.
 // The garbage collector marks it and never scans it, however many tokens
 // the cache holds; the accessors make strings that are views of it. A
 // Claims is only ever used through the *Claims parseClaims made: a copy
