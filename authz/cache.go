@@ -18,8 +18,8 @@ const (
 	entryOverhead = 160
 	// DerivedAllowance is counted for what an adapter derives from the
 	// claims once per token and application (Decision.Derive: Check's
-	// allow answer, marshalled), and is the most it may keep: a typical token's
-	// answer is under 1 KiB.
+	// allow answer, marshalled), and is the most it may keep: a typical
+	// token's answer is under 1 KiB.
 	DerivedAllowance = 2 << 10
 	// derivedOverhead is what a derived value costs besides its bytes:
 	// its key and value in the cache's slot and the object holding the

@@ -200,10 +200,10 @@ type claimFields struct {
 	aud, scopes, unsafe               []string
 }
 
-// newClaims makes the Claims of f, with the dates t: one
-// allocation of words (so aligned for the fields), which holds no pointer,
-// the Claims at its start and what its refs lead to after it. It is
-// written here, before any view of it exists, and never again.
+// newClaims makes the Claims of f, with the dates t: one allocation of
+// words (so aligned for the fields), which holds no pointer, the Claims at
+// its start and what its refs lead to after it. It is written here, before
+// any view of it exists, and never again.
 func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
 	lists := len(f.aud) + len(f.scopes) + len(f.unsafe)
 	n := claimsOverhead + lists*sizeRef
