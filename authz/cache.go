@@ -18,12 +18,13 @@ const (
 	entryOverhead = 160
 	// DerivedAllowance is counted for what an adapter derives from the
 	// claims once per token and application (Decision.Derive: Check's
-	// allow answer, marshalled), and is the most it may keep: a typical
-	// token's answer is under 1 KiB.
+	// allow answer, marshalled), and is the most it may keep, for one
+	// application or, together, for up to maxDerived: a typical token's
+	// answer is under 1 KiB.
 	DerivedAllowance = 2 << 10
-	// derivedOverhead is what a derived value costs besides its bytes:
-	// its key and value in the cache's slot and the object holding the
-	// bytes, rounded up.
+	// derivedOverhead is what derived values cost besides their bytes:
+	// the first's key and value in the cache's slot, and the values' size
+	// and their array, rounded up.
 	derivedOverhead = 128
 )
 
@@ -51,14 +52,74 @@ type cacheEntry struct {
 	derived  derived
 }
 
-// derived is what Decision.Derive computed for key.
-type derived struct{ key, value any }
+// derived is what Decision.Derive computed for a token: the value for key,
+// and for more keys when the token is Checked for more than one
+// application (a token forwarded from service to service), as long as they
+// fit the entry's DerivedAllowance together. It is a value in the cache's
+// slot; more is never modified once made (with makes a new one), so that a
+// copy of derived read under the slot's read lock stays valid.
+type derived struct {
+	key, value any
+	size       int          // bytes of every value, and of more's pairs
+	more       *derivedMore // nil until a second key
+}
 
-// setDerived keeps v with the entry of claims under k, if it is still there.
-func setDerived(c *tokenCache, k cache.Key, claims *Claims, v derived) {
+// derivedMore are the values of the keys past the first.
+type derivedMore struct {
+	n     int
+	pairs [maxDerived - 1]derivedPair
+}
+
+type derivedPair struct{ key, value any }
+
+// Bounds of the values derived for one token.
+const (
+	// maxDerived is how many keys a token keeps values for.
+	maxDerived = 4
+	// derivedPairSize is what each value past the first costs besides
+	// its own size: its pair, and its share of derivedMore.
+	derivedPairSize = 48
+)
+
+// find returns the value for key; nil when there is none.
+func (d *derived) find(key any) any {
+	if d.value == nil {
+		return nil
+	}
+	if d.key == key {
+		return d.value
+	}
+	if d.more != nil {
+		for _, p := range d.more.pairs[:d.more.n] {
+			if p.key == key {
+				return p.value
+			}
+		}
+	}
+	return nil
+}
+
+// with is d with value, of size bytes, for key (which d has none for):
+// beside d's values when they fit the allowance together, else alone.
+func (d derived) with(key, value any, size int) derived {
+	if d.value == nil || d.more != nil && d.more.n == maxDerived-1 || d.size+size+derivedPairSize > DerivedAllowance {
+		return derived{key: key, value: value, size: size}
+	}
+	more := &derivedMore{}
+	if d.more != nil {
+		*more = *d.more
+	}
+	more.pairs[more.n] = derivedPair{key, value}
+	more.n++
+	return derived{key: d.key, value: d.value, size: d.size + size + derivedPairSize, more: more}
+}
+
+// addDerived keeps value, of size bytes, for key with the entry of claims
+// under k, if it is still there and has none for key yet.
+func addDerived(c *tokenCache, k cache.Key, claims *Claims, key, value any, size int) {
 	c.Update(&k, func(e *cacheEntry) {
-		if e.claims == claims {
-			e.derived = v
+		if e.claims == claims && e.derived.find(key) == nil {
+			e.derived = e.derived.with(key, value, size)
 		}
 	})
 }

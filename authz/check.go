@@ -54,19 +54,21 @@ type Decision struct {
 // Derive returns what compute makes of the decision's claims for key,
 // computing it once per token and key: a repeated token then costs no
 // rework in an adapter (the Check adapter keeps its answer here, keyed by
-// the application). The value is kept with the token in the verified-token
-// cache, one per token (another key replaces it), and shared by every
-// request that presents the token: compute must return something nobody
-// modifies afterwards.
-func (d *Decision) Derive(key any, compute func() any) any {
-	if d.derived.value != nil && d.derived.key == key {
-		return d.derived.value
+// the application). compute returns the value and about how many bytes it
+// holds. The value is kept with the token in the verified-token cache,
+// beside those of other keys while they fit DerivedAllowance together
+// (else it replaces them), and shared by every request that presents the
+// token: compute must return something nobody modifies afterwards.
+func (d *Decision) Derive(key any, compute func() (value any, size int)) any {
+	if v := d.derived.find(key); v != nil {
+		return v
 	}
-	d.derived = derived{key: key, value: compute()}
+	v, size := compute()
 	if d.cache != nil {
-		setDerived(d.cache, d.key, d.Claims, d.derived)
+		addDerived(d.cache, d.key, d.Claims, key, v, size)
 	}
-	return d.derived.value
+	d.derived = d.derived.with(key, v, size)
+	return v
 }
 
 // RawClaims returns every claim of the token as Claims.Raw does, in a map of

@@ -492,54 +492,50 @@ func TestCheckerCache(t *testing.T) {
 }
 
 // Derive computes once per token and key: a later Check of the same token
-// (from the cache) finds the value, a Check for another key computes and
-// replaces it, and without a cache every Check computes.
+// (from the cache) finds the value; values for other keys (a token Checked
+// for several applications) are kept beside it while they fit
+// DerivedAllowance together, and up to four, and a value past either bound
+// replaces them all; without a cache every Check computes; a token
+// verified anew starts with nothing derived.
 func TestDecisionDerive(t *testing.T) {
 	e := newCheckEnv(t)
 	ctx := context.Background()
-	tok := "Bearer " + e.own(t, app1, []string{appB, appAPI}, "read:users")
 	b, _ := e.policy.Application(appB)
-	api, _ := e.policy.Application(appAPI)
-	computed := 0
-	derive := func(c *authz.Checker, app *authz.Application, path string) any {
-		t.Helper()
-		d := c.Check(ctx, authz.CheckRequest{App: app, Method: "GET", Path: path, Authorization: tok})
-		if !d.Allow {
-			t.Fatalf("%v (%v)", d.Reason, d.Err)
-		}
-		return d.Derive(app, func() any { computed++; return &struct{ n int }{computed} })
+	type step struct {
+		key      string
+		size     int
+		computed bool // computed now, rather than found
 	}
-	first := derive(e.cached, b, "/read")
+	pair := 48 // what a value past the first costs besides its size
 	for _, tt := range []struct {
-		name     string
-		checker  *authz.Checker
-		app      *authz.Application
-		path     string
-		computed int  // computations so far
-		same     bool // the value of first
+		name    string
+		checker *authz.Checker
+		steps   []step
 	}{
-		{"cached again", e.cached, b, "/read", 1, true},
-		{"another key", e.cached, api, "/", 2, false},
-		{"the first key again, replaced", e.cached, b, "/read", 3, false},
-		{"and kept", e.cached, b, "/read", 3, false},
-		{"no cache", e.uncached, b, "/read", 4, false},
-		{"no cache again", e.uncached, b, "/read", 5, false},
+		{"one key", e.cached, []step{{"a", 500, true}, {"a", 500, false}, {"a", 500, false}}},
+		{"keys beside each other", e.cached, []step{{"a", 500, true}, {"b", 500, true}, {"a", 0, false}, {"b", 0, false}, {"c", 500, true}, {"a", 0, false}, {"c", 0, false}}},
+		{"past the allowance, replaced", e.cached, []step{{"a", 1000, true}, {"b", authz.DerivedAllowance - 1000 - pair + 1, true}, {"a", 1000, true}, {"b", 0, true}, {"a", 0, false}}},
+		{"at the allowance, kept", e.cached, []step{{"a", 1000, true}, {"b", authz.DerivedAllowance - 1000 - pair, true}, {"a", 0, false}, {"b", 0, false}}},
+		{"past four keys, replaced", e.cached, []step{{"a", 10, true}, {"b", 10, true}, {"c", 10, true}, {"d", 10, true}, {"a", 0, false}, {"d", 0, false}, {"e", 10, true}, {"e", 0, false}, {"a", 0, true}}},
+		{"no cache", e.uncached, []step{{"a", 10, true}, {"a", 10, true}}},
 	} {
-		got := derive(tt.checker, tt.app, tt.path)
-		if computed != tt.computed || (got == first) != tt.same {
-			t.Fatalf("%s: %d computations, want %d; the first value: %v, want %v", tt.name, computed, tt.computed, got == first, tt.same)
-		}
-	}
-	// A token verified again (its entry gone) starts with nothing derived.
-	e.clock.Advance(2 * time.Minute)
-	if d := e.cached.Check(ctx, authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: tok}); d.Allow {
-		t.Fatal("expired token allowed")
-	}
-	tok = "Bearer " + e.own(t, app1, []string{appB, appAPI}, "read:users")
-	before := computed
-	derive(e.cached, b, "/read")
-	if computed != before+1 {
-		t.Fatal("a new token found a value derived for another")
+		t.Run(tt.name, func(t *testing.T) {
+			// A token of its own, new to the cache.
+			tok := "Bearer " + e.own(t, app1, appB, "read:users", "jti", tt.name)
+			values := map[string]any{}
+			for i, st := range tt.steps {
+				d := tt.checker.Check(ctx, authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: tok})
+				if !d.Allow {
+					t.Fatalf("%v (%v)", d.Reason, d.Err)
+				}
+				computed := false
+				v := d.Derive(st.key, func() (any, int) { computed = true; return &struct{ step int }{i}, st.size })
+				if computed != st.computed || !computed && v != values[st.key] {
+					t.Fatalf("step %d (%s): computed %v, want %v", i, st.key, computed, st.computed)
+				}
+				values[st.key] = v
+			}
+		})
 	}
 }
 

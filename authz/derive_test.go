@@ -79,9 +79,9 @@ func TestDecisionDeriveChurn(t *testing.T) {
 							continue
 						}
 						fresh := false
-						got := d.Derive(app, func() any {
+						got := d.Derive(app, func() (any, int) {
 							fresh = true
-							return &derivedFor{d.Claims.Subject(), app.ID}
+							return &derivedFor{d.Claims.Subject(), app.ID}, 500
 						}).(*derivedFor)
 						if fresh {
 							computed.Add(1)

@@ -308,7 +308,10 @@ func mustPreMarshal(m *authv3.CheckResponse) *preMarshalled {
 func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders) any {
 	answer := publicAllow
 	if d.Claims != nil {
-		answer = d.Derive(app, func() any { return identityAnswer(d, app) }).(*preMarshalled)
+		answer = d.Derive(app, func() (any, int) {
+			a := identityAnswer(d, app)
+			return a, a.size()
+		}).(*preMarshalled)
 	}
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"iter"
+	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
@@ -60,6 +61,9 @@ func newPreMarshalledBytes(b []byte, sets uint64) *preMarshalled {
 	p.buf[0] = &p.bytes
 	return p
 }
+
+// size is about how many bytes the answer holds: its bytes and itself.
+func (p *preMarshalled) size() int { return cap(p.bytes) + int(unsafe.Sizeof(*p)) }
 
 // wire is the answer's bytes as the codec returns them. Nothing frees
 // them: a SliceBuffer's Free does nothing.
