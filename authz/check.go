@@ -54,11 +54,12 @@ type Decision struct {
 // Derive returns what compute makes of the decision's claims for key,
 // computing it once per token and key: a repeated token then costs no
 // rework in an adapter (the Check adapter keeps its answer here, keyed by
-// the application). compute returns the value and about how many bytes it
-// holds. The value is kept with the token in the verified-token cache,
-// beside those of other keys while they fit DerivedAllowance together
-// (else it replaces them), and shared by every request that presents the
-// token: compute must return something nobody modifies afterwards.
+// the application; key must be comparable). compute returns the value and
+// about how many bytes it holds. The value is kept with the token in the
+// verified-token cache, beside those of other keys while they fit
+// DerivedAllowance together (else it replaces them), and shared by every
+// request that presents the token: compute must return something nobody
+// modifies afterwards.
 func (d *Decision) Derive(key any, compute func() (value any, size int)) any {
 	if v := d.derived.find(key); v != nil {
 		return v
