@@ -60,7 +60,7 @@ type cacheEntry struct {
 // copy of derived read under the slot's read lock stays valid.
 type derived struct {
 	key, value any
-	size       int          // bytes of every value, and of more's pairs
+	size       int          // bytes of every value, and of more
 	more       *derivedMore // nil until a second key
 }
 
@@ -76,9 +76,10 @@ type derivedPair struct{ key, value any }
 const (
 	// maxDerived is how many keys a token keeps values for.
 	maxDerived = 4
-	// derivedPairSize is what each value past the first costs besides
-	// its own size: its pair, and its share of derivedMore.
-	derivedPairSize = 48
+	// derivedMoreSize is what the values past the first cost besides
+	// their own sizes: derivedMore, which holds their pairs, at its
+	// allocation's size class (TestDerivedMoreSize).
+	derivedMoreSize = 112
 )
 
 // find returns the value for key; nil when there is none.
@@ -102,7 +103,11 @@ func (d *derived) find(key any) any {
 // with is d with value, of size bytes, for key (which d has none for):
 // beside d's values when they fit the allowance together, else alone.
 func (d derived) with(key, value any, size int) derived {
-	if d.value == nil || d.more != nil && d.more.n == maxDerived-1 || d.size+size+derivedPairSize > DerivedAllowance {
+	total := d.size + size
+	if d.more == nil {
+		total += derivedMoreSize
+	}
+	if d.value == nil || d.more != nil && d.more.n == maxDerived-1 || total > DerivedAllowance {
 		return derived{key: key, value: value, size: size}
 	}
 	more := &derivedMore{}
@@ -111,7 +116,7 @@ func (d derived) with(key, value any, size int) derived {
 	}
 	more.pairs[more.n] = derivedPair{key, value}
 	more.n++
-	return derived{key: d.key, value: d.value, size: d.size + size + derivedPairSize, more: more}
+	return derived{key: d.key, value: d.value, size: total, more: more}
 }
 
 // addDerived keeps value, of size bytes, for key with the entry of claims

@@ -506,7 +506,7 @@ func TestDecisionDerive(t *testing.T) {
 		size     int
 		computed bool // computed now, rather than found
 	}
-	pair := 48 // what a value past the first costs besides its size
+	pair := 112 // what the values past the first cost besides their sizes (derivedMore)
 	for _, tt := range []struct {
 		name    string
 		checker *authz.Checker

@@ -358,7 +358,9 @@ func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 			mdSize = m
 		}
 	}
-	wire := appendIdentityWire(make([]byte, 0, n+mdSize), hs)
+	// Grown, not made: append rounds the capacity up to the allocation's
+	// size class, so that preMarshalled.size counts what it costs.
+	wire := appendIdentityWire(slices.Grow([]byte(nil), n+mdSize), hs)
 	if mdSize > 0 {
 		wire = md.append(wire, metadataNamespace, raw)
 	}

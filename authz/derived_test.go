@@ -1,0 +1,170 @@
+package authz
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/vakt-dev/vakt/internal/idptest"
+)
+
+// with and find against a model: random keys and sizes; a value found is
+// always the one set for that key; the size is the sum; more than one
+// value only within the allowance; at most maxDerived.
+func TestDerivedModel(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	type val struct {
+		key  int
+		size int
+	}
+	for run := range 2000 {
+		var d derived
+		model := map[int]*val{}
+		for range 50 {
+			k := r.IntN(7)
+			if v := d.find(k); v != nil {
+				if v.(*val).key != k || model[k] != v.(*val) {
+					t.Fatalf("run %d: key %d found %+v, model %+v", run, k, v, model[k])
+				}
+				continue
+			}
+			size := r.IntN(2200)
+			if r.IntN(4) == 0 {
+				size = r.IntN(200)
+			}
+			v := &val{k, size}
+			old := d
+			d = d.with(k, v, size)
+			if old.more != nil && d.more == old.more {
+				t.Fatal("with modified a published derivedMore")
+			}
+			// model
+			if d.more == nil {
+				model = map[int]*val{k: v}
+			} else {
+				model[k] = v
+			}
+			n, sum := 1, d.value.(*val).size
+			if d.more != nil {
+				sum += derivedMoreSize
+			}
+			if d.key != d.value.(*val).key {
+				t.Fatal("first pair mixed")
+			}
+			if d.more != nil {
+				for _, p := range d.more.pairs[:d.more.n] {
+					if p.key != p.value.(*val).key {
+						t.Fatal("pair mixed")
+					}
+					n++
+					sum += p.value.(*val).size
+				}
+				for _, p := range d.more.pairs[d.more.n:] {
+					if p.key != nil || p.value != nil {
+						t.Fatal("stale pair past n")
+					}
+				}
+			}
+			if n != len(model) || sum != d.size || n > maxDerived || (n > 1 && sum > DerivedAllowance) {
+				t.Fatalf("run %d: n %d model %d sum %d size %d", run, n, len(model), sum, d.size)
+			}
+		}
+	}
+}
+
+// TestDecisionDeriveChurn with six applications, values of random sizes
+// (some past the allowance), a cache that keeps its entries: the paths
+// that add a pair, fill more, and replace everything, under -race.
+func TestDecisionDeriveChurnMany(t *testing.T) {
+	k := idptest.NewKey(t, "k1", "ES256")
+	p, _ := staticProvider(t, "a", "https://a.example", k)
+	var aps []ApplicationPolicy
+	for i := range 6 {
+		aps = append(aps, ApplicationPolicy{ID: fmt.Sprintf("c:ns:a%d", i), Authentication: []Authentication{{Provider: "a"}}})
+	}
+	policy, err := NewPolicy(aps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var apps []*Application
+	for _, ap := range aps {
+		a, _ := policy.Application(ap.ID)
+		apps = append(apps, a)
+	}
+	start := time.Unix(1_800_000_000, 0)
+	v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, Now: func() time.Time { return start }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Checker{Validator: v, Own: "vakt"}
+	toks := make([]string, 5)
+	for i := range toks {
+		toks[i] = "Bearer " + token(t, k, "https://a.example", start.Add(time.Hour), "sub", fmt.Sprintf("user-%02d", i))
+	}
+	var wg sync.WaitGroup
+	var computed, reused, bad atomic.Int64
+	for g := range 4 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 7))
+			for range 4000 {
+				ai := r.IntN(len(apps))
+				if r.IntN(2) == 0 {
+					ai = r.IntN(3)
+				}
+				app := apps[ai]
+				d := c.Check(context.Background(), CheckRequest{App: app, Method: "GET", Path: "/", Authorization: toks[r.IntN(len(toks))]})
+				if !d.Allow {
+					t.Errorf("%v (%v)", d.Reason, d.Err)
+					return
+				}
+				fresh := false
+				size := 100 + ai*150
+				if ai == 5 {
+					size = 3000
+				}
+				got := d.Derive(app, func() (any, int) {
+					fresh = true
+					return &derivedFor{d.Claims.Subject(), app.ID}, size
+				}).(*derivedFor)
+				if fresh {
+					computed.Add(1)
+				} else {
+					reused.Add(1)
+				}
+				if got.sub != d.Claims.Subject() || got.app != app.ID {
+					bad.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d computed, %d reused, %d wrong", computed.Load(), reused.Load(), bad.Load())
+	if bad.Load() != 0 {
+		t.Fatalf("%d wrong", bad.Load())
+	}
+}
+
+// derivedMoreSize is no less than derivedMore's allocation.
+func TestDerivedMoreSize(t *testing.T) {
+	var sink *derivedMore
+	allocs := testing.AllocsPerRun(10, func() { sink = &derivedMore{} })
+	_ = sink
+	if n := unsafe.Sizeof(derivedMore{}); n > derivedMoreSize || allocs != 1 {
+		t.Fatalf("derivedMore is %d bytes (%v allocs), derivedMoreSize %d", n, allocs, derivedMoreSize)
+	}
+	// Its size class: the smallest of Go's classes that holds it.
+	classes := []uintptr{8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160}
+	for _, c := range classes {
+		if c >= unsafe.Sizeof(derivedMore{}) {
+			if c != derivedMoreSize {
+				t.Fatalf("derivedMore's class is %d, derivedMoreSize %d", c, derivedMoreSize)
+			}
+			return
+		}
+	}
+}
