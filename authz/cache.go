@@ -101,8 +101,13 @@ func (d *derived) find(key any) any {
 }
 
 // with is d with value, of size bytes, for key (which d has none for):
-// beside d's values when they fit the allowance together, else alone.
+// beside d's values when they fit the allowance together, else alone; d
+// as it is when value alone is past the allowance, which the cache would
+// count at less than it costs.
 func (d derived) with(key, value any, size int) derived {
+	if size > DerivedAllowance {
+		return d
+	}
 	total := d.size + size
 	if d.more == nil {
 		total += derivedMoreSize

@@ -57,7 +57,8 @@ type Decision struct {
 // the application; key must be comparable). compute returns the value and
 // about how many bytes it holds. The value is kept with the token in the
 // verified-token cache, beside those of other keys while they fit
-// DerivedAllowance together (else it replaces them), and shared by every
+// DerivedAllowance together (else it replaces them; a value larger than
+// the allowance is not kept, and is computed again), and shared by every
 // request that presents the token: compute must return something nobody
 // modifies afterwards.
 func (d *Decision) Derive(key any, compute func() (value any, size int)) any {

@@ -517,6 +517,7 @@ func TestDecisionDerive(t *testing.T) {
 		{"past the allowance, replaced", e.cached, []step{{"a", 1000, true}, {"b", authz.DerivedAllowance - 1000 - pair + 1, true}, {"a", 1000, true}, {"b", 0, true}, {"a", 0, false}}},
 		{"at the allowance, kept", e.cached, []step{{"a", 1000, true}, {"b", authz.DerivedAllowance - 1000 - pair, true}, {"a", 0, false}, {"b", 0, false}}},
 		{"past four keys, replaced", e.cached, []step{{"a", 10, true}, {"b", 10, true}, {"c", 10, true}, {"d", 10, true}, {"a", 0, false}, {"d", 0, false}, {"e", 10, true}, {"e", 0, false}, {"a", 0, true}}},
+		{"past the allowance alone, not kept", e.cached, []step{{"a", 10, true}, {"b", authz.DerivedAllowance + 1, true}, {"a", 0, false}, {"b", authz.DerivedAllowance + 1, true}, {"c", authz.DerivedAllowance + 1, true}, {"a", 0, false}}},
 		{"no cache", e.uncached, []step{{"a", 10, true}, {"a", 10, true}}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

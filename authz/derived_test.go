@@ -39,11 +39,21 @@ func TestDerivedModel(t *testing.T) {
 			}
 			v := &val{k, size}
 			old := d
+			var before derivedMore
+			if old.more != nil {
+				before = *old.more
+			}
 			d = d.with(k, v, size)
-			if old.more != nil && d.more == old.more {
+			if old.more != nil && (*old.more != before || d.more == old.more && d != old) {
 				t.Fatal("with modified a published derivedMore")
 			}
 			// model
+			if size > DerivedAllowance {
+				if d != old {
+					t.Fatal("a value past the allowance was kept")
+				}
+				continue
+			}
 			if d.more == nil {
 				model = map[int]*val{k: v}
 			} else {

@@ -341,7 +341,8 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 // The answer is kept with the token in the verified-token cache, which
 // counts it at authz.DerivedAllowance bytes: a token whose claims would
 // make it larger is answered without them in dynamic_metadata (the
-// identity headers are always there). Both are written in their wire form
+// identity headers are always there), and one whose headers alone are
+// larger has its answer built on every Check (Derive does not keep it). Both are written in their wire form
 // straight from the claims, with no message built and no reflection, into
 // one buffer of their exact size.
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {

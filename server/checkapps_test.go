@@ -227,7 +227,7 @@ func TestCachedTokenHeapApps(t *testing.T) {
 		meta bool
 		pad  int // bytes added to the forwarded claim
 	}{
-		{1, false, 550}, {1, false, 677}, {1, false, 681}, {2, false, 294}, {2, false, 358}, {3, false, 166}, {3, false, 198}, {1, true, 0}, {2, true, 0},
+		{0, false, 8000}, {0, true, 8000}, {1, false, 550}, {1, false, 677}, {1, false, 681}, {2, false, 294}, {2, false, 358}, {3, false, 166}, {3, false, 198}, {1, true, 0}, {2, true, 0},
 	} {
 		t.Run(fmt.Sprintf("%d apps, metadata %v, pad %d", tt.n+1, tt.meta, tt.pad), func(t *testing.T) {
 			m := cachedTokenHeapApps(t, 2000, tt.n, tt.meta, tt.pad)
