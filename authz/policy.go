@@ -100,7 +100,7 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
 			app.allowed[id] = struct{}{}
 		}
 		for _, h := range a.Hosts {
-			h = strings.ToLower(h)
+			h = asciiLower(h)
 			if other, dup := p.byHost[h]; dup {
 				return nil, fmt.Errorf("host %s belongs to both %s and %s", h, other.ID, a.ID)
 			}
@@ -134,7 +134,7 @@ func (p *Policy) ApplicationByResource(u *url.URL) (*Application, bool) {
 	if u.Scheme != "https" && u.Scheme != "http" {
 		return nil, false
 	}
-	return p.ApplicationByHost(strings.ToLower(u.Hostname()))
+	return p.ApplicationByHost(asciiLower(u.Hostname()))
 }
 
 // CanonicalResource is a resource URI as RFC 3986 §6.2.2–6.2.3 compares
@@ -142,8 +142,8 @@ func (p *Policy) ApplicationByResource(u *url.URL) (*Application, bool) {
 // for http(s), the rest as written.
 func CanonicalResource(u *url.URL) string {
 	c := *u
-	c.Scheme = strings.ToLower(c.Scheme)
-	c.Host = strings.ToLower(c.Host)
+	c.Scheme = asciiLower(c.Scheme)
+	c.Host = asciiLower(c.Host)
 	switch {
 	case c.Scheme == "https" && c.Port() == "443", c.Scheme == "http" && c.Port() == "80":
 		c.Host = c.Hostname()
@@ -164,7 +164,7 @@ func (p *Policy) Application(id string) (*Application, bool) {
 func (p *Policy) ApplicationByHost(host string) (*Application, bool) {
 	a, ok := p.byHost[host]
 	if !ok && hasUpper(host) {
-		a, ok = p.byHost[strings.ToLower(host)]
+		a, ok = p.byHost[asciiLower(host)]
 	}
 	return a, ok
 }
@@ -176,6 +176,22 @@ func hasLower(s string) bool {
 		}
 	}
 	return false
+}
+
+// asciiLower is s with ASCII letters in lower case, and nothing else
+// changed: hosts compare in ASCII case only (RFC 4343), and
+// strings.ToLower would also take the Kelvin sign for k.
+func asciiLower(s string) string {
+	if !hasUpper(s) {
+		return s
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 func hasUpper(s string) bool {
