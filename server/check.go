@@ -342,9 +342,10 @@ func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders
 // counts it at authz.DerivedAllowance bytes: a token whose claims would
 // make it larger is answered without them in dynamic_metadata (the
 // identity headers are always there), and one whose headers alone are
-// larger has its answer built on every Check (Derive does not keep it). Both are written in their wire form
-// straight from the claims, with no message built and no reflection, into
-// one buffer of their exact size.
+// larger has its answer built on every Check (Derive does not keep it).
+// Both are written in their wire form straight from the claims, with no
+// message built and no reflection, into one buffer of their size (rounded
+// up to its allocation's size class).
 func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
 	raw := d.RawClaims() // parsed by the verification on a cache miss
 	var stack [8]answerHeader
