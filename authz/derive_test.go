@@ -20,21 +20,27 @@ type derivedFor struct{ sub, app string }
 // smaller than the tokens in use (every Put evicts, the same token is
 // verified again and again, two requests verify one token at once), two
 // applications taking turns on each token, tokens that expire and are
-// verified anew, and a cache too small to keep any entry. Run with -race:
-// Get copies the slot under the read lock while Update writes it.
+// verified anew, and a cache too small to keep any entry; and, in a cache
+// that keeps its entries, six applications with answers of several sizes
+// (one past the allowance), so that pairs are added, more fills, and
+// everything is replaced. Run with -race: Get copies the slot under the
+// read lock while Update writes it.
 func TestDecisionDeriveChurn(t *testing.T) {
 	k := idptest.NewKey(t, "k1", "ES256")
 	p, _ := staticProvider(t, "a", "https://a.example", k)
-	policy, err := NewPolicy([]ApplicationPolicy{
-		{ID: "c:ns:one", Authentication: []Authentication{{Provider: "a"}}},
-		{ID: "c:ns:two", Authentication: []Authentication{{Provider: "a"}}},
-	})
+	var aps []ApplicationPolicy
+	for i := range 6 {
+		aps = append(aps, ApplicationPolicy{ID: fmt.Sprintf("c:ns:a%d", i), Authentication: []Authentication{{Provider: "a"}}})
+	}
+	policy, err := NewPolicy(aps)
 	if err != nil {
 		t.Fatal(err)
 	}
-	one, _ := policy.Application("c:ns:one")
-	two, _ := policy.Application("c:ns:two")
-	apps := []*Application{one, two}
+	var apps []*Application
+	for _, ap := range aps {
+		a, _ := policy.Application(ap.ID)
+		apps = append(apps, a)
+	}
 	var now atomic.Int64
 	start := time.Unix(1_800_000_000, 0)
 	clock := func() time.Time { return start.Add(time.Duration(now.Load())) }
@@ -42,9 +48,12 @@ func TestDecisionDeriveChurn(t *testing.T) {
 		name    string
 		entries int
 		bytes   int64
+		apps    int
+		size    func(app int) int
 	}{
-		{"churning", 4, 0},
-		{"none kept", 4, 1}, // every entry over the byte bound: never stored
+		{"churning", 4, 0, 2, func(int) int { return 500 }},
+		{"none kept", 4, 1, 2, func(int) int { return 500 }}, // every entry over the byte bound: never stored
+		{"many applications", 0, 0, 6, func(app int) int { return []int{100, 250, 400, 550, 700, 3000}[app] }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, CacheSize: tt.entries, CacheBytes: tt.bytes, Now: clock})
@@ -70,7 +79,8 @@ func TestDecisionDeriveChurn(t *testing.T) {
 						if g == 0 {
 							now.Add(int64(50 * time.Microsecond))
 						}
-						app := apps[r.IntN(2)]
+						ai := r.IntN(tt.apps)
+						app := apps[ai]
 						d := c.Check(context.Background(), CheckRequest{App: app, Method: "GET", Path: "/", Authorization: toks[r.IntN(len(toks))]})
 						if !d.Allow {
 							if d.Reason != ReasonTokenExpired {
@@ -81,7 +91,7 @@ func TestDecisionDeriveChurn(t *testing.T) {
 						fresh := false
 						got := d.Derive(app, func() (any, int) {
 							fresh = true
-							return &derivedFor{d.Claims.Subject(), app.ID}, 500
+							return &derivedFor{d.Claims.Subject(), app.ID}, tt.size(ai)
 						}).(*derivedFor)
 						if fresh {
 							computed.Add(1)

@@ -1,16 +1,9 @@
 package authz
 
 import (
-	"context"
-	"fmt"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 	"unsafe"
-
-	"github.com/vakt-dev/vakt/internal/idptest"
 )
 
 // with and find against a model: random keys and sizes; a value found is
@@ -84,78 +77,6 @@ func TestDerivedModel(t *testing.T) {
 				t.Fatalf("run %d: n %d model %d sum %d size %d", run, n, len(model), sum, d.size)
 			}
 		}
-	}
-}
-
-// TestDecisionDeriveChurn with six applications, values of random sizes
-// (some past the allowance), a cache that keeps its entries: the paths
-// that add a pair, fill more, and replace everything, under -race.
-func TestDecisionDeriveChurnMany(t *testing.T) {
-	k := idptest.NewKey(t, "k1", "ES256")
-	p, _ := staticProvider(t, "a", "https://a.example", k)
-	var aps []ApplicationPolicy
-	for i := range 6 {
-		aps = append(aps, ApplicationPolicy{ID: fmt.Sprintf("c:ns:a%d", i), Authentication: []Authentication{{Provider: "a"}}})
-	}
-	policy, err := NewPolicy(aps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var apps []*Application
-	for _, ap := range aps {
-		a, _ := policy.Application(ap.ID)
-		apps = append(apps, a)
-	}
-	start := time.Unix(1_800_000_000, 0)
-	v, err := NewValidator(ValidatorConfig{Providers: []*Provider{p}, Now: func() time.Time { return start }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &Checker{Validator: v, Own: "vakt"}
-	toks := make([]string, 5)
-	for i := range toks {
-		toks[i] = "Bearer " + token(t, k, "https://a.example", start.Add(time.Hour), "sub", fmt.Sprintf("user-%02d", i))
-	}
-	var wg sync.WaitGroup
-	var computed, reused, bad atomic.Int64
-	for g := range 4 {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(uint64(g), 7))
-			for range 4000 {
-				ai := r.IntN(len(apps))
-				if r.IntN(2) == 0 {
-					ai = r.IntN(3)
-				}
-				app := apps[ai]
-				d := c.Check(context.Background(), CheckRequest{App: app, Method: "GET", Path: "/", Authorization: toks[r.IntN(len(toks))]})
-				if !d.Allow {
-					t.Errorf("%v (%v)", d.Reason, d.Err)
-					return
-				}
-				fresh := false
-				size := 100 + ai*150
-				if ai == 5 {
-					size = 3000
-				}
-				got := d.Derive(app, func() (any, int) {
-					fresh = true
-					return &derivedFor{d.Claims.Subject(), app.ID}, size
-				}).(*derivedFor)
-				if fresh {
-					computed.Add(1)
-				} else {
-					reused.Add(1)
-				}
-				if got.sub != d.Claims.Subject() || got.app != app.ID {
-					bad.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	t.Logf("%d computed, %d reused, %d wrong", computed.Load(), reused.Load(), bad.Load())
-	if bad.Load() != 0 {
-		t.Fatalf("%d wrong", bad.Load())
 	}
 }
 

@@ -29,11 +29,10 @@ type perToken struct {
 	counted              int64
 }
 
-// cachedTokenHeap Checks n distinct tokens like the load benchmark's (ES256,
-// an allowed GET /read to app-b) once each, and returns the live heap and
-// the heap objects each cached token adds: its verified-token cache entry
-// and the Check answer derived from it.
-func cachedTokenHeap(t *testing.T, n int, yaml string) perToken {
+// ownTokenRuntime is the Runtime of yaml (its AUTH0 an issuer never
+// asked), current in cur, with a new ES256 key for vakt's own tokens, and
+// that key and its signer.
+func ownTokenRuntime(t testing.TB, yaml string) (*Current, *Runtime, *exchange.SigningKey, *exchange.Signer) {
 	t.Helper()
 	cfg, err := config.Load([]byte(strings.ReplaceAll(yaml, "AUTH0", "https://auth0.example")), t.TempDir())
 	if err != nil {
@@ -47,6 +46,16 @@ func cachedTokenHeap(t *testing.T, n int, yaml string) perToken {
 	}
 	cur := &Current{}
 	cur.Store(rt)
+	return cur, rt, key, signer
+}
+
+// cachedTokenHeap Checks n distinct tokens like the load benchmark's (ES256,
+// an allowed GET /read to app-b) once each, and returns the live heap and
+// the heap objects each cached token adds: its verified-token cache entry
+// and the Check answer derived from it.
+func cachedTokenHeap(t *testing.T, n int, yaml string) perToken {
+	t.Helper()
+	cur, rt, _, signer := ownTokenRuntime(t, yaml)
 	svc := newAuthorizationService(cur, quiet, nil, nil)
 	now := time.Now()
 	reqs := make([]*authv3.CheckRequest, n)

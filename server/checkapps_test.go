@@ -11,7 +11,6 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
 
-	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
 )
@@ -41,19 +40,7 @@ func appC(i int) string { return "dev-gcp:team-b:app-c" + string(rune('0'+i)) }
 // multiAppCheck is the Check service with n extra applications and a vakt
 // token (ES256) whose aud lists app-b and every extra one.
 func multiAppCheck(t testing.TB, n int, meta bool) (*authorizationService, string) {
-	yaml := strings.ReplaceAll(appsYAMLMeta(n, meta), "AUTH0", "https://auth0.example")
-	cfg, err := config.Load([]byte(yaml), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := exchange.GenerateSigningKey("ES256")
-	signer, _ := exchange.NewSigner(key)
-	rt, err := NewRuntime(context.Background(), cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := &Current{}
-	cur.Store(rt)
+	cur, _, key, _ := ownTokenRuntime(t, appsYAMLMeta(n, meta))
 	now := time.Now()
 	aud := []any{appB}
 	for i := range n {
@@ -157,18 +144,7 @@ func TestCheckCachedAppsAllocs(t *testing.T) {
 // and n more applications (its aud lists them all).
 func cachedTokenHeapApps(t *testing.T, tokens, n int, meta bool, pad int) perToken {
 	t.Helper()
-	cfg, err := config.Load([]byte(strings.ReplaceAll(appsYAMLMeta(n, meta), "AUTH0", "https://auth0.example")), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := exchange.GenerateSigningKey("ES256")
-	signer, _ := exchange.NewSigner(key)
-	rt, err := NewRuntime(context.Background(), cfg, Options{Logger: quiet, Signer: signer, Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur := &Current{}
-	cur.Store(rt)
+	cur, rt, _, signer := ownTokenRuntime(t, appsYAMLMeta(n, meta))
 	svc := newAuthorizationService(cur, quiet, nil, nil)
 	now := time.Now()
 	aud := []any{appB}
