@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,7 +73,17 @@ func cachedTokenHeap(t *testing.T, n int, yaml string) perToken {
 		}
 		reqs[i] = checkRequest("/read", "Bearer "+tok)
 	}
+	t.Logf("a %d-byte token", len(reqs[0].Attributes.Request.Http.Headers["authorization"])-len("Bearer "))
+	return heapPerToken(t, svc, rt, reqs, n)
+}
+
+// heapPerToken Checks every request once, each an allow of one of tokens
+// tokens, and returns what the live heap grew by per token, and what the
+// cache counts per entry.
+func heapPerToken(t *testing.T, svc *authorizationService, rt *Runtime, reqs []*authv3.CheckRequest, tokens int) perToken {
+	t.Helper()
 	before := heapStats()
+	sizes := map[int]bool{}
 	for _, r := range reqs {
 		res, err := svc.checkWire(context.Background(), r)
 		if err != nil {
@@ -81,22 +93,21 @@ func cachedTokenHeap(t *testing.T, n int, yaml string) perToken {
 		if !ok {
 			t.Fatalf("answer %T, want the pre-marshalled allow", res)
 		}
-		if r == reqs[0] {
-			t.Logf("a %d-byte token, a %d-byte answer", len(r.Attributes.Request.Http.Headers["authorization"])-len("Bearer "), len(pm.bytes))
-		}
+		sizes[len(pm.bytes)] = true
 	}
 	after := heapStats()
+	t.Logf("answers of %v bytes", slices.Sorted(maps.Keys(sizes)))
 	st, _ := rt.Checker.Validator.CacheStats()
-	if st.Entries != n {
-		t.Fatalf("%d entries cached, want %d", st.Entries, n)
+	if st.Entries != tokens {
+		t.Fatalf("%d entries cached, want %d", st.Entries, tokens)
 	}
 	runtime.KeepAlive(reqs)
 	runtime.KeepAlive(svc)
 	return perToken{
-		bytes:   float64(after.bytes-before.bytes) / float64(n),
-		objects: float64(after.objects-before.objects) / float64(n),
-		scan:    float64(after.scan-before.scan) / float64(n),
-		counted: st.Bytes / int64(n),
+		bytes:   float64(after.bytes-before.bytes) / float64(tokens),
+		objects: float64(after.objects-before.objects) / float64(tokens),
+		scan:    float64(after.scan-before.scan) / float64(tokens),
+		counted: st.Bytes / int64(tokens),
 	}
 }
 

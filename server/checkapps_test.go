@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -167,30 +166,7 @@ func cachedTokenHeapApps(t *testing.T, tokens, n int, meta bool, pad int) perTok
 			reqs = append(reqs, reqFor(appC(j), tok))
 		}
 	}
-	before := heapStats()
-	sizes := map[int]bool{}
-	for _, r := range reqs {
-		res, err := svc.checkWire(context.Background(), r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pm, ok := res.(*preMarshalled)
-		if !ok {
-			t.Fatalf("answer %T", res)
-		}
-		sizes[len(pm.bytes)] = true
-	}
-	after := heapStats()
-	t.Logf("answer sizes %v", sizes)
-	st, _ := rt.Checker.Validator.CacheStats()
-	runtime.KeepAlive(reqs)
-	runtime.KeepAlive(svc)
-	return perToken{
-		bytes:   float64(after.bytes-before.bytes) / float64(tokens),
-		objects: float64(after.objects-before.objects) / float64(tokens),
-		scan:    float64(after.scan-before.scan) / float64(tokens),
-		counted: st.Bytes / int64(st.Entries),
-	}
+	return heapPerToken(t, svc, rt, reqs, tokens)
 }
 
 // The cache counts an entry at no less than it costs when the token is
