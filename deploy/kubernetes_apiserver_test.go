@@ -40,7 +40,7 @@ import (
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/internal/kubetest"
-	"github.com/vakt-dev/vakt/server"
+	"github.com/vakt-dev/vakt/kube"
 )
 
 // A real kube-apiserver (internal/kubetest) accepts deploy/kubernetes as
@@ -573,7 +573,7 @@ func tableRow(t *testing.T, cfg *rest.Config, path string) ([]string, []string) 
 // acting as vakt's service account (a token user with the name and groups
 // Kubernetes gives system:serviceaccount:vakt:vakt, so no impersonation
 // rights are involved), the RBAC is shown to be enough for what vakt does
-// and no more: vakt's own KubeSource and status writer read an Application
+// and no more: vakt's own kube.Source and status writer read an Application
 // cluster-wide, win the Lease vakt-status and write the Application's
 // status; the API server's rules review lists exactly the permissions of
 // kubernetes_test.go; and Secrets, an Application's spec, Leases of other
@@ -809,38 +809,34 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 	_, err = sa.Resource(corev1.SchemeGroupVersion.WithResource("pods")).Namespace("vakt").List(ctx, metav1.ListOptions{})
 	forbidden("list Pods", err)
 
-	// vakt itself, with these credentials: its KubeSource reads the
+	// vakt itself, with these credentials: its Source reads the
 	// Applications, and its status writer wins the Lease and writes each
 	// one's status, then gives the Lease up as it stops.
 	if err := admin.Resource(leases).Namespace("vakt").Delete(ctx, statusLease, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
-	var cur server.Current
-	var src *server.KubeSource
-	cfg, err := config.Load([]byte("issuer: https://vakt.example\ncluster: dev-gcp\n"), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	src = server.NewKubeSource(server.KubeSourceConfig{Client: sa, Jwkers: true, KeysNamespace: "vakt", Logger: logger, OnChange: func() {
-		var states []server.ResourceState
-		for _, r := range src.Resources() {
-			var spec struct{ SecretName string }
-			_ = json.Unmarshal(r.Spec, &spec)
-			kids := []string{}
-			if len(r.Published) > 0 {
-				kids = append(kids, "published") // a Jwker's status waits for keys
-			}
-			states = append(states, server.ResourceState{Resource: r, Served: r.Generation, SecretName: spec.SecretName, KeyIDs: kids})
+	var src *kube.Source
+	var merging sync.Mutex
+	src = kube.NewSource(kube.SourceConfig{Client: sa, Jwkers: true, KeysNamespace: "vakt", Logger: logger, OnChange: func() {
+		// What a reload does: a fresh configuration, merged with the
+		// resources, put in force.
+		merging.Lock()
+		defer merging.Unlock()
+		cfg, err := config.Load([]byte("issuer: https://vakt.example\ncluster: dev-gcp\n"), t.TempDir())
+		if err != nil {
+			t.Error(err)
+			return
 		}
-		cur.Store(&server.Runtime{Config: cfg, Resources: states})
+		commit, _ := src.Merge(cfg, false)
+		commit()
 	}})
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { src.Run(runCtx) })
 	wg.Go(func() {
-		err := server.RunStatusWriter(runCtx, server.KubeStatusConfig{
-			Rest: saCfg, Client: sa, Current: &cur, Source: src, LeaseNamespace: "vakt", LeaseName: statusLease, Identity: "vakt-0",
+		err := kube.RunStatusWriter(runCtx, kube.StatusConfig{
+			Rest: saCfg, Client: sa, Source: src, MakeKeys: true, LeaseNamespace: "vakt", LeaseName: statusLease, Identity: "vakt-0",
 			LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 200 * time.Millisecond, Logger: logger,
 		})
 		if err != nil {

@@ -28,10 +28,10 @@ type Loader struct {
 	// KeySets keeps identity providers' keys across reloads (see KeySets);
 	// without it, a reload fetches every key set anew.
 	KeySets *KeySets
-	// Kube, when set, is the cluster's Application resources, merged into
-	// every configuration built (Kubernetes-native mode).
-	Kube      *KubeSource
-	resources resourceMerger
+	// Resources, when set, are applications declared outside the file,
+	// merged into every configuration built (Kubernetes-native mode:
+	// kube.Source).
+	Resources ResourceSource
 
 	// Started, when set, is the configuration the process started with: a
 	// reload that changes what only a restart can (the listeners, the
@@ -71,30 +71,40 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 		return nil, errors.New("the configuration names no signing.keysFile, and vakt started with one; restart to sign with a generated key")
 	}
 	opts := Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets}
-	if l.Kube == nil {
+	if l.Resources == nil {
 		return NewRuntime(ctx, cfg, opts)
 	}
-	// Read before the merge: what the runtime says of its resources is
-	// true of the ones it was built from.
-	synced := l.Kube.Synced()
-	resources := l.Kube.Resources()
 	base := *cfg // before the merge appends to it
 	base.Applications = slices.Clone(cfg.Applications)
-	states, commit := l.resources.merge(cfg, resources, l.Logger, false)
+	commit, notReady := l.Resources.Merge(cfg, false)
 	rt, err := NewRuntime(ctx, cfg, opts)
 	if err != nil {
 		// A resource got past the checks but not the engine's: no team's
 		// resource may stop everyone's reloads. The resources serving now
 		// are kept; the newcomers wait.
-		l.Logger.Error("kubernetes: the configuration with every resource could not be built; the resources serving now are kept, new ones wait", "error", err)
-		states, commit = l.resources.merge(&base, resources, l.Logger, true)
+		l.Logger.Error("the configuration with every resource could not be built; the resources serving now are kept, new ones wait", "error", err)
+		commit, notReady = l.Resources.Merge(&base, true)
 		if rt, err = NewRuntime(ctx, &base, opts); err != nil {
 			return nil, err
 		}
 	}
 	commit()
-	rt.Resources, rt.kubeSynced, rt.kube = states, synced, true
+	rt.notReady = notReady
 	return rt, nil
+}
+
+// ResourceSource is where applications declared outside the configuration
+// file come from: the cluster's resources, in Kubernetes-native mode
+// (kube.Source). Every configuration the Loader builds is merged with it.
+type ResourceSource interface {
+	// Merge adds the source's applications to cfg, a configuration not yet
+	// in force, and makes cfg.Hash name them too; with servingOnly, only
+	// those serving now, in the version that serves (the fallback when the
+	// configuration with every one could not be built). The Loader calls
+	// commit once it has the runtime built from cfg, which is then put in
+	// force. notReady, when set, is why that runtime is not ready (the
+	// source has not been read yet).
+	Merge(cfg *config.Config, servingOnly bool) (commit func(), notReady error)
 }
 
 // WatchedFiles are the files whose change calls for a reload: the

@@ -2,9 +2,9 @@ package server
 
 import (
 	"net/http"
-	"net/url"
 	"strings"
 
+	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 )
 
@@ -26,15 +26,15 @@ type issuerRoutes struct {
 }
 
 func (h *issuerRoutes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	base := issuerPath(h.cur.Load().Config.Issuer)
+	base := config.IssuerPath(h.cur.Load().Config.Issuer)
 	var next http.Handler
 	method := http.MethodGet
 	switch r.URL.Path {
-	case base + "/token":
+	case base + config.TokenPath:
 		next, method = h.token, http.MethodPost
-	case base + "/jwks":
+	case base + config.JWKSPath:
 		next = h.jwks
-	case "/.well-known/oauth-authorization-server" + base:
+	case config.MetadataPath + base:
 		next = h.metadata
 	default:
 		http.NotFound(w, r)
@@ -46,16 +46,6 @@ func (h *issuerRoutes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next.ServeHTTP(w, r)
-}
-
-// issuerPath is the path of an issuer URL without its trailing slash: ""
-// for https://vakt.example, "/tenant" for https://vakt.example/tenant/.
-func issuerPath(issuer string) string {
-	u, err := url.Parse(issuer)
-	if err != nil {
-		return ""
-	}
-	return strings.TrimRight(u.Path, "/") // config refuses paths that need escaping
 }
 
 // jwksHandler is GET /jwks: the public keys of the tokens vakt issues.

@@ -38,14 +38,11 @@ type Runtime struct {
 	Checker   *authz.Checker
 	// LoadedAt is when the runtime was built.
 	LoadedAt time.Time
-	// Resources is what became of each Kubernetes resource (Kubernetes-
-	// native mode): served, served in an earlier version, or refused.
-	Resources []ResourceState
 
 	remoteKeys []namedKeys // the identity providers' key sets, for metrics
-	// kube is whether the runtime merges Kubernetes resources, and
-	// kubeSynced whether they had been read when it was built.
-	kube, kubeSynced bool
+	// notReady is why the resources merged into the runtime keep it out of
+	// rotation (not yet read); nil otherwise.
+	notReady error
 }
 
 type namedKeys struct {
@@ -59,8 +56,8 @@ type namedKeys struct {
 // still without keys. A provider that stays down keeps a new replica out
 // of rotation, while the replicas that have its keys serve on.
 func (rt *Runtime) Ready() error {
-	if rt.kube && !rt.kubeSynced {
-		return errKubeNotSynced
+	if rt.notReady != nil {
+		return rt.notReady
 	}
 	return keysReady(rt.remoteKeys)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -10,16 +9,9 @@ import (
 	"strings"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
-	"github.com/vakt-dev/vakt/server"
+	"github.com/vakt-dev/vakt/kube"
 )
 
 const keysUsage = `usage:
@@ -143,41 +135,18 @@ func rotateClientKey(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "vakt keys rotate: %q is not NAMESPACE/NAME\n", fs.Arg(0))
 		return 2
 	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = *kubeconfig
-	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
-	if err != nil {
-		fmt.Fprintf(stderr, "vakt keys rotate: the cluster: %v\n", err)
-		return 1
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kind := config.KindApplication
+	if *jwker {
+		kind = config.KindJwker
 	}
-	client, err := dynamic.NewForConfig(rc)
+	value, err := kube.RotateKey(ctx, *kubeconfig, *jwker, ns, name)
 	if err != nil {
 		fmt.Fprintf(stderr, "vakt keys rotate: %v\n", err)
 		return 1
 	}
-	gvr, kind := schema.GroupVersionResource{Group: config.ResourceGroup, Version: config.ResourceVersion, Resource: "applications"}, config.KindApplication
-	if *jwker {
-		gvr, kind = schema.GroupVersionResource{Group: config.JwkerGroup, Version: config.JwkerVersion, Resource: "jwkers"}, config.KindJwker
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ri := client.Resource(gvr).Namespace(ns)
-	u, err := ri.Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		fmt.Fprintf(stderr, "vakt keys rotate: %s %s/%s: %v\n", kind, ns, name, err)
-		return 1
-	}
-	if sn, _, _ := unstructured.NestedString(u.Object, "spec", "secretName"); sn == "" {
-		fmt.Fprintf(stderr, "vakt keys rotate: %s %s/%s has no spec.secretName: vakt makes no key for it\n", kind, ns, name)
-		return 1
-	}
-	value := time.Now().UTC().Format(time.RFC3339Nano)
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"uid": string(u.GetUID()), "annotations": map[string]string{server.AnnotationRotateKey: value}}})
-	if _, err := ri.Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		fmt.Fprintf(stderr, "vakt keys rotate: %s %s/%s: %v\n", kind, ns, name, err)
-		return 1
-	}
 	fmt.Fprintf(stdout, "asked for a new key for %s %s/%s (%s=%s); the old one stays valid for kubernetes.keyOverlap: restart the application's pods within it\n",
-		kind, ns, name, server.AnnotationRotateKey, value)
+		kind, ns, name, kube.AnnotationRotateKey, value)
 	return 0
 }

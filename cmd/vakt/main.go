@@ -11,20 +11,18 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/buildinfo"
 	"github.com/vakt-dev/vakt/internal/devidp"
+	"github.com/vakt-dev/vakt/kube"
 	"github.com/vakt-dev/vakt/server"
 )
 
@@ -215,23 +213,13 @@ func serve(args []string, stderr io.Writer) int {
 	loader.KeySets = server.NewKeySets(ctx, log, nil)
 	loader.KeySets.TraceWith(tracing)
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
-	var statusWriter *server.KubeStatusConfig
+	var kubeCtl *kube.Controller
 	if k := cfg.Kubernetes; k.Enabled {
-		rc, client, writer, keys, err := kubeClients(k.Kubeconfig)
-		if err != nil {
+		if kubeCtl, err = kube.New(kube.Options{Config: k, Logger: log, OnChange: reloader.Kick}); err != nil {
 			log.Error("kubernetes", "error", err)
 			return 1
 		}
-		leaseNS, identity, err := leaseIdentity(k.LeaseNamespace)
-		if err != nil {
-			log.Error("kubernetes", "error", err)
-			return 1
-		}
-		loader.Kube = server.NewKubeSource(server.KubeSourceConfig{
-			Client: client, Namespaces: k.Namespaces, Jwkers: k.Jwkers, KeysNamespace: leaseNS, Logger: log, OnChange: reloader.Kick,
-		})
-		statusWriter = &server.KubeStatusConfig{Rest: rc, Client: writer, KeysClient: keys, Current: &cur, Source: loader.Kube, LeaseNamespace: leaseNS, LeaseName: "vakt-status", Identity: identity, Logger: log}
-		log.Info("kubernetes-native mode: watching Application resources", "namespaces", k.Namespaces, "jwkers", k.Jwkers, "lease", leaseNS+"/vakt-status", "identity", identity)
+		loader.Resources = kubeCtl.Source()
 	}
 	if *cfgPath != "" {
 		reloader.Files = server.WatchedFiles(*cfgPath, &cur)
@@ -240,32 +228,25 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	if _, err := reloader.Watch(ctx); err != nil {
-		if loader.Kube != nil {
-			log.Error("cannot watch for changes, which Kubernetes-native mode needs", "error", err)
-			return 1
-		}
+	// Every long-lived part runs in the group, and serve returns once each
+	// has stopped: the file watch, the Kubernetes controller (its Lease
+	// released, so that another replica takes it at once) and the
+	// listeners. One that fails stops the others.
+	g, gctx := errgroup.WithContext(ctx)
+	watched, err := reloader.Watch(gctx)
+	switch {
+	case err != nil && kubeCtl != nil:
+		log.Error("cannot watch for changes, which Kubernetes-native mode needs", "error", err)
+		return 1
+	case err != nil:
 		log.Error("cannot watch the configuration for changes; changes need a restart", "error", err)
+	default:
+		g.Go(func() error { <-watched; return nil })
 	}
-	if loader.Kube != nil {
+	if kubeCtl != nil {
 		// After Watch: the first synchronisation kicks a reload, which
 		// brings the resources in and makes vakt ready.
-		go loader.Kube.Run(ctx)
-		writerDone := make(chan struct{})
-		go func() {
-			defer close(writerDone)
-			if err := server.RunStatusWriter(ctx, *statusWriter); err != nil {
-				log.Error("kubernetes: no status will be written", "error", err)
-			}
-		}()
-		// On the way out, the lease is released before vakt exits, so that
-		// another replica takes it at once.
-		defer func() {
-			select {
-			case <-writerDone:
-			case <-time.After(5 * time.Second):
-			}
-		}()
+		g.Go(func() error { return kubeCtl.Run(gctx) })
 	}
 	services := server.AuthorityServices(&cur, metrics, log).WithLimits(cfg.Limits.Check, cfg.Limits.Other).WithTracing(tracing).
 		WithShutdown(cfg.Shutdown.DrainDelay.Std(), cfg.Shutdown.Grace.Std())
@@ -277,7 +258,8 @@ func serve(args []string, stderr io.Writer) int {
 	if devIDP != nil {
 		services.Mount(devidp.PathPrefix, devIDP.Handler())
 	}
-	if err := server.Serve(ctx, services, ls); err != nil {
+	g.Go(func() error { return server.Serve(gctx, services, ls) })
+	if err := g.Wait(); err != nil {
 		log.Error("stopped with an error", "error", err)
 		return 1
 	}
@@ -407,62 +389,4 @@ func runAgent(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// kubeClients are dynamic clients for the cluster, from kubeconfig when
-// set, else the pod's service account: one for the informers, one for the
-// status writer, one for the key provisioner. Each has its own rate limit,
-// so that the elected replica writing thousands of statuses or keys never
-// delays a watch re-established after an outage, nor one the other.
-func kubeClients(kubeconfig string) (rc *rest.Config, informers, writer, keys dynamic.Interface, err error) {
-	if kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("kubernetes.kubeconfig, or the pod's service account: %w", err)
-	}
-	rc.UserAgent = "vakt"
-	// client-go's default (5 per second, bursts of 10) would take minutes
-	// over the statuses of a cluster's applications.
-	rc.QPS, rc.Burst = 20, 40
-	clients := make([]dynamic.Interface, 3)
-	for i := range clients {
-		if clients[i], err = dynamic.NewForConfig(rc); err != nil {
-			return nil, nil, nil, nil, err
-		}
-	}
-	return rc, clients[0], clients[1], clients[2], nil
-}
-
-// serviceAccountNamespace is where Kubernetes tells a pod its namespace.
-const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-// leaseIdentity is the status writer's lease namespace (configured, else
-// POD_NAMESPACE, else the service account's) and this replica's identity
-// (POD_NAME, else the host name: a pod's name).
-func leaseIdentity(configured string) (namespace, identity string, err error) {
-	namespace = configured
-	if namespace == "" {
-		namespace = os.Getenv("POD_NAMESPACE")
-	}
-	if namespace == "" {
-		if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
-			namespace = strings.TrimSpace(string(b))
-		}
-	}
-	if namespace == "" {
-		return "", "", errors.New("the status writer's lease needs a namespace: kubernetes.leaseNamespace, or POD_NAMESPACE")
-	}
-	identity = os.Getenv("POD_NAME")
-	if identity == "" {
-		host, err := os.Hostname()
-		if err != nil {
-			return "", "", fmt.Errorf("this replica's identity: POD_NAME, or the host name: %w", err)
-		}
-		// Two processes on one host must not both think they lead.
-		identity = fmt.Sprintf("%s-%d", host, os.Getpid())
-	}
-	return namespace, identity, nil
 }

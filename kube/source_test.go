@@ -1,4 +1,4 @@
-package server
+package kube
 
 import (
 	"context"
@@ -26,6 +26,7 @@ import (
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
 	"github.com/vakt-dev/vakt/internal/kubetest"
+	"github.com/vakt-dev/vakt/server"
 )
 
 // kenv is vakt in Kubernetes-native mode against a real API server: the
@@ -35,7 +36,8 @@ type kenv struct {
 	cluster *kubetest.Cluster
 	client  dynamic.Interface
 	apps    dynamic.NamespaceableResourceInterface
-	cur     *Current
+	cur     *server.Current
+	src     *Source
 	signer  *exchange.Signer
 	check   authv3.AuthorizationClient
 }
@@ -46,7 +48,7 @@ func newKubeEnv(t *testing.T) *kenv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR), cur: &Current{}}
+	e := &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR), cur: &server.Current{}}
 	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
 	for _, ns := range []string{"team-b"} {
 		e.apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, ns))
@@ -65,13 +67,14 @@ applications:
 	}
 	key, _ := exchange.GenerateSigningKey("ES256")
 	e.signer, _ = exchange.NewSigner(key)
-	e.cur = startKubeRun(t, cfgPath, e.signer, KubeSourceConfig{Client: client}, true).cur
+	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: client}, true)
+	e.cur, e.src = run.cur, run.src
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs, _ := AuthorityServices(e.cur, nil, quiet).NewGRPCServer()
+	gs, _ := server.AuthorityServices(e.cur, nil, quiet).NewGRPCServer()
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), testDialOptions()...)
@@ -155,7 +158,7 @@ func (e *kenv) status() int {
 		"scope": "read", "exp": time.Now().Add(time.Minute).Unix(),
 	})
 	res, err := e.check.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		ContextExtensions: map[string]string{ContextExtensionApp: "dev-gcp:team-b:app-b"},
+		ContextExtensions: map[string]string{server.ContextExtensionApp: "dev-gcp:team-b:app-b"},
 		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
 			Method: "GET", Path: "/read", Headers: map[string]string{"authorization": "Bearer " + tok},
 		}},
@@ -195,7 +198,7 @@ func TestKubeApplications(t *testing.T) {
 	e.until(5*time.Second, "the rule put back was never enforced", func() bool { return e.status() == 200 })
 	e.application(appBInvalid)
 	e.until(5*time.Second, "the invalid version was never seen", func() bool {
-		for _, st := range e.cur.Load().Resources {
+		for _, st := range e.src.Served().States {
 			if st.Resource.Name == "app-b" && st.Refused != nil {
 				return strings.Contains(st.Refused.Error(), "spec.routes[0]: a public route needs no token") && st.Served != 0 && st.Served < st.Resource.Generation
 			}
@@ -222,7 +225,7 @@ func TestKubeApplicationTakingAFilesID(t *testing.T) {
 	e.apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", `{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-a"}}`)
 	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-1","namespace":"team-a"},"spec":{"routes":[{"pathPrefix":"/","public":true}]}}`)
 	e.until(5*time.Second, "the resource taking app-1's id was not refused", func() bool {
-		for _, st := range e.cur.Load().Resources {
+		for _, st := range e.src.Served().States {
 			if st.Resource.Name == "app-1" {
 				return st.Refused != nil && strings.Contains(st.Refused.Error(), "application id dev-gcp:team-a:app-1 is already used") && st.Served == 0
 			}
@@ -260,13 +263,13 @@ func (e *kenv) resource(ns, name, spec string) {
 }
 
 // state is what became of the resource ns/name in the runtime in force.
-func (e *kenv) state(ns, name string) (ResourceState, bool) {
-	for _, st := range e.cur.Load().Resources {
+func (e *kenv) state(ns, name string) (State, bool) {
+	for _, st := range e.src.Served().States {
 		if st.Resource.Namespace == ns && st.Resource.Name == name {
 			return st, true
 		}
 	}
-	return ResourceState{}, false
+	return State{}, false
 }
 
 // Claims are first come, first served: a newcomer whose namespace sorts
@@ -368,7 +371,7 @@ func TestResourceMergerFallback(t *testing.T) {
 // replica is one more vakt over the same cluster: its own runtime, kept
 // up to date by its own informers, and its status writer; stop ends it.
 type replica struct {
-	cur  *Current
+	cur  *server.Current
 	stop context.CancelFunc
 }
 
@@ -379,37 +382,37 @@ func (e *kenv) replica(identity string) *replica {
 	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
-	r := startKubeRun(e.t, cfgPath, e.signer, KubeSourceConfig{Client: e.client}, false)
+	r := startKubeRun(e.t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
 	r.writeStatus(e.cluster.Config, e.client, identity, quiet)
 	return &replica{cur: r.cur, stop: r.stop}
 }
 
 // kubeRun is vakt's reload path over a configuration file and a cluster's
-// resources (a Loader, a Reloader, a KubeSource), running until stop; go
+// resources (a server.Loader, a server.Reloader, a Source), running until stop; go
 // runs more of a replica beside it, stopped with it.
 type kubeRun struct {
-	cur  *Current
-	src  *KubeSource
+	cur  *server.Current
+	src  *Source
 	ctx  context.Context
 	wg   sync.WaitGroup
 	stop func()
 }
 
-func startKubeRun(t testing.TB, cfgPath string, signer *exchange.Signer, kc KubeSourceConfig, watchFiles bool) *kubeRun {
+func startKubeRun(t testing.TB, cfgPath string, signer *exchange.Signer, kc SourceConfig, watchFiles bool) *kubeRun {
 	t.Helper()
-	r := &kubeRun{cur: &Current{}}
-	loader := &Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: signer,
+	r := &kubeRun{cur: &server.Current{}}
+	loader := &server.Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: signer,
 		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
-	rl := &Reloader{Current: r.cur, Build: loader.Build, Logger: quiet}
+	rl := &server.Reloader{Current: r.cur, Build: loader.Build, Logger: quiet}
 	if watchFiles {
-		rl.Files = WatchedFiles(cfgPath, r.cur)
+		rl.Files = server.WatchedFiles(cfgPath, r.cur)
 	}
 	kc.OnChange = rl.Kick
 	if kc.Logger == nil {
 		kc.Logger = quiet
 	}
-	r.src = NewKubeSource(kc)
-	loader.Kube = r.src
+	r.src = NewSource(kc)
+	loader.Resources = r.src
 	ctx, cancel := context.WithCancel(context.Background())
 	r.ctx = ctx
 	if err := rl.Start(ctx); err != nil {
@@ -432,7 +435,7 @@ func startKubeRun(t testing.TB, cfgPath string, signer *exchange.Signer, kc Kube
 // identity, with short election timings.
 func (r *kubeRun) writeStatus(rc *rest.Config, client dynamic.Interface, identity string, log *slog.Logger) {
 	r.wg.Go(func() {
-		_ = RunStatusWriter(r.ctx, KubeStatusConfig{Rest: rc, Client: client, Current: r.cur, Source: r.src,
+		_ = RunStatusWriter(r.ctx, StatusConfig{Rest: rc, Client: client, Source: r.src, MakeKeys: true,
 			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
 			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: log})
 	})
@@ -531,8 +534,8 @@ func TestKubeStatusWriterBackoff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cur := &Current{}
-	cur.Store(&Runtime{Resources: []ResourceState{{Resource: Resource{Kind: config.KindApplication, Namespace: "team-b", Name: "app-b", UID: string(u.GetUID()), Generation: u.GetGeneration()}, Served: u.GetGeneration()}}})
+	src := &Source{}
+	src.served.Store(&Served{Config: &config.Config{Cluster: "dev-gcp"}, States: []State{{Resource: Resource{Kind: config.KindApplication, Namespace: "team-b", Name: "app-b", UID: string(u.GetUID()), Generation: u.GetGeneration()}, Served: u.GetGeneration()}}})
 	rc := c.TokenFor(t, "writer")
 	client, err := dynamic.NewForConfig(rc)
 	if err != nil {
@@ -543,7 +546,7 @@ func TestKubeStatusWriterBackoff(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = RunStatusWriter(ctx, KubeStatusConfig{Rest: rc, Client: client, Current: cur, LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: "w",
+		_ = RunStatusWriter(ctx, StatusConfig{Rest: rc, Client: client, Source: src, LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: "w",
 			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	}()
 	t.Cleanup(func() { cancel(); <-done })

@@ -1,4 +1,4 @@
-package server
+package kube
 
 import (
 	"context"
@@ -27,6 +27,7 @@ import (
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 	"github.com/vakt-dev/vakt/internal/idptest"
 	"github.com/vakt-dev/vakt/internal/kubetest"
+	"github.com/vakt-dev/vakt/server"
 )
 
 // keysEnv is a cluster and vakt replicas serving it, each with its own
@@ -43,9 +44,9 @@ type keysEnv struct {
 }
 
 type keysReplica struct {
-	cur      *Current
-	src      *KubeSource
-	listen   *Listeners
+	cur      *server.Current
+	src      *Source
+	listen   *server.Listeners
 	exchange vaktv1.TokenExchangeServiceClient
 	logs     *lockedBuffer
 	stop     func()
@@ -71,10 +72,10 @@ func newKeysEnvWith(t *testing.T, opts []kubetest.Option, identities ...string) 
 	for _, ns := range []string{"vakt", "team-a", "team-b", "myteam"} {
 		e.namespace(ns)
 	}
-	listeners := make([]*Listeners, len(identities))
+	listeners := make([]*server.Listeners, len(identities))
 	var aliases []string
 	for i := range identities {
-		if listeners[i], err = Listen("127.0.0.1:0", "127.0.0.1:0", ""); err != nil {
+		if listeners[i], err = server.Listen("127.0.0.1:0", "127.0.0.1:0", ""); err != nil {
 			t.Fatal(err)
 		}
 		if i > 0 {
@@ -105,16 +106,18 @@ kubernetes:
 	return e
 }
 
-func (e *keysEnv) startReplica(identity string, ls *Listeners) *keysReplica {
+func (e *keysEnv) startReplica(identity string, ls *server.Listeners) *keysReplica {
 	t := e.t
 	r := &keysReplica{listen: ls, logs: &lockedBuffer{}}
-	run := startKubeRun(t, e.cfgPath, e.signer, KubeSourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false)
+	run := startKubeRun(t, e.cfgPath, e.signer, SourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false)
 	r.cur, r.src = run.cur, run.src
 	if identity != "" {
 		run.writeStatus(e.cluster.Config, e.client, identity, slog.New(slog.NewJSONHandler(r.logs, nil)))
 	}
 	served := make(chan error, 1)
-	go func() { served <- Serve(run.ctx, AuthorityServices(r.cur, NewMetrics(), quiet), ls) }()
+	go func() {
+		served <- server.Serve(run.ctx, server.AuthorityServices(r.cur, server.NewMetrics(), quiet), ls)
+	}()
 	conn, err := grpc.NewClient(ls.GRPC.Addr().String(), testDialOptions()...)
 	if err != nil {
 		t.Fatal(err)
@@ -186,11 +189,11 @@ func (e *keysEnv) published(gvr schema.GroupVersionResource, ns, name string) ([
 
 // served is the kids a replica's runtime holds for an application.
 func (r *keysReplica) served(kind, ns, name string) []string {
-	rt := r.cur.Load()
+	rt := r.src.Served()
 	if rt == nil {
 		return nil
 	}
-	for _, st := range rt.Resources {
+	for _, st := range rt.States {
 		if st.Resource.Kind == kind && st.Resource.Namespace == ns && st.Resource.Name == name {
 			return st.KeyIDs
 		}
@@ -299,7 +302,7 @@ func TestKubeClientKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := serveAgent(t, nil, env, quiet)
+	a := serveAgent(t, env)
 	res, err := a.exchange.Exchange(context.Background(), &vaktv1.ExchangeRequest{SubjectToken: e.idp.Token(e.idp.Claims(time.Now(), "")), Audience: "dev-gcp:team-b:app-b"})
 	if err != nil || res.AccessToken == "" {
 		t.Fatalf("the agent's exchange: %v %v", res, err)
@@ -453,7 +456,7 @@ func TestKubeNAISJwkers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := serveAgent(t, nil, env, quiet)
+	a := serveAgent(t, env)
 	res, err := a.exchange.Exchange(context.Background(), &vaktv1.ExchangeRequest{SubjectToken: e.idp.Token(e.idp.Claims(time.Now(), "")), Audience: "dev-gcp:myteam:myapplication"})
 	if err != nil || res.AccessToken == "" {
 		t.Fatalf("app1's agent, for myapplication: %v %v", res, err)
@@ -492,7 +495,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 	jwker := func(secret string) {
 		e.apply(jwkersGVR, "team-a", `{"apiVersion":"nais.io/v1","kind":"Jwker","metadata":{"name":"app-x","namespace":"team-a"},"spec":{"accessPolicy":{},"secretName":"`+secret+`"}}`)
 		e.until(10*time.Second, "the Jwker never served with "+secret, func() bool {
-			for _, st := range r.cur.Load().Resources {
+			for _, st := range r.src.Served().States {
 				if st.Resource.Name == "app-x" && st.SecretName == secret {
 					return true
 				}
@@ -506,7 +509,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 		t.Helper()
 		var kids []string
 		e.until(10*time.Second, fmt.Sprintf("never %d keys served", n), func() bool {
-			if p.provision(ctx, r.cur.Load()); len(p.problems) > 0 {
+			if p.provision(ctx, r.src.Served()); len(p.problems) > 0 {
 				t.Fatalf("problems: %v", p.problems)
 			}
 			kids, _ = e.published(jwkersGVR, "team-a", "app-x")
@@ -547,7 +550,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 	// Within the overlap both Secrets stay; after it, the old key and its
 	// Secret go.
 	clock = clock.Add(59 * time.Minute)
-	p.provision(ctx, r.cur.Load())
+	p.provision(ctx, r.src.Served())
 	if d, _ := e.secret("team-a", "tokenx-app-x-1"); d == nil {
 		t.Fatal("the earlier Secret was deleted within the overlap")
 	}
@@ -572,7 +575,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 		})
 		if i > 0 {
 			before, _ := e.published(jwkersGVR, "team-a", "app-x")
-			p.provision(ctx, r.cur.Load())
+			p.provision(ctx, r.src.Served())
 			if after, _ := e.published(jwkersGVR, "team-a", "app-x"); !slices.Equal(before, after) {
 				t.Fatalf("rotation %d within %v of the one before: %v, was %v", i, keyEvery, after, before)
 			}
@@ -594,7 +597,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 	ctx := context.Background()
 	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-r","namespace":"team-a"},"spec":{"secretName":"app-r-tokenx"}}`)
 	e.until(10*time.Second, "app-r never served", func() bool {
-		for _, st := range r.cur.Load().Resources {
+		for _, st := range r.src.Served().States {
 			if st.Resource.Name == "app-r" && st.SecretName != "" {
 				return true
 			}
@@ -603,7 +606,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 	})
 	admin := newKeyProvisioner(e.client, r.src, "vakt", quiet)
 	e.until(10*time.Second, "no first key", func() bool {
-		admin.provision(ctx, r.cur.Load())
+		admin.provision(ctx, r.src.Served())
 		return len(r.served(config.KindApplication, "team-a", "app-r")) == 1
 	})
 	first := e.secretKey("team-a", "app-r-tokenx")
@@ -619,7 +622,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		return ok && len(got.Published) > 0
 	})
 	fresh := newKeyProvisioner(none, r.src, "vakt", quiet)
-	fresh.provision(ctx, r.cur.Load())
+	fresh.provision(ctx, r.src.Served())
 	if d, ok := fresh.done[key]; !ok || fresh.problem(key) != "" || d.due.After(time.Now().Add(keyResync)) {
 		t.Fatalf("a new leader's first pass over a settled key: done %v %v, problem %q", d, ok, fresh.problem(key))
 	}
@@ -643,13 +646,13 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		return ok && got.RotateKey == "r1"
 	})
 	e.until(10*time.Second, "publishing was never refused", func() bool {
-		p.provision(ctx, r.cur.Load())
+		p.provision(ctx, r.src.Served())
 		return strings.Contains(p.problem(key), "publishing the keys: Forbidden (HTTP 403)")
 	})
 	var pending string
 	for range 3 {
 		clock = clock.Add(10 * time.Minute) // past any backoff
-		p.provision(ctx, r.cur.Load())
+		p.provision(ctx, r.src.Served())
 		if k := e.secretKey("team-a", "app-r-tokenx"); k.ID != first.ID {
 			t.Fatalf("the Secret holds %s, not yet published", k.ID)
 		}
@@ -664,7 +667,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		`,{"apiGroups":["vakt.dev"],"resources":["applications/status"],"verbs":["patch"]}]}`)
 	e.until(20*time.Second, "granted, the rotation never completed", func() bool {
 		clock = clock.Add(10 * time.Minute)
-		p.provision(ctx, r.cur.Load())
+		p.provision(ctx, r.src.Served())
 		kids, rec := e.published(applicationsGVR, "team-a", "app-r")
 		return slices.Equal(kids, []string{pending, first.ID}) && rec.Rotation == "r1"
 	})
@@ -678,7 +681,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 	// secretName removed: the keys vakt published and its Secret go.
 	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-r","namespace":"team-a"},"spec":{"hosts":["app-r.example"]}}`)
 	e.until(20*time.Second, "the keys outlived secretName", func() bool {
-		admin.provision(ctx, r.cur.Load())
+		admin.provision(ctx, r.src.Served())
 		kids, _ := e.published(applicationsGVR, "team-a", "app-r")
 		d, _ := e.secret("team-a", "app-r-tokenx")
 		return len(kids) == 0 && d == nil

@@ -1,4 +1,4 @@
-package server
+package kube
 
 import (
 	"cmp"
@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -128,17 +127,13 @@ func parsePublishedKeys(b []byte) (*authz.KeySet, []string, error) {
 // clientEnv is the Secret's variables but the key, for client id: vakt's
 // issuer, its key set, its token endpoint and its RFC 8414 metadata.
 func clientEnv(issuer, clientID string) map[string]string {
-	wellKnown := issuer
-	if u, err := url.Parse(issuer); err == nil {
-		wellKnown = u.Scheme + "://" + u.Host + "/.well-known/oauth-authorization-server" + issuerPath(issuer)
-	}
-	base := strings.TrimRight(issuer, "/")
+	ep := config.EndpointsAt(issuer, "")
 	return map[string]string{
 		envClientID:      clientID,
 		envIssuer:        issuer,
-		envJWKSURI:       base + "/jwks",
-		envTokenEndpoint: base + "/token",
-		envWellKnownURL:  wellKnown,
+		envJWKSURI:       ep.JWKS,
+		envTokenEndpoint: ep.Token,
+		envWellKnownURL:  ep.Metadata,
 	}
 }
 
@@ -192,7 +187,7 @@ func describe(err error) string {
 // goroutine of its own (run); the status writer reads its problems.
 type keyProvisioner struct {
 	client    dynamic.Interface
-	src       *KubeSource
+	src       *Source
 	log       *slog.Logger
 	now       func() time.Time
 	recordsNS string // vakt's namespace, where Jwkers' keys are published
@@ -225,19 +220,19 @@ type pendingKey struct {
 	secretName, rotation string
 }
 
-func newKeyProvisioner(client dynamic.Interface, src *KubeSource, recordsNS string, log *slog.Logger) *keyProvisioner {
+func newKeyProvisioner(client dynamic.Interface, src *Source, recordsNS string, log *slog.Logger) *keyProvisioner {
 	return &keyProvisioner{client: client, src: src, log: log, now: time.Now, recordsNS: recordsNS,
 		done: map[string]provisioned{}, failing: map[string]*failure{}, pending: map[string]*pendingKey{},
 		made: map[string]time.Time{}, problems: map[string]string{}}
 }
 
-// run provisions, every second, the keys of the runtime in force, until
-// ctx ends (leadership lost, or stopping).
-func (p *keyProvisioner) run(ctx context.Context, cur *Current) {
+// run provisions, every second, the keys of the configuration in force,
+// until ctx ends (leadership lost, or stopping).
+func (p *keyProvisioner) run(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		if rt := cur.Load(); rt != nil {
+		if rt := p.src.Served(); rt != nil {
 			p.provision(ctx, rt)
 		}
 		select {
@@ -286,13 +281,13 @@ type keyTarget struct {
 
 // provision reconciles the key of every resource with a secretName served
 // in rt, and clears what vakt published for one that no longer has one.
-func (p *keyProvisioner) provision(ctx context.Context, rt *Runtime) {
-	if rt.Config == nil {
+func (p *keyProvisioner) provision(ctx context.Context, rt *Served) {
+	if rt == nil || rt.Config == nil {
 		return
 	}
 	now := p.now()
 	present := map[string]bool{}
-	for _, st := range rt.Resources {
+	for _, st := range rt.States {
 		if ctx.Err() != nil {
 			return
 		}

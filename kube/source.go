@@ -1,4 +1,4 @@
-package server
+package kube
 
 import (
 	"cmp"
@@ -12,6 +12,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -34,7 +35,7 @@ type Resource struct {
 	// Published is what vakt published of the client key it made for the
 	// resource (spec.secretName): an Application's status.keys,
 	// status.retiredKeys, status.rotation and status.secretName, a Jwker's
-	// record in vakt's namespace (KubeSourceConfig.KeysNamespace), as JSON
+	// record in vakt's namespace (SourceConfig.KeysNamespace), as JSON
 	// (publishedKeys); nil when there is none.
 	Published []byte
 	// RotateKey is the annotation vakt.dev/rotate-key: a value not yet
@@ -45,12 +46,12 @@ type Resource struct {
 // key names the resource across its versions.
 func (r *Resource) key() string { return r.Kind + "/" + r.Namespace + "/" + r.Name }
 
-// KubeSource watches the Application (and Jwker) resources of a cluster:
-// an informer each, per namespace watched, whose caches are what the
-// reload path merges into the configuration. The caches outlive an API
+// Source watches the Application (and Jwker) resources of a cluster: an
+// informer each, per namespace watched, whose caches are what the reload
+// path merges into the configuration (Merge). The caches outlive an API
 // server that is down: vakt keeps serving the resources it last saw, and
 // the informers resynchronise when it returns.
-type KubeSource struct {
+type Source struct {
 	log       *slog.Logger
 	informers []cache.SharedIndexInformer
 	watched   []watched // what each informer watches
@@ -59,12 +60,26 @@ type KubeSource struct {
 	records       cache.SharedIndexInformer
 	keysNamespace string
 	onChange      func()
+
+	merger resourceMerger
+	// served is what the configuration in force was merged from, and what
+	// became of each resource in it: the status writer and the key
+	// provisioner work from it.
+	served atomic.Pointer[Served]
+}
+
+// Served is what a configuration in force holds of the cluster's
+// resources: the configuration they were merged into, and what became of
+// each.
+type Served struct {
+	Config *config.Config
+	States []State
 }
 
 type watched struct{ kind, namespace string }
 
-// KubeSourceConfig configures a KubeSource.
-type KubeSourceConfig struct {
+// SourceConfig configures a Source.
+type SourceConfig struct {
 	Client dynamic.Interface
 	// Namespaces to watch; every namespace when empty.
 	Namespaces []string
@@ -77,7 +92,8 @@ type KubeSourceConfig struct {
 	KeysNamespace string
 	Logger        *slog.Logger
 	// OnChange is called after every change the informers see, and once
-	// when they have first synchronised: the caller reloads.
+	// when they have first synchronised: the caller reloads, which merges
+	// the resources again (Merge).
 	OnChange func()
 }
 
@@ -86,9 +102,9 @@ var (
 	jwkersGVR       = schema.GroupVersionResource{Group: config.JwkerGroup, Version: config.JwkerVersion, Resource: "jwkers"}
 )
 
-// NewKubeSource returns the watcher; Run starts it.
-func NewKubeSource(cfg KubeSourceConfig) *KubeSource {
-	k := &KubeSource{log: cmp.Or(cfg.Logger, slog.Default()), onChange: cfg.OnChange}
+// NewSource returns the watcher; Run starts it.
+func NewSource(cfg SourceConfig) *Source {
+	k := &Source{log: cmp.Or(cfg.Logger, slog.Default()), onChange: cfg.OnChange}
 	if k.onChange == nil {
 		k.onChange = func() {}
 	}
@@ -182,7 +198,7 @@ func slimRecord(obj any) (any, error) {
 func recordName(uid string) string { return "vakt-keys-" + uid }
 
 // allInformers are the informers Run runs and Synced waits for.
-func (k *KubeSource) allInformers() []cache.SharedIndexInformer {
+func (k *Source) allInformers() []cache.SharedIndexInformer {
 	if k.records == nil {
 		return k.informers
 	}
@@ -228,7 +244,7 @@ func slim(obj any) (any, error) {
 
 // publishedOf is what vakt published of a resource's client key (see
 // Resource.Published): JSON, nil when nothing.
-func (k *KubeSource) publishedOf(u *unstructured.Unstructured) []byte {
+func (k *Source) publishedOf(u *unstructured.Unstructured) []byte {
 	if u.GetKind() != config.KindJwker {
 		return applicationPublished(u)
 	}
@@ -266,7 +282,7 @@ func applicationPublished(u *unstructured.Unstructured) []byte {
 	return b
 }
 
-func (k *KubeSource) changed() {
+func (k *Source) changed() {
 	if k.Synced() {
 		k.onChange()
 	}
@@ -274,7 +290,7 @@ func (k *KubeSource) changed() {
 
 // Run runs the informers until ctx ends, and calls OnChange once they
 // have synchronised.
-func (k *KubeSource) Run(ctx context.Context) {
+func (k *Source) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, inf := range k.allInformers() {
 		wg.Add(1)
@@ -287,7 +303,7 @@ func (k *KubeSource) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-func (k *KubeSource) hasSyncedFuncs() []cache.InformerSynced {
+func (k *Source) hasSyncedFuncs() []cache.InformerSynced {
 	all := k.allInformers()
 	out := make([]cache.InformerSynced, len(all))
 	for i, inf := range all {
@@ -297,7 +313,7 @@ func (k *KubeSource) hasSyncedFuncs() []cache.InformerSynced {
 }
 
 // Synced reports whether every informer has listed its resources once.
-func (k *KubeSource) Synced() bool {
+func (k *Source) Synced() bool {
 	for _, inf := range k.allInformers() {
 		if !inf.HasSynced() {
 			return false
@@ -309,7 +325,7 @@ func (k *KubeSource) Synced() bool {
 // Resources are the resources the informers hold, in a fixed order
 // (namespace, name, kind), so that which of two claiming one id wins does
 // not depend on the order of events.
-func (k *KubeSource) Resources() []Resource {
+func (k *Source) Resources() []Resource {
 	var out []Resource
 	for _, inf := range k.informers {
 		for _, obj := range inf.GetStore().List() {
@@ -336,7 +352,7 @@ func (k *KubeSource) Resources() []Resource {
 }
 
 // object is one resource as the informers hold it now (slimmed).
-func (k *KubeSource) object(kind, namespace, name string) (*unstructured.Unstructured, bool) {
+func (k *Source) object(kind, namespace, name string) (*unstructured.Unstructured, bool) {
 	for i, inf := range k.informers {
 		if w := k.watched[i]; w.kind != kind || (w.namespace != "" && w.namespace != namespace) {
 			continue
@@ -353,7 +369,7 @@ func (k *KubeSource) object(kind, namespace, name string) (*unstructured.Unstruc
 }
 
 // lookup is one resource as the informers hold it now (its spec left out).
-func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
+func (k *Source) lookup(kind, namespace, name string) (Resource, bool) {
 	u, ok := k.object(kind, namespace, name)
 	if !ok {
 		return Resource{}, false
@@ -364,7 +380,7 @@ func (k *KubeSource) lookup(kind, namespace, name string) (Resource, bool) {
 
 // status is one resource's status as the informers hold it (what slim
 // keeps of it), and its uid.
-func (k *KubeSource) status(kind, namespace, name string) (uid string, status map[string]any, ok bool) {
+func (k *Source) status(kind, namespace, name string) (uid string, status map[string]any, ok bool) {
 	u, ok := k.object(kind, namespace, name)
 	if !ok {
 		return "", nil, false
@@ -373,10 +389,10 @@ func (k *KubeSource) status(kind, namespace, name string) (uid string, status ma
 	return string(u.GetUID()), st, true
 }
 
-// ResourceState is what became of a resource in the configuration in
+// State is what became of a resource in the configuration in
 // force: served as it is, served in an earlier version (its latest was
 // refused), or not served.
-type ResourceState struct {
+type State struct {
 	Resource Resource
 	// Served is the generation in force, 0 when none is.
 	Served int64
@@ -409,7 +425,7 @@ type resourceMerger struct {
 // only the resources serving now are merged (newcomers and new versions
 // wait): the configuration to fall back on when one with everything could
 // not be built.
-func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *slog.Logger, servingOnly bool) (states []ResourceState, commit func()) {
+func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *slog.Logger, servingOnly bool) (states []State, commit func()) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.lastGood == nil {
@@ -492,9 +508,9 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 	})
 	h := sha256.New()
 	h.Write([]byte(cfg.Hash))
-	states = make([]ResourceState, 0, len(resources))
+	states = make([]State, 0, len(resources))
 	for _, r := range resources {
-		st := ResourceState{Resource: r}
+		st := State{Resource: r}
 		if servingOnly && !incumbent(r) {
 			st.Refused = errors.New("not served yet: the configuration with it could not be built")
 			states = append(states, st)
@@ -570,5 +586,30 @@ type lastKeys struct {
 	published []byte
 }
 
-// errKubeNotSynced keeps vakt out of rotation until the resources are in.
-var errKubeNotSynced = errors.New("the Kubernetes resources have not been read yet")
+// errNotSynced keeps vakt out of rotation until the resources are in.
+var errNotSynced = errors.New("the Kubernetes resources have not been read yet")
+
+// Merge adds the cluster's resources to cfg, a configuration not yet in
+// force, each checked by config's own code; with servingOnly, only the
+// resources serving now, in the version that serves (the configuration to
+// fall back on when the one with everything could not be built). The
+// caller calls commit once the runtime built from cfg is in force: what it
+// accepted then becomes the last good version of each resource, and the
+// status writer and the key provisioner work from it. notReady is why vakt
+// is not ready with cfg: the resources had not been read yet.
+func (k *Source) Merge(cfg *config.Config, servingOnly bool) (commit func(), notReady error) {
+	// Read before the merge: what is said of the resources is true of the
+	// ones merged.
+	if !k.Synced() {
+		notReady = errNotSynced
+	}
+	states, accept := k.merger.merge(cfg, k.Resources(), k.log, servingOnly)
+	return func() {
+		accept()
+		k.served.Store(&Served{Config: cfg, States: states})
+	}, notReady
+}
+
+// Served is what the configuration in force was merged from; nil before
+// the first.
+func (k *Source) Served() *Served { return k.served.Load() }

@@ -1,4 +1,4 @@
-package server
+package kube
 
 import (
 	"cmp"
@@ -21,17 +21,19 @@ import (
 	"github.com/vakt-dev/vakt/config"
 )
 
-// KubeStatusConfig configures the writing of the Application resources'
+// StatusConfig configures the writing of the Application resources'
 // status.
-type KubeStatusConfig struct {
-	Rest    *rest.Config
-	Client  dynamic.Interface
-	Current *Current
-	// Source is the replica's KubeSource: with it, the elected replica also
-	// makes the client keys of the resources with a secretName, with
-	// KeysClient (Client when nil: a client of its own has a rate limit of
-	// its own, so that making keys never holds status writes back).
-	Source     *KubeSource
+type StatusConfig struct {
+	Rest   *rest.Config
+	Client dynamic.Interface
+	// Source is the replica's Source: the status says what became of each
+	// resource in the configuration it merged last (Source.Served). With
+	// MakeKeys, the elected replica also makes the client keys of the
+	// resources with a secretName, with KeysClient (Client when nil: a
+	// client of its own has a rate limit of its own, so that making keys
+	// never holds status writes back).
+	Source     *Source
+	MakeKeys   bool
 	KeysClient dynamic.Interface
 	// LeaseNamespace and LeaseName name the coordination.k8s.io Lease the
 	// replicas elect the writer with; Identity is this replica (its pod).
@@ -43,12 +45,12 @@ type KubeStatusConfig struct {
 
 // RunStatusWriter takes part in the election of the replica that writes
 // status until ctx ends. While this replica leads, it writes each
-// Application's status from the runtime in force, whenever it changes:
+// Application's status from the configuration in force, whenever it changes:
 // condition Ready True (Serving) while its latest generation serves, False
 // with the reason when it was refused (the message says which earlier
 // generation serves, if one does), and observedGeneration. One writer,
 // so that replicas never fight over a status; every replica enforces.
-func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
+func RunStatusWriter(ctx context.Context, c StatusConfig) error {
 	log := cmp.Or(c.Logger, slog.Default())
 	lease := cmp.Or(c.LeaseDuration, 15*time.Second)
 	renew := cmp.Or(c.RenewDeadline, 10*time.Second)
@@ -64,9 +66,9 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(lctx context.Context) {
 				log.Info("kubernetes: this replica writes the resources' status", "identity", c.Identity)
-				w := &statusWriter{client: c.Client, cur: c.Current, src: c.Source, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}
+				w := &statusWriter{client: c.Client, src: c.Source, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}
 				var keys sync.WaitGroup
-				if c.Source != nil {
+				if c.MakeKeys {
 					// Keys are made beside the status writes, so that neither
 					// waits for the other.
 					kc := c.KeysClient
@@ -74,7 +76,7 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 						kc = c.Client
 					}
 					w.keys = newKeyProvisioner(kc, c.Source, c.LeaseNamespace, log)
-					keys.Go(func() { w.keys.run(lctx, c.Current) })
+					keys.Go(func() { w.keys.run(lctx) })
 				}
 				w.run(lctx)
 				keys.Wait()
@@ -94,10 +96,9 @@ func RunStatusWriter(ctx context.Context, c KubeStatusConfig) error {
 
 type statusWriter struct {
 	client dynamic.Interface
-	cur    *Current
 	log    *slog.Logger
-	src    *KubeSource     // the status as it stands; nil in some tests
-	keys   *keyProvisioner // nil without a KubeSource: no keys are made
+	src    *Source         // what is served, and the status as it stands
+	keys   *keyProvisioner // nil unless it makes keys
 	// written is each resource's status as last written.
 	written map[string]writtenStatus
 	// failing holds the resources whose status could not be written: each
@@ -124,10 +125,10 @@ type writtenStatus struct {
 func (w *statusWriter) run(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
-	var last *Runtime
+	var last *Served
 	problems := 0
 	for {
-		rt := w.cur.Load()
+		rt := w.src.Served()
 		changed := false
 		if w.keys != nil {
 			if n := w.keys.changeCount(); n != problems {
@@ -155,7 +156,7 @@ type condition struct{ typ, status, reason, message string }
 // statusOf is what the status of a resource should say: its fields but the
 // conditions, and its conditions (an Application's; a Jwker has NAIS's
 // fields and none). ok is false when nothing is to be written yet.
-func (w *statusWriter) statusOf(st ResourceState, cluster string) (fields map[string]any, conds []condition, ok bool) {
+func (w *statusWriter) statusOf(st State, cluster string) (fields map[string]any, conds []condition, ok bool) {
 	r := st.Resource
 	problem := ""
 	if w.keys != nil {
@@ -216,7 +217,7 @@ func (w *statusWriter) statusOf(st ResourceState, cluster string) (fields map[st
 
 // write writes every status that changed; false when one is still to be
 // written (it failed, and waits to be tried again).
-func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
+func (w *statusWriter) write(ctx context.Context, rt *Served) bool {
 	ok := true
 	now := time.Now()
 	stamp := now.UTC().Format(time.RFC3339)
@@ -224,8 +225,8 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 	if rt.Config != nil {
 		cluster = rt.Config.Cluster
 	}
-	present := make(map[string]bool, len(rt.Resources))
-	for _, st := range rt.Resources {
+	present := make(map[string]bool, len(rt.States))
+	for _, st := range rt.States {
 		if ctx.Err() != nil {
 			return false // no longer leading, or stopping
 		}
@@ -241,7 +242,7 @@ func (w *statusWriter) write(ctx context.Context, rt *Runtime) bool {
 		}
 		sig := sigOf(fields, conds)
 		prev, seen := w.written[r.key()]
-		if (!seen || prev.uid != r.UID) && w.src != nil {
+		if !seen || prev.uid != r.UID {
 			// A new writer (this replica was just elected) starts from the
 			// status as it stands: no write when it says what would be
 			// written, and each condition's lastTransitionTime kept.
