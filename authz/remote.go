@@ -45,8 +45,41 @@ type StaticKeys struct{ Set *KeySet }
 
 var (
 	_ KeySource = StaticKeys{}
+	_ KeySource = ExpiringKeys{}
 	_ KeySource = (*RemoteKeys)(nil)
 )
+
+// ExpiringKeys is a KeySource over a fixed key set some of whose keys stop
+// being accepted at a time of their own: client keys replaced by a
+// rotation, valid for an overlap. Every lookup reads the clock, so that a
+// key stops at its time by each replica's own clock, whether or not
+// anything is written or read anywhere else.
+type ExpiringKeys struct {
+	Set *KeySet
+	// Until says when a key stops being accepted, by kid; a key not in it
+	// does not expire.
+	Until map[string]time.Time
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Key returns the key with kid, unless its time is past.
+func (s ExpiringKeys) Key(_ context.Context, kid string) (*Key, error) {
+	k, ok := s.Set.Lookup(kid)
+	if !ok {
+		return nil, fmt.Errorf("%w: kid %s", ErrKeyNotFound, quoted(kid))
+	}
+	if until, ok := s.Until[kid]; ok {
+		now := time.Now
+		if s.Now != nil {
+			now = s.Now
+		}
+		if !now().Before(until) {
+			return nil, fmt.Errorf("%w: kid %s was replaced, and stopped being accepted at %s", ErrKeyNotFound, quoted(kid), until.UTC().Format(time.RFC3339))
+		}
+	}
+	return k, nil
+}
 
 // Key returns the key with kid.
 func (s StaticKeys) Key(_ context.Context, kid string) (*Key, error) {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/goccy/go-yaml"
 
@@ -173,6 +174,10 @@ type Application struct {
 
 	// Keys is the parsed inline or file key set; nil otherwise.
 	Keys *authz.KeySet `yaml:"-"`
+	// KeysUntil says when keys of Keys stop being accepted, by kid: the
+	// client keys vakt made for a resource and replaced, valid for
+	// kubernetes.keyOverlap. Never from a file.
+	KeysUntil map[string]time.Time `yaml:"-"`
 }
 
 // ApplicationSpec is what a team declares of its application: one schema

@@ -19,11 +19,11 @@ func FuzzPublishedKeys(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		set, kids, err := parsePublishedKeys(b)
+		set, kids, until, err := parsePublishedKeys(b)
 		if err != nil {
 			return
 		}
-		if set == nil || len(kids) > 2+maxRetiredKeys || set.Len() > len(kids) {
+		if set == nil || len(kids) > 2+maxRetiredKeys || set.Len() > len(kids) || len(until) > len(b) {
 			t.Fatalf("accepted %q: %d keys, kids %q", b, set.Len(), kids)
 		}
 	})

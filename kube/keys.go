@@ -99,29 +99,39 @@ type retiredKey struct {
 	SecretName string    `json:"secretName,omitempty"`
 }
 
-// parsePublishedKeys reads published keys for the merge: the key set, and
-// the kids in force.
-func parsePublishedKeys(b []byte) (*authz.KeySet, []string, error) {
+// parsePublishedKeys reads published keys for the merge: the key set, the
+// kids in force, and when each replaced key stops being accepted (every
+// replica refuses it from then on by its own clock: authz.ExpiringKeys).
+func parsePublishedKeys(b []byte) (*authz.KeySet, []string, map[string]time.Time, error) {
 	if len(b) > maxPublished {
-		return nil, nil, fmt.Errorf("%d bytes, more than the %d published keys may have", len(b), maxPublished)
+		return nil, nil, nil, fmt.Errorf("%d bytes, more than the %d published keys may have", len(b), maxPublished)
 	}
 	var p publishedKeys
 	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, nil, fmt.Errorf("not published keys: %w", err)
+		return nil, nil, nil, fmt.Errorf("not published keys: %w", err)
 	}
 	set, skipped, err := authz.ParseKeySet(p.Keys)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if len(skipped) > 0 {
-		return nil, nil, errors.Join(skipped...)
+		return nil, nil, nil, errors.Join(skipped...)
 	}
 	kids := kidsOf(jwks(p.Keys))
 	// The current key, the retired ones, and one on its way to the Secret.
 	if len(kids) > 2+maxRetiredKeys {
-		return nil, nil, fmt.Errorf("%d keys, more than the %d vakt publishes", len(kids), 2+maxRetiredKeys)
+		return nil, nil, nil, fmt.Errorf("%d keys, more than the %d vakt publishes", len(kids), 2+maxRetiredKeys)
 	}
-	return set, kids, nil
+	var until map[string]time.Time
+	for _, rk := range p.RetiredKeys {
+		if until == nil {
+			until = make(map[string]time.Time, len(p.RetiredKeys))
+		}
+		if t, ok := until[rk.Kid]; !ok || rk.Until.Before(t) {
+			until[rk.Kid] = rk.Until
+		}
+	}
+	return set, kids, until, nil
 }
 
 // clientEnv is the Secret's variables but the key, for client id: vakt's

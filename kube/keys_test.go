@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,7 +42,12 @@ type keysEnv struct {
 	cfgPath  string
 	replicas map[string]*keysReplica
 	signer   *exchange.Signer
+	// skew moves the replicas' clock (and the test's assertions) ahead.
+	skew atomic.Int64
 }
+
+// now is the replicas' clock.
+func (e *keysEnv) now() time.Time { return time.Now().Add(time.Duration(e.skew.Load())) }
 
 type keysReplica struct {
 	cur      *server.Current
@@ -109,7 +115,7 @@ kubernetes:
 func (e *keysEnv) startReplica(identity string, ls *server.Listeners) *keysReplica {
 	t := e.t
 	r := &keysReplica{listen: ls, logs: &lockedBuffer{}}
-	run := startKubeRun(t, e.cfgPath, e.signer, SourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false)
+	run := startKubeRunAt(t, e.cfgPath, e.signer, SourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false, e.now)
 	r.cur, r.src = run.cur, run.src
 	if identity != "" {
 		run.writeStatus(e.cluster.Config, e.client, identity, slog.New(slog.NewJSONHandler(r.logs, nil)))
@@ -216,7 +222,7 @@ func (e *keysEnv) leader() string {
 // with key: the error's text, "" when a token came back.
 func (e *keysEnv) exchangeAs(r *keysReplica, client string, key *exchange.SigningKey, target string) string {
 	e.t.Helper()
-	now := time.Now()
+	now := e.now()
 	assertion := idptest.Sign(e.t, &idptest.Key{ID: key.ID, Alg: key.Alg, Private: key.Private}, key.Alg,
 		map[string]any{"alg": key.Alg, "kid": key.ID, "typ": "JWT"},
 		map[string]any{"iss": client, "sub": client, "aud": e.issuer + "/token", "jti": fmt.Sprintf("jti-%d", now.UnixNano()),
@@ -686,4 +692,62 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		d, _ := e.secret("team-a", "app-r-tokenx")
 		return len(kids) == 0 && d == nil
 	})
+}
+
+// A replaced key stops being accepted at its until by every replica's own
+// clock, leader or not, with no one to write anything: the API server
+// stopped, the clock moved past the overlap, the old key is refused by
+// both replicas and the new one still accepted.
+func TestKubeKeyExpiresOnEveryReplica(t *testing.T) {
+	e := newKeysEnv(t, "r1", "r2")
+	e.apply(applicationsGVR, "team-b", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-b","namespace":"team-b"},
+		"spec":{"accessPolicy":{"inbound":{"rules":[{"application":"app-1","namespace":"team-a"}]}}}}`)
+	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-1","namespace":"team-a"},
+		"spec":{"secretName":"app-1-tokenx"}}`)
+	served := func(kids []string) bool {
+		for _, r := range e.replicas {
+			if !slices.Equal(r.served(config.KindApplication, "team-a", "app-1"), kids) {
+				return false
+			}
+		}
+		return true
+	}
+	var old *exchange.SigningKey
+	e.until(30*time.Second, "no key served by both replicas", func() bool {
+		old = e.secretKey("team-a", "app-1-tokenx")
+		return old != nil && served([]string{old.ID})
+	})
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"expiry"}}}`, AnnotationRotateKey)
+	if _, err := e.apps.Namespace("team-a").Patch(context.Background(), "app-1", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var cur *exchange.SigningKey
+	e.until(30*time.Second, "the rotated keys never served by both replicas", func() bool {
+		cur = e.secretKey("team-a", "app-1-tokenx")
+		return cur != nil && cur.ID != old.ID && served([]string{cur.ID, old.ID})
+	})
+	_, rec := e.published(applicationsGVR, "team-a", "app-1")
+	if len(rec.RetiredKeys) != 1 || rec.RetiredKeys[0].Kid != old.ID {
+		t.Fatalf("retired %+v", rec.RetiredKeys)
+	}
+	until := rec.RetiredKeys[0].Until
+
+	e.cluster.StopAPIServer(t)
+	defer e.cluster.StartAPIServer(t)
+	for id, r := range e.replicas {
+		for name, k := range map[string]*exchange.SigningKey{"replaced, within the overlap": old, "new": cur} {
+			if msg := e.exchangeAs(r, "dev-gcp:team-a:app-1", k, "dev-gcp:team-b:app-b"); msg != "" {
+				t.Errorf("%s, the %s key: %s", id, name, msg)
+			}
+		}
+	}
+	e.skew.Store(int64(until.Sub(time.Now()) + time.Second))
+	for id, r := range e.replicas {
+		if msg := e.exchangeAs(r, "dev-gcp:team-a:app-1", old, "dev-gcp:team-b:app-b"); !strings.Contains(msg, "Unauthenticated") {
+			t.Errorf("%s, the replaced key past its until: %q, want it refused", id, msg)
+		}
+		if msg := e.exchangeAs(r, "dev-gcp:team-a:app-1", cur, "dev-gcp:team-b:app-b"); msg != "" {
+			t.Errorf("%s, the new key past the old one's until: %s", id, msg)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -31,7 +32,10 @@ type Resource struct {
 	Namespace, Name string
 	UID             string
 	Generation      int64
-	Spec            []byte // JSON, as the API server serves it
+	// Created is the object's creationTimestamp: of two resources claiming
+	// one id, host or resource URI, the older keeps it.
+	Created time.Time
+	Spec    []byte // JSON, as the API server serves it
 	// Published is what vakt published of the client key it made for the
 	// resource (spec.secretName): an Application's status.keys,
 	// status.retiredKeys, status.rotation and status.secretName, a Jwker's
@@ -217,6 +221,7 @@ func slim(obj any) (any, error) {
 	out.SetName(u.GetName())
 	out.SetNamespace(u.GetNamespace())
 	out.SetUID(u.GetUID())
+	out.SetCreationTimestamp(u.GetCreationTimestamp())
 	out.SetGeneration(u.GetGeneration())
 	out.SetResourceVersion(u.GetResourceVersion())
 	if spec, ok := u.Object["spec"]; ok {
@@ -322,9 +327,11 @@ func (k *Source) Synced() bool {
 	return true
 }
 
-// Resources are the resources the informers hold, in a fixed order
-// (namespace, name, kind), so that which of two claiming one id wins does
-// not depend on the order of events.
+// Resources are the resources the informers hold, oldest first (by
+// creationTimestamp, then namespace, name and kind): of two claiming one
+// id, host or resource URI, the older keeps it, on every replica and
+// across restarts, whatever the order of events (as the Gateway API
+// resolves conflicting routes).
 func (k *Source) Resources() []Resource {
 	var out []Resource
 	for _, inf := range k.informers {
@@ -340,15 +347,19 @@ func (k *Source) Resources() []Resource {
 			}
 			out = append(out, Resource{
 				Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
-				UID: string(u.GetUID()), Generation: u.GetGeneration(), Spec: b,
+				UID: string(u.GetUID()), Generation: u.GetGeneration(), Created: u.GetCreationTimestamp().Time, Spec: b,
 				Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[AnnotationRotateKey],
 			})
 		}
 	}
-	slices.SortFunc(out, func(a, b Resource) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Kind, b.Kind))
-	})
+	slices.SortFunc(out, olderFirst)
 	return out
+}
+
+// olderFirst orders resources by creationTimestamp, then namespace, name
+// and kind.
+func olderFirst(a, b Resource) int {
+	return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Kind, b.Kind))
 }
 
 // object is one resource as the informers hold it now (slimmed).
@@ -470,11 +481,11 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 		if len(pub) == 0 {
 			return nil
 		}
-		set, kids, err := parsePublishedKeys(pub)
+		set, kids, until, err := parsePublishedKeys(pub)
 		if err != nil {
 			last, ok := m.lastKeys[r.key()]
 			if ok && last.uid == r.UID {
-				set, kids, err = parsePublishedKeys(last.published)
+				set, kids, until, err = parsePublishedKeys(last.published)
 				pub = last.published
 			}
 			if err != nil {
@@ -483,29 +494,18 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 			}
 			log.Warn("kubernetes: the keys published for a resource are unusable; the last usable ones stay in force", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name)
 		}
-		a.Keys = set
+		a.Keys, a.KeysUntil = set, until
 		keysSeen[r.key()] = lastKeys{uid: r.UID, published: pub}
 		return kids
 	}
-	// First come, first served: resources serving now (a version of the
-	// same object accepted before) keep their claims, and are checked
-	// before newcomers, whatever their names; a newcomer that sorts first
-	// cannot displace them.
+	// The oldest resource keeps a claim (Resources orders them): the
+	// order is the same on every replica and after every restart.
 	incumbent := func(r Resource) bool {
 		good, ok := m.lastGood[r.key()]
 		return ok && good.UID == r.UID
 	}
 	resources = slices.Clone(resources)
-	slices.SortStableFunc(resources, func(a, b Resource) int {
-		ia, ib := incumbent(a), incumbent(b)
-		switch {
-		case ia && !ib:
-			return -1
-		case ib && !ia:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(resources, olderFirst)
 	h := sha256.New()
 	h.Write([]byte(cfg.Hash))
 	states = make([]State, 0, len(resources))

@@ -399,10 +399,15 @@ type kubeRun struct {
 }
 
 func startKubeRun(t testing.TB, cfgPath string, signer *exchange.Signer, kc SourceConfig, watchFiles bool) *kubeRun {
+	return startKubeRunAt(t, cfgPath, signer, kc, watchFiles, nil)
+}
+
+// startKubeRunAt is startKubeRun whose runtimes read the clock now.
+func startKubeRunAt(t testing.TB, cfgPath string, signer *exchange.Signer, kc SourceConfig, watchFiles bool, now func() time.Time) *kubeRun {
 	t.Helper()
 	r := &kubeRun{cur: &server.Current{}}
 	loader := &server.Loader{Config: func() (*config.Config, error) { return config.LoadFile(cfgPath) }, Ephemeral: signer,
-		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet}
+		Replay: exchange.NewMemoryReplay(exchange.MemoryReplayConfig{}), Logger: quiet, Now: now}
 	rl := &server.Reloader{Current: r.cur, Build: loader.Build, Logger: quiet}
 	if watchFiles {
 		rl.Files = server.WatchedFiles(cfgPath, r.cur)

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
@@ -32,6 +33,9 @@ type Loader struct {
 	// merged into every configuration built (Kubernetes-native mode:
 	// kube.Source).
 	Resources ResourceSource
+
+	// Now is the runtimes' clock; time.Now when nil.
+	Now func() time.Time
 
 	// Started, when set, is the configuration the process started with: a
 	// reload that changes what only a restart can (the listeners, the
@@ -70,7 +74,7 @@ func (l *Loader) Build(ctx context.Context) (*Runtime, error) {
 	} else if signer == nil {
 		return nil, errors.New("the configuration names no signing.keysFile, and vakt started with one; restart to sign with a generated key")
 	}
-	opts := Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets}
+	opts := Options{Logger: l.Logger, Signer: signer, Replay: l.Replay, KeySets: l.KeySets, Now: l.Now}
 	if l.Resources == nil {
 		return NewRuntime(ctx, cfg, opts)
 	}

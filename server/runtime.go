@@ -218,6 +218,8 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		}
 		apps = append(apps, ap)
 		switch {
+		case a.Keys != nil && a.Keys.Len() > 0 && len(a.KeysUntil) > 0:
+			clients[a.ID()] = authz.ExpiringKeys{Set: a.Keys, Until: a.KeysUntil, Now: opts.Now}
 		case a.Keys != nil && a.Keys.Len() > 0:
 			clients[a.ID()] = authz.StaticKeys{Set: a.Keys}
 		case a.JWKSURI != "":
