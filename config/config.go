@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/goccy/go-yaml"
@@ -305,6 +306,33 @@ type Kubernetes struct {
 	// was replaced (a rotation, or a Jwker's new secretName): time for the
 	// application's pods to restart with the new Secret. 24h when not set.
 	KeyOverlap Duration `yaml:"keyOverlap"`
+	// ClientEndpoint is where the applications' pods reach vakt's HTTP
+	// listener, scheme and authority only (http://vakt.vakt.svc.cluster.local:8080),
+	// when that is not the issuer's own: the token endpoint, key set and
+	// metadata URLs vakt writes into the Secrets it makes are there, and
+	// client assertions may name its token endpoint as their audience.
+	ClientEndpoint string `yaml:"clientEndpoint"`
+}
+
+// ClientEndpoints are the URLs vakt writes into the Secrets it makes:
+// the issuer's endpoints as served at kubernetes.clientEndpoint, or at the
+// issuer when that is not set.
+func (c *Config) ClientEndpoints() Endpoints {
+	return EndpointsAt(c.Issuer, c.Kubernetes.ClientEndpoint)
+}
+
+// TokenEndpointAudiences are the URLs, besides the issuer and its own
+// token endpoint, that client assertions may name as their audience:
+// tokenEndpointAliases, and the token endpoint at
+// kubernetes.clientEndpoint, which the Secrets vakt makes name.
+func (c *Config) TokenEndpointAudiences() []string {
+	out := slices.Clone(c.TokenEndpointAliases)
+	if c.Kubernetes.Enabled && c.Kubernetes.ClientEndpoint != "" {
+		if t := c.ClientEndpoints().Token; !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // Shutdown is how vakt stops on SIGTERM: NOT_SERVING at once (gRPC health

@@ -60,6 +60,8 @@ func TestLoadRejects(t *testing.T) {
 		{"zero token lifetime", base + "signing:\n  tokenLifetime: 0s\n", []string{"line 4", "signing.tokenLifetime: must be between 1m and 24h"}},
 		{"key overlap too short", base + "kubernetes:\n  enabled: true\n  keyOverlap: 30s\n", []string{"kubernetes.keyOverlap: must be between 1m and 2160h (90 days)"}},
 		{"lease namespace not a name", base + "kubernetes:\n  enabled: true\n  leaseNamespace: Vakt_NS\n", []string{"kubernetes.leaseNamespace", "is not a namespace name"}},
+		{"client endpoint with a path", base + "kubernetes:\n  enabled: true\n  clientEndpoint: http://vakt.vakt.svc:8080/token\n", []string{"line 5", "kubernetes.clientEndpoint", "has a path or a query"}},
+		{"client endpoint not a URL", base + "kubernetes:\n  enabled: true\n  clientEndpoint: vakt.vakt.svc:8080\n", []string{"line 5", "kubernetes.clientEndpoint", "is not an absolute http(s) URL"}},
 		{"bad issuer", "issuer: 127.0.0.1:8080\ncluster: dev-gcp\n", []string{"line 1", "issuer", "not an absolute http(s) URL"}},
 		{"missing cluster", "issuer: http://127.0.0.1:8080\n", []string{"cluster: is required"}},
 		{"bad listen", base + "listen:\n  grpc: 9000\n", []string{"line 4", "listen.grpc"}},
@@ -373,6 +375,39 @@ func TestTLSAndRedisSecrets(t *testing.T) {
 	for _, f := range []string{cert, key, caFile, filepath.Join(dir, "password")} {
 		if !strings.Contains(got, f) {
 			t.Errorf("Files() %q lacks %s", got, f)
+		}
+	}
+}
+
+// kubernetes.clientEndpoint moves the URLs vakt writes into Secrets to
+// where pods reach it, keeps the issuer's path, and makes its token
+// endpoint an audience client assertions may name.
+func TestClientEndpoints(t *testing.T) {
+	for _, tc := range []struct {
+		issuer, endpoint      string
+		token, jwks, metadata string
+		audiences             []string
+	}{
+		{"https://vakt.example", "", "https://vakt.example/token", "https://vakt.example/jwks", "https://vakt.example/.well-known/oauth-authorization-server", nil},
+		{"https://vakt.example/tenant/", "", "https://vakt.example/tenant/token", "https://vakt.example/tenant/jwks", "https://vakt.example/.well-known/oauth-authorization-server/tenant", nil},
+		{"https://vakt.example/tenant", "http://vakt.vakt.svc.cluster.local:8080/", "http://vakt.vakt.svc.cluster.local:8080/tenant/token",
+			"http://vakt.vakt.svc.cluster.local:8080/tenant/jwks", "http://vakt.vakt.svc.cluster.local:8080/.well-known/oauth-authorization-server/tenant",
+			[]string{"http://vakt.vakt.svc.cluster.local:8080/tenant/token"}},
+	} {
+		yaml := "issuer: " + tc.issuer + "\ncluster: dev-gcp\nkubernetes:\n  enabled: true\n"
+		if tc.endpoint != "" {
+			yaml += "  clientEndpoint: " + tc.endpoint + "\n"
+		}
+		c, err := config.Load([]byte(yaml), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ep := c.ClientEndpoints()
+		if ep.Token != tc.token || ep.JWKS != tc.jwks || ep.Metadata != tc.metadata {
+			t.Errorf("%s at %q: %+v", tc.issuer, tc.endpoint, ep)
+		}
+		if got := c.TokenEndpointAudiences(); strings.Join(got, " ") != strings.Join(tc.audiences, " ") {
+			t.Errorf("%s at %q: audiences %q, want %q", tc.issuer, tc.endpoint, got, tc.audiences)
 		}
 	}
 }

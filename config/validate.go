@@ -186,10 +186,17 @@ func (c *Config) validateServer(v *validator) {
 			v.fail(fmt.Sprintf("kubernetes.namespaces[%d]", i), "%q is not a namespace name", ns)
 		}
 	}
+	if e := c.Kubernetes.ClientEndpoint; e != "" {
+		if err := checkURL(e); err != nil {
+			v.fail("kubernetes.clientEndpoint", "%v", err)
+		} else if u, _ := url.Parse(e); (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.ForceQuery {
+			v.fail("kubernetes.clientEndpoint", "%q has a path or a query: give the scheme and authority only (the issuer's path is added)", e)
+		}
+	}
 	if d := c.Kubernetes.KeyOverlap; d.set && (d.d < time.Minute || d.d > 90*24*time.Hour) {
 		v.fail("kubernetes.keyOverlap", "must be between 1m and 2160h (90 days)")
 	}
-	if !c.Kubernetes.Enabled && (len(c.Kubernetes.Namespaces) > 0 || c.Kubernetes.Kubeconfig != "" || c.Kubernetes.Jwkers) {
+	if !c.Kubernetes.Enabled && (len(c.Kubernetes.Namespaces) > 0 || c.Kubernetes.Kubeconfig != "" || c.Kubernetes.Jwkers || c.Kubernetes.ClientEndpoint != "") {
 		v.warn("kubernetes has settings but is not enabled: no resource is read")
 	}
 	if c.Limits.Check < 0 || c.Limits.Other < 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/vakt-dev/vakt/config"
+	"github.com/vakt-dev/vakt/kube"
 )
 
 // The Kubernetes manifests (deploy/kubernetes) are rendered with kustomize's
@@ -840,6 +842,7 @@ func TestKubernetesNativeRedisOverlay(t *testing.T) {
 	checkObjects(t, objs)
 	p := checkVakt(t, objs)
 	checkRedis(t, objs, p, mustRead(t, filepath.Join(nativeDir, "vakt.yaml")))
+	checkSecretURLs(t, objs, p)
 	native, redis := render(t, nativeDir), render(t, redisDir)
 	for name, obj := range native {
 		if name == "ConfigMap/vakt-config" || name == "Deployment/vakt" {
@@ -1001,8 +1004,8 @@ func TestKubernetesNativeOverlay(t *testing.T) {
 	}
 	kube := overlay["kubernetes"]
 	delete(overlay, "kubernetes")
-	if !reflect.DeepEqual(base, overlay) || !reflect.DeepEqual(kube, map[string]any{"enabled": true}) {
-		t.Errorf("overlays/native/vakt.yaml must be deploy/kubernetes/vakt.yaml with kubernetes: {enabled: true} added, nothing else; kubernetes is %v", kube)
+	if want := map[string]any{"enabled": true, "clientEndpoint": "http://vakt.vakt.svc.cluster.local:8080"}; !reflect.DeepEqual(base, overlay) || !reflect.DeepEqual(kube, want) {
+		t.Errorf("overlays/native/vakt.yaml must be deploy/kubernetes/vakt.yaml with kubernetes: %v added, nothing else; kubernetes is %v", want, kube)
 	}
 	cfg, err := config.Load(p.raw, "/etc/vakt")
 	if err != nil {
@@ -1014,6 +1017,7 @@ func TestKubernetesNativeOverlay(t *testing.T) {
 	if ns := cfg.Kubernetes.LeaseNamespace; ns != "" && ns != p.d.Namespace {
 		t.Errorf("kubernetes.leaseNamespace %s: the Role lets vakt hold its Lease in %s only", ns, p.d.Namespace)
 	}
+	checkSecretURLs(t, objs, p)
 
 	// The RBAC, exactly: the ClusterRole for the resources, bound
 	// cluster-wide (vakt watches every namespace); the Role for the Lease,
@@ -1106,4 +1110,63 @@ func mustRead(t *testing.T, file string) string {
 		t.Fatal(err)
 	}
 	return string(data)
+}
+
+// checkSecretURLs checks that the URLs vakt writes into the Secrets of the
+// client keys it makes are ones the rendered manifests serve: each names
+// vakt's Service (by its cluster DNS name) on a port that targets the
+// container port vakt's HTTP listener is on, in the scheme that listener
+// speaks, at the path vakt routes there; and a client assertion naming the
+// token endpoint is accepted.
+func checkSecretURLs(t *testing.T, objs objects, p *vaktPod) {
+	t.Helper()
+	cfg := p.cfg
+	env := kube.ClientEnv(cfg, cfg.Cluster+":team-a:app-1")
+	if env["TOKEN_X_ISSUER"] != cfg.Issuer {
+		t.Errorf("TOKEN_X_ISSUER is %q, the issuer %q", env["TOKEN_X_ISSUER"], cfg.Issuer)
+	}
+	_, httpPort, _ := net.SplitHostPort(cfg.Listen.HTTP)
+	scheme := "http"
+	if cfg.Listen.TLS != nil {
+		scheme = "https"
+	}
+	issuerPath := config.IssuerPath(cfg.Issuer)
+	for name, wantPath := range map[string]string{
+		"TOKEN_X_TOKEN_ENDPOINT": issuerPath + config.TokenPath,
+		"TOKEN_X_JWKS_URI":       issuerPath + config.JWKSPath,
+		"TOKEN_X_WELL_KNOWN_URL": config.MetadataPath + issuerPath,
+	} {
+		u, err := url.Parse(env[name])
+		if err != nil || u.Scheme != scheme || u.Path != wantPath || u.RawQuery != "" {
+			t.Errorf("%s = %q: want %s://… with path %s", name, env[name], scheme, wantPath)
+			continue
+		}
+		port := u.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		}
+		served := false
+		for _, svc := range all[corev1.Service](objs) {
+			names := []string{svc.Name + "." + svc.Namespace + ".svc.cluster.local", svc.Name + "." + svc.Namespace + ".svc", svc.Name + "." + svc.Namespace}
+			if !slices.Contains(names, u.Hostname()) || !selects(svc.Spec.Selector, p.d.Spec.Template.Labels) {
+				continue
+			}
+			for _, sp := range svc.Spec.Ports {
+				if strconv.Itoa(int(sp.Port)) != port {
+					continue
+				}
+				target := sp.TargetPort.IntVal
+				if sp.TargetPort.Type == intstr.String {
+					target, _ = containerPort(p.c, sp.TargetPort.StrVal)
+				}
+				served = served || strconv.Itoa(int(target)) == httpPort
+			}
+		}
+		if !served {
+			t.Errorf("%s = %q: no Service of vakt's pods serves port %s there from the container's HTTP listener (%s)", name, env[name], port, cfg.Listen.HTTP)
+		}
+	}
+	if te := env["TOKEN_X_TOKEN_ENDPOINT"]; te != cfg.Issuer+config.TokenPath && !slices.Contains(cfg.TokenEndpointAudiences(), te) {
+		t.Errorf("TOKEN_X_TOKEN_ENDPOINT %q is no audience vakt accepts in client assertions", te)
+	}
 }

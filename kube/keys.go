@@ -134,13 +134,15 @@ func parsePublishedKeys(b []byte) (*authz.KeySet, []string, map[string]time.Time
 	return set, kids, until, nil
 }
 
-// clientEnv is the Secret's variables but the key, for client id: vakt's
-// issuer, its key set, its token endpoint and its RFC 8414 metadata.
-func clientEnv(issuer, clientID string) map[string]string {
-	ep := config.EndpointsAt(issuer, "")
+// ClientEnv is what vakt writes into the Secret of an application's
+// client key but the key itself, for client id: vakt's issuer, and its key
+// set, token endpoint and RFC 8414 metadata where the application's pods
+// reach them (config.Config.ClientEndpoints).
+func ClientEnv(cfg *config.Config, clientID string) map[string]string {
+	ep := cfg.ClientEndpoints()
 	return map[string]string{
 		envClientID:      clientID,
-		envIssuer:        issuer,
+		envIssuer:        cfg.Issuer,
 		envJWKSURI:       ep.JWKS,
 		envTokenEndpoint: ep.Token,
 		envWellKnownURL:  ep.Metadata,
@@ -312,7 +314,7 @@ func (p *keyProvisioner) provision(ctx context.Context, rt *Served) {
 		}
 		cfg := rt.Config
 		t := keyTarget{r: r, secretName: st.SecretName, overlap: cfg.Kubernetes.KeyOverlap.Std(),
-			env: clientEnv(cfg.Issuer, authz.AppID{Cluster: cfg.Cluster, Namespace: r.Namespace, Name: r.Name}.String())}
+			env: ClientEnv(cfg, authz.AppID{Cluster: cfg.Cluster, Namespace: r.Namespace, Name: r.Name}.String())}
 		fp := t.fingerprint()
 		if _, seen := p.done[key]; !seen {
 			if due, ok := t.settled(now); ok {

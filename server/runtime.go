@@ -236,7 +236,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	}
 	authority, err := exchange.NewAuthority(exchange.AuthorityConfig{
 		Issuer:               cfg.Issuer,
-		TokenEndpointAliases: cfg.TokenEndpointAliases,
+		TokenEndpointAliases: cfg.TokenEndpointAudiences(),
 		Subjects:             v,
 		OwnProvider:          config.ProviderTokenX,
 		Clients:              clients,
