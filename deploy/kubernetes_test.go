@@ -954,10 +954,10 @@ var (
 	nativeClusterPermissions = []string{
 		"create /secrets", "delete /secrets",
 		"get /secrets", "get nais.io/jwkers", "get vakt.dev/applications",
-		"list nais.io/jwkers", "list vakt.dev/applications",
+		"list /namespaces", "list nais.io/jwkers", "list vakt.dev/applications",
 		"patch nais.io/jwkers/status", "patch vakt.dev/applications/status",
 		"update /secrets",
-		"watch nais.io/jwkers", "watch vakt.dev/applications",
+		"watch /namespaces", "watch nais.io/jwkers", "watch vakt.dev/applications",
 	}
 	// In vakt's namespace: the Lease, and the Jwkers' published keys.
 	nativeLeasePermissions = []string{

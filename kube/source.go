@@ -45,6 +45,9 @@ type Resource struct {
 	// RotateKey is the annotation vakt.dev/rotate-key: a value not yet
 	// honoured asks for a new client key.
 	RotateKey string
+	// NamespaceLabels are the labels of the resource's namespace, which
+	// kubernetes.grants may select it by.
+	NamespaceLabels map[string]string
 }
 
 // key names the resource across its versions.
@@ -61,7 +64,10 @@ type Source struct {
 	watched   []watched // what each informer watches
 	// records holds the ConfigMaps of Jwkers' published keys, in
 	// keysNamespace; nil without Jwkers.
-	records       cache.SharedIndexInformer
+	records cache.SharedIndexInformer
+	// namespaces holds the namespaces' labels: kubernetes.grants may name
+	// namespaces by label selector.
+	namespaces    cache.SharedIndexInformer
 	keysNamespace string
 	onChange      func()
 
@@ -173,6 +179,23 @@ func NewSource(cfg SourceConfig) *Source {
 			k.log.Warn("kubernetes: watching the Jwkers' published keys failed; the keys last seen stay in force", "error", err)
 		})
 	}
+	k.namespaces = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Client, 0).ForResource(namespacesGVR).Informer()
+	_ = k.namespaces.SetTransform(slimNamespace)
+	_, _ = k.namespaces.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { k.changed() },
+		// Only a change of labels can change what a grant gives.
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*unstructured.Unstructured)
+			n, ok2 := cur.(*unstructured.Unstructured)
+			if !ok1 || !ok2 || !maps.Equal(o.GetLabels(), n.GetLabels()) {
+				k.changed()
+			}
+		},
+		DeleteFunc: func(any) { k.changed() },
+	})
+	_ = k.namespaces.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		k.log.Warn("kubernetes: watching namespaces failed; the labels last seen stay in force", "error", err)
+	})
 	return k
 }
 
@@ -197,16 +220,46 @@ func slimRecord(obj any) (any, error) {
 	return out, nil
 }
 
+var namespacesGVR = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+
+// slimNamespace keeps of a namespace its name and labels.
+func slimNamespace(obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return obj, nil
+	}
+	out := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace"}}
+	out.SetName(u.GetName())
+	out.SetUID(u.GetUID())
+	out.SetLabels(u.GetLabels())
+	out.SetResourceVersion(u.GetResourceVersion())
+	return out, nil
+}
+
+// namespaceLabels are a namespace's labels as last seen; nil when unknown.
+func (k *Source) namespaceLabels(ns string) map[string]string {
+	obj, ok, err := k.namespaces.GetStore().GetByKey(ns)
+	if err != nil || !ok {
+		return nil
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil
+	}
+	return u.GetLabels()
+}
+
 // recordName names the ConfigMap holding a Jwker's published keys: by uid,
 // unique and never reused.
 func recordName(uid string) string { return "vakt-keys-" + uid }
 
 // allInformers are the informers Run runs and Synced waits for.
 func (k *Source) allInformers() []cache.SharedIndexInformer {
-	if k.records == nil {
-		return k.informers
+	all := append(slices.Clip(k.informers), k.namespaces)
+	if k.records != nil {
+		all = append(all, k.records)
 	}
-	return append(slices.Clip(k.informers), k.records)
+	return all
 }
 
 // slim keeps of an object what vakt reads: kind, name, namespace, uid,
@@ -349,6 +402,7 @@ func (k *Source) Resources() []Resource {
 				Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
 				UID: string(u.GetUID()), Generation: u.GetGeneration(), Created: u.GetCreationTimestamp().Time, Spec: b,
 				Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[AnnotationRotateKey],
+				NamespaceLabels: k.namespaceLabels(u.GetNamespace()),
 			})
 		}
 	}
