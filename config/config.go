@@ -173,6 +173,8 @@ type Application struct {
 
 	// Keys is the parsed inline or file key set; nil otherwise.
 	Keys *authz.KeySet `yaml:"-"`
+
+	lines *claimLines // of a resource's hosts and resources, for Claim's errors
 }
 
 // ApplicationSpec is what a team declares of its application: one schema
@@ -300,6 +302,11 @@ type Kubernetes struct {
 	// was replaced (a rotation, or a Jwker's new secretName): time for the
 	// application's pods to restart with the new Secret. 24h when not set.
 	KeyOverlap Duration `yaml:"keyOverlap"`
+	// Grants give namespaces leave to claim hosts and resource URIs, and to
+	// have vakt fetch keys from a jwksUri: a resource claiming any of them
+	// without a grant is refused. None by default. Unlike the other
+	// fields, a change of grants applies at the next reload.
+	Grants []Grant `yaml:"grants"`
 }
 
 // Shutdown is how vakt stops on SIGTERM: NOT_SERVING at once (gRPC health
