@@ -179,6 +179,8 @@ type Application struct {
 	// client keys vakt made for a resource and replaced, valid for
 	// kubernetes.keyOverlap. Never from a file.
 	KeysUntil map[string]time.Time `yaml:"-"`
+
+	lines *claimLines // of a resource's hosts and resources, for Claim's errors
 }
 
 // ApplicationSpec is what a team declares of its application: one schema
@@ -312,6 +314,11 @@ type Kubernetes struct {
 	// metadata URLs vakt writes into the Secrets it makes are there, and
 	// client assertions may name its token endpoint as their audience.
 	ClientEndpoint string `yaml:"clientEndpoint"`
+	// Grants give namespaces leave to claim hosts and resource URIs, and to
+	// have vakt fetch keys from a jwksUri: a resource claiming any of them
+	// without a grant is refused. None by default. Unlike the other
+	// fields, a change of grants applies at the next reload.
+	Grants []Grant `yaml:"grants"`
 }
 
 // ClientEndpoints are the URLs vakt writes into the Secrets it makes:

@@ -156,6 +156,10 @@ func TestCheckFieldsRejected(t *testing.T) {
 		{"forwarded header vakt sets", app + "    forwardClaims:\n      - {claim: pid, header: x-vakt-subject}\n", "already set"},
 		{"bad host", app + "    hosts: [\"App.example.com:443\"]\n", "hosts[0]"},
 		{"host twice", app + "    hosts: [a.example]\n  - name: b\n    namespace: n\n    hosts: [a.example]\n", "already belongs to dev-gcp:n:a"},
+		{"host twice in one", app + "    hosts: [a.example, a.example]\n", `applications[0].hosts[1]: "a.example" is also applications[0].hosts[0]: list a host once`},
+		{"resource twice in one", app + "    resources: [\"https://a.example\", \"HTTPS://A.example:443/\"]\n", `applications[0].resources[1]: "HTTPS://A.example:443/" is also applications[0].resources[0] ("https://a.example"): list a resource once`},
+		{"host of another's resource", app + "    resources: [\"https://a.example/x\"]\n  - name: b\n    namespace: n\n    hosts: [a.example]\n", `applications[1].hosts[0]: "a.example" is the host of a resource URI of dev-gcp:n:a`},
+		{"resource on another's host", app + "    hosts: [a.example]\n  - name: b\n    namespace: n\n    resources: [\"https://a.example/x\"]\n", `applications[1].resources[0]: "https://a.example/x" is on the host of dev-gcp:n:a`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,6 +168,13 @@ func TestCheckFieldsRejected(t *testing.T) {
 				t.Fatalf("error %v, want %q with a line", err, tt.want)
 			}
 		})
+	}
+}
+
+// An application's resource URIs may be on its own hosts.
+func TestOwnHostAndResource(t *testing.T) {
+	if _, err := config.Load([]byte(base+"applications:\n  - name: a\n    namespace: n\n    hosts: [a.example]\n    resources: [\"https://a.example/x\", \"https://a.example/y\"]\n"), t.TempDir()); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -72,15 +72,45 @@ type jwkerOutbound struct {
 // for every application of a namespace.
 const JwkerAnyApplication = "*"
 
-// JwkerApplication reads the Jwker resource name in namespace, whose spec
-// (YAML or JSON, as the API server serves it) is spec, as the Application
-// resource it stands for, and returns it with the Secret vakt is to make
-// its client key in (spec.secretName, which a Jwker must have: jwker
-// always makes the key).
+// JwkerApplication is AcceptJwker in an index of c alone, for a namespace
+// without labels (but its name's, kubernetes.io/metadata.name).
+func (c *Config) JwkerApplication(name, namespace string, spec []byte) (*Application, string, error) {
+	return c.NewResourceIndex().AcceptJwker(name, namespace, nil, spec)
+}
+
+// AcceptJwker is CheckJwker, then Claim: the application and its Secret's
+// name, if it passes both. A refusal is CheckJwker's Errors or Claim's
+// *ConflictError.
+func (x *ResourceIndex) AcceptJwker(name, namespace string, labels map[string]string, spec []byte) (*Application, string, error) {
+	a, secretName, err := x.CheckJwker(name, namespace, labels, spec)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := x.Claim(a); err != nil {
+		return nil, "", err
+	}
+	return a, secretName, nil
+}
+
+// JwkerApplicationIn is AcceptJwker for a namespace without labels.
+//
+// Deprecated: use CheckJwker with the namespace's labels, then Claim in
+// the order ownership goes by.
+func (x *ResourceIndex) JwkerApplicationIn(name, namespace string, spec []byte) (*Application, string, error) {
+	return x.AcceptJwker(name, namespace, nil, spec)
+}
+
+// CheckJwker reads the Jwker resource name in namespace, whose labels are
+// labels and whose spec (YAML or JSON, as the API server serves it) is
+// spec, as the Application resource it stands for, against the
+// configuration alone (see CheckApplication; a Jwker claims only its id,
+// which Claim takes). It returns the application with the Secret vakt is
+// to make its client key in (spec.secretName, which a Jwker must have:
+// jwker always makes the key). It changes nothing.
 //
 // The spec is decoded strictly (a field the jwkers.nais.io CRD does not
 // have is refused), then its inbound rules and secretName are validated as
-// an Application resource's spec, by ResourceApplication: the same checks,
+// an Application resource's spec, by CheckApplication: the same checks,
 // with the same words, naming the Jwker's own fields and lines.
 //
 // What vakt does not read, and why:
@@ -94,13 +124,7 @@ const JwkerAnyApplication = "*"
 //     namespace to network traffic; jwker passes "cluster:namespace:*" to
 //     tokendings, which compares client ids exactly, so such a rule grants
 //     no token. vakt grants none either, rather than refuse the Jwker.
-func (c *Config) JwkerApplication(name, namespace string, spec []byte) (*Application, string, error) {
-	return c.NewResourceIndex().JwkerApplicationIn(name, namespace, spec)
-}
-
-// JwkerApplicationIn is JwkerApplication against an index (see
-// ResourceApplicationIn).
-func (x *ResourceIndex) JwkerApplicationIn(name, namespace string, spec []byte) (*Application, string, error) {
+func (x *ResourceIndex) CheckJwker(name, namespace string, labels map[string]string, spec []byte) (*Application, string, error) {
 	if len(spec) > MaxResourceSpec {
 		return nil, "", fmt.Errorf("spec: %d bytes, more than the %d a resource may have", len(spec), MaxResourceSpec)
 	}
@@ -125,7 +149,7 @@ func (x *ResourceIndex) JwkerApplicationIn(name, namespace string, spec []byte) 
 	if err != nil {
 		return nil, "", err
 	}
-	a, _, err := x.ResourceApplicationIn(name, namespace, converted)
+	a, _, err := x.CheckApplication(name, namespace, labels, converted)
 	var errs Errors
 	if err != nil && !errors.As(err, &errs) {
 		// The converted spec is vakt's own: it always decodes.

@@ -4,11 +4,10 @@ import (
 	"fmt"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/goccy/go-yaml"
-
-	"github.com/vakt-dev/vakt/authz"
 )
 
 // The Kubernetes resource an application may be declared by, in its
@@ -30,66 +29,92 @@ type ResourceSpec struct {
 	SecretName string `yaml:"secretName"`
 }
 
-// ResourceIndex is what resources are checked against: the
-// configuration's identity providers, and the ids, hosts and resource URIs
-// the file's applications and the resources accepted so far hold. Build
-// one per merge (NewResourceIndex) and check each resource in it: a
-// resource accepted takes its claims, one refused takes none.
+// ResourceIndex is what resources are checked against, in two steps.
+// CheckApplication and CheckJwker check one resource alone against the
+// configuration: its fields, the identity providers it names, and the
+// grants of its namespace. They change nothing, and are safe for
+// concurrent use. Claim then takes an accepted application's id, hosts and
+// resource URIs, unless an application claimed before it holds one: the
+// file's applications first (NewResourceIndex claims them), then each
+// application in the order of the calls. Build one index per merge, check
+// each resource, and claim those accepted in the order ownership goes by
+// (oldest first).
 type ResourceIndex struct {
 	c         *Config
 	providers map[string]int
-	ids       map[string]string
-	hosts     map[string]string
-	resources map[string]string // canonical resource URI → id
-	resHosts  map[string]string // hosts of http(s) resource URIs → id
+	grants    []grant
+	claims    *claimSet
 }
 
-// NewResourceIndex indexes c's applications for ResourceApplicationIn.
+// NewResourceIndex indexes c's identity providers and grants, and claims
+// its applications' ids, hosts and resource URIs: a resource never takes
+// one from the configuration file.
 func (c *Config) NewResourceIndex() *ResourceIndex {
 	x := &ResourceIndex{c: c, providers: make(map[string]int, len(c.IdentityProviders)),
-		ids: map[string]string{}, hosts: map[string]string{}, resources: map[string]string{}, resHosts: map[string]string{}}
+		grants: compileGrants(c.Kubernetes.Grants), claims: newClaimSet()}
+	x.claims.noteFile = true
 	for i := range c.IdentityProviders {
 		x.providers[c.IdentityProviders[i].Name] = i
 	}
-	// The file's applications passed validation: checking them again in
-	// a validator of their own fills the maps as Load did.
-	v := x.validator(nil)
+	// The file's applications passed validation: none clashes.
 	for i := range c.Applications {
 		a := &c.Applications[i]
-		at := a.ID()
-		v.application(at, at, at, a, x.providers, x.ids, x.hosts)
+		x.claims.take(a, owner{id: a.ID(), at: a.ID(), file: true})
 	}
 	return x
-}
-
-func (x *ResourceIndex) validator(spec []byte) *validator {
-	v := newValidator(spec)
-	v.config = x.c
-	v.resources, v.resourceHosts = x.resources, x.resHosts
-	return v
 }
 
 // MaxResourceSpec bounds the spec of a resource vakt reads.
 const MaxResourceSpec = 256 << 10
 
-// ResourceApplication is ResourceApplicationIn an index of c alone.
+// ResourceApplication is AcceptApplication in an index of c alone, for a
+// namespace without labels (but its name's, kubernetes.io/metadata.name):
+// checked, then claimed against the file's applications.
 func (c *Config) ResourceApplication(name, namespace string, spec []byte) (*Application, *ResourceSpec, error) {
-	return c.NewResourceIndex().ResourceApplicationIn(name, namespace, spec)
+	return c.NewResourceIndex().AcceptApplication(name, namespace, nil, spec)
 }
 
-// ResourceApplicationIn reads the Application resource name in namespace,
-// whose spec (YAML or JSON, as the API server serves it) is spec, against
-// the index: the identity providers it may name, and the ids, hosts and
-// resource URIs it may not take. Accepted, its claims join the index.
+// AcceptApplication is CheckApplication, then Claim: the application, if
+// it passes both. A refusal is CheckApplication's Errors or Claim's
+// *ConflictError.
+func (x *ResourceIndex) AcceptApplication(name, namespace string, labels map[string]string, spec []byte) (*Application, *ResourceSpec, error) {
+	a, rs, err := x.CheckApplication(name, namespace, labels, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := x.Claim(a); err != nil {
+		return nil, nil, err
+	}
+	return a, rs, nil
+}
+
+// ResourceApplicationIn is AcceptApplication for a namespace without
+// labels.
+//
+// Deprecated: use CheckApplication with the namespace's labels, then
+// Claim in the order ownership goes by.
+func (x *ResourceIndex) ResourceApplicationIn(name, namespace string, spec []byte) (*Application, *ResourceSpec, error) {
+	return x.AcceptApplication(name, namespace, nil, spec)
+}
+
+// CheckApplication reads the Application resource name in namespace,
+// whose labels are labels and whose spec (YAML or JSON, as the API server
+// serves it) is spec, against the configuration alone: not against other
+// applications' claims (Claim's part). It changes nothing. labels are the
+// namespace's as the API server has them (nil: none); its name is its
+// label kubernetes.io/metadata.name whatever they say.
 //
 // The spec is checked by the same code as a configuration file's entry,
-// with the same errors; they name spec.<field> (metadata.name for the
-// name) with its line in spec. A resource is of the cluster vakt is in
+// with the same errors (Errors); they name spec.<field> (metadata.name for
+// the name) with its line in spec. A resource is of the cluster vakt is in
 // (spec.cluster may only name it), has no file beside it (jwksFile is
 // refused: jwks or jwksUri give its keys, or secretName has vakt make
-// them), and fetches its keys over https only. The application is returned
-// as Load returns a file's: keys parsed, rules resolved to full ids.
-func (x *ResourceIndex) ResourceApplicationIn(name, namespace string, spec []byte) (*Application, *ResourceSpec, error) {
+// them), and lists a host, a resource URI or a jwksUri only where a grant
+// applying to its namespace (kubernetes.grants, by name or by labels)
+// grants it. A host or resource URI listed twice is refused. The
+// application is returned as Load returns a file's: keys parsed, rules
+// resolved to full ids.
+func (x *ResourceIndex) CheckApplication(name, namespace string, labels map[string]string, spec []byte) (*Application, *ResourceSpec, error) {
 	c := x.c
 	if len(spec) > MaxResourceSpec {
 		return nil, nil, fmt.Errorf("spec: %d bytes, more than the %d a resource may have", len(spec), MaxResourceSpec)
@@ -99,7 +124,8 @@ func (x *ResourceIndex) ResourceApplicationIn(name, namespace string, spec []byt
 		return nil, nil, prefixed(decodeErrorOf(err, spec, reflect.TypeFor[ResourceSpec]()))
 	}
 	a := &Application{Name: name, Namespace: namespace, ApplicationSpec: rs.ApplicationSpec}
-	v := x.validator(spec)
+	v := newValidator(spec)
+	v.config = c
 	v.strip = "spec."
 	// The resource's cluster is the one it is in: a team may not declare
 	// another cluster's application (its namesake there) by naming it.
@@ -129,61 +155,54 @@ func (x *ResourceIndex) ResourceApplicationIn(name, namespace string, spec []byt
 			v.fail("spec.secretName", "vakt makes the key of an application with secretName: give no jwks or jwksUri")
 		}
 	}
-	// Claims are taken as the check goes; a refusal gives back the ones
-	// this resource took.
-	before := x.snapshot(a)
-	v.application("spec", "metadata.name", "metadata.namespace", a, x.providers, x.ids, x.hosts)
+	v.application("spec", "metadata.name", "metadata.namespace", a, x.providers)
+	x.checkGrants(v, a, labels)
 	if err := v.result(); err != nil {
-		x.restore(a, before)
 		return nil, nil, err
 	}
+	a.lines = &claimLines{hosts: v.seqLines("hosts", len(a.Hosts)), resources: v.seqLines("resources", len(a.Resources))}
 	a.resolveRules()
 	return a, &rs, nil
 }
 
-// claims is which of an application's would-be claims were free before
-// it was checked.
-type claims struct {
-	id                         bool
-	hosts, resources, resHosts []string
-}
-
-func (x *ResourceIndex) snapshot(a *Application) claims {
-	var cl claims
-	_, taken := x.ids[a.ID()]
-	cl.id = !taken
-	for _, h := range a.Hosts {
-		if _, taken := x.hosts[h]; !taken {
-			cl.hosts = append(cl.hosts, h)
+// checkGrants refuses what a lists, valid, that no grant of its namespace
+// grants.
+func (x *ResourceIndex) checkGrants(v *validator, a *Application, labels map[string]string) {
+	if len(a.Hosts) == 0 && len(a.Resources) == 0 && a.JWKSURI == "" {
+		return
+	}
+	var gs []*grant
+	for i := range x.grants {
+		if g := &x.grants[i]; g.appliesTo(a.Namespace, labels) {
+			gs = append(gs, g)
 		}
 	}
-	for _, r := range a.Resources {
+	const ask = "ask the cluster administrator for a kubernetes.grants entry"
+	for j, h := range a.Hosts {
+		if hostname.MatchString(h) && !slices.ContainsFunc(gs, func(g *grant) bool { return g.grantsHost(h) }) {
+			v.fail(fmt.Sprintf("spec.hosts[%d]", j), "%q is not granted to namespace %s: %s", h, a.Namespace, ask)
+		}
+	}
+	for j, r := range a.Resources {
 		u, err := url.Parse(r)
-		if err != nil {
+		if err != nil || !u.IsAbs() || u.Fragment != "" || slices.ContainsFunc(gs, func(g *grant) bool { return g.grantsResource(u) }) {
 			continue
 		}
-		if k := authz.CanonicalResource(u); x.resources[k] == "" {
-			cl.resources = append(cl.resources, k)
+		p := fmt.Sprintf("spec.resources[%d]", j)
+		switch {
+		case u.User != nil:
+			v.fail(p, "%q has user info, which names no resource", r)
+		case dotSegments(u):
+			v.fail(p, "%q is not granted to namespace %s (a URI with a \".\" or \"..\" path segment matches no granted prefix): write the path it stands for, or %s", r, a.Namespace, ask)
+		default:
+			v.fail(p, "%q is not granted to namespace %s: %s", r, a.Namespace, ask)
 		}
-		if h := strings.ToLower(u.Hostname()); x.resHosts[h] == "" {
-			cl.resHosts = append(cl.resHosts, h)
+	}
+	if a.JWKSURI != "" && strings.HasPrefix(a.JWKSURI, "https://") && checkURL(a.JWKSURI) == nil {
+		u, _ := url.Parse(a.JWKSURI)
+		if !slices.ContainsFunc(gs, func(g *grant) bool { return g.grantsJWKSURI(u) }) {
+			v.fail("spec.jwksUri", "%q is not allowed for namespace %s: vakt fetches no URL a team chose unless kubernetes.grants allows it (jwksUris); the keys come from secretName, which vakt makes them in, or inline jwks", a.JWKSURI, a.Namespace)
 		}
-	}
-	return cl
-}
-
-func (x *ResourceIndex) restore(a *Application, cl claims) {
-	if cl.id {
-		delete(x.ids, a.ID())
-	}
-	for _, h := range cl.hosts {
-		delete(x.hosts, h)
-	}
-	for _, k := range cl.resources {
-		delete(x.resources, k)
-	}
-	for _, h := range cl.resHosts {
-		delete(x.resHosts, h)
 	}
 }
 

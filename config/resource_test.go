@@ -18,6 +18,11 @@ applications:
   - name: app-1
     namespace: team-a
     hosts: [app-1.example.com]
+kubernetes:
+  enabled: true
+  grants:
+    - namespaces: [team-b]
+      hosts: [app-1.example.com]
 `), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +55,9 @@ secretName: app-b-tokenx
 	}{
 		{"Bad_Name", "team-b", "{}", []string{`metadata.name: "Bad_Name" is not a valid name`}},
 		{"app-1", "team-a", "{}", []string{"spec: application id dev-gcp:team-a:app-1 is already used by dev-gcp:team-a:app-1"}},
-		{"app-b", "team-b", "hosts: [app-1.example.com]\n", []string{`line 1: spec.hosts[0]: "app-1.example.com" already belongs to dev-gcp:team-a:app-1`}},
+		{"app-b", "team-b", "hosts: [app-1.example.com]\n", []string{`line 1: spec.hosts[0]: "app-1.example.com" already belongs to dev-gcp:team-a:app-1 (in vakt's configuration file)`}},
+		{"app-c", "team-c", "hosts: [app-1.example.com]\n", []string{`line 1: spec.hosts[0]: "app-1.example.com" is not granted to namespace team-c: ask the cluster administrator for a kubernetes.grants entry`}},
+		{"app-b", "team-b", "hosts:\n  - app-1.example.com\n  - app-1.example.com\n", []string{`line 3: spec.hosts[1]: "app-1.example.com" is also spec.hosts[0]: list a host once`}},
 		{"app-b", "team-b", "routes:\n  - {path: /a, public: true, scopes: [x]}\n", []string{"line 2: spec.routes[0]: a public route needs no token"}},
 		{"app-b", "team-b", "authentication:\n  - {identityProvider: nope}\n", []string{`line 2: spec.authentication[0].identityProvider: "nope" is not a configured identity provider`}},
 		{"app-b", "team-b", "cluster: prod-gcp\n", []string{`line 1: spec.cluster: "prod-gcp" is not this cluster (dev-gcp)`}},

@@ -50,15 +50,10 @@ var label = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 // validator collects FieldErrors, with lines found in the YAML, and
 // warnings.
 type validator struct {
-	file      *ast.File
-	config    *Config
-	errs      Errors
-	warnings  []string
-	resources map[string]string // canonical resource URI → application id
-	// resourceHosts are the hosts of http(s) resource URIs: a host one
-	// application lists may not be another's resource URI's, as token
-	// exchange looks resource URIs up before hosts.
-	resourceHosts map[string]string
+	file     *ast.File
+	config   *Config
+	errs     Errors
+	warnings []string
 	// strip is what paths have that the YAML does not: "spec." for a
 	// resource's spec, whose own document has no spec key.
 	strip string
@@ -69,7 +64,7 @@ func (v *validator) warn(format string, args ...any) {
 }
 
 func newValidator(data []byte) *validator {
-	v := &validator{resources: map[string]string{}, resourceHosts: map[string]string{}}
+	v := &validator{}
 	if f, err := parser.ParseBytes(data, 0); err == nil {
 		v.file = f
 	}
@@ -107,6 +102,39 @@ func (v *validator) line(path string) int {
 		p = p[:i]
 	}
 	return 0
+}
+
+// seqLines are the lines of the n elements of the top-level sequence key,
+// found at once (a line per element would walk the document n times); 0
+// where unknown.
+func (v *validator) seqLines(key string, n int) []int {
+	if n == 0 {
+		return nil
+	}
+	lines := make([]int, n)
+	if v.file == nil {
+		return lines
+	}
+	yp, err := yaml.PathString("$." + key)
+	if err != nil {
+		return lines
+	}
+	node, err := yp.FilterFile(v.file)
+	if err != nil {
+		return lines
+	}
+	seq, ok := node.(*ast.SequenceNode)
+	if !ok {
+		return lines
+	}
+	for i, e := range seq.Values {
+		if i < n {
+			if tok := e.GetToken(); tok != nil && tok.Position != nil {
+				lines[i] = tok.Position.Line
+			}
+		}
+	}
+	return lines
 }
 
 // validate checks a configuration after applyDefaults and loadKeys. It
@@ -196,7 +224,8 @@ func (c *Config) validateServer(v *validator) {
 	if d := c.Kubernetes.KeyOverlap; d.set && (d.d < time.Minute || d.d > 90*24*time.Hour) {
 		v.fail("kubernetes.keyOverlap", "must be between 1m and 2160h (90 days)")
 	}
-	if !c.Kubernetes.Enabled && (len(c.Kubernetes.Namespaces) > 0 || c.Kubernetes.Kubeconfig != "" || c.Kubernetes.Jwkers || c.Kubernetes.ClientEndpoint != "") {
+	c.validateGrants(v)
+	if !c.Kubernetes.Enabled && (len(c.Kubernetes.Namespaces) > 0 || c.Kubernetes.Kubeconfig != "" || c.Kubernetes.Jwkers || len(c.Kubernetes.Grants) > 0 || c.Kubernetes.ClientEndpoint != "") {
 		v.warn("kubernetes has settings but is not enabled: no resource is read")
 	}
 	if c.Limits.Check < 0 || c.Limits.Other < 0 {
@@ -307,30 +336,28 @@ func (v *validator) provider(at string, p *IdentityProvider) {
 	}
 }
 
-// validateApplications checks the applications, their ids and hosts unique.
+// validateApplications checks the applications, and that no two claim one
+// id, host or resource URI.
 func (c *Config) validateApplications(v *validator, providers map[string]int) {
-	ids := map[string]string{}
-	hosts := map[string]string{}
+	claims := newClaimSet()
 	for i := range c.Applications {
 		a := &c.Applications[i]
 		at := fmt.Sprintf("applications[%d]", i)
-		v.application(at, at+".name", at+".namespace", a, providers, ids, hosts)
+		v.application(at, at+".name", at+".namespace", a, providers)
+		for _, cl := range claims.clashes(a, at, nil) {
+			v.fail(cl.Path, "%s", cl.msg)
+		}
+		claims.take(a, owner{id: a.ID(), at: at, file: true})
 	}
 }
 
-// application checks one application, a file entry (at applications[i]) or
-// a resource's (at spec, its name and namespace in metadata), against the
-// ids and hosts the ones before it took.
-func (v *validator) application(at, namePath, namespacePath string, a *Application, providers map[string]int, ids, hosts map[string]string) {
+// application checks one application alone, a file entry (at
+// applications[i]) or a resource's (at spec, its name and namespace in
+// metadata): not its claims against other applications'.
+func (v *validator) application(at, namePath, namespacePath string, a *Application, providers map[string]int) {
 	v.name(namePath, a.Name, true)
 	v.name(namespacePath, a.Namespace, true)
 	v.name(at+".cluster", a.Cluster, false)
-	if a.Name != "" && a.Namespace != "" {
-		if other, dup := ids[a.ID()]; dup {
-			v.fail(at, "application id %s is already used by %s", a.ID(), other)
-		}
-		ids[a.ID()] = at
-	}
 	switch {
 	case keySources(a) > 1:
 		v.fail(at, "give at most one of jwks, jwksFile and jwksUri")
@@ -339,7 +366,7 @@ func (v *validator) application(at, namePath, namespacePath string, a *Applicati
 			v.fail(at+".jwksUri", "%v", err)
 		}
 	}
-	v.check(at, a, providers, hosts)
+	v.check(at, a, providers)
 	v.rules(at, a.AccessPolicy.Inbound.Rules)
 }
 
@@ -367,41 +394,30 @@ var (
 
 // check validates what Check reads: hosts, routes, authentication and
 // forwarded claims.
-func (v *validator) check(at string, a *Application, providers map[string]int, hosts map[string]string) {
+func (v *validator) check(at string, a *Application, providers map[string]int) {
+	hosts := make(map[string]int, len(a.Hosts))
 	for j, h := range a.Hosts {
 		p := fmt.Sprintf("%s.hosts[%d]", at, j)
-		switch {
-		case !hostname.MatchString(h):
+		if !hostname.MatchString(h) {
 			v.fail(p, "%q is not a lowercase host name without port", h)
-		case hosts[h] != "":
-			v.fail(p, "%q already belongs to %s", h, hosts[h])
-		case v.resourceHosts[h] != "" && v.resourceHosts[h] != a.ID():
-			v.fail(p, "%q is the host of a resource URI of %s", h, v.resourceHosts[h])
-		default:
-			hosts[h] = a.ID()
+		} else if k, dup := hosts[h]; dup {
+			v.fail(p, "%q is also %s.hosts[%d]: list a host once", h, at, k)
+		} else {
+			hosts[h] = j
 		}
 	}
+	resources := make(map[string]int, len(a.Resources))
 	for j, r := range a.Resources {
 		p := fmt.Sprintf("%s.resources[%d]", at, j)
-		u, err := url.Parse(r)
-		if err != nil || !u.IsAbs() || u.Fragment != "" {
-			v.fail(p, "%q is not an absolute URI without a fragment", r)
-			continue
-		}
 		// Compared as the policy compares them: "https://x" and
 		// "https://X:443/" are one resource.
-		key := authz.CanonicalResource(u)
-		web := u.Scheme == "https" || u.Scheme == "http"
-		switch host := strings.ToLower(u.Hostname()); {
-		case v.resources[key] != "":
-			v.fail(p, "%q already belongs to %s", r, v.resources[key])
-		case web && hosts[host] != "" && hosts[host] != a.ID():
-			v.fail(p, "%q is on the host of %s", r, hosts[host])
-		default:
-			v.resources[key] = a.ID()
-			if web {
-				v.resourceHosts[host] = a.ID()
-			}
+		key, _, ok := webResource(r)
+		if !ok {
+			v.fail(p, "%q is not an absolute URI without a fragment", r)
+		} else if k, dup := resources[key]; dup {
+			v.fail(p, "%q is also %s.resources[%d] (%q): list a resource once", r, at, k, a.Resources[k])
+		} else {
+			resources[key] = j
 		}
 	}
 	for j, r := range a.Routes {
