@@ -319,6 +319,27 @@ type Kubernetes struct {
 	// without a grant is refused. None by default. Unlike the other
 	// fields, a change of grants applies at the next reload.
 	Grants []Grant `yaml:"grants"`
+	// NamespaceLimits bound what the resources of one namespace may
+	// declare, and how fast they may change, so that no team's resources
+	// cost the others.
+	NamespaceLimits NamespaceLimits `yaml:"namespaceLimits"`
+}
+
+// NamespaceLimits bound one namespace's resources. The resources past a
+// bound, newest first, are refused (reason LimitExceeded); a change past
+// the rate waits (reason Slowed) while the version before it serves.
+type NamespaceLimits struct {
+	// Resources is how many Applications and Jwkers may serve (100).
+	Resources int `yaml:"resources"`
+	// Routes and Rules bound the routes and inbound rules of all of them
+	// together (1000 each).
+	Routes int `yaml:"routes"`
+	Rules  int `yaml:"rules"`
+	// ChangesPerMinute is how many new versions of its resources (a new
+	// resource, or a new generation of one) a namespace may have applied
+	// a minute, after a burst of ChangeBurst (60 and 10).
+	ChangesPerMinute int `yaml:"changesPerMinute"`
+	ChangeBurst      int `yaml:"changeBurst"`
 }
 
 // ClientEndpoints are the URLs vakt writes into the Secrets it makes:

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"path/filepath"
 	"time"
 )
@@ -10,6 +11,15 @@ const defaultTokenLifetime = 15 * time.Minute
 // DefaultKeyOverlap is how long a replaced client key stays valid
 // (kubernetes.keyOverlap): a day for the application's pods to restart.
 const DefaultKeyOverlap = 24 * time.Hour
+
+// Defaults of kubernetes.namespaceLimits.
+const (
+	DefaultNamespaceResources        = 100
+	DefaultNamespaceRoutes           = 1000
+	DefaultNamespaceRules            = 1000
+	DefaultNamespaceChangesPerMinute = 60
+	DefaultNamespaceChangeBurst      = 10
+)
 
 // Shutdown defaults: long enough for Kubernetes to take a pod's endpoints
 // out of rotation, short enough for its default 30 s termination grace.
@@ -46,6 +56,12 @@ func (c *Config) applyDefaults(dir string) {
 	if !c.Shutdown.Grace.set {
 		c.Shutdown.Grace = Duration{d: DefaultGrace, set: true}
 	}
+	nl := &c.Kubernetes.NamespaceLimits
+	nl.Resources = cmp.Or(nl.Resources, DefaultNamespaceResources)
+	nl.Routes = cmp.Or(nl.Routes, DefaultNamespaceRoutes)
+	nl.Rules = cmp.Or(nl.Rules, DefaultNamespaceRules)
+	nl.ChangesPerMinute = cmp.Or(nl.ChangesPerMinute, DefaultNamespaceChangesPerMinute)
+	nl.ChangeBurst = cmp.Or(nl.ChangeBurst, DefaultNamespaceChangeBurst)
 	if !c.Kubernetes.KeyOverlap.set {
 		c.Kubernetes.KeyOverlap = Duration{d: DefaultKeyOverlap, set: true}
 	}

@@ -225,6 +225,15 @@ func (c *Config) validateServer(v *validator) {
 		v.fail("kubernetes.keyOverlap", "must be between 1m and 2160h (90 days)")
 	}
 	c.validateGrants(v)
+	nl := c.Kubernetes.NamespaceLimits
+	for _, f := range []struct {
+		name string
+		n    int
+	}{{"resources", nl.Resources}, {"routes", nl.Routes}, {"rules", nl.Rules}, {"changesPerMinute", nl.ChangesPerMinute}, {"changeBurst", nl.ChangeBurst}} {
+		if f.n < 0 || f.n > 1_000_000 {
+			v.fail("kubernetes.namespaceLimits."+f.name, "must be between 1 and 1000000 (0: the default)")
+		}
+	}
 	if !c.Kubernetes.Enabled && (len(c.Kubernetes.Namespaces) > 0 || c.Kubernetes.Kubeconfig != "" || c.Kubernetes.Jwkers || len(c.Kubernetes.Grants) > 0 || c.Kubernetes.ClientEndpoint != "") {
 		v.warn("kubernetes has settings but is not enabled: no resource is read")
 	}

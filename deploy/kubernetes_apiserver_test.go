@@ -394,6 +394,10 @@ identityProviders:
   - name: auth0
     issuer: https://auth0.example/
     jwksUri: https://auth0.example/jwks
+kubernetes:
+  enabled: true
+  grants:
+    - {namespaces: [team-b], hosts: ["*.example.com"]}
 applications:
   - name: app-1
     namespace: team-a

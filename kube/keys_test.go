@@ -99,6 +99,8 @@ identityProviders:
     jwksUri: `+e.idp.JWKSURI()+`
 kubernetes:
   enabled: true
+  grants:
+    - {namespaceSelector: {}, hosts: ["*.example"]}
   jwkers: true
   keyOverlap: 1h
 `), 0o600); err != nil {

@@ -3,11 +3,8 @@ package kube
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -118,6 +115,8 @@ func NewSource(cfg SourceConfig) *Source {
 	if k.onChange == nil {
 		k.onChange = func() {}
 	}
+	// A change that waits for its namespace's rate is merged when it may.
+	k.merger.retry = func(d time.Duration) { time.AfterFunc(d, k.changed) }
 	namespaces := cfg.Namespaces
 	if len(namespaces) == 0 {
 		namespaces = []string{""} // every namespace
@@ -452,186 +451,6 @@ func (k *Source) status(kind, namespace, name string) (uid string, status map[st
 	}
 	st, _ := u.Object["status"].(map[string]any)
 	return string(u.GetUID()), st, true
-}
-
-// State is what became of a resource in the configuration in
-// force: served as it is, served in an earlier version (its latest was
-// refused), or not served.
-type State struct {
-	Resource Resource
-	// Served is the generation in force, 0 when none is.
-	Served int64
-	// Refused is why the latest version was refused; nil when it is served.
-	Refused error
-	// SecretName is the served version's spec.secretName: vakt makes the
-	// application's client key there.
-	SecretName string
-	// KeyIDs are the kids of the client keys vakt made that are in force.
-	KeyIDs []string
-}
-
-// resourceMerger merges resources into configurations, remembering the last
-// version of each that was accepted: a resource whose new version does not
-// validate keeps its previous one serving.
-type resourceMerger struct {
-	mu       sync.Mutex
-	lastGood map[string]Resource
-	lastKeys map[string]lastKeys
-}
-
-// merge adds the resources' applications to cfg (a fresh configuration,
-// not yet in force), each checked by config.ResourceApplication (or
-// JwkerApplication) against the file's applications and the resources
-// accepted before it, and returns what became of each. cfg.Hash comes to
-// name the resources in force too.
-//
-// What it accepted becomes the last good version of each resource only by
-// commit, once the runtime built from cfg is in hand. With servingOnly,
-// only the resources serving now are merged (newcomers and new versions
-// wait): the configuration to fall back on when one with everything could
-// not be built.
-func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *slog.Logger, servingOnly bool) (states []State, commit func()) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.lastGood == nil {
-		m.lastGood = map[string]Resource{}
-	}
-	accepted := map[string]Resource{}
-	keysSeen := map[string]lastKeys{}
-	index := cfg.NewResourceIndex()
-	read := func(r Resource) (*config.Application, string, error) {
-		var a *config.Application
-		var secretName string
-		var err error
-		switch r.Kind {
-		case config.KindApplication:
-			var rs *config.ResourceSpec
-			if a, rs, err = index.ResourceApplicationIn(r.Name, r.Namespace, r.Spec); err == nil {
-				secretName = rs.SecretName
-			}
-		case config.KindJwker:
-			a, secretName, err = index.JwkerApplicationIn(r.Name, r.Namespace, r.Spec)
-		default:
-			err = fmt.Errorf("%s is not a kind vakt reads", r.Kind)
-		}
-		if err != nil {
-			// A refusal may quote what a team wrote: kept short, in the
-			// log and in the runtime.
-			return nil, "", errors.New(truncate(err.Error(), 1024))
-		}
-		return a, secretName, nil
-	}
-	// keys gives an application with secretName the public keys vakt
-	// published for it. Published keys that vanish (an annotation a
-	// controller overwrote) leave the last ones of the same object in force
-	// until the elected replica publishes them again.
-	keys := func(r Resource, a *config.Application) []string {
-		pub := r.Published
-		if len(pub) == 0 {
-			if last, ok := m.lastKeys[r.key()]; ok && last.uid == r.UID {
-				pub = last.published
-			}
-		}
-		if len(pub) == 0 {
-			return nil
-		}
-		set, kids, until, err := parsePublishedKeys(pub)
-		if err != nil {
-			last, ok := m.lastKeys[r.key()]
-			if ok && last.uid == r.UID {
-				set, kids, until, err = parsePublishedKeys(last.published)
-				pub = last.published
-			}
-			if err != nil {
-				log.Warn("kubernetes: the keys published for a resource are unusable; it has none", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "error", err)
-				return nil
-			}
-			log.Warn("kubernetes: the keys published for a resource are unusable; the last usable ones stay in force", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name)
-		}
-		a.Keys, a.KeysUntil = set, until
-		keysSeen[r.key()] = lastKeys{uid: r.UID, published: pub}
-		return kids
-	}
-	// The oldest resource keeps a claim (Resources orders them): the
-	// order is the same on every replica and after every restart.
-	incumbent := func(r Resource) bool {
-		good, ok := m.lastGood[r.key()]
-		return ok && good.UID == r.UID
-	}
-	resources = slices.Clone(resources)
-	slices.SortStableFunc(resources, olderFirst)
-	h := sha256.New()
-	h.Write([]byte(cfg.Hash))
-	states = make([]State, 0, len(resources))
-	for _, r := range resources {
-		st := State{Resource: r}
-		if servingOnly && !incumbent(r) {
-			st.Refused = errors.New("not served yet: the configuration with it could not be built")
-			states = append(states, st)
-			continue
-		}
-		var a *config.Application
-		var secretName string
-		var err error
-		if servingOnly {
-			if good := m.lastGood[r.key()]; good.Generation != r.Generation {
-				st.Refused = errors.New("this version waits: the configuration with it could not be built")
-				good.Published, good.RotateKey = r.Published, r.RotateKey
-				r = good
-			}
-		}
-		a, secretName, err = read(r)
-		served := r
-		if err != nil {
-			st.Refused = err
-			log.Warn("kubernetes: a resource was refused", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "generation", r.Generation, "error", err)
-			a = nil
-			if good, ok := m.lastGood[r.key()]; ok && good.UID == r.UID {
-				// The keys are the object's latest, whichever spec serves.
-				good.Published, good.RotateKey = r.Published, r.RotateKey
-				if a, secretName, err = read(good); err == nil {
-					served = good
-				} else {
-					a = nil
-				}
-			}
-		} else {
-			accepted[r.key()] = r
-		}
-		if a != nil {
-			st.SecretName = secretName
-			if secretName != "" {
-				st.KeyIDs = keys(served, a)
-			}
-			cfg.Applications = append(cfg.Applications, *a)
-			st.Served = served.Generation
-			fmt.Fprintf(h, "\n%s %s %d ", served.key(), served.UID, served.Generation)
-			h.Write(served.Spec)
-			if secretName != "" {
-				h.Write([]byte{'\n'})
-				h.Write(keysSeen[served.key()].published)
-			}
-		}
-		states = append(states, st)
-	}
-	if len(resources) > 0 {
-		cfg.Hash = hex.EncodeToString(h.Sum(nil)[:8])
-	}
-	seen := make(map[string]bool, len(resources))
-	for _, r := range resources {
-		seen[r.key()] = true
-	}
-	return states, func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		for key := range m.lastGood {
-			if !seen[key] {
-				delete(m.lastGood, key) // deleted: no version of it serves
-			}
-		}
-		maps.Copy(m.lastGood, accepted)
-		m.lastKeys = keysSeen
-	}
 }
 
 // lastKeys are the keys last published for an object, by uid.

@@ -59,6 +59,8 @@ func newKubeEnv(t *testing.T) *kenv {
 cluster: dev-gcp
 kubernetes:
   enabled: true
+  grants:
+    - {namespaceSelector: {}, hosts: ["*.example"]}
 applications:
   - name: app-1
     namespace: team-a
@@ -262,6 +264,13 @@ func (e *kenv) resource(ns, name, spec string) {
 	e.apply(applicationsGVR, ns, fmt.Sprintf(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":%q,"namespace":%q},"spec":%s}`, name, ns, spec))
 }
 
+// afterSecond returns once the clock is past the second of t:
+// creationTimestamp has a resolution of one second, and a resource created
+// within the same one as another is only younger by name.
+func afterSecond(t time.Time) {
+	time.Sleep(time.Until(t.Truncate(time.Second).Add(time.Second + 10*time.Millisecond)))
+}
+
 // state is what became of the resource ns/name in the runtime in force.
 func (e *kenv) state(ns, name string) (State, bool) {
 	for _, st := range e.src.Served().States {
@@ -283,6 +292,8 @@ func TestKubeClaims(t *testing.T) {
 	}
 	e.resource("team-z", "victim", `{"hosts":["victim.example"]}`)
 	e.until(5*time.Second, "the victim never served", func() bool { st, ok := e.state("team-z", "victim"); return ok && st.Served > 0 })
+	st, _ := e.state("team-z", "victim")
+	afterSecond(st.Resource.Created)
 	e.resource("a-team", "evil", `{"hosts":["victim.example"],"routes":[{"pathPrefix":"/","public":true}]}`)
 	e.resource("team-x", "evil1", `{"resources":["https://evil.example"]}`)
 	e.resource("team-x", "evil2", `{"resources":["https://EVIL.example:443/"]}`)
@@ -327,7 +338,7 @@ func TestKubeClaims(t *testing.T) {
 // last good version until its runtime is built (commit).
 func TestResourceMergerFallback(t *testing.T) {
 	load := func() *config.Config {
-		c, err := config.Load([]byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\n"), t.TempDir())
+		c, err := config.Load([]byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true, grants: [{namespaces: [team-a, team-b], hosts: ['*.example']}]}\n"), t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -379,7 +390,7 @@ func (e *kenv) replica(identity string) *replica {
 	e.t.Helper()
 	dir := e.t.TempDir()
 	cfgPath := filepath.Join(dir, "vakt.yaml")
-	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true, grants: [{namespaceSelector: {}, hosts: ['*.example']}]}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
 	r := startKubeRun(e.t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)

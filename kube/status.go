@@ -186,14 +186,25 @@ func (w *statusWriter) statusOf(st State, cluster string) (fields map[string]any
 		}
 		return fields, nil, true
 	}
-	ready := condition{typ: "Ready", status: "True", reason: "Serving", message: fmt.Sprintf("generation %d serves", r.Generation)}
-	switch {
-	case st.Refused != nil && st.Served > 0:
-		ready.status, ready.reason = "False", "Refused"
-		ready.message = fmt.Sprintf("generation %d was refused; generation %d serves: %v", r.Generation, st.Served, st.Refused)
-	case st.Refused != nil:
-		ready.status, ready.reason = "False", "Refused"
-		ready.message = fmt.Sprintf("generation %d was refused: %v", r.Generation, st.Refused)
+	ready := condition{typ: "Ready", status: "True", reason: ReasonServing, message: fmt.Sprintf("generation %d serves", r.Generation)}
+	if st.Refused != nil {
+		// What a team wrote may be quoted: never at any length.
+		why := truncate(st.Refused.Error(), 1024)
+		ready.status, ready.reason = "False", cmp.Or(st.Reason, ReasonRefused)
+		verb := "was refused"
+		switch ready.reason {
+		case ReasonSlowed:
+			verb = "waits"
+		case ReasonConflict:
+			verb = "conflicts with what another application holds"
+		case ReasonLimitExceeded:
+			verb = "is past its namespace's limits"
+		}
+		if st.Served > 0 {
+			ready.message = fmt.Sprintf("generation %d %s; generation %d serves: %s", r.Generation, verb, st.Served, why)
+		} else {
+			ready.message = fmt.Sprintf("generation %d %s: %s", r.Generation, verb, why)
+		}
 	}
 	conds = []condition{ready}
 	if st.SecretName != "" && st.Served > 0 {
