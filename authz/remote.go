@@ -106,6 +106,10 @@ type RemoteKeysConfig struct {
 	ExpectJWKSURI string
 	ExpectSource  string
 	Client        *http.Client // http.DefaultClient's transport when nil, with a timeout
+	// NoRedirects fetches from the URL given and nowhere else: a redirect
+	// is a fetch error. For key sets a tenant named, which vakt fetches
+	// only from hosts granted to it (kubernetes.grants).
+	NoRedirects bool
 	// Wait bounds how long a lookup waits for a fetch it needs (the first
 	// one, or one for an unknown kid); DefaultKeyWait when zero.
 	Wait   time.Duration
@@ -191,6 +195,13 @@ func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
 	r := &RemoteKeys{cfg: cfg, client: cfg.Client, log: cfg.Logger, now: cfg.Now, jwksURI: cfg.JWKSURI}
 	if r.client == nil {
 		r.client = &http.Client{Timeout: FetchTimeout}
+	}
+	if cfg.NoRedirects {
+		c := *r.client
+		c.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+			return fmt.Errorf("redirected to %s: the key set is fetched from its own URL only", req.URL.Redacted())
+		}
+		r.client = &c
 	}
 	if r.log == nil {
 		r.log = slog.Default()

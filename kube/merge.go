@@ -69,6 +69,7 @@ type resourceMerger struct {
 	retry   func(d time.Duration)
 	retryAt time.Time
 	now     func() time.Time
+	checks  int // versions checked, for tests: a change costs one
 }
 
 // versionKey names one version of one object.
@@ -105,6 +106,7 @@ func (m *resourceMerger) check(x *config.ResourceIndex, cfgHash string, r Resour
 	c, ok := m.checked[r.version()]
 	if !ok || c.config != cfgHash || c.labels != lk {
 		c = checkedVersion{config: cfgHash, labels: lk}
+		m.checks++
 		switch r.Kind {
 		case config.KindApplication:
 			var rs *config.ResourceSpec

@@ -32,6 +32,7 @@ type KeySets struct {
 type keySpec struct {
 	name, wellKnownURL, jwksURI, issuer string
 	wait                                time.Duration
+	noRedirects                         bool
 }
 
 type heldKeys struct {
@@ -57,7 +58,7 @@ func (k *KeySets) TraceWith(t *Tracing) {
 
 // take returns the key set cfg describes, holding it until holder ends.
 func (k *KeySets) take(holder context.Context, cfg authz.RemoteKeysConfig) (*authz.RemoteKeys, error) {
-	spec := keySpec{cfg.Name, cfg.WellKnownURL, cfg.JWKSURI, cfg.Issuer, cfg.Wait}
+	spec := keySpec{cfg.Name, cfg.WellKnownURL, cfg.JWKSURI, cfg.Issuer, cfg.Wait, cfg.NoRedirects}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	h, ok := k.sets[spec]

@@ -223,7 +223,9 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		case a.Keys != nil && a.Keys.Len() > 0:
 			clients[a.ID()] = authz.StaticKeys{Set: a.Keys}
 		case a.JWKSURI != "":
-			keys, err := keySets.take(ctx, authz.RemoteKeysConfig{Name: a.ID(), JWKSURI: a.JWKSURI, Issuer: a.ID(), Wait: cfg.Limits.KeyWait.Std()})
+			// An application's keys come from its jwksUri and nowhere else:
+			// a team names it, within its grants.
+			keys, err := keySets.take(ctx, authz.RemoteKeysConfig{Name: a.ID(), JWKSURI: a.JWKSURI, Issuer: a.ID(), Wait: cfg.Limits.KeyWait.Std(), NoRedirects: true})
 			if err != nil {
 				return nil, fmt.Errorf("application %s: %w", a.ID(), err)
 			}
