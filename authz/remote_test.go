@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,6 +198,34 @@ func TestFetchErrorsHideTheQuery(t *testing.T) {
 		_, err = r.Key(context.Background(), "k")
 		if err == nil || strings.Contains(err.Error(), "secret") || !strings.Contains(err.Error(), "/jwks") {
 			t.Errorf("%s: %v", base, err)
+		}
+	}
+}
+
+// A key set fetched with NoRedirects is fetched from its own URL only: a
+// redirect fails the fetch, and its target sees no request.
+func TestRemoteKeysNoRedirects(t *testing.T) {
+	var reached atomic.Int64
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		reached.Add(1)
+		fmt.Fprint(w, `{"keys":[]}`)
+	}))
+	defer target.Close()
+	redirect := httptest.NewServer(http.RedirectHandler(target.URL+"/jwks", http.StatusFound))
+	defer redirect.Close()
+	for _, follow := range []bool{true, false} {
+		r, err := NewRemoteKeys(RemoteKeysConfig{Name: "app", JWKSURI: redirect.URL + "/jwks", Issuer: "app", NoRedirects: !follow,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reached.Store(0)
+		_, err = r.Key(context.Background(), "k")
+		switch {
+		case follow && reached.Load() != 1:
+			t.Errorf("following redirects: the target saw %d requests (%v)", reached.Load(), err)
+		case !follow && (reached.Load() != 0 || !errors.Is(err, ErrKeysUnavailable)):
+			t.Errorf("NoRedirects: the target saw %d requests; %v, want ErrKeysUnavailable", reached.Load(), err)
 		}
 	}
 }
