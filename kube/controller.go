@@ -52,7 +52,7 @@ func New(o Options) (*Controller, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	rc, clients, err := clientsFor(o.Config.Kubeconfig, 3)
+	rc, clients, err := clientsFor(o.Config.Kubeconfig, 2)
 	if err != nil {
 		return nil, err
 	}
@@ -60,11 +60,15 @@ func New(o Options) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	src := NewSource(SourceConfig{Client: clients[0], Namespaces: o.Config.Namespaces, Jwkers: o.Config.Jwkers,
+	informers, api, err := InformerClient(rc)
+	if err != nil {
+		return nil, err
+	}
+	src := NewSource(SourceConfig{Client: informers, API: api, Namespaces: o.Config.Namespaces, Jwkers: o.Config.Jwkers,
 		KeysNamespace: leaseNS, Logger: log, OnChange: o.OnChange})
 	log.Info("kubernetes-native mode: watching Application resources", "namespaces", o.Config.Namespaces, "jwkers", o.Config.Jwkers,
 		"lease", leaseNS+"/"+LeaseName, "identity", identity)
-	return &Controller{source: src, log: log, status: StatusConfig{Rest: rc, Client: clients[1], KeysClient: clients[2], Source: src,
+	return &Controller{source: src, log: log, status: StatusConfig{Rest: rc, Client: clients[0], KeysClient: clients[1], Source: src,
 		MakeKeys: true, LeaseNamespace: leaseNS, LeaseName: LeaseName, Identity: identity, Logger: log}}, nil
 }
 

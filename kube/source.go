@@ -68,7 +68,9 @@ type Source struct {
 	keysNamespace string
 	onChange      func()
 
-	merger resourceMerger
+	merger  resourceMerger
+	watches []*watchState // one per informer, for metrics
+	api     *APIHealth    // nil when not known
 	// served is what the configuration in force was merged from, and what
 	// became of each resource in it: the status writer and the key
 	// provisioner work from it.
@@ -88,6 +90,9 @@ type watched struct{ kind, namespace string }
 // SourceConfig configures a Source.
 type SourceConfig struct {
 	Client dynamic.Interface
+	// API, when set, is what Client's requests say of the API server
+	// (InformerClient), for the metrics.
+	API *APIHealth
 	// Namespaces to watch; every namespace when empty.
 	Namespaces []string
 	// Jwkers watches jwkers.nais.io too.
@@ -111,7 +116,7 @@ var (
 
 // NewSource returns the watcher; Run starts it.
 func NewSource(cfg SourceConfig) *Source {
-	k := &Source{log: cmp.Or(cfg.Logger, slog.Default()), onChange: cfg.OnChange}
+	k := &Source{log: cmp.Or(cfg.Logger, slog.Default()), onChange: cfg.OnChange, api: cfg.API}
 	if k.onChange == nil {
 		k.onChange = func() {}
 	}
@@ -151,9 +156,7 @@ func NewSource(cfg SourceConfig) *Source {
 				},
 				DeleteFunc: func(any) { k.changed() },
 			})
-			_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
-				k.log.Warn("kubernetes: watching resources failed; the resources last seen stay in force", "resource", gvr.Resource, "error", err)
-			})
+			k.track(gvr.Resource, inf, "the resources last seen stay in force")
 			k.informers = append(k.informers, inf)
 			kind := config.KindApplication
 			if gvr == jwkersGVR {
@@ -174,9 +177,7 @@ func NewSource(cfg SourceConfig) *Source {
 			UpdateFunc: func(any, any) { k.changed() },
 			DeleteFunc: func(any) { k.changed() },
 		})
-		_ = k.records.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
-			k.log.Warn("kubernetes: watching the Jwkers' published keys failed; the keys last seen stay in force", "error", err)
-		})
+		k.track("configmaps (the Jwkers' published keys)", k.records, "the keys last seen stay in force")
 	}
 	k.namespaces = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Client, 0).ForResource(namespacesGVR).Informer()
 	_ = k.namespaces.SetTransform(slimNamespace)
@@ -192,9 +193,7 @@ func NewSource(cfg SourceConfig) *Source {
 		},
 		DeleteFunc: func(any) { k.changed() },
 	})
-	_ = k.namespaces.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
-		k.log.Warn("kubernetes: watching namespaces failed; the labels last seen stay in force", "error", err)
-	})
+	k.track("namespaces", k.namespaces, "the labels last seen stay in force")
 	return k
 }
 
@@ -220,6 +219,31 @@ func slimRecord(obj any) (any, error) {
 }
 
 var namespacesGVR = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+
+// track follows an informer's watch for metrics and the log: a failure is
+// logged once, when the watch starts failing, and its end once, with how
+// long it lasted.
+func (k *Source) track(resource string, inf cache.SharedIndexInformer, kept string) {
+	w := &watchState{resource: resource, inf: inf}
+	k.watches = append(k.watches, w)
+	var since atomic.Int64 // when the failure began, unix nanoseconds
+	recovered := func() {
+		if start := since.Swap(0); start != 0 {
+			k.log.Info("kubernetes: watching works again", "resource", resource, "outage", time.Since(time.Unix(0, start)).Round(time.Second).String())
+		}
+	}
+	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		w.failed()
+		if since.CompareAndSwap(0, time.Now().UnixNano()) {
+			k.log.Warn("kubernetes: watching failed; "+kept+"; retrying with backoff", "resource", resource, "error", err)
+		}
+	})
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { w.event(time.Now()); recovered() },
+		UpdateFunc: func(any, any) { w.event(time.Now()); recovered() },
+		DeleteFunc: func(any) { w.event(time.Now()); recovered() },
+	})
+}
 
 // slimNamespace keeps of a namespace its name and labels.
 func slimNamespace(obj any) (any, error) {

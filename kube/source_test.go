@@ -13,6 +13,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -69,7 +70,11 @@ applications:
 	}
 	key, _ := exchange.GenerateSigningKey("ES256")
 	e.signer, _ = exchange.NewSigner(key)
-	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: client}, true)
+	informers, api, err := InformerClient(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: informers, API: api}, true)
 	e.cur, e.src = run.cur, run.src
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -249,9 +254,43 @@ func TestKubeAPIServerRestart(t *testing.T) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
+	// The metrics say so: the watch fails, and when it last heard.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(e.src.Collector())
+	gauge := func(name, resource string) float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				if mf.GetName() != name {
+					continue
+				}
+				if resource == "" && len(m.GetLabel()) == 0 {
+					return m.GetGauge().GetValue()
+				}
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "resource" && l.GetValue() == resource {
+						return m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		t.Fatalf("no %s{resource=%q}", name, resource)
+		return 0
+	}
+	e.until(60*time.Second, "the API server's absence never showed in the metrics", func() bool { return gauge("vakt_kubernetes_api_failing", "") == 1 })
+	before := gauge("vakt_kubernetes_api_last_success_timestamp_seconds", "")
 	e.cluster.StartAPIServer(t)
 	e.application(appBAllowsNone)
 	e.until(30*time.Second, "a change after the API server returned was never enforced", func() bool { return e.status() == 403 })
+	if gauge("vakt_kubernetes_api_failing", "") != 0 || gauge("vakt_kubernetes_api_last_success_timestamp_seconds", "") <= before ||
+		gauge("vakt_kubernetes_last_sync_timestamp_seconds", "applications") <= before {
+		t.Errorf("after the API server returned: failing %v, last success %v, applications last heard %v (was %v)", gauge("vakt_kubernetes_api_failing", ""),
+			gauge("vakt_kubernetes_api_last_success_timestamp_seconds", ""), gauge("vakt_kubernetes_last_sync_timestamp_seconds", "applications"), before)
+	}
 }
 
 func (e *kenv) namespace(ns string) {

@@ -117,6 +117,15 @@ func (m *Metrics) Reloaded(err error) {
 	}
 }
 
+// Register adds a collector of another part of vakt (the Kubernetes
+// control plane) to the metrics served.
+func (m *Metrics) Register(c prometheus.Collector) error {
+	if m == nil {
+		return nil
+	}
+	return m.registry.Register(c)
+}
+
 // watchConfig reports the configuration in force in cur, read at scrape
 // time. The first Current watched is the one reported.
 func (m *Metrics) watchConfig(cur *Current) {

@@ -220,6 +220,10 @@ func serve(args []string, stderr io.Writer) int {
 			return 1
 		}
 		loader.Resources = kubeCtl.Source()
+		if err := metrics.Register(kubeCtl.Source().Collector()); err != nil {
+			log.Error("kubernetes: metrics", "error", err)
+			return 1
+		}
 	}
 	if *cfgPath != "" {
 		reloader.Files = server.WatchedFiles(*cfgPath, &cur)
