@@ -58,8 +58,8 @@ type watchState struct {
 
 	errors atomic.Int64
 	mu     sync.Mutex
-	lastRV  string    // the informer's resourceVersion when last looked at
-	heard   time.Time // when it last changed, or an event came
+	lastRV string    // the informer's resourceVersion when last looked at
+	heard  time.Time // when it last changed, or an event came
 }
 
 // event records that the watch delivered something: it works.
