@@ -66,7 +66,13 @@ type ProviderConfig struct {
 
 // Provider verifies tokens of one issuer.
 type Provider struct {
-	name        string
+	name string
+	// retired is set once the provider's configuration changed or it was
+	// removed (TokenCache.Retire): its cached tokens are served no more,
+	// and none is stored, even for a request still reading a validator
+	// that has it. One atomic load on a cache hit, beside the name Check
+	// reads.
+	retired     atomic.Bool
 	issuer      string
 	audiences   []string
 	audienceSet map[string]struct{}
@@ -82,11 +88,6 @@ type Provider struct {
 	appAud      bool
 	// config is what the provider was made of, for SameConfig.
 	config ProviderConfig
-	// retired is set once the provider's configuration changed or it was
-	// removed (TokenCache.Retire): its cached tokens are served no more,
-	// and none is stored, even for a request still reading a validator
-	// that has it. One atomic load on a cache hit.
-	retired atomic.Bool
 }
 
 // NewProvider checks cfg and returns a Provider.
