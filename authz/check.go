@@ -170,12 +170,19 @@ func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route
 	}
 	app := req.App
 	own := provider.Name() == c.Own
-	if own {
-		if !claims.HasAudience(app.ID) {
-			return refuse(ReasonTokenAudience, "")
+	switch {
+	case own && claims.HasAudience(app.ID):
+		// The application is registered: the Validator's own rule (admit)
+		// holds, at no lookup's cost.
+	case v.admit(provider, claims) != nil:
+		// As the provider's own refusal would be: no claims named.
+		return deny(ReasonTokenAudience, ErrAudienceInvalid)
+	case own:
+		return refuse(ReasonTokenAudience, "")
+	default:
+		if r := acceptsExternal(app, provider.Name(), claims); r != ReasonNone {
+			return refuse(r, "")
 		}
-	} else if r := acceptsExternal(app, provider.Name(), claims); r != ReasonNone {
-		return refuse(r, "")
 	}
 	// The caller is named only by vakt's own tokens, which vakt minted for
 	// a client it authenticated. An external provider's client_id or azp

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -50,7 +51,9 @@ type checkEnv struct {
 	ownKey   *idptest.Key
 	ownKeys  *countingKeys
 	ext      *countingKeys
+	apps     []authz.ApplicationPolicy
 	policy   *authz.Policy
+	tokens   *authz.TokenCache // the cached checker's
 	cached   *authz.Checker
 	uncached *authz.Checker
 }
@@ -88,6 +91,7 @@ func newCheckEnv(t *testing.T) *checkEnv {
 			{Provider: "azure"},
 		}},
 	}
+	e.apps = apps
 	var err error
 	if e.policy, err = authz.NewPolicy(apps); err != nil {
 		t.Fatal(err)
@@ -113,7 +117,8 @@ func newCheckEnv(t *testing.T) *checkEnv {
 	azure := remote("azure", e.down, func(k *authz.RemoteKeys) authz.KeySource { return k })
 
 	// vakt's signing key, and the provider of the tokens it issues: its
-	// issuer, its keys, and an audience that must be a registered application.
+	// issuer, its keys, and an audience that must be a registered
+	// application, which the validator asks of the policy.
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -128,25 +133,27 @@ func newCheckEnv(t *testing.T) *checkEnv {
 		t.Fatal(err)
 	}
 	e.ownKeys = &countingKeys{KeySource: authz.StaticKeys{Set: set}}
-	ids := make([]string, len(apps))
-	for i, a := range apps {
-		ids[i] = a.ID
-	}
 	own, err := authz.NewProvider(authz.ProviderConfig{
-		Name: ownProvider, Issuer: ownIssuer, Audiences: ids, RequireAudience: true,
-		AudienceAfterSignature: true, Type: "at+jwt", Own: true,
+		Name: ownProvider, Issuer: ownIssuer, ApplicationAudience: true, Type: "at+jwt", Own: true,
 		Algorithms: []string{"ES256"}, Keys: e.ownKeys,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 
+	e.tokens = authz.NewTokenCache(0, 0)
 	checker := func(cacheSize int) *authz.Checker {
+		tokens := e.tokens
+		if cacheSize < 0 {
+			tokens = nil
+		}
 		v, err := authz.NewValidator(authz.ValidatorConfig{
-			Providers: []*authz.Provider{auth0, azure, own},
-			Aliases:   map[string]string{"vakt": ownProvider},
-			CacheSize: cacheSize,
-			Now:       e.clock.Now,
+			Providers:  []*authz.Provider{auth0, azure, own},
+			Aliases:    map[string]string{"vakt": ownProvider},
+			Cache:      tokens,
+			CacheSize:  cacheSize,
+			Registered: e.policy.Registered,
+			Now:        e.clock.Now,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -537,6 +544,93 @@ func TestDecisionDerive(t *testing.T) {
 				values[st.key] = v
 			}
 		})
+	}
+}
+
+// The configuration after a policy change, as server.NewRuntime builds it:
+// the same providers and cache, and the next policy (NewPolicyFrom). A
+// token cached before is a hit, with no key lookup; the answer derived for
+// an application that did not change is found (no allocation), and one for
+// an application that changed is made anew. An application removed is no
+// aud for vakt's own tokens any more, from the cache too.
+func TestCheckerNextConfiguration(t *testing.T) {
+	e := newCheckEnv(t)
+	ctx := context.Background()
+	tok := "Bearer " + e.own(t, app1, []string{appB, appAPI}, "read:users")
+	only3 := e.own(t, app1, app3, "")
+	derive := func(c *authz.Checker, p *authz.Policy, id, path string) (value any, computed bool) {
+		t.Helper()
+		app, _ := p.Application(id)
+		d := c.Check(ctx, authz.CheckRequest{App: app, Method: "GET", Path: path, Authorization: tok})
+		if !d.Allow {
+			t.Fatalf("%s: %v (%v)", id, d.Reason, d.Err)
+		}
+		return d.Derive(app, func() (any, int) { computed = true; return &struct{ id string }{id}, 100 }), computed
+	}
+	answerB, _ := derive(e.cached, e.policy, appB, "/read")
+	answerAPI, _ := derive(e.cached, e.policy, appAPI, "/")
+	if _, err := e.cached.Validator.Validate(ctx, "vakt", only3); err != nil {
+		t.Fatal(err)
+	}
+
+	// app-3 removed; api accepts one more provider's tokens; app-b as it was.
+	var apps []authz.ApplicationPolicy
+	for _, a := range e.apps {
+		switch a.ID {
+		case app3:
+			continue
+		case appAPI:
+			a.Authentication = append(slices.Clone(a.Authentication), authz.Authentication{Provider: "auth0", Audience: "https://api3.example.com"})
+		}
+		apps = append(apps, a)
+	}
+	policy, err := authz.NewPolicyFrom(e.policy, apps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var providers []*authz.Provider
+	for _, name := range []string{"auth0", "azure", ownProvider} {
+		p, _ := e.cached.Validator.Provider(name)
+		providers = append(providers, p)
+	}
+	v, err := authz.NewValidator(authz.ValidatorConfig{Providers: providers, Aliases: map[string]string{"vakt": ownProvider},
+		Cache: e.tokens, Registered: policy.Registered, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := &authz.Checker{Validator: v, Own: ownProvider}
+
+	before := e.lookups()
+	if got, computed := derive(next, policy, appB, "/read"); computed || got != answerB {
+		t.Fatal("app-b did not change, and its answer was made anew")
+	}
+	if got, computed := derive(next, policy, appAPI, "/"); !computed || got == answerAPI {
+		t.Fatal("api changed, and its answer was the one before")
+	}
+	if n := e.lookups() - before; n != 0 {
+		t.Fatalf("%d key lookups for a token cached before the change", n)
+	}
+	b, _ := policy.Application(appB)
+	req := authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: tok}
+	if n := testing.AllocsPerRun(100, func() {
+		d := next.Check(ctx, req)
+		d.Derive(b, func() (any, int) { panic("made anew") })
+	}); n != 0 {
+		t.Fatalf("%.1f allocations per Check of a cached token after the change", n)
+	}
+	// app-3's token: the old configuration accepts it from the cache, the
+	// next refuses it, by every path.
+	if _, err := e.cached.Validator.Validate(ctx, "vakt", only3); err != nil {
+		t.Fatalf("before the change: %v", err)
+	}
+	if _, err := v.Validate(ctx, "vakt", only3); !errors.Is(err, authz.ErrAudienceInvalid) {
+		t.Fatalf("Validate after app-3 was removed: %v", err)
+	}
+	if _, _, err := v.ValidateByIssuer(ctx, only3); !errors.Is(err, authz.ErrAudienceInvalid) {
+		t.Fatalf("ValidateByIssuer after app-3 was removed: %v", err)
+	}
+	if n := e.lookups() - before; n != 0 {
+		t.Fatalf("%d key lookups: app-3's token was not answered from the cache", n)
 	}
 }
 

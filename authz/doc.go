@@ -8,7 +8,10 @@
 // held in a fixed set ([StaticKeys]) or fetched as a JWK Set and kept fresh
 // ([RemoteKeys]). A token that passed is remembered in a verified-token
 // cache, so that the same token again costs a hash and a lookup; a hit
-// checks exp and nbf again.
+// checks exp and nbf again. The cache ([TokenCache]) depends on the
+// providers only, and outlives the Validators of successive
+// configurations; a provider whose configuration changed is retired, and
+// its tokens with it.
 //
 // The policy engine is a [Policy] of applications: the inbound rules that
 // name which applications may call each one, its routes and the scopes they
@@ -59,9 +62,10 @@
 //  11. the signature (ErrSignatureInvalid).
 //
 // A provider whose answers must not tell a prober what exists moves checks
-// after the signature: vakt's own provider its audience (step 8, whose
-// audiences are the registered applications), a client's assertions steps
-// 6 to 8 (ProviderConfig.SignatureFirst).
+// after the signature: vakt's own provider its audience, which must be a
+// registered application (ProviderConfig.ApplicationAudience: the
+// Validator's applications, asked of every token, cached or not), a
+// client's assertions steps 6 to 8 (ProviderConfig.SignatureFirst).
 //
 // [Validator.Validate] names the provider, before step 1
 // (ErrUnknownProvider if it has none of that name).

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -180,6 +181,28 @@ func NewKey(kid, alg string, public any) (*Key, error) {
 		return nil, fmt.Errorf("algorithm %q is not supported", alg)
 	}
 	return &Key{ID: kid, public: public, algs: []string{alg}}, nil
+}
+
+// Equal reports whether s and o hold the same keys: the same kids, each
+// with the same public key and algorithms.
+func (s *KeySet) Equal(o *KeySet) bool {
+	if s.Len() != o.Len() {
+		return false
+	}
+	if s == nil || s == o {
+		return true
+	}
+	for kid, k := range s.byID {
+		ko, found := o.byID[kid]
+		if !found || !slices.Equal(k.algs, ko.algs) {
+			return false
+		}
+		pub, comparable := k.public.(interface{ Equal(crypto.PublicKey) bool })
+		if !comparable || !pub.Equal(ko.public) {
+			return false
+		}
+	}
+	return (s.only == nil) == (o.only == nil)
 }
 
 // NewKeySet builds a key set from keys with distinct ids.

@@ -3,6 +3,7 @@ package authz
 import (
 	"fmt"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 )
@@ -85,7 +86,15 @@ type Policy struct {
 }
 
 // NewPolicy builds a policy; application ids and hosts must be unique.
-func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
+func NewPolicy(apps []ApplicationPolicy) (*Policy, error) { return NewPolicyFrom(nil, apps) }
+
+// NewPolicyFrom is NewPolicy for the configuration after prev's (nil for
+// none): an application whose ApplicationPolicy is the same as in prev is
+// prev's *Application, so that what adapters keep for it (Check's answers,
+// Decision.Derive, keyed by the pointer) stays good across a policy change
+// that does not concern it. An application that changed is a new one, and
+// its answers are built anew.
+func NewPolicyFrom(prev *Policy, apps []ApplicationPolicy) (*Policy, error) {
 	p := &Policy{apps: make(map[string]*Application, len(apps)), byHost: map[string]*Application{}, byResource: map[string]*Application{}}
 	for _, a := range apps {
 		if _, dup := p.apps[a.ID]; dup {
@@ -98,6 +107,11 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
 		}
 		for _, id := range a.Inbound {
 			app.allowed[id] = struct{}{}
+		}
+		// Every field compared, the routes' scopeText too: allowed follows
+		// from Inbound. Only a build of the configuration is slowed.
+		if old, ok := prev.previous(a.ID); ok && reflect.DeepEqual(old.ApplicationPolicy, app.ApplicationPolicy) {
+			app = old
 		}
 		for _, h := range a.Hosts {
 			h = asciiLower(h)
@@ -120,6 +134,14 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) {
 		p.apps[a.ID] = app
 	}
 	return p, nil
+}
+
+// previous is Application on a policy that may be nil (none before).
+func (p *Policy) previous(id string) (*Application, bool) {
+	if p == nil {
+		return nil, false
+	}
+	return p.Application(id)
 }
 
 // ApplicationByResource returns the application a resource URI (RFC 8707)

@@ -3,6 +3,8 @@ package authz
 import (
 	"errors"
 	"fmt"
+	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -145,6 +147,84 @@ func TestParseKeySetKids(t *testing.T) {
 		_, only := set.Lookup("")
 		if set.Len() != tt.keys || len(skipped) != tt.skipped || only != tt.only {
 			t.Errorf("%s: %d keys, %d skipped, single %v", tt.name, set.Len(), len(skipped), only)
+		}
+	}
+}
+
+// NewPolicyFrom keeps the previous *Application of an application whose
+// policy is the same, so that answers kept for it (Decision.Derive) stay
+// good; any one field changed, and the application is a new one. Every
+// field of ApplicationPolicy is changed in turn, so that a field added
+// later without a row here fails.
+func TestNewPolicyFrom(t *testing.T) {
+	base := func() ApplicationPolicy {
+		return ApplicationPolicy{
+			ID: "dev:b:app-b", Inbound: []string{"dev:a:app-1"}, Hosts: []string{"b.example"},
+			Resources: []string{"urn:b"}, Routes: []Route{{Methods: []string{"GET"}, Path: "/read", Scopes: []string{"read"}}},
+			Authentication: []Authentication{{Provider: "auth0", Audience: "api"}},
+			ForwardClaims:  []ClaimHeader{{Claim: "pid", Header: "x-vakt-pid"}},
+		}
+	}
+	other := ApplicationPolicy{ID: "dev:a:app-1"}
+	prev, err := NewPolicy([]ApplicationPolicy{base(), other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	was, _ := prev.Application(base().ID)
+	wasOther, _ := prev.Application(other.ID)
+
+	// The same policies, built anew from new slices: the same pointers,
+	// wherever the policy finds them.
+	next, err := NewPolicyFrom(prev, []ApplicationPolicy{base(), other, {ID: "dev:c:new"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse("urn:b")
+	byID, _ := next.Application(base().ID)
+	byHost, _ := next.ApplicationByHost("b.example")
+	byResource, _ := next.ApplicationByResource(u)
+	if byID != was || byHost != was || byResource != was {
+		t.Fatal("an unchanged application is a new one")
+	}
+	if o, _ := next.Application(other.ID); o != wasOther {
+		t.Fatal("an unchanged application without routes is a new one")
+	}
+	if !next.Registered("dev:c:new") || next.MayCall("dev:a:app-1", base().ID) != nil {
+		t.Fatal("the next policy does not answer as its applications say")
+	}
+
+	changes := map[string]func(*ApplicationPolicy){
+		"ID":                 func(a *ApplicationPolicy) { a.ID = "dev:b:renamed" },
+		"Inbound":            func(a *ApplicationPolicy) { a.Inbound = append(a.Inbound, "dev:c:new") },
+		"Hosts":              func(a *ApplicationPolicy) { a.Hosts = []string{"b2.example"} },
+		"Resources":          func(a *ApplicationPolicy) { a.Resources = []string{"urn:b2"} },
+		"Routes":             func(a *ApplicationPolicy) { a.Routes[0].Scopes = []string{"read", "more"} },
+		"Authentication":     func(a *ApplicationPolicy) { a.Authentication[0].Audience = "api2" },
+		"ForwardClaims":      func(a *ApplicationPolicy) { a.ForwardClaims[0].Header = "x-vakt-other" },
+		"StripAuthorization": func(a *ApplicationPolicy) { a.StripAuthorization = true },
+		"NoDynamicMetadata":  func(a *ApplicationPolicy) { a.NoDynamicMetadata = true },
+		"PathParameters":     func(a *ApplicationPolicy) { a.PathParameters = StripPathParameters },
+	}
+	fields := reflect.TypeFor[ApplicationPolicy]()
+	for i := range fields.NumField() {
+		name := fields.Field(i).Name
+		change, ok := changes[name]
+		if !ok {
+			t.Errorf("ApplicationPolicy.%s is not changed here", name)
+			continue
+		}
+		a := base()
+		change(&a)
+		next, err := NewPolicyFrom(prev, []ApplicationPolicy{a, other})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now, _ := next.Application(a.ID)
+		if now == was {
+			t.Errorf("%s changed, and the application is the one before", name)
+		}
+		if o, _ := next.Application(other.ID); o != wasOther {
+			t.Errorf("%s of another application changed, and this one is new", name)
 		}
 	}
 }

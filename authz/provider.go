@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -27,7 +29,7 @@ type ProviderConfig struct {
 	Audiences []string // when set, aud must contain one of them
 	// RequireAudience makes an empty Audiences reject every token instead of
 	// skipping the audience check, for providers whose audiences come from
-	// a list that may be empty (vakt's own tokens: the registered applications).
+	// a list that may be empty.
 	RequireAudience bool
 	// AudienceAfterSignature checks aud only once the signature has
 	// verified, for providers whose audiences are the registered
@@ -53,11 +55,24 @@ type ProviderConfig struct {
 	// Own marks vakt's own tokens: the only ones whose idp claim is
 	// believed (see IdentityProvider).
 	Own bool
+	// ApplicationAudience requires an aud that is a registered application,
+	// which the Validator checks (ValidatorConfig.Registered) on every
+	// token of the provider, cached or not, after its signature, so that a
+	// forged token says nothing of which applications exist. The provider
+	// then does not depend on the applications: a policy change keeps it,
+	// and the tokens it verified stay in the cache (vakt's own tokens).
+	ApplicationAudience bool
 }
 
 // Provider verifies tokens of one issuer.
 type Provider struct {
-	name        string
+	name string
+	// retired is set once the provider's configuration changed or it was
+	// removed (TokenCache.Retire): its cached tokens are served no more,
+	// and none is stored, even for a request still reading a validator
+	// that has it. One atomic load on a cache hit, beside the name Check
+	// reads.
+	retired     atomic.Bool
 	issuer      string
 	audiences   []string
 	audienceSet map[string]struct{}
@@ -70,6 +85,9 @@ type Provider struct {
 	typ         string // normalised; "" when not required
 	notTyp      string // normalised; "" when none is refused
 	own         bool
+	appAud      bool
+	// config is what the provider was made of, for SameConfig.
+	config ProviderConfig
 }
 
 // NewProvider checks cfg and returns a Provider.
@@ -93,7 +111,10 @@ func NewProvider(cfg ProviderConfig) (*Provider, error) {
 	for _, a := range cfg.Audiences {
 		set[a] = struct{}{}
 	}
+	config := cfg
+	config.Audiences, config.Algorithms = slices.Clone(cfg.Audiences), slices.Clone(cfg.Algorithms)
 	return &Provider{
+		config:      config,
 		audienceSet: set,
 		name:        cfg.Name,
 		issuer:      cfg.Issuer,
@@ -107,7 +128,36 @@ func NewProvider(cfg ProviderConfig) (*Provider, error) {
 		typ:         normalType(cfg.Type),
 		notTyp:      normalType(cfg.RejectType),
 		own:         cfg.Own,
+		appAud:      cfg.ApplicationAudience,
 	}, nil
+}
+
+// SameConfig reports whether p was made of a configuration equal to cfg, so
+// that it may serve in its place and keep its cached tokens: every setting
+// equal, and the same keys (the same KeySource, or static sets of the same
+// keys, as vakt's own are when its signing keys did not change).
+func (p *Provider) SameConfig(cfg ProviderConfig) bool {
+	a := &p.config
+	return a.Name == cfg.Name && a.Issuer == cfg.Issuer &&
+		slices.Equal(a.Audiences, cfg.Audiences) && a.RequireAudience == cfg.RequireAudience &&
+		a.AudienceAfterSignature == cfg.AudienceAfterSignature && a.SignatureFirst == cfg.SignatureFirst &&
+		slices.Equal(a.Algorithms, cfg.Algorithms) && a.Leeway == cfg.Leeway &&
+		a.Type == cfg.Type && a.RejectType == cfg.RejectType && a.Own == cfg.Own &&
+		a.ApplicationAudience == cfg.ApplicationAudience && sameKeys(a.Keys, cfg.Keys)
+}
+
+// sameKeys reports whether two key sources are the same keys: static sets
+// by their keys, any other source by identity (a *RemoteKeys the server's
+// KeySets keeps for settings that did not change). A source of another
+// kind is never the same: a new provider costs a signature check per token,
+// a wrong match a token served that its keys no longer verify.
+func sameKeys(a, b KeySource) bool {
+	if sa, ok := a.(StaticKeys); ok {
+		sb, ok := b.(StaticKeys)
+		return ok && sa.Set.Equal(sb.Set)
+	}
+	ta := reflect.TypeOf(a)
+	return ta != nil && ta.Kind() == reflect.Pointer && ta == reflect.TypeOf(b) && a == b
 }
 
 // normalType is a typ value as RFC 7515 §4.1.9 compares it: without case,

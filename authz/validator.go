@@ -19,11 +19,19 @@ type ValidatorConfig struct {
 	Aliases map[string]string
 	// MaxTokenSize caps tokens in bytes; DefaultMaxTokenSize when zero.
 	MaxTokenSize int
+	// Cache, when set, is the verified-token cache, shared with the
+	// Validators of other configurations (see TokenCache). Without it the
+	// Validator makes its own, of CacheSize and CacheBytes.
+	Cache *TokenCache
 	// CacheSize bounds the verified-token cache in entries; DefaultCacheSize
 	// when zero, no cache when negative.
 	CacheSize int
 	// CacheBytes bounds it in bytes; DefaultCacheBytes when zero.
 	CacheBytes int64
+	// Registered reports whether an application id is registered: the
+	// tokens of a provider with ApplicationAudience must name one in aud.
+	// Nil registers none, and refuses all of them.
+	Registered func(id string) bool
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -32,24 +40,31 @@ type ValidatorConfig struct {
 // tokens that passed so that a repeated token costs a hash and a lookup.
 //
 // A Validator is immutable and safe for concurrent use. A configuration
-// change builds a new one: the cache belongs to the configuration it was
-// filled under, so a tightened audience or a removed provider takes effect
-// at once.
+// change builds a new one, over the same cache (ValidatorConfig.Cache):
+// the cache holds what the providers verified, and depends on nothing
+// else. A provider whose configuration did not change is the same
+// *Provider, and its tokens stay cached; one that changed or was removed
+// is retired (TokenCache.Retire), and its tokens are served by no
+// Validator from then on, so a tightened audience or a removed provider
+// takes effect at once. What depends on the applications (an own token's
+// aud, ApplicationAudience) is this Validator's, checked on every result.
 type Validator struct {
-	providers map[string]*Provider
-	byIssuer  map[string]*Provider
-	maxSize   int
-	cache     *tokenCache
-	now       func() time.Time
+	providers  map[string]*Provider
+	byIssuer   map[string]*Provider
+	maxSize    int
+	cache      *tokenCache
+	registered func(id string) bool
+	now        func() time.Time
 }
 
 // NewValidator returns a Validator over cfg's providers.
 func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 	v := &Validator{
-		providers: make(map[string]*Provider, len(cfg.Providers)+len(cfg.Aliases)),
-		byIssuer:  make(map[string]*Provider, len(cfg.Providers)),
-		maxSize:   cfg.MaxTokenSize,
-		now:       cfg.Now,
+		providers:  make(map[string]*Provider, len(cfg.Providers)+len(cfg.Aliases)),
+		byIssuer:   make(map[string]*Provider, len(cfg.Providers)),
+		maxSize:    cfg.MaxTokenSize,
+		registered: cfg.Registered,
+		now:        cfg.Now,
 	}
 	for _, p := range cfg.Providers {
 		if _, dup := v.providers[p.name]; dup {
@@ -74,14 +89,19 @@ func NewValidator(cfg ValidatorConfig) (*Validator, error) {
 	if v.maxSize <= 0 {
 		v.maxSize = DefaultMaxTokenSize
 	}
-	v.cache = newTokenCache(cfg.CacheSize, cfg.CacheBytes)
+	tc := cfg.Cache
+	if tc == nil {
+		tc = NewTokenCache(cfg.CacheSize, cfg.CacheBytes)
+	}
+	if tc != nil {
+		v.cache = tc.c
+	}
 	if v.now == nil {
 		v.now = time.Now
 	}
 	return v, nil
 }
 
-// Provider returns the provider with a name or alias.
 // CacheStats counts the verified-token cache: entries, bytes, evictions,
 // hits and misses. ok is false when the cache is off.
 func (v *Validator) CacheStats() (_ CacheStats, ok bool) {
@@ -91,6 +111,7 @@ func (v *Validator) CacheStats() (_ CacheStats, ok bool) {
 	return v.cache.Stats(), true
 }
 
+// Provider returns the provider with a name or alias.
 func (v *Validator) Provider(name string) (*Provider, bool) {
 	p, ok := v.providers[name]
 	return p, ok
@@ -129,26 +150,48 @@ func (v *Validator) validateRaw(ctx context.Context, provider, token string, wan
 // ErrIssuerNotTrusted.
 func (v *Validator) ValidateByIssuer(ctx context.Context, token string) (*Claims, *Provider, error) {
 	if e, _, ok, err := v.cachedByIssuer(token); ok {
-		return e.claims, e.provider, err
+		if err == nil {
+			err = v.admit(e.provider, e.claims)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return e.claims, e.provider, nil
 	}
 	c, _, p, _, err := v.verifyByIssuer(ctx, token)
-	return c, p, err
+	if err == nil {
+		err = v.admit(p, c)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, p, nil
 }
 
 // ValidateByIssuerRaw is ValidateByIssuer, also returning every claim as
 // ValidateRaw does.
 func (v *Validator) ValidateByIssuerRaw(ctx context.Context, token string) (*Claims, map[string]any, *Provider, error) {
 	if e, _, ok, err := v.cachedByIssuer(token); ok {
+		if err == nil {
+			err = v.admit(e.provider, e.claims)
+		}
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		return e.claims, e.claims.Raw(), e.provider, nil
 	}
 	c, raw, p, _, err := v.verifyByIssuer(ctx, token)
-	return c, raw, p, err
+	if err == nil {
+		err = v.admit(p, c)
+	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return c, raw, p, nil
 }
 
-// verifyByIssuer is ValidateByIssuer after a cache miss. The token is
+// verifyByIssuer is ValidateByIssuer after a cache miss, without the
+// Validator's own rule (admit), which its callers apply. The token is
 // parsed once: its iss chooses whose keys verify it. It returns every claim
 // too, as the verification parsed them (the caller's own map), and the
 // token's key in the cache.
@@ -192,6 +235,9 @@ func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*C
 	}
 	if v.cache != nil {
 		if e, _, ok, err := v.cached(token, p); ok {
+			if err == nil {
+				err = v.admit(p, e.claims)
+			}
 			if err != nil {
 				return nil, nil, err
 			}
@@ -203,13 +249,40 @@ func (v *Validator) validate(ctx context.Context, p *Provider, token string) (*C
 	if err != nil {
 		return nil, nil, err
 	}
+	// Stored whatever admit says: the cache holds what the provider
+	// verified, and admit is asked again on every hit.
 	v.store(token, p, c, now)
+	if err := v.admit(p, c); err != nil {
+		return nil, nil, err
+	}
 	return c, raw, nil
 }
 
-// store remembers a token that passed verification, and returns its key.
+// admit is the Validator's own rule, after the provider's: a provider with
+// ApplicationAudience accepts a token only with an aud that is a
+// registered application (ErrAudienceInvalid). It is asked of every
+// result, cached or not, as the applications are this Validator's
+// configuration and the cache is not; and only once the signature has
+// verified, so that a forged token says nothing of which applications
+// exist.
+func (v *Validator) admit(p *Provider, c *Claims) error {
+	if !p.appAud {
+		return nil
+	}
+	if v.registered != nil {
+		for _, a := range c.list(c.aud) {
+			if v.registered(c.str(a)) {
+				return nil
+			}
+		}
+	}
+	return ErrAudienceInvalid
+}
+
+// store remembers a token that passed verification, and returns its key:
+// unless its provider is retired, whose tokens are served no more.
 func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) cache.Key {
-	if v.cache == nil {
+	if v.cache == nil || p.retired.Load() {
 		return cache.Key{}
 	}
 	dot := signatureDot(token)
@@ -217,6 +290,13 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) c
 	// The claims hold a copy of the signed part, never the caller's buffer.
 	e := cacheEntry{provider: p, claims: c}
 	v.cache.Put(&key, e, entrySize(&e), expiryNanos(c.exp, p), now.UnixNano())
+	// Retired meanwhile, its sweep may have passed this key before the
+	// Put: Retire sets the flag before it sweeps, so one of the two sees
+	// the entry. (Were the same token stored under the provider configured
+	// now at this instant, it would be verified once more.)
+	if p.retired.Load() {
+		v.cache.Remove(&key)
+	}
 	return key
 }
 
@@ -225,9 +305,10 @@ func (v *Validator) store(token string, p *Provider, c *Claims, now time.Time) c
 // verified with; a hit needs both to match, so only a byte-identical token
 // hits. Hashing the signature instead of the whole token keeps a hit cheap
 // (86 bytes for ES256 rather than the whole token) while the cache still
-// holds no credential: the signature is kept only as a digest. With want
-// set, an entry of another provider is a miss. ok reports a hit; err is set
-// when the hit has expired since (exp and nbf are re-checked on every hit).
+// holds no credential: the signature is kept only as a digest. An entry of
+// a retired provider is a miss (one atomic load), and with want set, so is
+// an entry of another provider. ok reports a hit; err is set when the hit
+// has expired since (exp and nbf are re-checked on every hit).
 func (v *Validator) cached(token string, want *Provider) (e cacheEntry, key cache.Key, ok bool, err error) {
 	dot := signatureDot(token)
 	if dot < 0 {
@@ -236,7 +317,7 @@ func (v *Validator) cached(token string, want *Provider) (e cacheEntry, key cach
 	key = signatureKey(token[dot+1:])
 	now := v.now()
 	e, hit := v.cache.Get(&key, now.UnixNano())
-	if !hit || (want != nil && e.provider != want) || e.claims.str(e.claims.signed) != token[:dot] {
+	if !hit || e.provider.retired.Load() || (want != nil && e.provider != want) || e.claims.str(e.claims.signed) != token[:dot] {
 		return cacheEntry{}, key, false, nil
 	}
 	if err := e.claims.checkTimes(now, e.provider.leeway); err != nil {

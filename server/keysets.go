@@ -18,6 +18,12 @@ import (
 // good keys and its refresh schedule, so that a reload while a provider is
 // down keeps its tokens verifying. A new or changed one starts fetching in
 // the background. A set no runtime holds any more stops.
+//
+// It keeps the verified-token cache across reloads too, with what makes its
+// entries good: the identity providers, each the same *authz.Provider while
+// its configuration is the same, and the policy, whose applications that
+// did not change keep the answers Check derived for them. A policy change
+// (any team's application) so costs no token a second signature check.
 type KeySets struct {
 	ctx     context.Context
 	log     *slog.Logger
@@ -26,6 +32,11 @@ type KeySets struct {
 
 	mu   sync.Mutex
 	sets map[keySpec]*heldKeys
+	// Of the runtime built last: its cache (nil before the first, or
+	// off), its providers by name, and its policy.
+	tokens    *authz.TokenCache
+	providers map[string]*authz.Provider
+	policy    *authz.Policy
 }
 
 // keySpec is what makes two key sets the same set.
@@ -89,6 +100,59 @@ func (k *KeySets) drop(spec keySpec, h *heldKeys) {
 	}
 	delete(k.sets, spec)
 	h.cancel()
+}
+
+// provider returns the provider cfg describes: the runtime built last's of
+// that name when its configuration is the same, with its cached tokens;
+// else a new one.
+func (k *KeySets) provider(cfg authz.ProviderConfig) (*authz.Provider, error) {
+	k.mu.Lock()
+	p := k.providers[cfg.Name]
+	k.mu.Unlock()
+	if p != nil && p.SameConfig(cfg) {
+		return p, nil
+	}
+	return authz.NewProvider(cfg)
+}
+
+// tokenCache returns the verified-token cache of entries and maxBytes
+// (nil: off): the runtime built last's when its bounds are the same, else
+// a new one, empty.
+func (k *KeySets) tokenCache(entries int, maxBytes int64) *authz.TokenCache {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.tokens.Fits(entries, maxBytes) {
+		return k.tokens
+	}
+	return authz.NewTokenCache(entries, maxBytes)
+}
+
+// lastPolicy is the policy of the runtime built last; nil before the first.
+func (k *KeySets) lastPolicy() *authz.Policy {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.policy
+}
+
+// settle makes a runtime just built, whole, the one the next is built
+// from: its cache, providers and policy. A provider of the runtime before
+// that it does not have (removed, or configured otherwise under its name)
+// is retired: its tokens leave the cache and are served no more, not even
+// to a request still reading the runtime before. Builds are one at a time
+// (Reloader), so the runtime settled last is the one in force.
+func (k *KeySets) settle(tokens *authz.TokenCache, providers []*authz.Provider, policy *authz.Policy) {
+	byName := make(map[string]*authz.Provider, len(providers))
+	for _, p := range providers {
+		byName[p.Name()] = p
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for name, p := range k.providers {
+		if byName[name] != p {
+			k.tokens.Retire(p)
+		}
+	}
+	k.tokens, k.providers, k.policy = tokens, byName, policy
 }
 
 // Len returns how many key sets are held.

@@ -156,7 +156,9 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			return nil, fmt.Errorf("identity provider %s: %w", ip.Name, err)
 		}
 		remote = append(remote, namedKeys{ip.Name, keys})
-		p, err := authz.NewProvider(authz.ProviderConfig{
+		// The same provider as before when nothing of it changed: its
+		// tokens stay in the cache.
+		p, err := keySets.provider(authz.ProviderConfig{
 			Name:       ip.Name,
 			Issuer:     ip.Issuer,
 			Audiences:  ip.Audience,
@@ -174,22 +176,15 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	if opts.Signer == nil || opts.Replay == nil {
 		return nil, fmt.Errorf("a runtime needs a signer and a replay store")
 	}
-	own, err := ownProvider(cfg, opts.Signer.Keys())
+	ownConfig, err := ownProvider(cfg, opts.Signer.Keys())
+	if err != nil {
+		return nil, err
+	}
+	own, err := keySets.provider(ownConfig)
 	if err != nil {
 		return nil, err
 	}
 	providers = append(providers, own)
-	v, err := authz.NewValidator(authz.ValidatorConfig{
-		Providers:    providers,
-		Aliases:      map[string]string{config.ProviderVakt: config.ProviderTokenX},
-		MaxTokenSize: cfg.Validation.MaxTokenSize,
-		CacheSize:    cfg.Validation.CacheSize,
-		CacheBytes:   int64(cfg.Validation.CacheMemory),
-		Now:          opts.Now,
-	})
-	if err != nil {
-		return nil, err
-	}
 
 	apps := make([]authz.ApplicationPolicy, 0, len(cfg.Applications))
 	clients := make(map[string]authz.KeySource)
@@ -232,7 +227,24 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			clients[a.ID()] = keys
 		}
 	}
-	policy, err := authz.NewPolicy(apps)
+	// Applications that did not change are the ones before, with the
+	// answers Check derived for them.
+	policy, err := authz.NewPolicyFrom(keySets.lastPolicy(), apps)
+	if err != nil {
+		return nil, err
+	}
+	tokens := keySets.tokenCache(cfg.Validation.CacheSize, int64(cfg.Validation.CacheMemory))
+	v, err := authz.NewValidator(authz.ValidatorConfig{
+		Providers:    providers,
+		Aliases:      map[string]string{config.ProviderVakt: config.ProviderTokenX},
+		MaxTokenSize: cfg.Validation.MaxTokenSize,
+		Cache:        tokens,
+		CacheSize:    cfg.Validation.CacheSize, // negative, when tokens is nil: off
+		CacheBytes:   int64(cfg.Validation.CacheMemory),
+		// vakt's own tokens name a registered application: this policy's.
+		Registered: policy.Registered,
+		Now:        opts.Now,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -256,6 +268,9 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	if opts.Now != nil {
 		now = opts.Now
 	}
+	// Built whole: the next runtime is built from this one's cache,
+	// providers and policy, and providers it no longer has are retired.
+	keySets.settle(tokens, providers, policy)
 	return &Runtime{
 		LoadedAt:   now(),
 		remoteKeys: remote,
@@ -264,41 +279,40 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	}, nil
 }
 
-// ownProvider validates tokens vakt issued: vakt's issuer, its signing keys,
-// and an audience that must be a registered application.
-func ownProvider(cfg *config.Config, signing []*exchange.SigningKey) (*authz.Provider, error) {
+// ownProvider configures the provider of the tokens vakt issued: vakt's
+// issuer, its signing keys, and an audience that must be a registered
+// application. The applications are not the provider's but each
+// validator's (ApplicationAudience, ValidatorConfig.Registered), so that
+// the provider, and the tokens it verified, outlive policy changes; its
+// keys are a static set that compares by its keys, so that a reload
+// reading the same keys file keeps it too.
+func ownProvider(cfg *config.Config, signing []*exchange.SigningKey) (authz.ProviderConfig, error) {
 	if len(signing) == 0 {
-		return nil, fmt.Errorf("no signing keys")
+		return authz.ProviderConfig{}, fmt.Errorf("no signing keys")
 	}
 	keys := make([]*authz.Key, 0, len(signing))
 	algs := make([]string, 0, len(signing))
 	for _, sk := range signing {
 		k, err := sk.VerificationKey()
 		if err != nil {
-			return nil, fmt.Errorf("signing key %s: %w", sk.ID, err)
+			return authz.ProviderConfig{}, fmt.Errorf("signing key %s: %w", sk.ID, err)
 		}
 		keys = append(keys, k)
 		algs = append(algs, sk.Alg)
 	}
 	set, err := authz.NewKeySet(keys...)
 	if err != nil {
-		return nil, err
+		return authz.ProviderConfig{}, err
 	}
-	apps := make([]string, 0, len(cfg.Applications))
-	for i := range cfg.Applications {
-		apps = append(apps, cfg.Applications[i].ID())
-	}
-	return authz.NewProvider(authz.ProviderConfig{
-		Name:            config.ProviderTokenX,
-		Issuer:          cfg.Issuer,
-		Audiences:       apps,
-		RequireAudience: true,
-		// The audiences are the registered applications: checked after the
+	return authz.ProviderConfig{
+		Name:   config.ProviderTokenX,
+		Issuer: cfg.Issuer,
+		// aud must be a registered application, checked after the
 		// signature, so that a forged token says nothing of which exist.
-		AudienceAfterSignature: true,
-		Algorithms:             algs,
-		Keys:                   authz.StaticKeys{Set: set},
-		Type:                   exchange.IssuedTokenType, // RFC 9068 §4
-		Own:                    true,
-	})
+		ApplicationAudience: true,
+		Algorithms:          algs,
+		Keys:                authz.StaticKeys{Set: set},
+		Type:                exchange.IssuedTokenType, // RFC 9068 §4
+		Own:                 true,
+	}, nil
 }

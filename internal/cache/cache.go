@@ -230,6 +230,27 @@ func (c *Cache[V]) Remove(k *Key) {
 	s.mu.Unlock()
 }
 
+// RemoveFunc drops every entry whose value f reports, and returns how many
+// it dropped: for an owner whose entries all went stale at once (an
+// identity provider whose configuration changed). It takes each shard's
+// lock in turn, so lookups in the other shards go on meanwhile; f is called
+// under the lock, and must be quick.
+func (c *Cache[V]) RemoveFunc(f func(*V) bool) int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for j := range s.slots {
+			if sl := &s.slots[j]; sl.used && f(&sl.val) {
+				s.drop(int32(j))
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
 // Stats are a cache's counts, for metrics and tests.
 type Stats struct {
 	Entries      int

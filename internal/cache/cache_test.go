@@ -68,6 +68,52 @@ func TestUpdate(t *testing.T) {
 	c.Update(&k, func(*string) { t.Error("f called for a removed key") })
 }
 
+// RemoveFunc drops exactly the entries f picks, in every shard, with their
+// bytes, and their slots serve later entries.
+func TestRemoveFunc(t *testing.T) {
+	c := New[int](1000, 1<<20)
+	if len(c.shards) < 2 {
+		t.Fatalf("%d shards: the test needs several", len(c.shards))
+	}
+	const n = 200
+	for i := range n {
+		k := key(i)
+		c.Put(&k, i, 10, 2*hour, hour)
+	}
+	if got := c.RemoveFunc(func(v *int) bool { return *v%3 == 0 }); got != (n+2)/3 {
+		t.Fatalf("removed %d, want %d", got, (n+2)/3)
+	}
+	for i := range n {
+		k := key(i)
+		if _, ok := c.Get(&k, hour); ok == (i%3 == 0) {
+			t.Fatalf("entry %d present: %v", i, ok)
+		}
+	}
+	kept := n - (n+2)/3
+	if st := c.Stats(); st.Entries != kept || st.Bytes != int64(10*kept) || st.Evictions != 0 {
+		t.Fatalf("stats %+v, want %d entries", st, kept)
+	}
+	slots := 0
+	for i := range c.shards {
+		slots += len(c.shards[i].slots)
+	}
+	for i := n; i < n+(n+2)/3; i++ {
+		k := key(i)
+		c.Put(&k, i, 10, 2*hour, hour)
+	}
+	grown := 0
+	for i := range c.shards {
+		grown += len(c.shards[i].slots)
+	}
+	// The keys spread unevenly over the shards: most land in a freed slot.
+	if grown-slots > (n+2)/6 {
+		t.Fatalf("%d slots before, %d after refilling what was removed", slots, grown)
+	}
+	if got := c.RemoveFunc(func(*int) bool { return false }); got != 0 || c.Stats().Entries != n {
+		t.Fatalf("removed %d with nothing picked; %d entries", got, c.Stats().Entries)
+	}
+}
+
 // The bounds hold in entries and in bytes, whatever is put.
 func TestBounds(t *testing.T) {
 	for _, tt := range []struct {
