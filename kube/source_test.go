@@ -470,6 +470,9 @@ func startKubeRunAt(t testing.TB, cfgPath string, signer *exchange.Signer, kc So
 	loader.Resources = r.src
 	ctx, cancel := context.WithCancel(context.Background())
 	r.ctx = ctx
+	// As vakt serve has it: key sets, providers and the verified-token
+	// cache outlive each runtime.
+	loader.KeySets = server.NewKeySets(ctx, quiet, now)
 	if err := rl.Start(ctx); err != nil {
 		cancel()
 		t.Fatal(err)
