@@ -16,6 +16,7 @@ import (
 
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/kubetest"
+	"github.com/vakt-dev/vakt/server"
 )
 
 // countingServer is an https server that counts the connections made to
@@ -80,6 +81,8 @@ kubernetes:
 	e.signer, _ = exchange.NewSigner(key)
 	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: client}, false)
 	e.cur, e.src = run.cur, run.src
+	metrics := server.NewMetrics()
+	server.AuthorityServices(run.cur, metrics, quiet)
 
 	e.resource("team-b", "outside", fmt.Sprintf(`{"jwksUri":%q}`, never.URL+"/keys/jwks.json"))
 	e.resource("team-a", "stranger", fmt.Sprintf(`{"jwksUri":%q}`, otherNS.URL+"/keys/jwks.json"))
@@ -100,4 +103,14 @@ kubernetes:
 	if n, m := never.conns.Load(), otherNS.conns.Load(); n != 0 || m != 0 {
 		t.Errorf("vakt reached URLs no grant allows: %d and %d connections", n, m)
 	}
+	// The granted fetch fails (the test server's certificate is nobody's):
+	// the metrics say so, per application.
+	e.until(10*time.Second, "the failing fetch never showed in the metrics", func() bool {
+		rec := httptest.NewRecorder()
+		metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		body := rec.Body.String()
+		return strings.Contains(body, `vakt_client_jwks_last_success_timestamp_seconds{application="dev-gcp:team-b:inside"} 0`) &&
+			strings.Contains(body, `vakt_client_jwks_fetches_total{application="dev-gcp:team-b:inside",result="error"}`) &&
+			!strings.Contains(body, `vakt_client_jwks_fetches_total{application="dev-gcp:team-b:inside",result="error"} 0`)
+	})
 }

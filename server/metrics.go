@@ -143,6 +143,10 @@ func (m *Metrics) watchConfig(cur *Current) {
 			"When an identity provider's key set was last fetched successfully, in seconds since the epoch; 0 before the first.", []string{"provider"}, nil),
 		keys: prometheus.NewDesc("vakt_jwks_keys",
 			"Keys in the identity provider's key set in use.", []string{"provider"}, nil),
+		clientFetches: prometheus.NewDesc("vakt_client_jwks_fetches_total",
+			"Fetches of an application's key set from its jwksUri by result (ok or error).", []string{"application", "result"}, nil),
+		clientLastSuccess: prometheus.NewDesc("vakt_client_jwks_last_success_timestamp_seconds",
+			"When an application's key set was last fetched from its jwksUri successfully, in seconds since the epoch; 0 before the first.", []string{"application"}, nil),
 		cacheLookups: prometheus.NewDesc("vakt_token_cache_lookups_total",
 			"Lookups in the verified-token cache by result (hit or miss), since the cache was made (at start, or when its bounds changed).", []string{"result"}, nil),
 		cacheEvictions: prometheus.NewDesc("vakt_token_cache_evictions_total",
@@ -161,11 +165,12 @@ type configCollector struct {
 	info, loaded, fetches, lastSuccess, keys *prometheus.Desc
 
 	cacheLookups, cacheEvictions, cacheEntries, cacheBytes *prometheus.Desc
+	clientFetches, clientLastSuccess                       *prometheus.Desc
 }
 
 func (c configCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.loaded, c.fetches, c.lastSuccess, c.keys,
-		c.cacheLookups, c.cacheEvictions, c.cacheEntries, c.cacheBytes} {
+		c.cacheLookups, c.cacheEvictions, c.cacheEntries, c.cacheBytes, c.clientFetches, c.clientLastSuccess} {
 		ch <- d
 	}
 }
@@ -194,6 +199,16 @@ func (c configCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last, k.provider)
 		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(s.Keys), k.provider)
+	}
+	for _, k := range rt.clientKeys {
+		s := k.keys.Stats()
+		ch <- prometheus.MustNewConstMetric(c.clientFetches, prometheus.CounterValue, float64(s.FetchesOK), k.provider, "ok")
+		ch <- prometheus.MustNewConstMetric(c.clientFetches, prometheus.CounterValue, float64(s.FetchesFailed), k.provider, "error")
+		var last float64
+		if !s.LastSuccess.IsZero() {
+			last = float64(s.LastSuccess.UnixNano()) / 1e9
+		}
+		ch <- prometheus.MustNewConstMetric(c.clientLastSuccess, prometheus.GaugeValue, last, k.provider)
 	}
 }
 

@@ -40,6 +40,7 @@ type Runtime struct {
 	LoadedAt time.Time
 
 	remoteKeys []namedKeys // the identity providers' key sets, for metrics
+	clientKeys []namedKeys // the applications' key sets from a jwksUri, for metrics
 	// notReady is why the resources merged into the runtime keep it out of
 	// rotation (not yet read); nil otherwise.
 	notReady error
@@ -143,7 +144,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		keySets = NewKeySets(ctx, log, opts.Now)
 	}
 	var providers []*authz.Provider
-	var remote []namedKeys
+	var remote, clientKeys []namedKeys
 	for _, ip := range cfg.IdentityProviders {
 		keys, err := keySets.take(ctx, authz.RemoteKeysConfig{
 			Name:         ip.Name,
@@ -225,6 +226,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 				return nil, fmt.Errorf("application %s: %w", a.ID(), err)
 			}
 			clients[a.ID()] = keys
+			clientKeys = append(clientKeys, namedKeys{a.ID(), keys})
 		}
 	}
 	// Applications that did not change are the ones before, with the
@@ -273,8 +275,8 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	keySets.settle(tokens, providers, policy)
 	return &Runtime{
 		LoadedAt:   now(),
-		remoteKeys: remote,
-		Config:     cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
+		remoteKeys: remote, clientKeys: clientKeys,
+		Config: cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
 		Checker: &authz.Checker{Validator: v, Own: config.ProviderTokenX},
 	}, nil
 }
