@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,22 +17,31 @@ import (
 	"github.com/vakt-dev/vakt/server"
 )
 
-// One namespace patching its resource as fast as the API server takes it
-// costs the others nothing they would notice: it is slowed to its
-// namespace's rate, another team's changes still apply at once, and that
-// team's tokens stay in the verified-token cache (the cache outlives every
-// policy change).
-func TestKubeChurn(t *testing.T) {
-	churn := 15 * time.Second
-	if testing.Short() {
-		churn = 5 * time.Second
+// churnRun is what a run of team-b's Checks saw while another namespace
+// did (or did not) churn.
+type churnRun struct {
+	patches, checks int64
+	hits, misses    uint64
+	slowest         time.Duration   // team-b's slowest change, applied to enforced
+	slowed          bool            // the noisy namespace was seen Slowed
+	latencies       []time.Duration // of team-b's Checks, sorted
+}
+
+func (r churnRun) quantile(q float64) time.Duration {
+	if len(r.latencies) == 0 {
+		return 0
 	}
-	e := newKubeEnv(t)
-	e.namespace("noisy")
+	return r.latencies[min(len(r.latencies)-1, int(q*float64(len(r.latencies))))]
+}
+
+// runChurn runs, for d, team-b's Checks of 50 tokens in a loop and its
+// policy changes back and forth; with churn, namespace noisy patches its
+// resource as fast as the API server takes it meanwhile.
+func runChurn(e *kenv, d time.Duration, churn bool) churnRun {
+	t := e.t
+	t.Helper()
 	e.application(appBAllowsApp1)
 	e.until(5*time.Second, "app-b never served", func() bool { return e.status() == 200 })
-
-	// app-b's callers: tokens signed once, Checked over and over.
 	k := e.signer.Keys()[0]
 	var tokens []string
 	for i := range 50 {
@@ -65,33 +75,35 @@ func TestKubeChurn(t *testing.T) {
 	}
 	hits0, misses0 := stats()
 
-	ctx, stop := context.WithTimeout(context.Background(), churn)
+	var r churnRun
+	ctx, stop := context.WithTimeout(context.Background(), d)
 	defer stop()
 	var wg sync.WaitGroup
-	var patches atomic.Int64
-	e.resource("noisy", "app-n", `{"routes":[{"path":"/0","scopes":["read"]}]}`)
-	wg.Go(func() {
-		for i := 1; ctx.Err() == nil; i++ {
-			patch := fmt.Sprintf(`{"spec":{"routes":[{"path":"/%d","scopes":["read"]}]}}`, i)
-			if _, err := e.apps.Namespace("noisy").Patch(ctx, "app-n", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err == nil {
-				patches.Add(1)
+	var patches, checks atomic.Int64
+	if churn {
+		e.resource("noisy", "app-n", `{"routes":[{"path":"/0","scopes":["read"]}]}`)
+		wg.Go(func() {
+			for i := 1; ctx.Err() == nil; i++ {
+				patch := fmt.Sprintf(`{"spec":{"routes":[{"path":"/%d","scopes":["read"]}]}}`, i)
+				if _, err := e.apps.Namespace("noisy").Patch(ctx, "app-n", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err == nil {
+					patches.Add(1)
+				}
 			}
-		}
-	})
-	var checks atomic.Int64
+		})
+	}
 	wg.Go(func() {
 		for i := 0; ctx.Err() == nil; i++ {
+			start := time.Now()
 			check(tokens[i%len(tokens)])
+			r.latencies = append(r.latencies, time.Since(start))
 			checks.Add(1)
 		}
 	})
 	// Meanwhile team-b changes its policy, back and forth: each change is
 	// enforced at once.
-	var slowest time.Duration
-	slowed := false
 	for i := 0; ctx.Err() == nil; i++ {
 		if st, ok := e.state("noisy", "app-n"); ok && st.Reason == ReasonSlowed && st.Served > 0 {
-			slowed = true
+			r.slowed = true
 		}
 		spec, want := appBAllowsNone, 403
 		if i%2 == 1 {
@@ -100,22 +112,68 @@ func TestKubeChurn(t *testing.T) {
 		start := time.Now()
 		e.application(spec)
 		e.until(5*time.Second, "team-b's change was held off by another namespace's churn", func() bool { return check(tokens[0]) == want })
-		slowest = max(slowest, time.Since(start))
+		r.slowest = max(r.slowest, time.Since(start))
 		time.Sleep(500 * time.Millisecond)
 	}
 	wg.Wait()
 	hits, misses := stats()
-	hits, misses = hits-hits0, misses-misses0
-	t.Logf("%d patches of noisy/app-n, %d Checks of team-b's tokens: %d hits, %d misses; team-b's slowest change enforced in %v",
-		patches.Load(), checks.Load(), hits, misses, slowest.Round(time.Millisecond))
-	if ratio := float64(hits) / float64(hits+misses); hits+misses == 0 || ratio < 0.99 {
-		t.Errorf("team-b's tokens: %d hits and %d misses in the cache during the churn, want above 99%% hits", hits, misses)
+	r.hits, r.misses = hits-hits0, misses-misses0
+	r.patches, r.checks = patches.Load(), checks.Load()
+	slices.Sort(r.latencies)
+	return r
+}
+
+// One namespace patching its resource as fast as the API server takes it
+// costs the others nothing they would notice: it is slowed to its
+// namespace's rate, another team's changes still apply at once, and that
+// team's tokens stay in the verified-token cache (the cache outlives every
+// policy change).
+func TestKubeChurn(t *testing.T) {
+	d := 15 * time.Second
+	if testing.Short() {
+		d = 5 * time.Second
 	}
-	if slowest > 2*time.Second {
-		t.Errorf("team-b's slowest change took %v to be enforced", slowest)
+	e := newKubeEnv(t)
+	e.namespace("noisy")
+	r := runChurn(e, d, true)
+	t.Logf("%d patches of noisy/app-n, %d Checks of team-b's tokens: %d hits, %d misses; team-b's slowest change enforced in %v; Check p50 %v, p99 %v",
+		r.patches, r.checks, r.hits, r.misses, r.slowest.Round(time.Millisecond), r.quantile(0.5), r.quantile(0.99))
+	if ratio := float64(r.hits) / float64(r.hits+r.misses); r.hits+r.misses == 0 || ratio < 0.99 {
+		t.Errorf("team-b's tokens: %d hits and %d misses in the cache during the churn, want above 99%% hits", r.hits, r.misses)
 	}
-	// The noisy namespace was slowed, and said so.
-	if !slowed {
-		t.Errorf("noisy/app-n, patched %d times, was never seen Slowed with an earlier generation serving", patches.Load())
+	if r.slowest > 2*time.Second {
+		t.Errorf("team-b's slowest change took %v to be enforced", r.slowest)
+	}
+	if !r.slowed {
+		t.Errorf("noisy/app-n, patched %d times, was never seen Slowed with an earlier generation serving", r.patches)
+	}
+}
+
+// BenchmarkKubeChurn measures team-b's Checks (over gRPC on loopback,
+// against the real API server's resources) for 30 s without and with
+// another namespace patching its resource as fast as the API server takes
+// it, and reports their p50 and p99 and how soon team-b's own changes were
+// enforced. Run it by hand:
+//
+//	go test ./kube -run XXX -bench KubeChurn -benchtime 1x
+func BenchmarkKubeChurn(b *testing.B) {
+	for _, churn := range []bool{false, true} {
+		name := "quiet"
+		if churn {
+			name = "churn"
+		}
+		b.Run(name, func(b *testing.B) {
+			e := newKubeEnv(b)
+			e.namespace("noisy")
+			var r churnRun
+			for b.Loop() {
+				r = runChurn(e, 30*time.Second, churn)
+			}
+			b.ReportMetric(float64(r.quantile(0.5).Microseconds()), "p50-µs")
+			b.ReportMetric(float64(r.quantile(0.99).Microseconds()), "p99-µs")
+			b.ReportMetric(float64(r.slowest.Milliseconds()), "change-ms")
+			b.ReportMetric(float64(r.hits)/float64(max(1, r.hits+r.misses))*100, "hit-%")
+			b.ReportMetric(float64(r.patches), "patches")
+		})
 	}
 }

@@ -143,6 +143,19 @@ func (m *resourceMerger) limiter(ns string, nl config.NamespaceLimits) *rate.Lim
 	return l
 }
 
+// waiting reports whether a namespace's new versions must wait for its
+// rate, and a merge is asked for when they may apply.
+func (m *resourceMerger) waiting(ns string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	if m.now != nil {
+		now = m.now()
+	}
+	l := m.limiters[ns]
+	return l != nil && l.TokensAt(now) < 1 && m.retryAt.After(now)
+}
+
 // retryIn asks for a merge in d, unless one comes sooner.
 func (m *resourceMerger) retryIn(now time.Time, d time.Duration) {
 	if m.retry == nil {

@@ -149,8 +149,14 @@ func NewSource(cfg SourceConfig) *Source {
 				UpdateFunc: func(old, cur any) {
 					o, ok1 := old.(*unstructured.Unstructured)
 					n, ok2 := cur.(*unstructured.Unstructured)
-					if !ok1 || !ok2 || o.GetGeneration() != n.GetGeneration() || o.GetUID() != n.GetUID() ||
-						string(applicationPublished(o)) != string(applicationPublished(n)) {
+					switch {
+					case !ok1 || !ok2 || o.GetUID() != n.GetUID() || string(applicationPublished(o)) != string(applicationPublished(n)):
+						k.changed()
+					case o.GetGeneration() != n.GetGeneration() && !k.merger.waiting(n.GetNamespace()):
+						// A new version in a namespace that must wait is merged
+						// when its rate allows (a merge is asked for then): a
+						// namespace patching in a loop costs a merge per change
+						// it may make, not one per patch.
 						k.changed()
 					}
 				},

@@ -33,7 +33,7 @@ import (
 // kenv is vakt in Kubernetes-native mode against a real API server: the
 // file's applications (app-1) and the cluster's Application resources.
 type kenv struct {
-	t       *testing.T
+	t       testing.TB
 	cluster *kubetest.Cluster
 	client  dynamic.Interface
 	apps    dynamic.NamespaceableResourceInterface
@@ -43,7 +43,7 @@ type kenv struct {
 	check   authv3.AuthorizationClient
 }
 
-func newKubeEnv(t *testing.T) *kenv {
+func newKubeEnv(t testing.TB) *kenv {
 	c := kubetest.Start(t)
 	client, err := dynamic.NewForConfig(c.Config)
 	if err != nil {
