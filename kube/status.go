@@ -133,7 +133,7 @@ func lead(ctx context.Context, c StatusConfig, log *slog.Logger) {
 		}
 		return func(key string) { c.observe(queue, key) }
 	}
-	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue(statusBackoff), failing: map[string]string{}}
+	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue(statusBackoff), logged: map[string]string{}}
 	var wg sync.WaitGroup
 	if c.MakeKeys {
 		// Keys are made beside the status writes, so that neither waits
@@ -160,11 +160,11 @@ type statusWriter struct {
 	// last is the Served whose changes were enqueued last (servedKey's).
 	last  *Served
 	index servedIndex
-	// failing holds the error last logged of each resource whose status
+	// logged holds the error last logged of each resource whose status
 	// could not be written: an error is logged when it changes, not on
 	// every try.
-	mu      sync.Mutex
-	failing map[string]string
+	mu     sync.Mutex
+	logged map[string]string
 }
 
 // run enqueues, until ctx ends, the resources whose status may have to
@@ -352,11 +352,11 @@ func (w *statusWriter) failed(key string, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err == nil {
-		delete(w.failing, key)
+		delete(w.logged, key)
 		return
 	}
-	if msg := err.Error(); msg != w.failing[key] {
-		w.failing[key] = msg
+	if msg := err.Error(); msg != w.logged[key] {
+		w.logged[key] = msg
 		kind, ns, name := splitKey(key)
 		w.log.Warn("kubernetes: a resource's status could not be written; trying again, less and less often", "kind", kind, "namespace", ns, "name", name, "error", err)
 	}
