@@ -10,6 +10,17 @@
 // makes their client keys into Secrets, publishing the public halves where
 // every replica reads them back.
 //
+// The elected replica's two controllers, the status writer and the key
+// provisioner, are client-go's machinery over the Source's informers: each
+// a rate-limited work queue (k8s.io/client-go/util/workqueue) of resource
+// keys, fed by each Served committed, informer events and key problems,
+// drained by its own workers, retried with the queue's exponential
+// backoff and requeued for when a key is due; nothing polls. The election
+// is client-go's leaderelection. Not controller-runtime: every replica
+// runs the informers to serve the policy and only status writes and keys
+// are the leader's, where controller-runtime's manager would add a cache
+// of its own beside the informers and gate all it runs on its election.
+//
 // server knows this package only through server.ResourceSource; cmd/vakt
 // wires the two.
 package kube

@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
@@ -195,30 +196,40 @@ func describe(err error) string {
 }
 
 // keyProvisioner makes, rotates and publishes the client keys of the
-// resources with a secretName. Only the elected replica runs one, in a
-// goroutine of its own (run); the status writer reads its problems.
+// resources with a secretName. Only the elected replica runs one (run):
+// a queue of resource keys and one worker, whose bookkeeping (done,
+// pending, made) is that goroutine's alone; the status writer reads its
+// problems.
 type keyProvisioner struct {
 	client    dynamic.Interface
 	src       *Source
 	log       *slog.Logger
 	now       func() time.Time
 	recordsNS string // vakt's namespace, where Jwkers' keys are published
+	// onProblem, when set, is told of the resource whose problem changed
+	// (the status writer enqueues it).
+	onProblem func(key string)
+	// enqueue adds to run's queue: servedChanged's.
+	enqueue func(key string)
 	// done remembers, per resource, the inputs of its last reconciliation
 	// and when it is due again (a retired key's expiry, or keyResync).
-	done    map[string]provisioned
-	failing map[string]*failure
+	done map[string]provisioned
+	// logged is the problem last logged per resource: logged when it
+	// changes, not on every try.
+	logged map[string]string
 	// pending is a key made and published but not yet in its Secret, kept
 	// across retries of the same request; made is when the last key that
 	// replaced another was made, per object.
-	pending   map[string]*pendingKey
-	made      map[string]time.Time
-	collected time.Time // when collectRecords last ran
+	pending map[string]*pendingKey
+	made    map[string]time.Time
+	// last is the Served whose changes were enqueued last (servedKey's).
+	last  *Served
+	index servedIndex
 
 	mu sync.Mutex
-	// problems says, per resource, why its key could not be made;
-	// changes counts their changes. The status writer reads both.
+	// problems says, per resource, why its key could not be made. The
+	// status writer reads it.
 	problems map[string]string
-	changes  int
 }
 
 type provisioned struct {
@@ -232,47 +243,71 @@ type pendingKey struct {
 	secretName, rotation string
 }
 
+// keyBackoff is a failed key's first wait (a conflict's, most often: read
+// again soon), doubling to maxBackoff.
+const keyBackoff = 200 * time.Millisecond
+
 func newKeyProvisioner(client dynamic.Interface, src *Source, recordsNS string, log *slog.Logger) *keyProvisioner {
 	return &keyProvisioner{client: client, src: src, log: log, now: time.Now, recordsNS: recordsNS,
-		done: map[string]provisioned{}, failing: map[string]*failure{}, pending: map[string]*pendingKey{},
+		done: map[string]provisioned{}, logged: map[string]string{}, pending: map[string]*pendingKey{},
 		made: map[string]time.Time{}, problems: map[string]string{}}
 }
 
-// run provisions, every second, the keys of the configuration in force,
-// until ctx ends (leadership lost, or stopping).
-func (p *keyProvisioner) run(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		if rt := p.src.Served(); rt != nil {
-			p.provision(ctx, rt)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+// run reconciles, until ctx ends (leadership lost, or stopping), the keys
+// of the resources that may need work: those with a secretName (or keys
+// published) in each Served committed whose inputs changed, and every one
+// on a newly elected replica; those whose rotation annotation or published
+// keys changed (informer events); each again when it is due (syncKey); and
+// collectKey every collectEvery.
+func (p *keyProvisioner) run(ctx context.Context, observe func(string)) {
+	q := newQueue(keyBackoff)
+	stopServed := p.src.onServed.add(func() { q.Add(servedKey) })
+	defer stopServed()
+	removeHandlers := p.src.addHandlers(cache.ResourceEventHandlerFuncs{
+		// An addition or a deletion is a reload, and a new Served, away.
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*unstructured.Unstructured)
+			n, ok2 := cur.(*unstructured.Unstructured)
+			if ok1 && ok2 && (o.GetUID() != n.GetUID() || o.GetAnnotations()[AnnotationRotateKey] != n.GetAnnotations()[AnnotationRotateKey] ||
+				string(applicationPublished(o)) != string(applicationPublished(n))) {
+				q.Add(resourceKey(n))
+			}
+		},
+	}, cache.ResourceEventHandlerFuncs{
+		// A Jwker's record: its owner's key.
+		AddFunc:    func(obj any) { p.enqueueOwner(q, obj) },
+		UpdateFunc: func(_, cur any) { p.enqueueOwner(q, cur) },
+		DeleteFunc: func(obj any) { p.enqueueOwner(q, obj) },
+	})
+	defer removeHandlers()
+	p.enqueue = q.Add
+	q.Add(servedKey)
+	q.Add(collectKey)
+	runWorkers(ctx, q, 1, p.syncKey, observe)
+}
+
+// enqueueOwner enqueues the Jwker a record of published keys is for.
+func (p *keyProvisioner) enqueueOwner(q controllerQueue, obj any) {
+	u, ok := objectOf(obj)
+	if !ok {
+		return
+	}
+	if ns, name, ok := strings.Cut(u.GetAnnotations()[annotationOwner], "/"); ok && ns != "" && name != "" {
+		q.Add(config.KindJwker + "/" + ns + "/" + name)
 	}
 }
 
-// problem is why a resource's key could not be made, "" when it was; and
-// the count of changes to the problems.
+// problem is why a resource's key could not be made, "" when it was.
 func (p *keyProvisioner) problem(key string) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.problems[key]
 }
 
-func (p *keyProvisioner) changeCount() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.changes
-}
-
 func (p *keyProvisioner) setProblem(key, msg string) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.problems[key] == msg {
+		p.mu.Unlock()
 		return
 	}
 	if msg == "" {
@@ -280,7 +315,10 @@ func (p *keyProvisioner) setProblem(key, msg string) {
 	} else {
 		p.problems[key] = msg
 	}
-	p.changes++
+	p.mu.Unlock()
+	if p.onProblem != nil {
+		p.onProblem(key)
+	}
 }
 
 // keyTarget is what a resource asks of its key.
@@ -291,115 +329,176 @@ type keyTarget struct {
 	overlap    time.Duration
 }
 
-// provision reconciles the key of every resource with a secretName served
-// in rt, and clears what vakt published for one that no longer has one.
-func (p *keyProvisioner) provision(ctx context.Context, rt *Served) {
-	if rt == nil || rt.Config == nil {
-		return
+// wantsKey reports whether the provisioner has work for a state: a served
+// resource with a secretName, or with keys published to clear.
+func wantsKey(st State) bool {
+	return st.Served != 0 && (st.SecretName != "" || len(st.Resource.Published) > 0)
+}
+
+// syncKey reconciles one resource's key (reconcile, or unpublish when its
+// secretName is gone) when its inputs changed or it is due, and returns
+// how long until it is due again; an error is retried after the queue's
+// backoff (a conflict, read again soon, without a word; another is logged
+// when it changes, and is the resource's problem until it is made).
+// servedKey and collectKey are the queue's own items.
+func (p *keyProvisioner) syncKey(ctx context.Context, key string) (time.Duration, error) {
+	switch key {
+	case servedKey:
+		p.servedChanged()
+		return 0, nil
+	case collectKey:
+		p.collectRecords(ctx)
+		p.prune()
+		return collectEvery, nil
 	}
 	now := p.now()
-	present := map[string]bool{}
-	for _, st := range rt.States {
-		if ctx.Err() != nil {
-			return
+	rt := p.src.Served()
+	st, ok := p.index.state(rt, key)
+	if !ok || rt.Config == nil || !wantsKey(st) {
+		p.forget(key)
+		return 0, nil
+	}
+	r, ok := p.src.lookup(st.Resource.Kind, st.Resource.Namespace, st.Resource.Name)
+	if !ok || r.UID != st.Resource.UID {
+		return 0, nil // deleted, or recreated: the next Served says
+	}
+	cfg := rt.Config
+	t := keyTarget{r: r, secretName: st.SecretName, overlap: cfg.Kubernetes.KeyOverlap.Std(),
+		env: ClientEnv(cfg, authz.AppID{Cluster: cfg.Cluster, Namespace: r.Namespace, Name: r.Name}.String())}
+	fp := t.fingerprint()
+	if _, seen := p.done[key]; !seen {
+		if due, ok := t.settled(now); ok {
+			// A replica newly elected takes what it finds published as
+			// done, to be checked within keyResync: its first pass is
+			// for what needs work, not thousands of reads at once.
+			p.done[key] = provisioned{fingerprint: fp, due: due}
 		}
-		if st.Served == 0 || (st.SecretName == "" && len(st.Resource.Published) == 0) {
+	}
+	if d, ok := p.done[key]; ok && d.fingerprint == fp && now.Before(d.due) {
+		return d.due.Sub(now), nil
+	}
+	var due time.Time
+	var err error
+	if t.secretName == "" {
+		due, err = p.unpublish(ctx, t)
+	} else {
+		due, err = p.reconcile(ctx, t)
+	}
+	switch {
+	case err == nil:
+		delete(p.logged, key)
+		p.setProblem(key, "")
+		// The next check comes a little early or late, so that
+		// resources checked together do not stay together.
+		if d := due.Sub(now); d > time.Minute {
+			due = now.Add(d - time.Duration(rand.Int64N(int64(d/10))))
+		}
+		p.done[key] = provisioned{fingerprint: fp, due: due}
+		return max(due.Sub(now), time.Second), nil
+	case ctx.Err() != nil, apierrors.IsConflict(err):
+		// Stopping; or written by another since read (the status writer,
+		// or a team): read again, soon, without a word.
+		return 0, err
+	default:
+		msg := describe(err)
+		if msg != p.logged[key] {
+			p.logged[key] = msg
+			p.log.Warn("kubernetes: a client key could not be made or published; trying again, less and less often", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "secret", t.secretName, "error", msg)
+		}
+		p.setProblem(key, msg)
+		return 0, err
+	}
+}
+
+// forget drops what the provisioner remembers of a resource it has no
+// work for (gone, not served, no secretName and nothing published).
+func (p *keyProvisioner) forget(key string) {
+	delete(p.done, key)
+	delete(p.logged, key)
+	for k := range p.pending {
+		if strings.HasPrefix(k, key+"#") {
+			delete(p.pending, k)
+		}
+	}
+	for k := range p.made {
+		if strings.HasPrefix(k, key+"#") {
+			delete(p.made, k)
+		}
+	}
+	p.setProblem(key, "")
+}
+
+// prune drops the keys pending for an object no longer served (its
+// resource recreated) and the times of rotations older than keyEvery.
+func (p *keyProvisioner) prune() {
+	now := p.now()
+	rt := p.src.Served()
+	current := func(objKey string) bool {
+		key, uid, _ := strings.Cut(objKey, "#")
+		st, ok := p.index.state(rt, key)
+		return ok && st.Resource.UID == uid && wantsKey(st)
+	}
+	for k := range p.pending {
+		if !current(k) {
+			delete(p.pending, k)
+		}
+	}
+	for k, at := range p.made {
+		if !current(k) || now.Sub(at) > keyEvery {
+			delete(p.made, k)
+		}
+	}
+}
+
+// servedChanged enqueues the resources whose key a new Served may change:
+// those the provisioner has work for whose inputs in it are new or
+// changed (all of them when the configuration's inputs to the Secret
+// changed), and those it had work for that are gone.
+func (p *keyProvisioner) servedChanged() {
+	cur := p.src.Served()
+	prev := p.last
+	p.last = cur
+	if cur == prev || cur == nil {
+		return
+	}
+	before := map[string]State{}
+	all := prev == nil || keyConfig(prev.Config) != keyConfig(cur.Config)
+	if prev != nil {
+		for _, st := range prev.States {
+			if wantsKey(st) {
+				before[st.Resource.key()] = st
+			}
+		}
+	}
+	for _, st := range cur.States {
+		if !wantsKey(st) {
 			continue
 		}
 		key := st.Resource.key()
-		present[key] = true
-		r, ok := p.src.lookup(st.Resource.Kind, st.Resource.Namespace, st.Resource.Name)
-		if !ok || r.UID != st.Resource.UID {
-			continue // deleted, or recreated: the next runtime says
-		}
-		cfg := rt.Config
-		t := keyTarget{r: r, secretName: st.SecretName, overlap: cfg.Kubernetes.KeyOverlap.Std(),
-			env: ClientEnv(cfg, authz.AppID{Cluster: cfg.Cluster, Namespace: r.Namespace, Name: r.Name}.String())}
-		fp := t.fingerprint()
-		if _, seen := p.done[key]; !seen {
-			if due, ok := t.settled(now); ok {
-				// A replica newly elected takes what it finds published as
-				// done, to be checked within keyResync: its first pass is
-				// for what needs work, not thousands of reads at once.
-				p.done[key] = provisioned{fingerprint: fp, due: due}
-			}
-		}
-		if d, ok := p.done[key]; ok && d.fingerprint == fp && now.Before(d.due) {
-			continue
-		}
-		if f := p.failing[key]; f != nil && now.Before(f.next) {
-			continue
-		}
-		var due time.Time
-		var err error
-		if t.secretName == "" {
-			due, err = p.unpublish(ctx, t)
-		} else {
-			due, err = p.reconcile(ctx, t)
-		}
-		switch {
-		case err == nil:
-			delete(p.failing, key)
-			p.setProblem(key, "")
-			// The next check comes a little early or late, so that
-			// resources checked together do not stay together.
-			if d := due.Sub(now); d > time.Minute {
-				due = now.Add(d - time.Duration(rand.Int64N(int64(d/10))))
-			}
-			p.done[key] = provisioned{fingerprint: fp, due: due}
-		case ctx.Err() != nil:
-			return
-		case apierrors.IsConflict(err):
-			// Written by another since read (the status writer, or a
-			// team): read again, soon, without a word; less soon each time.
-			f := p.failing[key]
-			if f == nil {
-				f = &failure{}
-				p.failing[key] = f
-			}
-			f.wait = min(max(2*f.wait, 200*time.Millisecond), 5*time.Second)
-			f.next = now.Add(f.wait)
-		default:
-			f := p.failing[key]
-			if f == nil {
-				f = &failure{}
-				p.failing[key] = f
-			}
-			f.wait = min(max(2*f.wait, time.Second), 5*time.Minute)
-			f.next = now.Add(f.wait)
-			msg := describe(err)
-			if msg != f.err {
-				f.err = msg
-				p.log.Warn("kubernetes: a client key could not be made or published; trying again, less and less often", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "secret", t.secretName, "error", msg)
-			}
-			p.setProblem(key, msg)
+		old, ok := before[key]
+		delete(before, key)
+		if all || !ok || keyState(old) != keyState(st) {
+			p.enqueue(key)
 		}
 	}
-	for key := range p.done {
-		if !present[key] {
-			delete(p.done, key)
-			delete(p.failing, key)
-		}
+	for key := range before {
+		p.enqueue(key) // forgotten
 	}
-	for key := range p.pending {
-		if !present[strings.SplitN(key, "#", 2)[0]] {
-			delete(p.pending, key)
-		}
+}
+
+// keyConfig is what of a configuration goes into its keys' Secrets and
+// records.
+func keyConfig(cfg *config.Config) string {
+	if cfg == nil {
+		return ""
 	}
-	for key, at := range p.made {
-		if !present[strings.SplitN(key, "#", 2)[0]] || now.Sub(at) > keyEvery {
-			delete(p.made, key)
-		}
-	}
-	p.mu.Lock()
-	for key := range p.problems {
-		if !present[key] {
-			delete(p.problems, key)
-			p.changes++
-		}
-	}
-	p.mu.Unlock()
-	p.collectRecords(ctx)
+	return fmt.Sprint(ClientEnv(cfg, ""), "\n", cfg.Cluster, "\n", cfg.Kubernetes.KeyOverlap.Std())
+}
+
+// keyState is what of a state goes into its key.
+func keyState(st State) string {
+	r := st.Resource
+	return fmt.Sprintf("%s\n%s\n%s\n%s", r.UID, st.SecretName, r.RotateKey, r.Published)
 }
 
 // fingerprint names a target's inputs: a change reconciles it at once.
@@ -710,13 +809,12 @@ func (p *keyProvisioner) unpublish(ctx context.Context, t keyTarget) (time.Time,
 	return now.Add(keyResync), nil
 }
 
-// collectRecords deletes the published keys of Jwkers that are gone; once
-// a minute at most.
+// collectRecords deletes the published keys of Jwkers that are gone
+// (collectKey's, every collectEvery).
 func (p *keyProvisioner) collectRecords(ctx context.Context) {
-	if p.src.records == nil || !p.src.Synced() || p.now().Sub(p.collected) < time.Minute {
+	if p.src.records == nil || !p.src.Synced() {
 		return
 	}
-	p.collected = p.now()
 	for _, obj := range p.src.records.GetStore().List() {
 		rec, ok := obj.(*unstructured.Unstructured)
 		if !ok || ctx.Err() != nil {

@@ -500,6 +500,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 	p := newKeyProvisioner(e.client, r.src, "vakt", quiet)
 	p.now = func() time.Time { return clock }
 	ctx := context.Background()
+	key := config.KindJwker + "/team-a/app-x"
 	jwker := func(secret string) {
 		e.apply(jwkersGVR, "team-a", `{"apiVersion":"nais.io/v1","kind":"Jwker","metadata":{"name":"app-x","namespace":"team-a"},"spec":{"accessPolicy":{},"secretName":"`+secret+`"}}`)
 		e.until(10*time.Second, "the Jwker never served with "+secret, func() bool {
@@ -511,13 +512,14 @@ func TestKubeKeyOverlap(t *testing.T) {
 			return false
 		})
 	}
-	// provision runs the provisioner until the runtime serves keys as
+	// provision reconciles the Jwker's key (syncKey, what the elected
+	// replica's queue runs for it) until the runtime serves keys as
 	// published: n of them.
 	provision := func(n int) []string {
 		t.Helper()
 		var kids []string
 		e.until(10*time.Second, fmt.Sprintf("never %d keys served", n), func() bool {
-			if p.provision(ctx, r.src.Served()); len(p.problems) > 0 {
+			if _, _ = p.syncKey(ctx, key); len(p.problems) > 0 {
 				t.Fatalf("problems: %v", p.problems)
 			}
 			kids, _ = e.published(jwkersGVR, "team-a", "app-x")
@@ -558,7 +560,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 	// Within the overlap both Secrets stay; after it, the old key and its
 	// Secret go.
 	clock = clock.Add(59 * time.Minute)
-	p.provision(ctx, r.src.Served())
+	_, _ = p.syncKey(ctx, key)
 	if d, _ := e.secret("team-a", "tokenx-app-x-1"); d == nil {
 		t.Fatal("the earlier Secret was deleted within the overlap")
 	}
@@ -583,7 +585,7 @@ func TestKubeKeyOverlap(t *testing.T) {
 		})
 		if i > 0 {
 			before, _ := e.published(jwkersGVR, "team-a", "app-x")
-			p.provision(ctx, r.src.Served())
+			_, _ = p.syncKey(ctx, key)
 			if after, _ := e.published(jwkersGVR, "team-a", "app-x"); !slices.Equal(before, after) {
 				t.Fatalf("rotation %d within %v of the one before: %v, was %v", i, keyEvery, after, before)
 			}
@@ -613,12 +615,12 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		return false
 	})
 	admin := newKeyProvisioner(e.client, r.src, "vakt", quiet)
+	key := config.KindApplication + "/team-a/app-r"
 	e.until(10*time.Second, "no first key", func() bool {
-		admin.provision(ctx, r.src.Served())
+		_, _ = admin.syncKey(ctx, key)
 		return len(r.served(config.KindApplication, "team-a", "app-r")) == 1
 	})
 	first := e.secretKey("team-a", "app-r-tokenx")
-	key := config.KindApplication + "/team-a/app-r"
 	// A replica newly elected, whose account may not read anything yet,
 	// takes the complete record as done: no read at once, so no problem.
 	none, err := dynamic.NewForConfig(e.cluster.TokenFor(t, "prov"))
@@ -630,7 +632,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		return ok && len(got.Published) > 0
 	})
 	fresh := newKeyProvisioner(none, r.src, "vakt", quiet)
-	fresh.provision(ctx, r.src.Served())
+	_, _ = fresh.syncKey(ctx, key)
 	if d, ok := fresh.done[key]; !ok || fresh.problem(key) != "" || d.due.After(time.Now().Add(keyResync)) {
 		t.Fatalf("a new leader's first pass over a settled key: done %v %v, problem %q", d, ok, fresh.problem(key))
 	}
@@ -654,13 +656,13 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		return ok && got.RotateKey == "r1"
 	})
 	e.until(10*time.Second, "publishing was never refused", func() bool {
-		p.provision(ctx, r.src.Served())
+		_, _ = p.syncKey(ctx, key)
 		return strings.Contains(p.problem(key), "publishing the keys: Forbidden (HTTP 403)")
 	})
 	var pending string
 	for range 3 {
-		clock = clock.Add(10 * time.Minute) // past any backoff
-		p.provision(ctx, r.src.Served())
+		clock = clock.Add(10 * time.Minute) // the backoff is the queue's: each syncKey tries
+		_, _ = p.syncKey(ctx, key)
 		if k := e.secretKey("team-a", "app-r-tokenx"); k.ID != first.ID {
 			t.Fatalf("the Secret holds %s, not yet published", k.ID)
 		}
@@ -675,7 +677,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 		`,{"apiGroups":["vakt.dev"],"resources":["applications/status"],"verbs":["patch"]}]}`)
 	e.until(20*time.Second, "granted, the rotation never completed", func() bool {
 		clock = clock.Add(10 * time.Minute)
-		p.provision(ctx, r.src.Served())
+		_, _ = p.syncKey(ctx, key)
 		kids, rec := e.published(applicationsGVR, "team-a", "app-r")
 		return slices.Equal(kids, []string{pending, first.ID}) && rec.Rotation == "r1"
 	})
@@ -689,7 +691,7 @@ func TestKubeKeyPublishedFirst(t *testing.T) {
 	// secretName removed: the keys vakt published and its Secret go.
 	e.apply(applicationsGVR, "team-a", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-r","namespace":"team-a"},"spec":{"hosts":["app-r.example"]}}`)
 	e.until(20*time.Second, "the keys outlived secretName", func() bool {
-		admin.provision(ctx, r.src.Served())
+		_, _ = admin.syncKey(ctx, key)
 		kids, _ := e.published(applicationsGVR, "team-a", "app-r")
 		d, _ := e.secret("team-a", "app-r-tokenx")
 		return len(kids) == 0 && d == nil

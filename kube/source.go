@@ -75,6 +75,9 @@ type Source struct {
 	// became of each resource in it: the status writer and the key
 	// provisioner work from it.
 	served atomic.Pointer[Served]
+	// onServed are told of each Served committed: the elected replica's
+	// status writer and key provisioner.
+	onServed servedHooks
 }
 
 // Served is what a configuration in force holds of the cluster's
@@ -510,6 +513,7 @@ func (k *Source) Merge(cfg *config.Config, servingOnly bool) (commit func(), not
 	return func() {
 		accept()
 		k.served.Store(&Served{Config: cfg, States: states})
+		k.onServed.notify()
 	}, notReady
 }
 

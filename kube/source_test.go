@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -568,8 +569,8 @@ func TestKubeStatusWriter(t *testing.T) {
 }
 
 // A status the API server refuses (here: no RBAC for applications/status)
-// is tried again after a doubling wait and logged once per error, not
-// every 200 ms; granted the permission, it is written.
+// is tried again after a doubling wait (the work queue's backoff) and
+// logged once per error; granted the permission, it is written.
 func TestKubeStatusWriterBackoff(t *testing.T) {
 	c := kubetest.Start(t, kubetest.WithUser("writer"))
 	admin, err := dynamic.NewForConfig(c.Config)
@@ -595,10 +596,8 @@ func TestKubeStatusWriterBackoff(t *testing.T) {
 	src := &Source{}
 	src.served.Store(&Served{Config: &config.Config{Cluster: "dev-gcp"}, States: []State{{Resource: Resource{Kind: config.KindApplication, Namespace: "team-b", Name: "app-b", UID: string(u.GetUID()), Generation: u.GetGeneration()}, Served: u.GetGeneration()}}})
 	rc := c.TokenFor(t, "writer")
-	client, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tries := &requestLog{}
+	client := tries.client(t, rc)
 	logs := &lockedBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -614,9 +613,25 @@ func TestKubeStatusWriterBackoff(t *testing.T) {
 		defer logs.mu.Unlock()
 		return strings.Contains(logs.b.String(), warning)
 	})
-	time.Sleep(3 * time.Second) // 15 tries at 200 ms; with the backoff, 2 or 3
+	time.Sleep(3 * time.Second) // 15 tries at 200 ms; with the backoff, 3 or 4
 	if n := len(logs.lines(t, warning)); n != 1 {
 		t.Fatalf("the same error logged %d times", n)
+	}
+	tries.mu.Lock()
+	var at []time.Time
+	for _, r := range tries.reqs {
+		if r.method == http.MethodPatch && strings.HasSuffix(r.path, "/applications/app-b/status") {
+			at = append(at, r.at)
+		}
+	}
+	tries.mu.Unlock()
+	if len(at) < 3 || len(at) > 5 {
+		t.Fatalf("%d tries in about 3 s, want 3 to 5 (a wait of %v, doubling)", len(at), statusBackoff)
+	}
+	for i := 2; i < len(at); i++ {
+		if prev, gap := at[i-1].Sub(at[i-2]), at[i].Sub(at[i-1]); gap < prev*3/2 {
+			t.Errorf("try %d came %v after the one before, which came %v after its own: the wait did not grow", i+1, gap, prev)
+		}
 	}
 	if cond, _ := e.readyCondition(); cond != nil {
 		t.Fatalf("a status was written without the permission: %v", cond)

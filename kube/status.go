@@ -6,14 +6,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
@@ -41,7 +47,22 @@ type StatusConfig struct {
 	// The election's timing; 15 s, 10 s and 2 s when zero.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	Logger                                    *slog.Logger
+
+	// observe, when set, is told of every item the controllers' workers
+	// reconcile: queue "status" or "keys", and the item (tests).
+	observe func(queue, key string)
 }
+
+// Backoff and workers of the status writer's queue.
+const (
+	// statusBackoff is a refused status write's first wait, doubling to
+	// maxBackoff.
+	statusBackoff = 500 * time.Millisecond
+	// statusWorkers write statuses at once: one slow write (a webhook's
+	// timeout) does not hold the others back. The client's rate limit
+	// bounds them together.
+	statusWorkers = 2
+)
 
 // RunStatusWriter takes part in the election of the replica that writes
 // status until ctx ends. While this replica leads, it writes each
@@ -60,26 +81,20 @@ func RunStatusWriter(ctx context.Context, c StatusConfig) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes: the status writer's lease: %w", err)
 	}
+	// The elector starts OnStartedLeading in a goroutine it does not wait
+	// for: the callback hands the term to a goroutine of this function's,
+	// which leads one term at a time (a term won again waits for the last
+	// one's controllers to stop) and is joined before it returns.
+	terms := make(chan context.Context)
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock: lock, LeaseDuration: lease, RenewDeadline: renew, RetryPeriod: retry, ReleaseOnCancel: true,
 		Name: c.LeaseName,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(lctx context.Context) {
-				log.Info("kubernetes: this replica writes the resources' status", "identity", c.Identity)
-				w := &statusWriter{client: c.Client, src: c.Source, log: log, written: map[string]writtenStatus{}, failing: map[string]*failure{}}
-				var keys sync.WaitGroup
-				if c.MakeKeys {
-					// Keys are made beside the status writes, so that neither
-					// waits for the other.
-					kc := c.KeysClient
-					if kc == nil {
-						kc = c.Client
-					}
-					w.keys = newKeyProvisioner(kc, c.Source, c.LeaseNamespace, log)
-					keys.Go(func() { w.keys.run(lctx) })
+				select {
+				case terms <- lctx:
+				case <-lctx.Done():
 				}
-				w.run(lctx)
-				keys.Wait()
 			},
 			OnStoppedLeading: func() { log.Info("kubernetes: this replica no longer writes status", "identity", c.Identity) },
 		},
@@ -87,67 +102,102 @@ func RunStatusWriter(ctx context.Context, c StatusConfig) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes: the status writer's election: %w", err)
 	}
+	var leader sync.WaitGroup
+	leader.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case lctx := <-terms:
+				log.Info("kubernetes: this replica writes the resources' status", "identity", c.Identity)
+				lead(lctx, c, log)
+			}
+		}
+	})
 	// Run returns when leadership is lost: stand again until ctx ends.
 	for ctx.Err() == nil {
 		le.Run(ctx)
 	}
+	leader.Wait()
 	return nil
 }
 
+// lead runs the elected replica's controllers, the status writer and the
+// key provisioner, each with its own queue and workers, until ctx ends
+// (leadership lost, or stopping); it returns once all their goroutines
+// have.
+func lead(ctx context.Context, c StatusConfig, log *slog.Logger) {
+	observe := func(queue string) func(string) {
+		if c.observe == nil {
+			return nil
+		}
+		return func(key string) { c.observe(queue, key) }
+	}
+	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue(statusBackoff), logged: map[string]string{}}
+	var wg sync.WaitGroup
+	if c.MakeKeys {
+		// Keys are made beside the status writes, so that neither waits
+		// for the other.
+		kc := c.KeysClient
+		if kc == nil {
+			kc = c.Client
+		}
+		w.keys = newKeyProvisioner(kc, c.Source, c.LeaseNamespace, log)
+		w.keys.onProblem = w.queue.Add
+		wg.Go(func() { w.keys.run(ctx, observe("keys")) })
+	}
+	wg.Go(func() { w.run(ctx, observe("status")) })
+	wg.Wait()
+}
+
+// statusWriter writes the resources' status while its replica leads.
 type statusWriter struct {
 	client dynamic.Interface
 	log    *slog.Logger
 	src    *Source         // what is served, and the status as it stands
 	keys   *keyProvisioner // nil unless it makes keys
-	// written is each resource's status as last written.
-	written map[string]writtenStatus
-	// failing holds the resources whose status could not be written: each
-	// is tried again after a wait that doubles, to 5 minutes, and its error
-	// is logged when it changes, not on every try.
-	failing map[string]*failure
+	queue  controllerQueue // keys of the resources whose status to check
+	// last is the Served whose changes were enqueued last (servedKey's).
+	last  *Served
+	index servedIndex
+	// logged holds the error last logged of each resource whose status
+	// could not be written: an error is logged when it changes, not on
+	// every try.
+	mu     sync.Mutex
+	logged map[string]string
 }
 
-type failure struct {
-	next time.Time
-	wait time.Duration
-	err  string
-}
-
-// writtenStatus is a status as last written, to write only changes and
-// keep each condition's lastTransitionTime while its status stands.
-type writtenStatus struct {
-	uid       string
-	sig       string            // what was written, but for times
-	statuses  map[string]string // condition type → status
-	changedAt map[string]string // condition type → lastTransitionTime
-}
-
-func (w *statusWriter) run(ctx context.Context) {
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	var last *Served
-	problems := 0
-	for {
-		rt := w.src.Served()
-		changed := false
-		if w.keys != nil {
-			if n := w.keys.changeCount(); n != problems {
-				problems, changed = n, true
-			}
-		}
-		if rt != nil && (rt != last || changed) {
-			if w.write(ctx, rt) {
-				last = rt // every status written; else try again
-			} else {
-				last = nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// run enqueues, until ctx ends, the resources whose status may have to
+// change: those whose status is new or changes with each Served committed,
+// those whose status changed under it (an informer event; on a newly
+// elected replica, every resource once, read from the cache), and those
+// whose key problem changed (keyProvisioner.onProblem); its workers write
+// them.
+func (w *statusWriter) run(ctx context.Context, observe func(string)) {
+	q := w.queue
+	stopServed := w.src.onServed.add(func() { q.Add(servedKey) })
+	defer stopServed()
+	enqueue := func(obj any) {
+		if u, ok := objectOf(obj); ok {
+			q.Add(resourceKey(u))
 		}
 	}
+	removeHandlers := w.src.addHandlers(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue,
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*unstructured.Unstructured)
+			n, ok2 := cur.(*unstructured.Unstructured)
+			// A change of the status, or of the object: not of the spec
+			// or an annotation alone (a new Served says what those make).
+			if !ok1 || !ok2 || o.GetUID() != n.GetUID() || !equality.Semantic.DeepEqual(o.Object["status"], n.Object["status"]) {
+				enqueue(cur)
+			}
+		},
+		DeleteFunc: enqueue,
+	}, nil)
+	defer removeHandlers()
+	q.Add(servedKey)
+	runWorkers(ctx, q, statusWorkers, w.sync, observe)
 }
 
 // condition is a status condition as vakt writes it.
@@ -226,168 +276,234 @@ func (w *statusWriter) statusOf(st State, cluster string) (fields map[string]any
 	return map[string]any{"observedGeneration": r.Generation}, conds, true
 }
 
-// write writes every status that changed; false when one is still to be
-// written (it failed, and waits to be tried again).
-func (w *statusWriter) write(ctx context.Context, rt *Served) bool {
-	ok := true
-	now := time.Now()
-	stamp := now.UTC().Format(time.RFC3339)
+// sync writes one resource's status when what vakt owns of it is not as
+// statusOf says; servedKey enqueues what a new Served changed.
+func (w *statusWriter) sync(ctx context.Context, key string) (time.Duration, error) {
+	if key == servedKey {
+		w.servedChanged()
+		return 0, nil
+	}
+	rt := w.src.Served()
+	st, ok := w.index.state(rt, key)
+	if !ok {
+		w.failed(key, nil) // not served: nothing to write
+		return 0, nil
+	}
 	cluster := ""
 	if rt.Config != nil {
 		cluster = rt.Config.Cluster
 	}
-	present := make(map[string]bool, len(rt.States))
-	for _, st := range rt.States {
-		if ctx.Err() != nil {
-			return false // no longer leading, or stopping
-		}
-		r := st.Resource
-		present[r.key()] = true
-		if f := w.failing[r.key()]; f != nil && now.Before(f.next) {
-			ok = false
-			continue
-		}
-		fields, conds, ready := w.statusOf(st, cluster)
-		if !ready {
-			continue
-		}
-		sig := sigOf(fields, conds)
-		prev, seen := w.written[r.key()]
-		if !seen || prev.uid != r.UID {
-			// A new writer (this replica was just elected) starts from the
-			// status as it stands: no write when it says what would be
-			// written, and each condition's lastTransitionTime kept.
-			if uid, st, ok := w.src.status(r.Kind, r.Namespace, r.Name); ok && uid == r.UID {
-				prev, seen = observedStatus(r, st), true
-			}
-		}
-		if seen && prev.uid == r.UID && prev.sig == sig {
-			continue
-		}
-		want := writtenStatus{uid: r.UID, sig: sig, statuses: map[string]string{}, changedAt: map[string]string{}}
-		status := map[string]any{}
-		for k, v := range fields {
-			status[k] = v
-		}
-		gvr, kind, apiVersion := applicationsGVR, config.KindApplication, config.ResourceGroup+"/"+config.ResourceVersion
-		if r.Kind == config.KindJwker {
-			gvr, kind, apiVersion = jwkersGVR, config.KindJwker, config.JwkerGroup+"/"+config.JwkerVersion
-			status["synchronizationTimestamp"] = stamp
-		}
-		if len(conds) > 0 {
-			list := make([]any, 0, len(conds))
-			for _, c := range conds {
-				// A condition's lastTransitionTime moves only when its status does.
-				at := stamp
-				if seen && prev.uid == r.UID && prev.statuses[c.typ] == c.status {
-					at = prev.changedAt[c.typ]
-				}
-				want.statuses[c.typ], want.changedAt[c.typ] = c.status, at
-				list = append(list, map[string]any{
-					"type": c.typ, "status": c.status, "reason": c.reason, "message": c.message,
-					"observedGeneration": r.Generation, "lastTransitionTime": at,
-				})
-			}
-			status["conditions"] = list
-		}
-		obj := &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": apiVersion,
-			"kind":       kind,
-			// The uid makes the write a precondition: never the status of a
-			// namesake created since.
-			"metadata": map[string]any{"name": r.Name, "namespace": r.Namespace, "uid": r.UID},
-			"status":   status,
-		}}
-		_, err := w.client.Resource(gvr).Namespace(r.Namespace).ApplyStatus(ctx, r.Name, obj, metav1.ApplyOptions{FieldManager: "vakt", Force: true})
-		switch {
-		case err == nil:
-			delete(w.failing, r.key())
-			w.written[r.key()] = want
-		case ctx.Err() != nil:
-			return false
-		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-			// Deleted, or recreated under the name: the next runtime says.
-			w.written[r.key()] = want
-		default:
-			f := w.failing[r.key()]
-			if f == nil {
-				f = &failure{}
-				w.failing[r.key()] = f
-			}
-			f.wait = min(max(2*f.wait, time.Second), 5*time.Minute)
-			f.next = now.Add(f.wait)
-			if msg := err.Error(); msg != f.err {
-				f.err = msg
-				w.log.Warn("kubernetes: a resource's status could not be written; trying again, less and less often", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "error", err)
-			}
-			ok = false
-		}
+	fields, conds, ready := w.statusOf(st, cluster)
+	if !ready {
+		w.failed(key, nil)
+		return 0, nil
 	}
-	if ok {
-		// Forget what was written of resources no longer there.
-		for key := range w.written {
-			if !present[key] {
-				delete(w.written, key)
-			}
+	r := st.Resource
+	// The status as it stands, as the informer has it: a newly elected
+	// writer starts from it, writing nothing when it says what would be
+	// written (each condition's lastTransitionTime kept).
+	var observed map[string]any
+	if uid, o, ok := w.src.status(r.Kind, r.Namespace, r.Name); ok {
+		if uid != r.UID {
+			w.failed(key, nil)
+			return 0, nil // recreated since: the next Served says
 		}
+		observed = o
 	}
-	return ok
-}
-
-// sigOf is what a status says but for its times: a write is skipped when
-// it would not change it.
-func sigOf(fields map[string]any, conds []condition) string {
-	type cond struct{ Type, Status, Reason, Message string }
-	cs := make([]cond, 0, len(conds))
-	for _, c := range conds {
-		cs = append(cs, cond{c.typ, c.status, c.reason, c.message})
+	now := time.Now()
+	status, changed := desiredStatus(r, fields, conds, observed, now)
+	if !changed {
+		w.failed(key, nil)
+		return 0, nil
 	}
-	f := make(map[string]any, len(fields))
-	for k, v := range fields {
-		if k != "synchronizationTimestamp" {
-			f[k] = v
-		}
-	}
-	b, _ := json.Marshal(struct {
-		F map[string]any
-		C []cond
-	}{f, cs})
-	return string(b)
-}
-
-// observedStatus is a resource's status as the informer holds it, in the
-// form of what vakt writes: the fields and conditions vakt owns.
-func observedStatus(r Resource, st map[string]any) writtenStatus {
-	ws := writtenStatus{uid: r.UID, statuses: map[string]string{}, changedAt: map[string]string{}}
-	fields := map[string]any{}
-	names := []string{"observedGeneration"}
+	gvr, kind, apiVersion := applicationsGVR, config.KindApplication, config.ResourceGroup+"/"+config.ResourceVersion
 	if r.Kind == config.KindJwker {
-		names = append(names, "clientID", "keyIDs", "synchronizationState", "synchronizationSecretName")
+		gvr, kind, apiVersion = jwkersGVR, config.KindJwker, config.JwkerGroup+"/"+config.JwkerVersion
+		status["synchronizationTimestamp"] = now.UTC().Format(time.RFC3339)
 	}
-	for _, n := range names {
-		if v, ok := st[n]; ok {
-			fields[n] = v
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": apiVersion,
+		"kind":       kind,
+		// The uid makes the write a precondition: never the status of a
+		// namesake created since.
+		"metadata": map[string]any{"name": r.Name, "namespace": r.Namespace, "uid": r.UID},
+		"status":   status,
+	}}
+	_, err := w.client.Resource(gvr).Namespace(r.Namespace).ApplyStatus(ctx, r.Name, obj, metav1.ApplyOptions{FieldManager: "vakt", Force: true})
+	switch {
+	case err == nil:
+		w.failed(key, nil)
+		return 0, nil
+	case ctx.Err() != nil:
+		return 0, err // no longer leading, or stopping
+	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+		// Deleted, or recreated under the name: the next Served says.
+		w.failed(key, nil)
+		return 0, nil
+	default:
+		w.failed(key, err)
+		return 0, err // tried again after the queue's backoff
+	}
+}
+
+// failed logs a resource's error when it is not the one logged last; nil
+// forgets it.
+func (w *statusWriter) failed(key string, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err == nil {
+		delete(w.logged, key)
+		return
+	}
+	if msg := err.Error(); msg != w.logged[key] {
+		w.logged[key] = msg
+		kind, ns, name := splitKey(key)
+		w.log.Warn("kubernetes: a resource's status could not be written; trying again, less and less often", "kind", kind, "namespace", ns, "name", name, "error", err)
+	}
+}
+
+// splitKey is a resource key's kind, namespace and name.
+func splitKey(key string) (kind, namespace, name string) {
+	kind, rest, _ := strings.Cut(key, "/")
+	namespace, name, _ = strings.Cut(rest, "/")
+	return kind, namespace, name
+}
+
+// servedChanged enqueues the resources whose status a new Served changes:
+// new ones, ones whose status it says differently, and ones gone (their
+// failures forgotten).
+func (w *statusWriter) servedChanged() {
+	cur := w.src.Served()
+	prev := w.last
+	w.last = cur
+	if cur == prev || cur == nil {
+		return
+	}
+	before := statesByKey(prev)
+	for _, st := range cur.States {
+		key := st.Resource.key()
+		if i, ok := before[key]; ok {
+			delete(before, key)
+			if w.sameStatus(prev.States[i], prev.Config, st, cur.Config) {
+				continue
+			}
+		}
+		w.queue.Add(key)
+	}
+	for key := range before {
+		w.queue.Add(key)
+	}
+}
+
+// sameStatus reports whether statusOf says the same of two states of a
+// resource, in the configurations they were merged into.
+func (w *statusWriter) sameStatus(a State, ca *config.Config, b State, cb *config.Config) bool {
+	if a.Resource.UID != b.Resource.UID {
+		return false
+	}
+	cluster := func(c *config.Config) string {
+		if c == nil {
+			return ""
+		}
+		return c.Cluster
+	}
+	fa, conda, oka := w.statusOf(a, cluster(ca))
+	fb, condb, okb := w.statusOf(b, cluster(cb))
+	return oka == okb && slices.Equal(conda, condb) && sameJSON(fa, fb)
+}
+
+// sameJSON reports whether two values are the same JSON (an int64 of a
+// status as written and as read back are).
+func sameJSON(a, b any) bool {
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && string(ja) == string(jb)
+}
+
+// vaktConditions are the condition types the status writer owns: one
+// statusOf no longer asks for is removed.
+var vaktConditions = []string{"Ready", "ClientKey"}
+
+// ownedFields are the fields of a kind's status the status writer owns,
+// but its conditions and synchronizationTimestamp.
+func ownedFields(kind string) []string {
+	if kind == config.KindJwker {
+		return []string{"observedGeneration", "clientID", "keyIDs", "synchronizationState", "synchronizationSecretName"}
+	}
+	return []string{"observedGeneration"}
+}
+
+// desiredStatus is the status to apply for a resource (what the field
+// manager vakt owns of it: fields and conditions), from statusOf's fields
+// and conditions and the status observed (nil when unknown), and whether
+// it changes what vakt owns. Conditions are merged into the observed ones
+// with meta.SetStatusCondition: a condition's lastTransitionTime moves
+// only when its status does.
+func desiredStatus(r Resource, fields map[string]any, want []condition, observed map[string]any, now time.Time) (map[string]any, bool) {
+	changed := observed == nil
+	status := maps.Clone(fields)
+	if status == nil {
+		status = map[string]any{}
+	}
+	for _, f := range ownedFields(r.Kind) {
+		if !sameJSON(fields[f], observed[f]) {
+			changed = true
 		}
 	}
-	var conds []condition
-	list, _ := st["conditions"].([]any)
+	conds := observedConditions(observed)
+	for _, c := range want {
+		if meta.SetStatusCondition(&conds, metav1.Condition{
+			Type: c.typ, Status: metav1.ConditionStatus(c.status), Reason: c.reason, Message: c.message,
+			ObservedGeneration: r.Generation, LastTransitionTime: metav1.NewTime(now),
+		}) {
+			changed = true
+		}
+	}
+	for _, typ := range vaktConditions {
+		if !slices.ContainsFunc(want, func(c condition) bool { return c.typ == typ }) && meta.RemoveStatusCondition(&conds, typ) {
+			changed = true
+		}
+	}
+	if len(conds) > 0 {
+		list := make([]any, 0, len(conds))
+		for _, c := range conds {
+			list = append(list, map[string]any{
+				"type": c.Type, "status": string(c.Status), "reason": c.Reason, "message": c.Message,
+				"observedGeneration": c.ObservedGeneration, "lastTransitionTime": c.LastTransitionTime.UTC().Format(time.RFC3339),
+			})
+		}
+		status["conditions"] = list
+	}
+	return status, changed
+}
+
+// observedConditions are the conditions of vakt's types in a status as the
+// informer holds it; one without a readable lastTransitionTime is left
+// out, to be written anew.
+func observedConditions(status map[string]any) []metav1.Condition {
+	list, _ := status["conditions"].([]any)
+	var out []metav1.Condition
 	for _, c := range list {
 		m, ok := c.(map[string]any)
 		if !ok {
 			continue
 		}
 		typ, _ := m["type"].(string)
-		if typ != "Ready" && typ != "ClientKey" {
+		if !slices.Contains(vaktConditions, typ) {
 			continue // not vakt's
 		}
-		cd := condition{typ: typ}
-		cd.status, _ = m["status"].(string)
-		cd.reason, _ = m["reason"].(string)
-		cd.message, _ = m["message"].(string)
-		conds = append(conds, cd)
-		ws.statuses[typ] = cd.status
-		ws.changedAt[typ], _ = m["lastTransitionTime"].(string)
+		at, _ := m["lastTransitionTime"].(string)
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			continue
+		}
+		cd := metav1.Condition{Type: typ, LastTransitionTime: metav1.NewTime(t)}
+		s, _ := m["status"].(string)
+		cd.Status = metav1.ConditionStatus(s)
+		cd.Reason, _ = m["reason"].(string)
+		cd.Message, _ = m["message"].(string)
+		cd.ObservedGeneration, _ = m["observedGeneration"].(int64)
+		out = append(out, cd)
 	}
-	ws.sig = sigOf(fields, conds)
-	return ws
+	return out
 }
