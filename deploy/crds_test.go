@@ -444,6 +444,15 @@ func statusSchema(t *testing.T) map[string]any {
 				"type":        "string",
 				"description": "The Secret vakt made the application's client key in.",
 			},
+			"served": map[string]any{
+				"type":        "object",
+				"description": "The version of the spec that serves, when one does: the latest, or an earlier one while the latest is refused. Every replica of vakt, a new one too, falls back on it.",
+				"required":    []any{"generation", "spec"},
+				"properties": map[string]any{
+					"generation": map[string]any{"type": "integer", "format": "int64", "minimum": 1},
+					"spec":       map[string]any{"type": "string", "maxLength": config.MaxResourceSpec, "description": "That version's spec, as JSON."},
+				},
+			},
 		},
 	}
 }

@@ -38,6 +38,11 @@ type State struct {
 	// Refused says it in words (nil when it serves).
 	Reason  string
 	Refused error
+	// ServedSpec is the served version's spec, as Resource.Spec: the
+	// elected replica records it in an Application's status.served, so
+	// that a replica that never saw that version (restarted, or new)
+	// serves it too.
+	ServedSpec []byte
 	// SecretName is the served version's spec.secretName: vakt makes the
 	// application's client key there.
 	SecretName string
@@ -280,6 +285,14 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 		st := State{Resource: r, Reason: ReasonServing}
 		good, incumbent := m.lastGood[r.key()]
 		incumbent = incumbent && good.UID == r.UID
+		if rec := r.Recorded; rec != nil && rec.Generation <= r.Generation && (!incumbent || rec.Generation > good.Generation) {
+			// The version the elected replica recorded as serving, newer
+			// than any this replica accepted (it never saw it: restarted,
+			// or new), is the one to fall back on: every replica serves
+			// the same. It is checked as any version is.
+			good, incumbent = r, true
+			good.Generation, good.Spec = rec.Generation, rec.Spec
+		}
 		if incumbent {
 			// The keys and the namespace are the object's latest, whichever
 			// spec serves.
@@ -346,7 +359,7 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 				st.KeyIDs = keys(served, a)
 			}
 			cfg.Applications = append(cfg.Applications, *a)
-			st.Served = served.Generation
+			st.Served, st.ServedSpec = served.Generation, served.Spec
 			fmt.Fprintf(h, "\n%s %s %d ", served.key(), served.UID, served.Generation)
 			h.Write(served.Spec)
 			if secretName != "" {

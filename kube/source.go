@@ -45,6 +45,29 @@ type Resource struct {
 	// NamespaceLabels are the labels of the resource's namespace, which
 	// kubernetes.grants may select it by.
 	NamespaceLabels map[string]string
+	// Recorded is the version the elected replica recorded as serving
+	// (an Application's status.served); nil when none is.
+	Recorded *Recorded
+}
+
+// Recorded is a version of a resource that served: its generation and
+// spec.
+type Recorded struct {
+	Generation int64
+	Spec       []byte
+}
+
+// recordedOf reads an Application's status.served.
+func recordedOf(u *unstructured.Unstructured) *Recorded {
+	if u.GetKind() != config.KindApplication {
+		return nil
+	}
+	gen, ok1, _ := unstructured.NestedInt64(u.Object, "status", "served", "generation")
+	spec, ok2, _ := unstructured.NestedString(u.Object, "status", "served", "spec")
+	if !ok1 || !ok2 || gen <= 0 || len(spec) > config.MaxResourceSpec {
+		return nil
+	}
+	return &Recorded{Generation: gen, Spec: []byte(spec)}
 }
 
 // key names the resource across its versions.
@@ -319,7 +342,7 @@ func slim(obj any) (any, error) {
 		keep := map[string]any{}
 		// The keys vakt published, and what a new status writer compares
 		// with before writing.
-		for _, f := range [...]string{"keys", "retiredKeys", "rotation", "secretName", "conditions", "observedGeneration",
+		for _, f := range [...]string{"keys", "retiredKeys", "rotation", "secretName", "conditions", "observedGeneration", "served",
 			"clientID", "keyIDs", "synchronizationState", "synchronizationSecretName"} {
 			if v, ok := st[f]; ok {
 				keep[f] = v
@@ -434,7 +457,7 @@ func (k *Source) Resources() []Resource {
 				Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
 				UID: string(u.GetUID()), Generation: u.GetGeneration(), Created: u.GetCreationTimestamp().Time, Spec: b,
 				Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[AnnotationRotateKey],
-				NamespaceLabels: k.namespaceLabels(u.GetNamespace()),
+				NamespaceLabels: k.namespaceLabels(u.GetNamespace()), Recorded: recordedOf(u),
 			})
 		}
 	}

@@ -12,6 +12,8 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/vakt-dev/vakt/exchange"
@@ -172,5 +174,59 @@ kubernetes:
 	check("r2", r2)
 	if a, b := again.run.cur.Load().Config.Hash, r2.run.cur.Load().Config.Hash; a != b {
 		t.Errorf("the replicas serve configurations %s and %s", a, b)
+	}
+}
+
+// The version that serves while a newer one is refused is recorded in the
+// Application's status (status.served): a replica that never saw it (new,
+// or restarted) serves it too, and every replica serves the same
+// configuration.
+func TestKubeServedVersionRecorded(t *testing.T) {
+	e := newKubeEnv(t)
+	e.namespace("vakt")
+	cfgPath := filepath.Join(t.TempDir(), "vakt.yaml")
+	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true, grants: [{namespaceSelector: {}, hosts: ['*.example']}]}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	leader := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
+	leader.writeStatus(e.cluster.Config, e.client, "r1", quiet)
+	served := func(r *kubeRun) State {
+		if s := r.src.Served(); s != nil {
+			for _, st := range s.States {
+				if st.Resource.Namespace == "team-b" && st.Resource.Name == "app-b" {
+					return st
+				}
+			}
+		}
+		return State{}
+	}
+	recorded := func() int64 {
+		u, err := e.apps.Namespace("team-b").Get(context.Background(), "app-b", metav1.GetOptions{})
+		if err != nil {
+			return 0
+		}
+		g, _, _ := unstructured.NestedInt64(u.Object, "status", "served", "generation")
+		return g
+	}
+	e.application(appBAllowsApp1)
+	e.until(10*time.Second, "generation 1 never recorded as serving", func() bool { return recorded() == 1 })
+	e.application(appBInvalid)
+	e.until(10*time.Second, "generation 2 never refused with generation 1 serving", func() bool {
+		st := served(leader)
+		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused
+	})
+	if got := recorded(); got != 1 {
+		t.Fatalf("status.served.generation is %d, want 1", got)
+	}
+	fresh := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
+	e.until(10*time.Second, "the new replica never served generation 1", func() bool {
+		st := served(fresh)
+		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused
+	})
+	if a, b := leader.cur.Load().Config.Hash, fresh.cur.Load().Config.Hash; a != b {
+		t.Errorf("the replicas serve configurations %s and %s", a, b)
+	}
+	if got := e.status(); got != 200 {
+		t.Errorf("Check on the first replica: %d, want generation 1's allow", got)
 	}
 }

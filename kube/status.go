@@ -273,7 +273,12 @@ func (w *statusWriter) statusOf(st State, cluster string) (fields map[string]any
 		}
 		conds = append(conds, keys)
 	}
-	return map[string]any{"observedGeneration": r.Generation}, conds, true
+	fields = map[string]any{"observedGeneration": r.Generation}
+	if st.Served > 0 {
+		// The version that serves, for replicas that never saw it.
+		fields["served"] = map[string]any{"generation": st.Served, "spec": string(st.ServedSpec)}
+	}
+	return fields, conds, true
 }
 
 // sync writes one resource's status when what vakt owns of it is not as
@@ -430,7 +435,7 @@ func ownedFields(kind string) []string {
 	if kind == config.KindJwker {
 		return []string{"observedGeneration", "clientID", "keyIDs", "synchronizationState", "synchronizationSecretName"}
 	}
-	return []string{"observedGeneration"}
+	return []string{"observedGeneration", "served"}
 }
 
 // desiredStatus is the status to apply for a resource (what the field
