@@ -150,6 +150,9 @@ type KeyStats struct {
 	FetchesOK, FetchesFailed uint64
 	LastSuccess              time.Time // zero before the first success
 	Keys                     int       // keys in the set in use
+	// LastError is why the last fetch failed; nil when it succeeded, or
+	// before the first.
+	LastError error
 }
 
 // Stats returns the key set's fetches so far and its size.
@@ -158,8 +161,11 @@ func (r *RemoteKeys) Stats() KeyStats {
 	if ns := r.lastSuccess.Load(); ns != 0 {
 		s.LastSuccess = time.Unix(0, ns)
 	}
-	if st := r.state.Load(); st != nil && st.keys != nil {
-		s.Keys = st.keys.Len()
+	if st := r.state.Load(); st != nil {
+		if st.keys != nil {
+			s.Keys = st.keys.Len()
+		}
+		s.LastError = st.err
 	}
 	return s
 }

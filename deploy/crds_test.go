@@ -373,7 +373,7 @@ func statusSchema(t *testing.T) map[string]any {
 			"type": map[string]any{
 				"type": "string", "maxLength": 316,
 				"pattern":     `^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$`,
-				"description": "The condition's type: Ready, whether vakt serves the application as its spec says; ClientKey (with secretName), whether vakt made and published its client key.",
+				"description": "The condition's type: Ready, whether vakt serves the application as its spec says; ClientKey (with secretName), whether vakt made and published its client key; Keys (with jwksUri), whether vakt fetches its keys there.",
 			},
 			"status": map[string]any{"type": "string", "enum": []any{"True", "False", "Unknown"}},
 			"reason": map[string]any{

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 )
 
@@ -42,6 +43,9 @@ type Options struct {
 	OnChange func()
 	// Getenv reads POD_NAME and POD_NAMESPACE; os.Getenv when nil.
 	Getenv func(string) string
+	// KeyStats says how the fetches of an application's key set from its
+	// jwksUri go, for its status (StatusConfig.KeyStats).
+	KeyStats func(appID string) (authz.KeyStats, bool)
 }
 
 // New connects to the cluster (kubernetes.kubeconfig, else the pod's
@@ -69,7 +73,7 @@ func New(o Options) (*Controller, error) {
 	log.Info("kubernetes-native mode: watching Application resources", "namespaces", o.Config.Namespaces, "jwkers", o.Config.Jwkers,
 		"lease", leaseNS+"/"+LeaseName, "identity", identity)
 	return &Controller{source: src, log: log, status: StatusConfig{Rest: rc, Client: clients[0], KeysClient: clients[1], Source: src,
-		MakeKeys: true, LeaseNamespace: leaseNS, LeaseName: LeaseName, Identity: identity, Logger: log}}, nil
+		MakeKeys: true, KeyStats: o.KeyStats, LeaseNamespace: leaseNS, LeaseName: LeaseName, Identity: identity, Logger: log}}, nil
 }
 
 // Source is what the reload path merges.

@@ -64,7 +64,7 @@ func TestKubeJWKSURIGrants(t *testing.T) {
 	}
 	e := &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR)}
 	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
-	for _, ns := range []string{"team-a", "team-b"} {
+	for _, ns := range []string{"vakt", "team-a", "team-b"} {
 		e.namespace(ns)
 	}
 	cfgPath := filepath.Join(t.TempDir(), "vakt.yaml")
@@ -81,6 +81,7 @@ kubernetes:
 	e.signer, _ = exchange.NewSigner(key)
 	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: client}, false)
 	e.cur, e.src = run.cur, run.src
+	run.writeStatus(c.Config, client, "r1", quiet)
 	metrics := server.NewMetrics()
 	server.AuthorityServices(run.cur, metrics, quiet)
 
@@ -112,5 +113,11 @@ kubernetes:
 		return strings.Contains(body, `vakt_client_jwks_last_success_timestamp_seconds{application="dev-gcp:team-b:inside"} 0`) &&
 			strings.Contains(body, `vakt_client_jwks_fetches_total{application="dev-gcp:team-b:inside",result="error"}`) &&
 			!strings.Contains(body, `vakt_client_jwks_fetches_total{application="dev-gcp:team-b:inside",result="error"} 0`)
+	})
+	// And the application's status.
+	e.until(30*time.Second, "the failing fetch never showed in the status", func() bool {
+		c := e.condition("team-b", "inside", "Keys")
+		return c != nil && c["status"] == "False" && c["reason"] == "FetchFailed" &&
+			strings.Contains(fmt.Sprint(c["message"]), "the last fetch of "+granted.URL+"/keys/jwks.json failed")
 	})
 }

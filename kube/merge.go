@@ -48,6 +48,8 @@ type State struct {
 	SecretName string
 	// KeyIDs are the kids of the client keys vakt made that are in force.
 	KeyIDs []string
+	// JWKSURI is the served version's jwksUri: vakt fetches its keys there.
+	JWKSURI string
 }
 
 // resourceMerger merges resources into configurations. It remembers the
@@ -359,7 +361,7 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 				st.KeyIDs = keys(served, a)
 			}
 			cfg.Applications = append(cfg.Applications, *a)
-			st.Served, st.ServedSpec = served.Generation, served.Spec
+			st.Served, st.ServedSpec, st.JWKSURI = served.Generation, served.Spec, a.JWKSURI
 			fmt.Fprintf(h, "\n%s %s %d ", served.key(), served.UID, served.Generation)
 			h.Write(served.Spec)
 			if secretName != "" {

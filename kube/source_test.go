@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
@@ -494,7 +495,14 @@ func startKubeRunAt(t testing.TB, cfgPath string, signer *exchange.Signer, kc So
 // identity, with short election timings.
 func (r *kubeRun) writeStatus(rc *rest.Config, client dynamic.Interface, identity string, log *slog.Logger) {
 	r.wg.Go(func() {
-		_ = RunStatusWriter(r.ctx, StatusConfig{Rest: rc, Client: client, Source: r.src, MakeKeys: true,
+		// As vakt serve wires it: the keys' fetches of the runtime in force.
+		keyStats := func(id string) (authz.KeyStats, bool) {
+			if rt := r.cur.Load(); rt != nil {
+				return rt.ClientKeyStats(id)
+			}
+			return authz.KeyStats{}, false
+		}
+		_ = RunStatusWriter(r.ctx, StatusConfig{Rest: rc, Client: client, Source: r.src, MakeKeys: true, KeyStats: keyStats,
 			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
 			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: log})
 	})

@@ -40,6 +40,10 @@ type StatusConfig struct {
 	// never holds status writes back).
 	Source     *Source
 	MakeKeys   bool
+	// KeyStats, when set, says how the fetches of an application's key set
+	// from its jwksUri go (server.Runtime.ClientKeyStats of the runtime in
+	// force): its status says it in the condition Keys.
+	KeyStats func(appID string) (authz.KeyStats, bool)
 	KeysClient dynamic.Interface
 	// LeaseNamespace and LeaseName name the coordination.k8s.io Lease the
 	// replicas elect the writer with; Identity is this replica (its pod).
@@ -133,7 +137,7 @@ func lead(ctx context.Context, c StatusConfig, log *slog.Logger) {
 		}
 		return func(key string) { c.observe(queue, key) }
 	}
-	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue(statusBackoff), logged: map[string]string{}}
+	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue(statusBackoff), logged: map[string]string{}, keyStats: c.KeyStats}
 	var wg sync.WaitGroup
 	if c.MakeKeys {
 		// Keys are made beside the status writes, so that neither waits
@@ -165,7 +169,14 @@ type statusWriter struct {
 	// every try.
 	mu     sync.Mutex
 	logged map[string]string
+	// keyStats says how an application's jwksUri fetches go; nil: unknown.
+	keyStats func(appID string) (authz.KeyStats, bool)
 }
+
+// keysRecheck is how often the status of an application whose keys come
+// from a jwksUri is looked at again: a fetch's success or failure is no
+// event.
+const keysRecheck = 10 * time.Second
 
 // run enqueues, until ctx ends, the resources whose status may have to
 // change: those whose status is new or changes with each Served committed,
@@ -273,6 +284,22 @@ func (w *statusWriter) statusOf(st State, cluster string) (fields map[string]any
 		}
 		conds = append(conds, keys)
 	}
+	if st.JWKSURI != "" && st.Served > 0 && w.keyStats != nil && cluster != "" {
+		if ks, ok := w.keyStats(authz.AppID{Cluster: cluster, Namespace: r.Namespace, Name: r.Name}.String()); ok {
+			keys := condition{typ: "Keys", status: "True", reason: "Fetched", message: fmt.Sprintf("%d keys from %s", ks.Keys, st.JWKSURI)}
+			switch {
+			case ks.LastError != nil:
+				keys.status, keys.reason = "False", "FetchFailed"
+				keys.message = truncate(fmt.Sprintf("the last fetch of %s failed: %v", st.JWKSURI, ks.LastError), 1024)
+				if !ks.LastSuccess.IsZero() {
+					keys.message += fmt.Sprintf("; the %d keys fetched before stay in use", ks.Keys)
+				}
+			case ks.LastSuccess.IsZero():
+				keys.status, keys.reason, keys.message = "Unknown", "Pending", fmt.Sprintf("vakt is fetching the keys from %s", st.JWKSURI)
+			}
+			conds = append(conds, keys)
+		}
+	}
 	fields = map[string]any{"observedGeneration": r.Generation}
 	if st.Served > 0 {
 		// The version that serves, for replicas that never saw it.
@@ -315,11 +342,15 @@ func (w *statusWriter) sync(ctx context.Context, key string) (time.Duration, err
 		}
 		observed = o
 	}
+	var again time.Duration
+	if st.JWKSURI != "" && w.keyStats != nil {
+		again = keysRecheck
+	}
 	now := time.Now()
 	status, changed := desiredStatus(r, fields, conds, observed, now)
 	if !changed {
 		w.failed(key, nil)
-		return 0, nil
+		return again, nil
 	}
 	gvr, kind, apiVersion := applicationsGVR, config.KindApplication, config.ResourceGroup+"/"+config.ResourceVersion
 	if r.Kind == config.KindJwker {
@@ -338,7 +369,7 @@ func (w *statusWriter) sync(ctx context.Context, key string) (time.Duration, err
 	switch {
 	case err == nil:
 		w.failed(key, nil)
-		return 0, nil
+		return again, nil
 	case ctx.Err() != nil:
 		return 0, err // no longer leading, or stopping
 	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
@@ -427,7 +458,7 @@ func sameJSON(a, b any) bool {
 
 // vaktConditions are the condition types the status writer owns: one
 // statusOf no longer asks for is removed.
-var vaktConditions = []string{"Ready", "ClientKey"}
+var vaktConditions = []string{"Ready", "ClientKey", "Keys"}
 
 // ownedFields are the fields of a kind's status the status writer owns,
 // but its conditions and synchronizationTimestamp.

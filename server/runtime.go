@@ -72,6 +72,17 @@ func keysReady(keys []namedKeys) error {
 	return nil
 }
 
+// ClientKeyStats are the fetches of the key set of application id from
+// its jwksUri; false when its keys come from nowhere else.
+func (rt *Runtime) ClientKeyStats(id string) (authz.KeyStats, bool) {
+	for _, k := range rt.clientKeys {
+		if k.provider == id {
+			return k.keys.Stats(), true
+		}
+	}
+	return authz.KeyStats{}, false
+}
+
 // Current holds the runtime every request reads; a reload swaps it whole.
 type Current struct{ p atomic.Pointer[Runtime] }
 

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/vakt-dev/vakt/agent"
+	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/buildinfo"
@@ -215,7 +216,13 @@ func serve(args []string, stderr io.Writer) int {
 	reloader := &server.Reloader{Current: &cur, Build: loader.Build, Logger: log, OnResult: metrics.Reloaded}
 	var kubeCtl *kube.Controller
 	if k := cfg.Kubernetes; k.Enabled {
-		if kubeCtl, err = kube.New(kube.Options{Config: k, Logger: log, OnChange: reloader.Kick}); err != nil {
+		keyStats := func(id string) (authz.KeyStats, bool) {
+			if rt := cur.Load(); rt != nil {
+				return rt.ClientKeyStats(id)
+			}
+			return authz.KeyStats{}, false
+		}
+		if kubeCtl, err = kube.New(kube.Options{Config: k, Logger: log, OnChange: reloader.Kick, KeyStats: keyStats}); err != nil {
 			log.Error("kubernetes", "error", err)
 			return 1
 		}
