@@ -38,12 +38,12 @@ type StatusConfig struct {
 	// resources with a secretName, with KeysClient (Client when nil: a
 	// client of its own has a rate limit of its own, so that making keys
 	// never holds status writes back).
-	Source     *Source
-	MakeKeys   bool
+	Source   *Source
+	MakeKeys bool
 	// KeyStats, when set, says how the fetches of an application's key set
 	// from its jwksUri go (server.Runtime.ClientKeyStats of the runtime in
 	// force): its status says it in the condition Keys.
-	KeyStats func(appID string) (authz.KeyStats, bool)
+	KeyStats   func(appID string) (authz.KeyStats, bool)
 	KeysClient dynamic.Interface
 	// LeaseNamespace and LeaseName name the coordination.k8s.io Lease the
 	// replicas elect the writer with; Identity is this replica (its pod).
