@@ -631,6 +631,15 @@ func (p *keyProvisioner) reconcile(ctx context.Context, t keyTarget) (time.Time,
 		secRotation = sec.GetAnnotations()[annotationRotation]
 	}
 	published := jwks(pub.Keys)
+	if cur != nil && !inForce(cur, published, pub.RetiredKeys) {
+		// The Secret's key is not one vakt published and has not replaced:
+		// a key written back after a rotation (one leaked, perhaps), or a
+		// secretName pointed back at a Secret whose key was replaced, or a
+		// key vakt never made. It is never published as current: the
+		// Secret gets a new key, and a replaced one keeps its until.
+		p.log.Warn("kubernetes: a client key's Secret holds a key vakt did not publish as current; a new key replaces it", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name, "secret", t.secretName, "kid", cur.ID)
+		cur, secRotation = nil, ""
+	}
 	rotation := pub.Rotation
 	if rotateReq != "" && secRotation == rotateReq {
 		rotation = rotateReq // the Secret holds its key: only the publishing was left
@@ -840,6 +849,40 @@ func (p *keyProvisioner) collectRecords(ctx context.Context) {
 			p.log.Warn("kubernetes: the published keys of a Jwker that is gone could not be deleted", "configmap", rec.GetName(), "error", apiReason(err))
 		}
 	}
+}
+
+// inForce reports whether key is one vakt published and has not replaced:
+// its kid among the published keys with the same public key, and not
+// among the retired ones.
+func inForce(key *exchange.SigningKey, published []json.RawMessage, retired []retiredKey) bool {
+	for _, rk := range retired {
+		if rk.Kid == key.ID {
+			return false
+		}
+	}
+	mine, err := exchange.PublicJWK(key)
+	if err != nil {
+		return false
+	}
+	want := publicMaterial(mine)
+	for _, raw := range published {
+		if m := publicMaterial(raw); m != "" && m == want {
+			return true
+		}
+	}
+	return false
+}
+
+// publicMaterial is what identifies a public JWK: its kid, type and the
+// key itself; "" when it is not one.
+func publicMaterial(raw json.RawMessage) string {
+	var k struct {
+		Kid, Kty, N, E, Crv, X, Y string
+	}
+	if json.Unmarshal(raw, &k) != nil || k.Kid == "" || k.Kty == "" {
+		return ""
+	}
+	return strings.Join([]string{k.Kid, k.Kty, k.N, k.E, k.Crv, k.X, k.Y}, "\x00")
 }
 
 // jwks is a JWK Set's keys; none when it is not one.
