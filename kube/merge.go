@@ -77,6 +77,19 @@ type resourceMerger struct {
 	retryAt time.Time
 	now     func() time.Time
 	checks  int // versions checked, for tests: a change costs one
+	// primed is set once a merge of the resources as first read is in
+	// force: until then no version takes a change from its namespace, so
+	// that a replica new or restarted serves every resource there is at
+	// once, as the others do, rather than its namespaces' bursts of them.
+	primed bool
+}
+
+// prime marks the resources as first read merged: from now on a new
+// version is a change.
+func (m *resourceMerger) prime() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.primed = true
 }
 
 // versionKey names one version of one object.
@@ -312,7 +325,11 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 		case incumbent && good.Generation == r.Generation:
 			tries = []Resource{r}
 		default:
-			// A new version: it takes a change from its namespace.
+			// A new version: it takes a change from its namespace (none
+			// before the resources as first read are merged).
+			if !m.primed {
+				m.admitted[r.version()] = true
+			}
 			if !m.admitted[r.version()] {
 				lim := m.limiter(r.Namespace, nl)
 				if lim.AllowN(now, 1) {

@@ -85,7 +85,7 @@ func TestMergeSlowed(t *testing.T) {
 	load := mergeConfig(t, "  namespaceLimits: {changesPerMinute: 60, changeBurst: 2}\n")
 	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	var retries []time.Duration
-	m := resourceMerger{now: func() time.Time { return now }, retry: func(d time.Duration) { retries = append(retries, d) }}
+	m := resourceMerger{now: func() time.Time { return now }, retry: func(d time.Duration) { retries = append(retries, d) }, primed: true}
 	merge := func(rs ...Resource) []State {
 		states, commit := m.merge(load(), rs, quiet, false)
 		commit()

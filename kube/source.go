@@ -529,12 +529,16 @@ var errNotSynced = errors.New("the Kubernetes resources have not been read yet")
 func (k *Source) Merge(cfg *config.Config, servingOnly bool) (commit func(), notReady error) {
 	// Read before the merge: what is said of the resources is true of the
 	// ones merged.
-	if !k.Synced() {
+	synced := k.Synced()
+	if !synced {
 		notReady = errNotSynced
 	}
 	states, accept := k.merger.merge(cfg, k.Resources(), k.log, servingOnly)
 	return func() {
 		accept()
+		if synced {
+			k.merger.prime()
+		}
 		k.served.Store(&Served{Config: cfg, States: states})
 		k.onServed.notify()
 	}, notReady
