@@ -64,6 +64,20 @@ func (c *Config) NewResourceIndex() *ResourceIndex {
 	return x
 }
 
+// GrantsKey names which of the configuration's grants apply to a
+// namespace with labels: what CheckApplication and CheckJwker read of the
+// namespace besides its name. Two label sets with the same key check
+// alike, so a change of labels that changes no grant needs no new check.
+func (x *ResourceIndex) GrantsKey(namespace string, labels map[string]string) string {
+	var b strings.Builder
+	for i := range x.grants {
+		if x.grants[i].appliesTo(namespace, labels) {
+			fmt.Fprintf(&b, "%d,", i)
+		}
+	}
+	return b.String()
+}
+
 // MaxResourceSpec bounds the spec of a resource vakt reads.
 const MaxResourceSpec = 256 << 10
 

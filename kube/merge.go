@@ -101,7 +101,8 @@ type versionKey struct {
 func (r *Resource) version() versionKey { return versionKey{r.key(), r.UID, r.Generation} }
 
 // checkedVersion is a version's check, valid for the configuration
-// (config.Config.Hash of its file) and namespace labels it was made with.
+// (config.Config.Hash of its file) and the grants of its namespace
+// (ResourceIndex.GrantsKey) it was made with.
 type checkedVersion struct {
 	config, labels string
 	app            *config.Application
@@ -109,20 +110,11 @@ type checkedVersion struct {
 	err            error
 }
 
-// labelsKey names a set of labels.
-func labelsKey(l map[string]string) string {
-	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(l)) {
-		fmt.Fprintf(&b, "%q=%q,", k, l[k])
-	}
-	return b.String()
-}
-
 // check checks one version against cfg alone (not against the others'
 // claims): from the cache when that version was checked against the same
 // configuration and labels. The application returned is the caller's.
 func (m *resourceMerger) check(x *config.ResourceIndex, cfgHash string, r Resource, log *slog.Logger) (*config.Application, string, error) {
-	lk := labelsKey(r.NamespaceLabels)
+	lk := x.GrantsKey(r.Namespace, r.NamespaceLabels)
 	c, ok := m.checked[r.version()]
 	if !ok || c.config != cfgHash || c.labels != lk {
 		c = checkedVersion{config: cfgHash, labels: lk}

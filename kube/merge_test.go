@@ -37,8 +37,8 @@ func stateOf(states []State, ns, name string) State {
 }
 
 // A change costs the check of the changed resource alone; a change of the
-// configuration checks every resource again, and so does a change of a
-// namespace's labels for that namespace's resources.
+// configuration checks every resource again, and a change of a namespace's
+// labels that changes which grants apply to it checks its resources again.
 func TestMergeChecksTheChangedOnly(t *testing.T) {
 	load := mergeConfig(t, "")
 	var m resourceMerger
@@ -64,16 +64,25 @@ func TestMergeChecksTheChangedOnly(t *testing.T) {
 	if m.checks != 21 || stateOf(states, rs[7].Namespace, rs[7].Name).Served != 2 {
 		t.Fatalf("one change: %d checks, want 21; %+v", m.checks, stateOf(states, rs[7].Namespace, rs[7].Name))
 	}
+	// New labels that change no grant's say check nothing again.
 	rs[2].NamespaceLabels = map[string]string{"tier": "gold"} // team-2
 	rs[6].NamespaceLabels = map[string]string{"tier": "gold"}
 	merge(load(), rs)
-	if m.checks != 23 {
-		t.Fatalf("a namespace's new labels: %d checks, want 23", m.checks)
+	if m.checks != 21 {
+		t.Fatalf("a namespace's new labels, no grant selecting by them: %d checks, want 21", m.checks)
 	}
-	other := mergeConfig(t, "  keyOverlap: 2h\n")
-	merge(other(), rs)
+	// A new configuration checks everything again; then labels that
+	// change which grants apply check that namespace's resources again.
+	byLabel := mergeConfig(t, "  grants: [{namespaceSelector: {matchLabels: {tier: gold}}, hosts: ['*.example']}]\n")
+	merge(byLabel(), rs)
+	if m.checks != 41 {
+		t.Fatalf("a new configuration: %d checks, want 41", m.checks)
+	}
+	rs[2].NamespaceLabels = map[string]string{"tier": "silver"}
+	rs[6].NamespaceLabels = map[string]string{"tier": "silver"}
+	merge(byLabel(), rs)
 	if m.checks != 43 {
-		t.Fatalf("a new configuration: %d checks, want 43", m.checks)
+		t.Fatalf("labels that change the grants of a namespace: %d checks, want 43", m.checks)
 	}
 }
 

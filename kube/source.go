@@ -213,17 +213,19 @@ func NewSource(cfg SourceConfig) *Source {
 	}
 	k.namespaces = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Client, 0).ForResource(namespacesGVR).Informer()
 	_ = k.namespaces.SetTransform(slimNamespace)
+	// Only a change of labels can change what a grant gives, and only when
+	// a grant selects namespaces by them: a tenant relabelling its
+	// namespace in a loop merges nothing otherwise.
 	_, _ = k.namespaces.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { k.changed() },
-		// Only a change of labels can change what a grant gives.
+		AddFunc: func(any) { k.labelsChanged() },
 		UpdateFunc: func(old, cur any) {
 			o, ok1 := old.(*unstructured.Unstructured)
 			n, ok2 := cur.(*unstructured.Unstructured)
 			if !ok1 || !ok2 || !maps.Equal(o.GetLabels(), n.GetLabels()) {
-				k.changed()
+				k.labelsChanged()
 			}
 		},
-		DeleteFunc: func(any) { k.changed() },
+		DeleteFunc: func(any) { k.labelsChanged() },
 	})
 	k.track("namespaces", k.namespaces, "the labels last seen stay in force")
 	return k
@@ -393,6 +395,14 @@ func applicationPublished(u *unstructured.Unstructured) []byte {
 		return nil
 	}
 	return b
+}
+
+// labelsChanged is a namespace's labels changed: a merge, when a grant of
+// the configuration in force selects namespaces by their labels.
+func (k *Source) labelsChanged() {
+	if s := k.Served(); s == nil || s.Config == nil || s.Config.Kubernetes.UsesNamespaceLabels() {
+		k.changed()
+	}
 }
 
 func (k *Source) changed() {
