@@ -93,6 +93,10 @@ type Source struct {
 
 	merger  resourceMerger
 	watches []*watchState // one per informer, for metrics
+	specs   struct {
+		mu sync.Mutex
+		m  map[string]specJSON // by uid
+	}
 	api     *APIHealth    // nil when not known
 	// served is what the configuration in force was merged from, and what
 	// became of each resource in it: the status writer and the key
@@ -166,7 +170,7 @@ func NewSource(cfg SourceConfig) *Source {
 			// not its managedFields, nor annotations and status but vakt's.
 			_ = inf.SetTransform(slim)
 			_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-				AddFunc: func(any) { k.changed() },
+				AddFunc: func(obj any) { k.resourceChanged(obj) },
 				// A change of metadata or status (an annotation, vakt's own
 				// status) leaves the generation: no reload, which a team
 				// could otherwise keep from ever settling. The keys vakt
@@ -186,7 +190,7 @@ func NewSource(cfg SourceConfig) *Source {
 						k.changed()
 					}
 				},
-				DeleteFunc: func(any) { k.changed() },
+				DeleteFunc: func(obj any) { k.resourceChanged(obj) },
 			})
 			k.track(gvr.Resource, inf, "the resources last seen stay in force")
 			k.informers = append(k.informers, inf)
@@ -397,6 +401,18 @@ func applicationPublished(u *unstructured.Unstructured) []byte {
 	return b
 }
 
+// resourceChanged is a resource created or deleted: a merge, unless its
+// namespace must wait for its rate (a merge is asked for when it may).
+func (k *Source) resourceChanged(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if u, ok := obj.(*unstructured.Unstructured); ok && k.merger.waiting(u.GetNamespace()) {
+		return
+	}
+	k.changed()
+}
+
 // labelsChanged is a namespace's labels changed: a merge, when a grant of
 // the configuration in force selects namespaces by their labels.
 func (k *Source) labelsChanged() {
@@ -452,15 +468,20 @@ func (k *Source) Synced() bool {
 // resolves conflicting routes).
 func (k *Source) Resources() []Resource {
 	var out []Resource
+	seen := make(map[string]specJSON, len(k.specs.m))
+	defer func() {
+		k.specs.mu.Lock()
+		k.specs.m = seen // what is gone is forgotten
+		k.specs.mu.Unlock()
+	}()
 	for _, inf := range k.informers {
 		for _, obj := range inf.GetStore().List() {
 			u, ok := obj.(*unstructured.Unstructured)
 			if !ok {
 				continue
 			}
-			spec, _, _ := unstructured.NestedMap(u.Object, "spec")
-			b, err := json.Marshal(spec)
-			if err != nil {
+			b, ok := k.specOf(u, seen)
+			if !ok {
 				continue
 			}
 			out = append(out, Resource{
@@ -473,6 +494,31 @@ func (k *Source) Resources() []Resource {
 	}
 	slices.SortFunc(out, olderFirst)
 	return out
+}
+
+// specJSON is an object's spec as JSON, for one resourceVersion of it.
+type specJSON struct {
+	rv   string
+	spec []byte
+}
+
+// specOf is u's spec as JSON: written once per version of the object, not
+// at every merge (a merge reads every resource; specs are up to 256 KiB,
+// and a refused one may be larger). seen collects what was read.
+func (k *Source) specOf(u *unstructured.Unstructured, seen map[string]specJSON) ([]byte, bool) {
+	uid, rv := string(u.GetUID()), u.GetResourceVersion()
+	k.specs.mu.Lock()
+	c, ok := k.specs.m[uid]
+	k.specs.mu.Unlock()
+	if !ok || c.rv != rv || rv == "" {
+		b, err := json.Marshal(u.Object["spec"]) // the informer's object: read, never changed
+		if err != nil {
+			return nil, false
+		}
+		c = specJSON{rv: rv, spec: b}
+	}
+	seen[uid] = c
+	return c.spec, true
 }
 
 // olderFirst orders resources by creationTimestamp, then namespace, name
