@@ -266,7 +266,7 @@ func (a *Authority) mint(ctx context.Context, req Request, as clientAssertion, n
 	// Unknown and forbidden targets get one answer, so that clients cannot
 	// probe which applications exist; the reason, in the log and metrics,
 	// tells them apart.
-	target, err := a.target(req)
+	target, err := a.target(req, client)
 	if err != nil {
 		return nil, err
 	}
@@ -388,21 +388,20 @@ func checkRequest(req *Request) error {
 }
 
 // target is the one application the request's audience and resource
-// values name (RFC 8693 §2.1, RFC 8707 §2): values naming more than one
-// are refused, a resource naming none is an unknown target.
-func (a *Authority) target(req Request) (string, error) {
-	var target string
-	name := func(id string) error {
-		if target != "" && target != id {
-			return Refuse(authz.ReasonTargetAmbiguous, "", nil)
+// values name (RFC 8693 §2.1, RFC 8707 §2): a resource naming none is an
+// unknown target; values naming more than one are refused as ambiguous
+// only when the client may call each of them, else as the first it may not
+// call is: telling ambiguous from unknown would tell a client which
+// resource URIs exist.
+func (a *Authority) target(req Request, client string) (string, error) {
+	var names []string
+	name := func(id string) {
+		if !slices.Contains(names, id) {
+			names = append(names, id)
 		}
-		target = id
-		return nil
 	}
 	for _, aud := range req.Audience {
-		if err := name(aud); err != nil {
-			return "", err
-		}
+		name(aud)
 	}
 	for _, r := range req.Resource {
 		u, err := url.Parse(r)
@@ -413,9 +412,19 @@ func (a *Authority) target(req Request) (string, error) {
 		if !ok {
 			return "", Refuse(authz.ReasonTargetUnknown, "", fmt.Errorf("no application has resource %s", truncate(r)))
 		}
-		if err := name(app.ID); err != nil {
-			return "", err
+		name(app.ID)
+	}
+	if len(names) > 1 {
+		for _, id := range names {
+			if a.cfg.Policy.MayCall(client, id) != nil {
+				return id, nil // refused as that target is, by the caller
+			}
 		}
+		return "", Refuse(authz.ReasonTargetAmbiguous, "", nil)
+	}
+	target := ""
+	if len(names) == 1 {
+		target = names[0]
 	}
 	return target, nil
 }

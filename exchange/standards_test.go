@@ -135,13 +135,24 @@ func TestRequestParameters(t *testing.T) {
 		{name: "no client authentication", edit: func(t *testing.T, r *Request) { r.ClientAssertion, r.ClientAssertionType = "", "" },
 			reason: authz.ReasonClientAuthentication, desc: "client authentication is required: private_key_jwt (RFC 7523)"},
 		{name: "audience twice, one target", edit: func(t *testing.T, r *Request) { r.Audience = []string{targetB, targetB} }},
-		{name: "audience twice, two targets", edit: func(t *testing.T, r *Request) { r.Audience = []string{targetB, clientRemote} }, reason: authz.ReasonTargetAmbiguous},
+		{name: "audience twice, two targets", edit: func(t *testing.T, r *Request) {
+			r.ClientAssertion = f.assertion(t, clientRemote, nil)
+			r.Audience = []string{targetB, clientA}
+		}, reason: authz.ReasonTargetAmbiguous},
+		{name: "audience twice, two targets, one not callable", edit: func(t *testing.T, r *Request) { r.Audience = []string{targetB, clientRemote} }, reason: authz.ReasonTargetDenied},
 		{name: "resource of the target's host", edit: func(t *testing.T, r *Request) {
 			r.Audience, r.Resource = nil, []string{"https://app-b.example.com/api"}
 		}},
 		{name: "resource configured for the target", edit: func(t *testing.T, r *Request) { r.Audience, r.Resource = nil, []string{"urn:example:app-b"} }},
 		{name: "resource and audience agree", edit: func(t *testing.T, r *Request) { r.Resource = []string{"https://app-b.example.com/"} }},
-		{name: "resource and audience disagree", edit: func(t *testing.T, r *Request) { r.Resource = []string{"https://app-1.example.com/"} }, reason: authz.ReasonTargetAmbiguous},
+		// Two targets are ambiguous only to a client that may call both: to
+		// another, the answer is the one a target it may not call gets, so
+		// that it learns nothing of which resource URIs exist.
+		{name: "resource and audience disagree", edit: func(t *testing.T, r *Request) {
+			r.ClientAssertion = f.assertion(t, clientRemote, nil)
+			r.Resource = []string{"https://app-1.example.com/"}
+		}, reason: authz.ReasonTargetAmbiguous},
+		{name: "resource and audience disagree, one not callable", edit: func(t *testing.T, r *Request) { r.Resource = []string{"https://app-1.example.com/"} }, reason: authz.ReasonTargetDenied},
 		{name: "resource of no application", edit: func(t *testing.T, r *Request) { r.Audience, r.Resource = nil, []string{"https://nowhere.example/"} }, reason: authz.ReasonTargetUnknown},
 		{name: "resource not absolute", edit: func(t *testing.T, r *Request) { r.Audience, r.Resource = nil, []string{"/api"} }, reason: authz.ReasonTargetUnknown,
 			desc: "resource must be an absolute URI without a fragment"},
