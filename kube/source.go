@@ -97,7 +97,7 @@ type Source struct {
 		mu sync.Mutex
 		m  map[string]specJSON // by uid
 	}
-	api     *APIHealth    // nil when not known
+	api *APIHealth // nil when not known
 	// served is what the configuration in force was merged from, and what
 	// became of each resource in it: the status writer and the key
 	// provisioner work from it.
