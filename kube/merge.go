@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -77,6 +78,9 @@ type resourceMerger struct {
 	retryAt time.Time
 	now     func() time.Time
 	checks  int // versions checked, for tests: a change costs one
+	// waitingUntil is, by namespace, until when its new versions wait for
+	// its rate (a merge is asked for then), as the last merge found.
+	waitingUntil atomic.Pointer[map[string]time.Time]
 	// primed is set once a merge of the resources as first read is in
 	// force: until then no version takes a change from its namespace, so
 	// that a replica new or restarted serves every resource there is at
@@ -157,15 +161,19 @@ func (m *resourceMerger) limiter(ns string, nl config.NamespaceLimits) *rate.Lim
 
 // waiting reports whether a namespace's new versions must wait for its
 // rate, and a merge is asked for when they may apply.
+// It takes no lock: the informers' handlers ask it, and must not wait for
+// a merge.
 func (m *resourceMerger) waiting(ns string) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	w := m.waitingUntil.Load()
+	if w == nil {
+		return false
+	}
+	until, ok := (*w)[ns]
 	now := time.Now()
 	if m.now != nil {
 		now = m.now()
 	}
-	l := m.limiters[ns]
-	return l != nil && l.TokensAt(now) < 1 && m.retryAt.After(now)
+	return ok && now.Before(until)
 }
 
 // retryIn asks for a merge in d, unless one comes sooner.
@@ -283,6 +291,8 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 		u.rules += len(a.AccessPolicy.Inbound.Rules)
 		return a, secretName, "", nil
 	}
+	waitingUntil := map[string]time.Time{}
+	defer m.waitingUntil.Store(&waitingUntil)
 	resources = slices.Clone(resources)
 	slices.SortStableFunc(resources, olderFirst)
 	h := sha256.New()
@@ -335,6 +345,7 @@ func (m *resourceMerger) merge(cfg *config.Config, resources []Resource, log *sl
 					st.Refused = fmt.Errorf("namespace %s changes faster than kubernetes.namespaceLimits allows (%d new versions a minute, bursts of %d): generation %d waits, about %s",
 						r.Namespace, nl.ChangesPerMinute, nl.ChangeBurst, r.Generation, d.Round(time.Second))
 					m.retryIn(now, d)
+					waitingUntil[r.Namespace] = now.Add(d)
 				}
 			}
 			if m.admitted[r.version()] {

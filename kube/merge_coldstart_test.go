@@ -107,3 +107,33 @@ func TestMergeColdStartOwnership(t *testing.T) {
 			stateOf(states, "team-b", "b-10").Reason, stateOf(states, "team-b", "b-10").Refused)
 	}
 }
+
+// Of two resources created within the same second, the one recorded as
+// serving (its status.served) keeps the names it holds, whatever the
+// other's name: a squatter created within that second under a namespace
+// that sorts first takes nothing, on a replica serving all along or a new
+// one.
+func TestMergeSameSecondRecordedKeeps(t *testing.T) {
+	load := mergeConfig(t, "  grants: [{namespaceSelector: {}, hosts: ['*.example']}]\n")
+	sec := time.Date(2026, 3, 1, 12, 0, 7, 0, time.UTC) // what both creationTimestamps say
+	owner := app("team-b", "app-b", 1, `{"hosts":["app-b.example"]}`)
+	owner.Created = sec
+	squat := app("team-a", "squat", 1, `{"hosts":["app-b.example"],"routes":[{"pathPrefix":"/","public":true}]}`)
+	squat.Created = sec
+	var m resourceMerger
+	states, commit := m.merge(load(), []Resource{owner}, quiet, false)
+	commit()
+	if st := stateOf(states, "team-b", "app-b"); st.Served != 1 {
+		t.Fatalf("owner: %+v", st)
+	}
+	owner.Recorded = &Recorded{Generation: 1, Spec: owner.Spec} // the elected replica's record
+	for name, mm := range map[string]*resourceMerger{"serving all along": &m, "new": {}} {
+		states, _ := mm.merge(load(), []Resource{squat, owner}, quiet, false)
+		if st := stateOf(states, "team-b", "app-b"); st.Served != 1 {
+			t.Errorf("%s: the owner is refused once a squatter created within its second appears: %s: %v", name, st.Reason, st.Refused)
+		}
+		if st := stateOf(states, "team-a", "squat"); st.Reason != ReasonConflict {
+			t.Errorf("%s: the squatter: %+v", name, st)
+		}
+	}
+}

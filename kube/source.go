@@ -521,10 +521,25 @@ func (k *Source) specOf(u *unstructured.Unstructured, seen map[string]specJSON) 
 	return c.spec, true
 }
 
-// olderFirst orders resources by creationTimestamp, then namespace, name
-// and kind.
+// olderFirst orders resources by creationTimestamp, then the one recorded
+// as serving first, then namespace, name and kind.
 func olderFirst(a, b Resource) int {
-	return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Kind, b.Kind))
+	return cmp.Or(a.Created.Compare(b.Created), recordedFirst(a, b), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.Kind, b.Kind))
+}
+
+// recordedFirst orders, of two resources created within the same second
+// (creationTimestamp's resolution), the one recorded as serving before the
+// one not: a newcomer cannot take a name from the resource that holds it
+// by being created within the same second under a name that sorts first.
+// The record is in the cluster, so every replica orders them alike.
+func recordedFirst(a, b Resource) int {
+	switch {
+	case a.Recorded != nil && b.Recorded == nil:
+		return -1
+	case a.Recorded == nil && b.Recorded != nil:
+		return 1
+	}
+	return 0
 }
 
 // object is one resource as the informers hold it now (slimmed).
