@@ -12,10 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/dynamic"
-
 	"github.com/vakt-dev/vakt/exchange"
-	"github.com/vakt-dev/vakt/internal/kubetest"
 	"github.com/vakt-dev/vakt/server"
 )
 
@@ -57,16 +54,8 @@ func newCountingServer(t *testing.T) *countingServer {
 // granted one is fetched.
 func TestKubeJWKSURIGrants(t *testing.T) {
 	never, otherNS, granted := newCountingServer(t), newCountingServer(t), newCountingServer(t)
-	c := kubetest.Start(t)
-	client, err := dynamic.NewForConfig(c.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR)}
-	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
-	for _, ns := range []string{"vakt", "team-a", "team-b"} {
-		e.namespace(ns)
-	}
+	e := newBareKubeEnv(t, "vakt", "team-a", "team-b")
+	c, client := e.cluster, e.client
 	cfgPath := filepath.Join(t.TempDir(), "vakt.yaml")
 	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`issuer: http://127.0.0.1:8080
 cluster: dev-gcp

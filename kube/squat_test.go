@@ -21,6 +21,22 @@ import (
 	"github.com/vakt-dev/vakt/server"
 )
 
+// newBareKubeEnv is a cluster with the Application CRD and namespaces,
+// and no vakt yet: the test starts its replicas.
+func newBareKubeEnv(t *testing.T, namespaces ...string) *kenv {
+	c := kubetest.Start(t)
+	client, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR)}
+	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
+	for _, ns := range namespaces {
+		e.namespace(ns)
+	}
+	return e
+}
+
 // squatReplica is one vakt replica for the squat test: its reload path,
 // its status writer, and a Check client.
 type squatReplica struct {
@@ -85,16 +101,7 @@ func (r *squatReplica) anonymous(t *testing.T, host string) int {
 // refused with the reason Conflict, naming the owner; every replica serves
 // the same configuration. A host outside a namespace's grant is refused.
 func TestKubeSquat(t *testing.T) {
-	c := kubetest.Start(t)
-	client, err := dynamic.NewForConfig(c.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &kenv{t: t, cluster: c, client: client, apps: client.Resource(applicationsGVR)}
-	e.installCRD("../deploy/kubernetes/crds/applications.vakt.dev.yaml")
-	for _, ns := range []string{"vakt", "team-a", "team-b", "a-team", "z-team", "team-c"} {
-		e.namespace(ns)
-	}
+	e := newBareKubeEnv(t, "vakt", "team-a", "team-b", "a-team", "z-team", "team-c")
 	cfgPath := filepath.Join(t.TempDir(), "vakt.yaml")
 	if err := os.WriteFile(cfgPath, []byte(`issuer: http://127.0.0.1:8080
 cluster: dev-gcp

@@ -190,26 +190,26 @@ func (c configCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.cacheBytes, prometheus.GaugeValue, float64(st.Bytes))
 	}
 	for _, k := range rt.remoteKeys {
-		s := k.keys.Stats()
-		ch <- prometheus.MustNewConstMetric(c.fetches, prometheus.CounterValue, float64(s.FetchesOK), k.provider, "ok")
-		ch <- prometheus.MustNewConstMetric(c.fetches, prometheus.CounterValue, float64(s.FetchesFailed), k.provider, "error")
-		var last float64
-		if !s.LastSuccess.IsZero() {
-			last = float64(s.LastSuccess.UnixNano()) / 1e9
-		}
-		ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last, k.provider)
+		s := c.keySet(ch, c.fetches, c.lastSuccess, k)
 		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(s.Keys), k.provider)
 	}
 	for _, k := range rt.clientKeys {
-		s := k.keys.Stats()
-		ch <- prometheus.MustNewConstMetric(c.clientFetches, prometheus.CounterValue, float64(s.FetchesOK), k.provider, "ok")
-		ch <- prometheus.MustNewConstMetric(c.clientFetches, prometheus.CounterValue, float64(s.FetchesFailed), k.provider, "error")
-		var last float64
-		if !s.LastSuccess.IsZero() {
-			last = float64(s.LastSuccess.UnixNano()) / 1e9
-		}
-		ch <- prometheus.MustNewConstMetric(c.clientLastSuccess, prometheus.GaugeValue, last, k.provider)
+		c.keySet(ch, c.clientFetches, c.clientLastSuccess, k)
 	}
+}
+
+// keySet reports a key set's fetches and its last success, and returns
+// its stats.
+func (c configCollector) keySet(ch chan<- prometheus.Metric, fetches, lastSuccess *prometheus.Desc, k namedKeys) authz.KeyStats {
+	s := k.keys.Stats()
+	ch <- prometheus.MustNewConstMetric(fetches, prometheus.CounterValue, float64(s.FetchesOK), k.provider, "ok")
+	ch <- prometheus.MustNewConstMetric(fetches, prometheus.CounterValue, float64(s.FetchesFailed), k.provider, "error")
+	var last float64
+	if !s.LastSuccess.IsZero() {
+		last = float64(s.LastSuccess.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(lastSuccess, prometheus.GaugeValue, last, k.provider)
+	return s
 }
 
 // checkStart is when a Check started, for observeCheck.
