@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -531,17 +532,31 @@ func etcdHealthy(url string) error {
 	return nil
 }
 
-// freePorts returns n distinct loopback ports free a moment ago.
+// freePorts returns n distinct loopback ports free a moment ago, drawn at
+// random below the kernel's ephemeral range (32768 and up on Linux): a
+// port the kernel hands out for ":0" (every test's listeners, every
+// client's outbound connections) would be free again the moment it is
+// returned, and could be taken by another test process's cluster before
+// this one's etcd or API server binds it, or between an API server's stop
+// and its restart. A random port below the range is taken by nothing but
+// another such draw.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			t.Fatal("kubetest: no free loopback port between 20000 and 32000")
 		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		p := 20000 + mrand.IntN(12000)
+		if slices.Contains(ports, p) {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue // taken
+		}
+		l.Close()
+		ports = append(ports, p)
 	}
 	return ports
 }
