@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/vakt-dev/vakt/authz"
 )
@@ -130,20 +131,41 @@ func newClaimSet() *claimSet {
 }
 
 // claimLines are the lines of an application's hosts and resources in its
-// resource's spec, for Claim's errors.
+// resource's spec, for Claim's errors: found the first time a clash needs
+// one, as a spec accepted (most are) needs none.
 type claimLines struct {
+	spec             []byte
+	nHosts, nRes     int
+	once             sync.Once
 	hosts, resources []int
 }
 
+func newClaimLines(spec []byte, a *Application) *claimLines {
+	return &claimLines{spec: spec, nHosts: len(a.Hosts), nRes: len(a.Resources)}
+}
+
+func (l *claimLines) find() {
+	l.once.Do(func() {
+		v := newValidator(l.spec)
+		l.hosts, l.resources = v.seqLines("hosts", l.nHosts), v.seqLines("resources", l.nRes)
+	})
+}
+
 func (l *claimLines) host(j int) int {
-	if l == nil || j >= len(l.hosts) {
+	if l == nil {
+		return 0
+	}
+	if l.find(); j >= len(l.hosts) {
 		return 0
 	}
 	return l.hosts[j]
 }
 
 func (l *claimLines) resource(j int) int {
-	if l == nil || j >= len(l.resources) {
+	if l == nil {
+		return 0
+	}
+	if l.find(); j >= len(l.resources) {
 		return 0
 	}
 	return l.resources[j]

@@ -174,7 +174,7 @@ func (x *ResourceIndex) CheckApplication(name, namespace string, labels map[stri
 	if err := v.result(); err != nil {
 		return nil, nil, err
 	}
-	a.lines = &claimLines{hosts: v.seqLines("hosts", len(a.Hosts)), resources: v.seqLines("resources", len(a.Resources))}
+	a.lines = newClaimLines(spec, a)
 	a.resolveRules()
 	return a, &rs, nil
 }

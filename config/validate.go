@@ -50,6 +50,11 @@ var label = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 // validator collects FieldErrors, with lines found in the YAML, and
 // warnings.
 type validator struct {
+	// data is the document; file is it parsed, the first time a line is
+	// asked for (ast): a document without errors is parsed once, to
+	// decode it, not a second time for lines it never needs.
+	data     []byte
+	parsed   bool
 	file     *ast.File
 	config   *Config
 	errs     Errors
@@ -63,12 +68,18 @@ func (v *validator) warn(format string, args ...any) {
 	v.warnings = append(v.warnings, fmt.Sprintf(format, args...))
 }
 
-func newValidator(data []byte) *validator {
-	v := &validator{}
-	if f, err := parser.ParseBytes(data, 0); err == nil {
-		v.file = f
+func newValidator(data []byte) *validator { return &validator{data: data} }
+
+// ast is the document, parsed the first time it is asked for; nil when it
+// does not parse.
+func (v *validator) ast() *ast.File {
+	if !v.parsed {
+		v.parsed = true
+		if f, err := parser.ParseBytes(v.data, 0); err == nil {
+			v.file = f
+		}
 	}
-	return v
+	return v.file
 }
 
 func (v *validator) fail(path, format string, args ...any) {
@@ -87,9 +98,9 @@ func (v *validator) result() error {
 
 // line finds the line of path in the YAML, or of its nearest present parent.
 func (v *validator) line(path string) int {
-	for p := strings.TrimPrefix(path, v.strip); p != "" && v.file != nil; {
+	for p := strings.TrimPrefix(path, v.strip); p != "" && v.ast() != nil; {
 		if yp, err := yaml.PathString("$." + p); err == nil {
-			if n, err := yp.FilterFile(v.file); err == nil && n != nil {
+			if n, err := yp.FilterFile(v.ast()); err == nil && n != nil {
 				if tok := n.GetToken(); tok != nil && tok.Position != nil {
 					return tok.Position.Line
 				}
@@ -112,14 +123,14 @@ func (v *validator) seqLines(key string, n int) []int {
 		return nil
 	}
 	lines := make([]int, n)
-	if v.file == nil {
+	if v.ast() == nil {
 		return lines
 	}
 	yp, err := yaml.PathString("$." + key)
 	if err != nil {
 		return lines
 	}
-	node, err := yp.FilterFile(v.file)
+	node, err := yp.FilterFile(v.ast())
 	if err != nil {
 		return lines
 	}
