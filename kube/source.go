@@ -404,10 +404,7 @@ func applicationPublished(u *unstructured.Unstructured) []byte {
 // resourceChanged is a resource created or deleted: a merge, unless its
 // namespace must wait for its rate (a merge is asked for when it may).
 func (k *Source) resourceChanged(obj any) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	if u, ok := obj.(*unstructured.Unstructured); ok && k.merger.waiting(u.GetNamespace()) {
+	if u, ok := objectOf(obj); ok && k.merger.waiting(u.GetNamespace()) {
 		return
 	}
 	k.changed()

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -300,12 +301,18 @@ func (w *statusWriter) statusOf(st State, cluster string) (fields map[string]any
 			conds = append(conds, keys)
 		}
 	}
-	fields = map[string]any{"observedGeneration": r.Generation}
-	if st.Served > 0 {
-		// The version that serves, for replicas that never saw it.
+	return map[string]any{"observedGeneration": r.Generation}, conds, true
+}
+
+// withServed adds to an Application's status fields the version that
+// serves, for replicas that never saw it (status.served). Apart from
+// statusOf, which runs for every resource at every commit: the spec is up
+// to 256 KiB, and whether it changed is its generation's to say.
+func withServed(fields map[string]any, st State) map[string]any {
+	if st.Resource.Kind == config.KindApplication && st.Served > 0 {
 		fields["served"] = map[string]any{"generation": st.Served, "spec": string(st.ServedSpec)}
 	}
-	return fields, conds, true
+	return fields
 }
 
 // sync writes one resource's status when what vakt owns of it is not as
@@ -326,6 +333,7 @@ func (w *statusWriter) sync(ctx context.Context, key string) (time.Duration, err
 		cluster = rt.Config.Cluster
 	}
 	fields, conds, ready := w.statusOf(st, cluster)
+	fields = withServed(fields, st)
 	if !ready {
 		w.failed(key, nil)
 		return 0, nil
@@ -442,6 +450,9 @@ func (w *statusWriter) sameStatus(a State, ca *config.Config, b State, cb *confi
 			return ""
 		}
 		return c.Cluster
+	}
+	if a.Served != b.Served || !bytes.Equal(a.ServedSpec, b.ServedSpec) {
+		return false // status.served (withServed)
 	}
 	fa, conda, oka := w.statusOf(a, cluster(ca))
 	fb, condb, okb := w.statusOf(b, cluster(cb))

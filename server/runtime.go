@@ -41,6 +41,8 @@ type Runtime struct {
 
 	remoteKeys []namedKeys // the identity providers' key sets, for metrics
 	clientKeys []namedKeys // the applications' key sets from a jwksUri, for metrics
+	// clientKeysByID are the same by application id (ClientKeyStats).
+	clientKeysByID map[string]*authz.RemoteKeys
 	// notReady is why the resources merged into the runtime keep it out of
 	// rotation (not yet read); nil otherwise.
 	notReady error
@@ -75,12 +77,11 @@ func keysReady(keys []namedKeys) error {
 // ClientKeyStats are the fetches of the key set of application id from
 // its jwksUri; false when its keys come from nowhere else.
 func (rt *Runtime) ClientKeyStats(id string) (authz.KeyStats, bool) {
-	for _, k := range rt.clientKeys {
-		if k.provider == id {
-			return k.keys.Stats(), true
-		}
+	keys, ok := rt.clientKeysByID[id]
+	if !ok {
+		return authz.KeyStats{}, false
 	}
-	return authz.KeyStats{}, false
+	return keys.Stats(), true
 }
 
 // Current holds the runtime every request reads; a reload swaps it whole.
@@ -156,6 +157,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	}
 	var providers []*authz.Provider
 	var remote, clientKeys []namedKeys
+	clientKeysByID := map[string]*authz.RemoteKeys{}
 	for _, ip := range cfg.IdentityProviders {
 		keys, err := keySets.take(ctx, authz.RemoteKeysConfig{
 			Name:         ip.Name,
@@ -238,6 +240,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 			}
 			clients[a.ID()] = keys
 			clientKeys = append(clientKeys, namedKeys{a.ID(), keys})
+			clientKeysByID[a.ID()] = keys
 		}
 	}
 	// Applications that did not change are the ones before, with the
@@ -286,7 +289,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	keySets.settle(tokens, providers, policy)
 	return &Runtime{
 		LoadedAt:   now(),
-		remoteKeys: remote, clientKeys: clientKeys,
+		remoteKeys: remote, clientKeys: clientKeys, clientKeysByID: clientKeysByID,
 		Config: cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,
 		Checker: &authz.Checker{Validator: v, Own: config.ProviderTokenX},
 	}, nil
