@@ -191,15 +191,6 @@ func (p *Policy) ApplicationByHost(host string) (*Application, bool) {
 	return a, ok
 }
 
-func hasLower(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if 'a' <= s[i] && s[i] <= 'z' {
-			return true
-		}
-	}
-	return false
-}
-
 // asciiLower is s with ASCII letters in lower case, and nothing else
 // changed: hosts compare in ASCII case only (RFC 4343), and
 // strings.ToLower would also take the Kelvin sign for k.

@@ -41,7 +41,7 @@ func TestKubeReplacedKeyNotRevived(t *testing.T) {
 		return kids
 	}
 	k1 := provision(1)
-	data, sec := e.secret("team-a", secret)
+	data, _ := e.secret("team-a", secret)
 	oldJWK := data["TOKEN_X_PRIVATE_JWK"]
 
 	// The cluster administrator rotates the key (vakt keys rotate).
@@ -61,7 +61,7 @@ func TestKubeReplacedKeyNotRevived(t *testing.T) {
 	t.Logf("rotated: current %s, %s retired until %v", k2[0], rec.RetiredKeys[0].Kid, rec.RetiredKeys[0].Until)
 
 	// The team writes the replaced key back into its Secret.
-	_, sec = e.secret("team-a", secret)
+	_, sec := e.secret("team-a", secret)
 	if err := unstructured.SetNestedField(sec.Object, base64.StdEncoding.EncodeToString([]byte(oldJWK)), "data", "TOKEN_X_PRIVATE_JWK"); err != nil {
 		t.Fatal(err)
 	}
