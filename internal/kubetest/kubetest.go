@@ -23,6 +23,11 @@
 // RestartAPIServer take the API server down and up again on the same port,
 // with the same etcd, certificate and tokens: clients made before see it
 // go and come back, and must catch up.
+//
+// With VAKT_KUBE_CPUS set (a CPU list as taskset(1) takes it, e.g. "0"),
+// etcd and the API server run on those CPUs alone (Command runs other
+// helpers there too), so that a benchmark can keep them off the CPUs of the
+// process it measures, as when the API server runs on other machines.
 package kubetest
 
 import (
@@ -437,6 +442,15 @@ func (c *Cluster) stopAll(t testing.TB) {
 	}
 }
 
+// Command is exec.Command, run on the CPUs VAKT_KUBE_CPUS names (through
+// taskset, which execs bin in its place) when it is set.
+func Command(bin string, args ...string) *exec.Cmd {
+	if cpus := os.Getenv("VAKT_KUBE_CPUS"); cpus != "" {
+		return exec.Command("taskset", append([]string{"--cpu-list", cpus, bin}, args...)...)
+	}
+	return exec.Command(bin, args...)
+}
+
 // process is a running etcd or kube-apiserver.
 type process struct {
 	name string
@@ -454,7 +468,7 @@ func startProcess(bin, logFile string, args ...string) (*process, error) {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "=== %s %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
-	cmd := exec.Command(bin, args...)
+	cmd := Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
