@@ -882,7 +882,9 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 		t.Errorf("the Lease %s is held by %q, want vakt-0", statusLease, h)
 	}
 	// The client keys: a Secret each, the keys published in the
-	// Application's status and the Jwker's annotation, the Jwker's status.
+	// Application's status and the Jwker's record, the Jwker's status and
+	// the record of its version serving (written past the policy
+	// vakt-key-records).
 	for _, k := range []struct {
 		gvr          schema.GroupVersionResource
 		name, secret string
@@ -905,6 +907,9 @@ func TestKubernetesAPIServerNativeRBAC(t *testing.T) {
 			if k.gvr == jwkers {
 				if _, err := admin.Resource(configMaps).Namespace("vakt").Get(ctx, "vakt-keys-"+string(u.GetUID()), metav1.GetOptions{}); err != nil {
 					return fmt.Errorf("no published keys: %w", err)
+				}
+				if _, err := admin.Resource(configMaps).Namespace("vakt").Get(ctx, "vakt-served-"+string(u.GetUID()), metav1.GetOptions{}); err != nil {
+					return fmt.Errorf("no record of the version serving: %w", err)
 				}
 				if st, _, _ := unstructured.NestedString(u.Object, "status", "synchronizationState"); st != "RolloutComplete" {
 					return fmt.Errorf("Jwker status %v", u.Object["status"])

@@ -40,13 +40,20 @@ const (
 	annotationRotation = "vakt.dev/rotation"
 	// A Jwker's published keys are a ConfigMap of vakt's namespace
 	// (recordName), labelled labelRecord=recordKeys, the JSON in data
-	// recordKey; annotationOwner names the Jwker (namespace/name).
-	labelRecord     = "vakt.dev/record"
-	recordKeys      = "keys"
-	recordKey       = "keys.json"
-	annotationOwner = "vakt.dev/owner"
-	labelManagedBy  = "app.kubernetes.io/managed-by"
-	managedByVakt   = "vakt"
+	// recordKey; annotationOwner names the Jwker (namespace/name). The
+	// version of a Jwker that serves is another (servedRecordName),
+	// labelled labelRecord=recordServed, its generation and spec in data
+	// servedGeneration and servedSpec: what an Application's status.served
+	// says, where NAIS's Jwker has no field for it.
+	labelRecord      = "vakt.dev/record"
+	recordKeys       = "keys"
+	recordKey        = "keys.json"
+	recordServed     = "served"
+	servedGeneration = "generation"
+	servedSpec       = "spec.json"
+	annotationOwner  = "vakt.dev/owner"
+	labelManagedBy   = "app.kubernetes.io/managed-by"
+	managedByVakt    = "vakt"
 	// clientKeyAlgorithm is NAIS's: jwker makes 2048-bit RSA keys, and
 	// applications' token libraries expect them.
 	clientKeyAlgorithm = "RS256"
@@ -818,8 +825,9 @@ func (p *keyProvisioner) unpublish(ctx context.Context, t keyTarget) (time.Time,
 	return now.Add(keyResync), nil
 }
 
-// collectRecords deletes the published keys of Jwkers that are gone
-// (collectKey's, every collectEvery).
+// collectRecords deletes the published keys, and the records of the
+// version serving, of Jwkers that are gone (collectKey's, every
+// collectEvery).
 func (p *keyProvisioner) collectRecords(ctx context.Context) {
 	if p.src.records == nil || !p.src.Synced() {
 		return
@@ -829,7 +837,10 @@ func (p *keyProvisioner) collectRecords(ctx context.Context) {
 		if !ok || ctx.Err() != nil {
 			continue
 		}
-		uid := strings.TrimPrefix(rec.GetName(), recordName(""))
+		uid, ok := strings.CutPrefix(rec.GetName(), recordName(""))
+		if !ok {
+			uid = strings.TrimPrefix(rec.GetName(), servedRecordName(""))
+		}
 		ns, name, _ := strings.Cut(rec.GetAnnotations()[annotationOwner], "/")
 		if j, ok := p.src.object(config.KindJwker, ns, name); ok && string(j.GetUID()) == uid {
 			continue

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -754,4 +757,76 @@ func TestKubeKeyExpiresOnEveryReplica(t *testing.T) {
 			t.Errorf("%s, the new key past the old one's until: %s", id, msg)
 		}
 	}
+}
+
+// A Jwker's version that serves is recorded in vakt's namespace, as an
+// Application's is in its status (TestKubeServedVersionRecorded): a replica
+// started while the Jwker's newest version is refused serves the recorded
+// one, as the replicas that saw it serve do. The record goes with the
+// Jwker.
+func TestKubeJwkerServedVersionRecorded(t *testing.T) {
+	e := newKeysEnv(t, "r1")
+	leader := e.replicas["r1"]
+	ctx := context.Background()
+	state := func(src *Source) State {
+		if s := src.Served(); s != nil {
+			for _, st := range s.States {
+				if st.Resource.Kind == config.KindJwker && st.Resource.Name == "app-j" {
+					return st
+				}
+			}
+		}
+		return State{}
+	}
+	jwker := func(rules string) {
+		e.apply(jwkersGVR, "team-b", `{"apiVersion":"nais.io/v1","kind":"Jwker","metadata":{"name":"app-j","namespace":"team-b"},"spec":{"accessPolicy":{"inbound":{"rules":[`+rules+`]}},"secretName":"tokenx-app-j"}}`)
+	}
+	recorded := func() (Recorded, *unstructured.Unstructured) {
+		j, err := e.client.Resource(jwkersGVR).Namespace("team-b").Get(ctx, "app-j", metav1.GetOptions{})
+		if err != nil {
+			return Recorded{}, nil
+		}
+		cm, err := e.client.Resource(configMapsGVR).Namespace("vakt").Get(ctx, servedRecordName(string(j.GetUID())), metav1.GetOptions{})
+		if err != nil {
+			return Recorded{}, nil
+		}
+		g, _, _ := unstructured.NestedString(cm.Object, "data", servedGeneration)
+		spec, _, _ := unstructured.NestedString(cm.Object, "data", servedSpec)
+		gen, _ := strconv.ParseInt(g, 10, 64)
+		return Recorded{Generation: gen, Spec: []byte(spec)}, cm
+	}
+	jwker(`{"application":"app-1","namespace":"team-a"}`)
+	e.until(10*time.Second, "generation 1 never recorded as serving", func() bool { rec, _ := recorded(); return rec.Generation == 1 })
+	want := state(leader.src).ServedSpec
+	if rec, cm := recorded(); !bytes.Equal(rec.Spec, want) || cm.GetLabels()[labelRecord] != recordServed || cm.GetAnnotations()[annotationOwner] != "team-b/app-j" {
+		t.Fatalf("the record: %s, labels %v, annotations %v; want spec %s", rec.Spec, cm.GetLabels(), cm.GetAnnotations(), want)
+	}
+	jwker(`{"application":"app-1","namespace":"team-a","cluster":"not a cluster!"}`)
+	e.until(10*time.Second, "generation 2 never refused with generation 1 serving", func() bool {
+		st := state(leader.src)
+		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused
+	})
+	if rec, _ := recorded(); rec.Generation != 1 {
+		t.Fatalf("recorded generation %d, want 1", rec.Generation)
+	}
+	fresh := startKubeRun(t, e.cfgPath, e.signer, SourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false)
+	e.until(10*time.Second, "the new replica never served generation 1", func() bool {
+		st := state(fresh.src)
+		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused
+	})
+	if a, b := leader.cur.Load().Config.Hash, fresh.cur.Load().Config.Hash; a != b {
+		t.Errorf("the replicas serve configurations %s and %s", a, b)
+	}
+
+	// Gone with the Jwker: collected as its keys' record is.
+	_, cm := recorded()
+	if err := e.client.Resource(jwkersGVR).Namespace("team-b").Delete(ctx, "app-j", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := newKeyProvisioner(e.client, fresh.src, "vakt", quiet)
+	e.until(10*time.Second, "the record outlived its Jwker", func() bool {
+		p.collectRecords(ctx)
+		_, err := e.client.Resource(configMapsGVR).Namespace("vakt").Get(ctx, cm.GetName(), metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
 }

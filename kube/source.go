@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,7 +47,8 @@ type Resource struct {
 	// kubernetes.grants may select it by.
 	NamespaceLabels map[string]string
 	// Recorded is the version the elected replica recorded as serving
-	// (an Application's status.served); nil when none is.
+	// (an Application's status.served, a Jwker's record in vakt's
+	// namespace); nil when none is.
 	Recorded *Recorded
 }
 
@@ -57,17 +59,53 @@ type Recorded struct {
 	Spec       []byte
 }
 
-// recordedOf reads an Application's status.served.
-func recordedOf(u *unstructured.Unstructured) *Recorded {
-	if u.GetKind() != config.KindApplication {
-		return nil
+// recordedOf reads an Application's status.served, or a Jwker's record of
+// the version serving.
+func (k *Source) recordedOf(u *unstructured.Unstructured) *Recorded {
+	var gen int64
+	var spec string
+	switch u.GetKind() {
+	case config.KindApplication:
+		var ok1, ok2 bool
+		gen, ok1, _ = unstructured.NestedInt64(u.Object, "status", "served", "generation")
+		spec, ok2, _ = unstructured.NestedString(u.Object, "status", "served", "spec")
+		if !ok1 || !ok2 {
+			return nil
+		}
+	case config.KindJwker:
+		rec, ok := k.servedRecord(string(u.GetUID()))
+		if !ok {
+			return nil
+		}
+		gen, spec = rec.Generation, string(rec.Spec)
 	}
-	gen, ok1, _ := unstructured.NestedInt64(u.Object, "status", "served", "generation")
-	spec, ok2, _ := unstructured.NestedString(u.Object, "status", "served", "spec")
-	if !ok1 || !ok2 || gen <= 0 || len(spec) > config.MaxResourceSpec {
+	if gen <= 0 || len(spec) > config.MaxResourceSpec {
 		return nil
 	}
 	return &Recorded{Generation: gen, Spec: []byte(spec)}
+}
+
+// servedRecord is the version of the Jwker with the given uid recorded as
+// serving, as the informer last saw it.
+func (k *Source) servedRecord(uid string) (Recorded, bool) {
+	if k.records == nil {
+		return Recorded{}, false
+	}
+	obj, ok, err := k.records.GetStore().GetByKey(k.keysNamespace + "/" + servedRecordName(uid))
+	if err != nil || !ok {
+		return Recorded{}, false
+	}
+	rec, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return Recorded{}, false
+	}
+	g, _, _ := unstructured.NestedString(rec.Object, "data", servedGeneration)
+	spec, ok, _ := unstructured.NestedString(rec.Object, "data", servedSpec)
+	gen, err := strconv.ParseInt(g, 10, 64)
+	if !ok || err != nil {
+		return Recorded{}, false
+	}
+	return Recorded{Generation: gen, Spec: []byte(spec)}, true
 }
 
 // key names the resource across its versions.
@@ -204,7 +242,7 @@ func NewSource(cfg SourceConfig) *Source {
 	if cfg.Jwkers && cfg.KeysNamespace != "" {
 		k.keysNamespace = cfg.KeysNamespace
 		f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(cfg.Client, 0, cfg.KeysNamespace, func(o *metav1.ListOptions) {
-			o.LabelSelector = labelRecord + "=" + recordKeys
+			o.LabelSelector = labelRecord + " in (" + recordKeys + "," + recordServed + ")"
 		})
 		k.records = f.ForResource(configMapsGVR).Informer()
 		_ = k.records.SetTransform(slimRecord)
@@ -313,6 +351,10 @@ func (k *Source) namespaceLabels(ns string) map[string]string {
 // recordName names the ConfigMap holding a Jwker's published keys: by uid,
 // unique and never reused.
 func recordName(uid string) string { return "vakt-keys-" + uid }
+
+// servedRecordName names the ConfigMap holding the version of a Jwker that
+// serves, by uid as recordName.
+func servedRecordName(uid string) string { return "vakt-served-" + uid }
 
 // allInformers are the informers Run runs and Synced waits for.
 func (k *Source) allInformers() []cache.SharedIndexInformer {
@@ -485,7 +527,7 @@ func (k *Source) Resources() []Resource {
 				Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
 				UID: string(u.GetUID()), Generation: u.GetGeneration(), Created: u.GetCreationTimestamp().Time, Spec: b,
 				Published: k.publishedOf(u), RotateKey: u.GetAnnotations()[AnnotationRotateKey],
-				NamespaceLabels: k.namespaceLabels(u.GetNamespace()), Recorded: recordedOf(u),
+				NamespaceLabels: k.namespaceLabels(u.GetNamespace()), Recorded: k.recordedOf(u),
 			})
 		}
 	}

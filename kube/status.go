@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -315,6 +316,42 @@ func withServed(fields map[string]any, st State) map[string]any {
 	return fields
 }
 
+// recordServed writes a Jwker's version that serves into its record in
+// vakt's namespace (servedRecordName) when the record says otherwise: what
+// an Application's status.served is, for replicas that never saw that
+// version serve (Resource.Recorded).
+func (w *statusWriter) recordServed(ctx context.Context, st State) error {
+	r := st.Resource
+	if r.Kind != config.KindJwker || st.Served <= 0 || w.src.records == nil {
+		return nil
+	}
+	if rec, ok := w.src.servedRecord(r.UID); ok && rec.Generation == st.Served && bytes.Equal(rec.Spec, st.ServedSpec) {
+		return nil
+	}
+	name, ns := servedRecordName(r.UID), w.src.keysNamespace
+	meta := map[string]any{
+		"name": name, "namespace": ns,
+		"labels":      map[string]any{labelRecord: recordServed, labelManagedBy: managedByVakt},
+		"annotations": map[string]any{annotationOwner: r.Namespace + "/" + r.Name},
+	}
+	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+		"data": map[string]any{servedGeneration: strconv.FormatInt(st.Served, 10), servedSpec: string(st.ServedSpec)}}}
+	cms := w.client.Resource(configMapsGVR).Namespace(ns)
+	var err error
+	if live, ok, _ := w.src.records.GetStore().GetByKey(ns + "/" + name); ok {
+		u, _ := live.(*unstructured.Unstructured)
+		meta["resourceVersion"] = u.GetResourceVersion()
+		_, err = cms.Update(ctx, obj, metav1.UpdateOptions{FieldManager: "vakt"})
+	} else {
+		_, err = cms.Create(ctx, obj, metav1.CreateOptions{FieldManager: "vakt"})
+	}
+	if err != nil {
+		// A conflict is an informer behind the API server: tried again.
+		return fmt.Errorf("recording the version serving in ConfigMap %s/%s: %w", ns, name, err)
+	}
+	return nil
+}
+
 // sync writes one resource's status when what vakt owns of it is not as
 // statusOf says; servedKey enqueues what a new Served changed.
 func (w *statusWriter) sync(ctx context.Context, key string) (time.Duration, error) {
@@ -326,12 +363,26 @@ func (w *statusWriter) sync(ctx context.Context, key string) (time.Duration, err
 	st, ok := w.index.state(rt, key)
 	if !ok {
 		w.failed(key, nil) // not served: nothing to write
+		w.failed("served/"+key, nil)
 		return 0, nil
 	}
 	cluster := ""
 	if rt.Config != nil {
 		cluster = rt.Config.Cluster
 	}
+	// The record first, but its failure (a policy that forbids it, say)
+	// holds up no status: both are tried again after the queue's backoff.
+	recErr := w.recordServed(ctx, st)
+	w.failed("served/"+key, recErr)
+	wait, err := w.writeStatus(ctx, key, st, cluster)
+	if err == nil && recErr != nil && ctx.Err() == nil {
+		return 0, recErr
+	}
+	return wait, err
+}
+
+// writeStatus is sync's status write.
+func (w *statusWriter) writeStatus(ctx context.Context, key string, st State, cluster string) (time.Duration, error) {
 	fields, conds, ready := w.statusOf(st, cluster)
 	fields = withServed(fields, st)
 	if !ready {
@@ -401,8 +452,12 @@ func (w *statusWriter) failed(key string, err error) {
 	}
 	if msg := err.Error(); msg != w.logged[key] {
 		w.logged[key] = msg
+		what := "a resource's status could not be written"
+		if k, ok := strings.CutPrefix(key, "served/"); ok {
+			key, what = k, "the version of a Jwker that serves could not be recorded"
+		}
 		kind, ns, name := splitKey(key)
-		w.log.Warn("kubernetes: a resource's status could not be written; trying again, less and less often", "kind", kind, "namespace", ns, "name", name, "error", err)
+		w.log.Warn("kubernetes: "+what+"; trying again, less and less often", "kind", kind, "namespace", ns, "name", name, "error", err)
 	}
 }
 
