@@ -267,7 +267,7 @@ func newKeyProvisioner(client dynamic.Interface, src *Source, recordsNS string, 
 // keys changed (informer events); each again when it is due (syncKey); and
 // collectKey every collectEvery.
 func (p *keyProvisioner) run(ctx context.Context, observe func(string)) {
-	q := newQueue(keyBackoff)
+	q := newQueue("vakt-keys", keyBackoff)
 	stopServed := p.src.onServed.add(func() { q.Add(servedKey) })
 	defer stopServed()
 	removeHandlers := p.src.addHandlers(cache.ResourceEventHandlerFuncs{

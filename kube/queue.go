@@ -46,14 +46,15 @@ type controllerQueue = workqueue.TypedRateLimitingInterface[string]
 // newQueue is a work queue whose failing items wait base, doubling to
 // maxBackoff, and whose retries all together make at most 10 a second
 // (bursts of 100): client-go's DefaultTypedControllerRateLimiter, with
-// vakt's first wait and cap.
-func newQueue(base time.Duration) controllerQueue {
+// vakt's first wait and cap. name names it to client-go's workqueue
+// metrics, should a provider be registered.
+func newQueue(name string, base time.Duration) controllerQueue {
 	return workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedMaxOfRateLimiter(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](base, maxBackoff),
 			&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
 		),
-		workqueue.TypedRateLimitingQueueConfig[string]{})
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: name})
 }
 
 // syncFunc reconciles one item of a queue: the error retries it after the
@@ -151,6 +152,8 @@ func (k *Source) addHandlers(res, rec cache.ResourceEventHandler) (remove func()
 			regs = append(regs, added{k.records, reg})
 		}
 	}
+	// A notification under way when its handler is removed may still
+	// enqueue: into a queue shut down by then, where Add does nothing.
 	return func() {
 		for _, a := range regs {
 			_ = a.inf.RemoveEventHandler(a.reg)

@@ -139,7 +139,7 @@ func lead(ctx context.Context, c StatusConfig, log *slog.Logger) {
 		}
 		return func(key string) { c.observe(queue, key) }
 	}
-	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue(statusBackoff), logged: map[string]string{}, keyStats: c.KeyStats}
+	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue("vakt-status", statusBackoff), logged: map[string]string{}, keyStats: c.KeyStats}
 	var wg sync.WaitGroup
 	if c.MakeKeys {
 		// Keys are made beside the status writes, so that neither waits
