@@ -260,3 +260,77 @@ func TestDocsReasons(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsArchitectureMap keeps the layout of docs/architecture.md a true
+// map: every directory it names exists, and every directory of the
+// repository is named, itself or through each of its subdirectories
+// (internal/ by internal/cache/, internal/devidp/, ...).
+func TestDocsArchitectureMap(t *testing.T) {
+	const page = "../docs/architecture.md"
+	doc := readDoc(t, page)
+	start := strings.Index(doc, "\n## Layout\n")
+	if start < 0 {
+		t.Fatalf("%s has no section Layout", page)
+	}
+	block := doc[start:]
+	open := strings.Index(block, "\n```\n")
+	if open < 0 {
+		t.Fatalf("%s: the layout has no code block", page)
+	}
+	block = block[open+len("\n```\n"):]
+	block = block[:strings.Index(block, "\n```")]
+	named := map[string]bool{}
+	for _, l := range strings.Split(block, "\n") {
+		if l == "" || l[0] == ' ' {
+			continue
+		}
+		dir := strings.Fields(l)[0]
+		if !strings.HasSuffix(dir, "/") {
+			t.Errorf("%s: the layout's entry %q is no directory (it must end in /)", page, dir)
+			continue
+		}
+		dir = strings.TrimSuffix(dir, "/")
+		named[dir] = true
+		if fi, err := os.Stat(filepath.Join("..", filepath.FromSlash(dir))); err != nil || !fi.IsDir() {
+			t.Errorf("%s: the layout names %s/, which is not a directory of the repository", page, dir)
+		}
+	}
+	// missing returns the directories under dir, dir itself or the
+	// deepest ones, that the layout does not name: dir is named, or has
+	// subdirectories and each of them is.
+	var missing func(dir string) []string
+	missing = func(dir string) []string {
+		if named[dir] {
+			return nil
+		}
+		entries, err := os.ReadDir(filepath.Join("..", filepath.FromSlash(dir)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		subdirs := 0
+		for _, e := range entries {
+			if e.IsDir() {
+				subdirs++
+				out = append(out, missing(dir+"/"+e.Name())...)
+			}
+		}
+		if subdirs == 0 {
+			return []string{dir}
+		}
+		return out
+	}
+	entries, err := os.ReadDir("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || (strings.HasPrefix(name, ".") && !named[name]) {
+			continue
+		}
+		for _, dir := range missing(name) {
+			t.Errorf("%s: the layout does not name %s/", page, dir)
+		}
+	}
+}
