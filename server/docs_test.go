@@ -154,12 +154,21 @@ func TestDocsLinks(t *testing.T) {
 	}
 }
 
-// TestDocsReadme keeps README.md a front door: at most 300 lines, and a link
-// to every page of docs/.
+// TestDocsReadme keeps README.md a front door: at most 300 lines, the
+// newcomer's commands (the test command the one .ci/run names as the
+// README's), and a link to every page of docs/.
 func TestDocsReadme(t *testing.T) {
 	readme := readDoc(t, "../README.md")
 	if n := strings.Count(strings.TrimSuffix(readme, "\n"), "\n") + 1; n > 300 {
 		t.Errorf("README.md has %d lines, want at most 300: move the detail to docs/", n)
+	}
+	for _, cmd := range []string{"go run ./cmd/vakt serve", "go run ./cmd/vakt demo", "go test -race ./..."} {
+		if !strings.Contains(readme, "\n"+cmd+" ") && !strings.Contains(readme, "\n"+cmd+"\n") {
+			t.Errorf("README.md does not give the command %q", cmd)
+		}
+	}
+	if ci := readDoc(t, "../.ci/run"); !strings.Contains(ci, "go test -race ./...  (the README's test command)") {
+		t.Error(".ci/run no longer names go test -race ./... as the README's test command: change both")
 	}
 	linked := map[string]bool{}
 	for _, m := range linkRE.FindAllStringSubmatch(codeSpanRE.ReplaceAllString(readme, "code"), -1) {
