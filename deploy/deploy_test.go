@@ -85,7 +85,7 @@ func TestEnvoyBootstrap(t *testing.T) {
 	if filter.GetFailureModeAllow() || filter.GetStatusOnError().GetCode() != 503 || filter.GetTransportApiVersion().String() != "V3" {
 		t.Fatalf("ext_authz must fail closed with 503 over the v3 API: %v", &filter)
 	}
-	// The settings vakt's identity guarantees lean on (README, Security):
+	// The settings vakt's identity guarantees lean on (docs/security.md):
 	// one path for vakt and the upstream, no x_vakt_* headers, no invalid
 	// header mutations.
 	if !filter.GetValidateMutations() {

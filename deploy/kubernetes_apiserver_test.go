@@ -573,7 +573,7 @@ func tableRow(t *testing.T, cfg *rest.Config, path string) ([]string, []string) 
 }
 
 // overlays/native on a real kube-apiserver: the CRDs, the namespace and the
-// overlay applied as the README says (strictly, without a warning); then,
+// overlay applied as docs/kubernetes.md says (strictly, without a warning); then,
 // acting as vakt's service account (a token user with the name and groups
 // Kubernetes gives system:serviceaccount:vakt:vakt, so no impersonation
 // rights are involved), the RBAC is shown to be enough for what vakt does

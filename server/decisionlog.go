@@ -167,7 +167,7 @@ func (l *decisionLog) logIntrospection(ctx context.Context, setting config.Log, 
 // route that decided it. It never carries a token or a claim's value: the
 // token is named by its jti, the subject by a keyed hash; the path goes
 // without its query (an API with personal data in its paths has it here:
-// the README says so).
+// docs/operations.md says so).
 func (s *authorizationService) logDecision(ctx context.Context, req *authv3.CheckRequest, o *checkOutcome, latency time.Duration) {
 	d := &o.d
 	level := decisionLevel(d.Reason)
