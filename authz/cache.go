@@ -15,17 +15,7 @@ const (
 	DefaultCacheBytes = 64 << 20
 	// entryOverhead is what an entry costs besides its token and claims:
 	// the index, the slot and the entry itself.
-	entryOverhead = 160
-	// DerivedAllowance is counted for what an adapter derives from the
-	// claims once per token and application (Decision.Derive: Check's
-	// allow answer, marshalled), and is the most it may keep, for one
-	// application or, together, for up to maxDerived: a typical token's
-	// answer is under 1 KiB.
-	DerivedAllowance = 2 << 10
-	// derivedOverhead is what derived values cost besides their bytes:
-	// the first's key and value in the cache's slot, and the values' size
-	// and their array, rounded up.
-	derivedOverhead = 128
+	entryOverhead = 176
 )
 
 // tokenCache maps the SHA-256 of a token's signature to the claims of a
@@ -86,6 +76,9 @@ func (t *TokenCache) Fits(entries int, maxBytes int64) bool {
 	return t.entries == entries && t.bytes == maxBytes
 }
 
+// Entries is the most entries t holds.
+func (t *TokenCache) Entries() int { return t.entries }
+
 // Stats counts the cache: entries, bytes, evictions, hits and misses.
 func (t *TokenCache) Stats() CacheStats { return t.c.Stats() }
 
@@ -110,101 +103,19 @@ func (t *TokenCache) Retire(p *Provider) int {
 type CacheStats = cache.Stats
 
 // cacheEntry is a verified token: for the collector, a pointer to the
-// provider (shared), one to the claims, which hold no pointer (the signed
-// part, header.payload, to compare on a hit, and the strings Check reads:
-// Claims), and what an adapter derived from them (Decision.Derive), once it
-// has.
+// provider (shared) and one to the claims, which hold no pointer (the
+// signed part, header.payload, to compare on a hit, and the strings Check
+// reads: Claims). What a face makes of the claims (an answer in its wire
+// form) is the face's to keep, keyed by Decision.TokenKey: the cache holds
+// no transport's bytes.
 type cacheEntry struct {
 	provider *Provider
 	claims   *Claims
-	derived  derived
-}
-
-// derived is what Decision.Derive computed for a token: the value for key,
-// and for more keys when the token is Checked for more than one
-// application (a token forwarded from service to service), as long as they
-// fit the entry's DerivedAllowance together. It is a value in the cache's
-// slot; more is never modified once made (with makes a new one), so that a
-// copy of derived read under the slot's read lock stays valid.
-type derived struct {
-	key, value any
-	size       int          // bytes of every value, and of more
-	more       *derivedMore // nil until a second key
-}
-
-// derivedMore are the values of the keys past the first.
-type derivedMore struct {
-	n     int
-	pairs [maxDerived - 1]derivedPair
-}
-
-type derivedPair struct{ key, value any }
-
-// Bounds of the values derived for one token.
-const (
-	// maxDerived is how many keys a token keeps values for.
-	maxDerived = 4
-	// derivedMoreSize is what the values past the first cost besides
-	// their own sizes: derivedMore, which holds their pairs, at its
-	// allocation's size class (TestDerivedMoreSize).
-	derivedMoreSize = 112
-)
-
-// find returns the value for key; nil when there is none.
-func (d *derived) find(key any) any {
-	if d.value == nil {
-		return nil
-	}
-	if d.key == key {
-		return d.value
-	}
-	if d.more != nil {
-		for _, p := range d.more.pairs[:d.more.n] {
-			if p.key == key {
-				return p.value
-			}
-		}
-	}
-	return nil
-}
-
-// with is d with value, of size bytes, for key (which d has none for):
-// beside d's values when they fit the allowance together, else alone; d
-// as it is when value alone is past the allowance, which the cache would
-// count at less than it costs.
-func (d derived) with(key, value any, size int) derived {
-	if size > DerivedAllowance {
-		return d
-	}
-	total := d.size + size
-	if d.more == nil {
-		total += derivedMoreSize
-	}
-	if d.value == nil || d.more != nil && d.more.n == maxDerived-1 || total > DerivedAllowance {
-		return derived{key: key, value: value, size: size}
-	}
-	more := &derivedMore{}
-	if d.more != nil {
-		*more = *d.more
-	}
-	more.pairs[more.n] = derivedPair{key, value}
-	more.n++
-	return derived{key: d.key, value: d.value, size: total, more: more}
-}
-
-// addDerived keeps value, of size bytes, for key with the entry of claims
-// under k, if it is still there and has none for key yet.
-func addDerived(c *tokenCache, k cache.Key, claims *Claims, key, value any, size int) {
-	c.Update(&k, func(e *cacheEntry) {
-		if e.claims == claims && e.derived.find(key) == nil {
-			e.derived = e.derived.with(key, value, size)
-		}
-	})
 }
 
 // entrySize is what e costs in memory, in bytes.
 func entrySize(e *cacheEntry) int64 {
-	return entryOverhead + derivedOverhead + DerivedAllowance + int64(e.claims.size)
+	return entryOverhead + int64(e.claims.size)
 }
 
 // expiryNanos is when a token with exp (seconds) leaves the cache: at exp

@@ -225,10 +225,7 @@ func TestCacheEntrySize(t *testing.T) {
 			if st.Entries != n {
 				t.Fatalf("%d entries", st.Entries)
 			}
-			// Counted bytes include an allowance for what adapters derive
-			// later (DerivedAllowance, and its holder), not yet on the heap
-			// here.
-			counted := float64(st.Bytes-n*(DerivedAllowance+derivedOverhead)) / n
+			counted := float64(st.Bytes) / n
 			measured := float64(after-before) / n
 			t.Logf("%s: %.0f bytes counted, %.0f measured per entry (%d-byte token)", tt.name, counted, measured, len(toks[0]))
 			if counted < measured*0.9 || counted > measured*1.1 {

@@ -43,35 +43,19 @@ type Decision struct {
 	// raw is every claim, when the token was verified for this decision
 	// (a cache miss): parsed once, and never kept with the claims.
 	raw map[string]any
-	// cache and key are where the verified-token cache keeps the token, if
-	// it kept it (cache nil when there is no cache), and derived what
-	// Derive computed for it before.
-	cache   *tokenCache
-	key     cache.Key
-	derived derived
+	// key is where the verified-token cache keeps the token, when kept.
+	key  cache.Key
+	kept bool
 }
 
-// Derive returns what compute makes of the decision's claims for key,
-// computing it once per token and key: a repeated token then costs no
-// rework in an adapter (the Check adapter keeps its answer here, keyed by
-// the application; key must be comparable). compute returns the value and
-// about how many bytes it holds. The value is kept with the token in the
-// verified-token cache, beside those of other keys while they fit
-// DerivedAllowance together (else it replaces them; a value larger than
-// the allowance is not kept, and is computed again), and shared by every
-// request that presents the token: compute must return something nobody
-// modifies afterwards.
-func (d *Decision) Derive(key any, compute func() (value any, size int)) any {
-	if v := d.derived.find(key); v != nil {
-		return v
-	}
-	v, size := compute()
-	if d.cache != nil {
-		addDerived(d.cache, d.key, d.Claims, key, v, size)
-	}
-	d.derived = d.derived.with(key, v, size)
-	return v
-}
+// TokenKey is the key under which the verified-token cache keeps the
+// token the decision verified: the SHA-256 of its signature, which names
+// the token without holding it. ok is false when the cache did not keep it
+// (no cache, a provider retired meanwhile, no token). A face that keeps
+// what it makes of the claims per token (Check's answer, in its wire form)
+// keys it by this, and keeps Claims beside it to compare on a hit: a token
+// verified again has claims of its own.
+func (d *Decision) TokenKey() (key [32]byte, ok bool) { return d.key, d.kept }
 
 // RawClaims returns every claim of the token as Claims.Raw does, in a map of
 // the caller's own: the one its verification parsed when this decision
@@ -212,7 +196,7 @@ func (c *Checker) checkToken(ctx context.Context, req CheckRequest, route *Route
 		return refuse(ReasonClaimNotForwardable, caller)
 	}
 	return Decision{Allow: true, Claims: claims, Provider: provider, Caller: caller, raw: raw,
-		cache: v.cache, key: key, derived: e.derived}
+		key: key, kept: v.cache != nil && key != cache.Key{}}
 }
 
 // forwardable reports whether every claim the allow response sets as a

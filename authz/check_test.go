@@ -498,76 +498,67 @@ func TestCheckerCache(t *testing.T) {
 	}
 }
 
-// Derive computes once per token and key: a later Check of the same token
-// (from the cache) finds the value; values for other keys (a token Checked
-// for several applications) are kept beside it while they fit
-// DerivedAllowance together, and up to four, and a value past either bound
-// replaces them all; without a cache every Check computes; a token
-// verified anew starts with nothing derived.
-func TestDecisionDerive(t *testing.T) {
+// An allow names where the verified-token cache keeps the token
+// (TokenKey), for a face to keep what it makes of the claims: the same key
+// and claims on every Check of the token from the cache; with no cache, or
+// no token, none; a token verified anew has the same key and claims of its
+// own.
+func TestDecisionTokenKey(t *testing.T) {
 	e := newCheckEnv(t)
 	ctx := context.Background()
 	b, _ := e.policy.Application(appB)
-	type step struct {
-		key      string
-		size     int
-		computed bool // computed now, rather than found
+	tok := "Bearer " + e.own(t, app1, appB, "read:users")
+	check := func(c *authz.Checker, auth string) authz.Decision {
+		t.Helper()
+		d := c.Check(ctx, authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: auth})
+		if !d.Allow {
+			t.Fatalf("%v (%v)", d.Reason, d.Err)
+		}
+		return d
 	}
-	pair := 112 // what the values past the first cost besides their sizes (derivedMore)
-	for _, tt := range []struct {
-		name    string
-		checker *authz.Checker
-		steps   []step
-	}{
-		{"one key", e.cached, []step{{"a", 500, true}, {"a", 500, false}, {"a", 500, false}}},
-		{"keys beside each other", e.cached, []step{{"a", 500, true}, {"b", 500, true}, {"a", 0, false}, {"b", 0, false}, {"c", 500, true}, {"a", 0, false}, {"c", 0, false}}},
-		{"past the allowance, replaced", e.cached, []step{{"a", 1000, true}, {"b", authz.DerivedAllowance - 1000 - pair + 1, true}, {"a", 1000, true}, {"b", 0, true}, {"a", 0, false}}},
-		{"at the allowance, kept", e.cached, []step{{"a", 1000, true}, {"b", authz.DerivedAllowance - 1000 - pair, true}, {"a", 0, false}, {"b", 0, false}}},
-		{"past four keys, replaced", e.cached, []step{{"a", 10, true}, {"b", 10, true}, {"c", 10, true}, {"d", 10, true}, {"a", 0, false}, {"d", 0, false}, {"e", 10, true}, {"e", 0, false}, {"a", 0, true}}},
-		{"past the allowance alone, not kept", e.cached, []step{{"a", 10, true}, {"b", authz.DerivedAllowance + 1, true}, {"a", 0, false}, {"b", authz.DerivedAllowance + 1, true}, {"c", authz.DerivedAllowance + 1, true}, {"a", 0, false}}},
-		{"no cache", e.uncached, []step{{"a", 10, true}, {"a", 10, true}}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			// A token of its own, new to the cache.
-			tok := "Bearer " + e.own(t, app1, appB, "read:users", "jti", tt.name)
-			values := map[string]any{}
-			for i, st := range tt.steps {
-				d := tt.checker.Check(ctx, authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: tok})
-				if !d.Allow {
-					t.Fatalf("%v (%v)", d.Reason, d.Err)
-				}
-				computed := false
-				v := d.Derive(st.key, func() (any, int) { computed = true; return &struct{ step int }{i}, st.size })
-				if computed != st.computed || !computed && v != values[st.key] {
-					t.Fatalf("step %d (%s): computed %v, want %v", i, st.key, computed, st.computed)
-				}
-				values[st.key] = v
-			}
-		})
+	first := check(e.cached, tok)
+	k1, ok := first.TokenKey()
+	if !ok || k1 == ([32]byte{}) {
+		t.Fatal("a token verified and cached has no key")
+	}
+	again := check(e.cached, tok)
+	if k2, ok := again.TokenKey(); !ok || k2 != k1 || again.Claims != first.Claims {
+		t.Fatalf("the token from the cache: key %x (%v), the same claims %v", k2, ok, again.Claims == first.Claims)
+	}
+	if d := check(e.uncached, tok); func() bool { _, ok := d.TokenKey(); return ok }() {
+		t.Fatal("no cache, yet a key")
+	}
+	// Its provider retired, the token leaves the cache and is not kept
+	// again: verified anew, with claims of its own, and no key.
+	e.tokens.Retire(first.Provider)
+	d := check(e.cached, tok)
+	if _, ok := d.TokenKey(); ok || d.Claims == first.Claims {
+		t.Fatalf("a retired provider's token: kept %v, the claims before %v", ok, d.Claims == first.Claims)
 	}
 }
 
 // The configuration after a policy change, as server.NewRuntime builds it:
 // the same providers and cache, and the next policy (NewPolicyFrom). A
-// token cached before is a hit, with no key lookup; the answer derived for
-// an application that did not change is found (no allocation), and one for
-// an application that changed is made anew. An application removed is no
+// token cached before is a hit, with no key lookup, and the same claims; an
+// application that did not change is the same *Application (what a face
+// keeps for it stays good), and one that changed a new one. An application
+// removed is no
 // aud for vakt's own tokens any more, from the cache too.
 func TestCheckerNextConfiguration(t *testing.T) {
 	e := newCheckEnv(t)
 	ctx := context.Background()
 	tok := "Bearer " + e.own(t, app1, []string{appB, appAPI}, "read:users")
 	only3 := e.own(t, app1, app3, "")
-	derive := func(c *authz.Checker, p *authz.Policy, id, path string) (value any, computed bool) {
+	derive := func(c *authz.Checker, p *authz.Policy, id, path string) (*authz.Application, *authz.Claims) {
 		t.Helper()
 		app, _ := p.Application(id)
 		d := c.Check(ctx, authz.CheckRequest{App: app, Method: "GET", Path: path, Authorization: tok})
 		if !d.Allow {
 			t.Fatalf("%s: %v (%v)", id, d.Reason, d.Err)
 		}
-		return d.Derive(app, func() (any, int) { computed = true; return &struct{ id string }{id}, 100 }), computed
+		return app, d.Claims
 	}
-	answerB, _ := derive(e.cached, e.policy, appB, "/read")
+	answerB, claims := derive(e.cached, e.policy, appB, "/read")
 	answerAPI, _ := derive(e.cached, e.policy, appAPI, "/")
 	if _, err := e.cached.Validator.Validate(ctx, "vakt", only3); err != nil {
 		t.Fatal(err)
@@ -601,11 +592,11 @@ func TestCheckerNextConfiguration(t *testing.T) {
 	next := &authz.Checker{Validator: v, Own: ownProvider}
 
 	before := e.lookups()
-	if got, computed := derive(next, policy, appB, "/read"); computed || got != answerB {
-		t.Fatal("app-b did not change, and its answer was made anew")
+	if got, c := derive(next, policy, appB, "/read"); got != answerB || c != claims {
+		t.Fatal("app-b did not change, and is another application, or the token was verified anew")
 	}
-	if got, computed := derive(next, policy, appAPI, "/"); !computed || got == answerAPI {
-		t.Fatal("api changed, and its answer was the one before")
+	if got, _ := derive(next, policy, appAPI, "/"); got == answerAPI {
+		t.Fatal("api changed, and is the application before")
 	}
 	if n := e.lookups() - before; n != 0 {
 		t.Fatalf("%d key lookups for a token cached before the change", n)
@@ -613,8 +604,7 @@ func TestCheckerNextConfiguration(t *testing.T) {
 	b, _ := policy.Application(appB)
 	req := authz.CheckRequest{App: b, Method: "GET", Path: "/read", Authorization: tok}
 	if n := testing.AllocsPerRun(100, func() {
-		d := next.Check(ctx, req)
-		d.Derive(b, func() (any, int) { panic("made anew") })
+		_ = next.Check(ctx, req)
 	}); n != 0 {
 		t.Fatalf("%.1f allocations per Check of a cached token after the change", n)
 	}

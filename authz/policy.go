@@ -91,7 +91,7 @@ func NewPolicy(apps []ApplicationPolicy) (*Policy, error) { return NewPolicyFrom
 // NewPolicyFrom is NewPolicy for the configuration after prev's (nil for
 // none): an application whose ApplicationPolicy is the same as in prev is
 // prev's *Application, so that what adapters keep for it (Check's answers,
-// Decision.Derive, keyed by the pointer) stays good across a policy change
+// kept with the pointer) stays good across a policy change
 // that does not concern it. An application that changed is a new one, and
 // its answers are built anew.
 func NewPolicyFrom(prev *Policy, apps []ApplicationPolicy) (*Policy, error) {

@@ -152,7 +152,7 @@ func TestParseKeySetKids(t *testing.T) {
 }
 
 // NewPolicyFrom keeps the previous *Application of an application whose
-// policy is the same, so that answers kept for it (Decision.Derive) stay
+// policy is the same, so that answers kept for it (Check's answers) stay
 // good; any one field changed, and the application is a new one. Every
 // field of ApplicationPolicy is changed in turn, so that a field added
 // later without a row here fails.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,33 +57,47 @@ var _ authv3.AuthorizationServer = (*authorizationService)(nil)
 // that cannot be had, overload) is an RPC error, so that Envoy's
 // status_on_error tells it from a refusal.
 func (s *authorizationService) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	res, err := s.checkWire(ctx, req)
-	if p, ok := res.(*preMarshalled); ok {
-		return p.message(), err
+	r, err := s.checkEnvoy(ctx, req)
+	if r.wire != nil {
+		return r.wire.message(), err
 	}
-	r, _ := res.(*authv3.CheckResponse)
-	return r, err
+	return r.msg, err
 }
 
-// checkWire is Check as the gRPC server calls it (authorizationDesc): an
-// allow that needs no change for this request is its pre-marshalled answer,
-// written as it is (codec); anything else a *authv3.CheckResponse.
-func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckRequest) (any, error) {
+// envoyReply is Envoy's face's rendering of an answer: an allow that needs
+// no change for this request is its pre-marshalled answer, which the codec
+// writes as it is; anything else a message.
+type envoyReply struct {
+	wire *preMarshalled
+	msg  *authv3.CheckResponse
+}
+
+// checkEnvoy is Check as the gRPC server calls it (authorizationDesc): the
+// request read, decided, and the answer rendered for Envoy.
+func (s *authorizationService) checkEnvoy(ctx context.Context, req *authv3.CheckRequest) (envoyReply, error) {
+	var span trace.Span // nil unless traced: the untraced Check pays a comparison
+	cr := envoyRequest(req)
+	if s.obs.tracer != nil {
+		ctx, span = s.startCheck(ctx, &cr)
+		defer endOnPanic(span)
+	}
+	o := s.check(ctx, &cr, span)
+	return renderEnvoy(&o)
+}
+
+// check decides a request of any face, and counts, traces and logs the
+// decision: once per request, whichever face asked.
+func (s *authorizationService) check(ctx context.Context, req *checkRequest, span trace.Span) checkOutcome {
 	var start time.Duration
 	if s.metrics != nil {
 		start = s.metrics.checkStart()
-	}
-	var span trace.Span // nil unless traced: the untraced Check pays a comparison
-	if s.obs.tracer != nil {
-		ctx, span = s.startCheck(ctx, req)
-		defer endOnPanic(span)
 	}
 	o := s.decide(ctx, req)
 	if s.metrics != nil {
 		s.metrics.observeCheck(o.d.Reason, start)
 	}
 	if span != nil {
-		endCheckSpan(span, &o)
+		endCheckSpan(span, req, &o)
 	}
 	if o.app != nil {
 		switch {
@@ -97,67 +112,135 @@ func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckR
 			s.log.Debug("check could not be decided", "application", o.app.ID, "reason", o.d.Reason.String(), "cause", o.d.Err)
 		}
 	}
-	return o.res, o.err
+	return o
 }
 
 // checkOutcome is a Check decided: the answer, and what the decision log
 // says of it.
 type checkOutcome struct {
-	res any
-	err error
-	rt  *Runtime
-	d   authz.Decision
-	app *authz.Application // nil when the request named none (logged apart)
-
-	method, path string // as Check read them, when app is set
+	answer checkAnswer
+	rt     *Runtime
+	d      authz.Decision
+	app    *authz.Application // nil when the request named none (logged apart)
 }
 
-// decide is checkWire's answer, and the decision behind it.
-func (s *authorizationService) decide(ctx context.Context, req *authv3.CheckRequest) checkOutcome {
+// decide is a request's answer, and the decision behind it.
+func (s *authorizationService) decide(ctx context.Context, req *checkRequest) checkOutcome {
 	rt := s.cur.Load()
-	httpReq := req.GetAttributes().GetRequest().GetHttp()
-	if httpReq == nil {
+	if req.invalid {
 		d := authz.Decision{Reason: authz.ReasonRequestInvalid}
-		return checkOutcome{res: denied(d, "", false), rt: rt, d: d}
+		return checkOutcome{answer: denied(d, "", false), rt: rt, d: d}
 	}
-	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
-	if len(headers.m)+len(headers.raw) > maxCheckHeaders {
-		// Envoy sends 100 headers at most by default; a request with
-		// thousands did not come through a proxy, and is not worked on.
-		d := authz.Decision{Reason: authz.ReasonRequestInvalid}
-		return checkOutcome{res: denied(d, "", false), rt: rt, d: d}
-	}
-	grpcCall := strings.HasPrefix(headers.get("content-type"), "application/grpc")
-	app, ok := findApplication(rt, req.GetAttributes())
+	grpcCall := strings.HasPrefix(req.headers.get("content-type"), "application/grpc")
+	app, ok := findApplication(rt, req)
 	if !ok {
 		// A configuration problem rather than a client's: say which request
 		// found no application, so the route or host can be fixed.
-		attrs := req.GetAttributes()
 		s.log.Warn("check denied: no application for the request",
-			"context_extension", attrs.GetContextExtensions()[ContextExtensionApp],
-			"destination_principal", attrs.GetDestination().GetPrincipal(),
-			"host", httpReq.GetHost(), "path", truncatePath(httpReq.GetPath()))
+			"context_extension", req.appID, "destination_principal", req.principal,
+			"host", req.host, "path", truncatePath(req.path))
 		d := authz.NoApplication()
-		return checkOutcome{res: denied(d, "", grpcCall), rt: rt, d: d}
+		return checkOutcome{answer: denied(d, "", grpcCall), rt: rt, d: d}
 	}
-	path := httpReq.GetPath()
-	if path == "" {
-		path = headers.get(":path")
-	}
-	method := httpReq.GetMethod()
-	if method == "" {
-		method = headers.get(":method")
-	}
-	d := rt.Checker.Check(ctx, authz.CheckRequest{App: app, Method: method, Path: path, Authorization: headers.get("authorization")})
+	d := rt.Checker.Check(ctx, authz.CheckRequest{App: app, Method: req.method, Path: req.path, Authorization: req.headers.get("authorization")})
 	if !d.Allow {
 		if d.Reason.Outage() {
-			// The cause names URLs and addresses: the decision log has
-			// it, Envoy gets the reason's description.
-			return checkOutcome{err: status.Error(answerFor(d.Reason).grpc, d.Reason.Description()), rt: rt, d: d, app: app, method: method, path: path}
+			return checkOutcome{answer: checkAnswer{outage: true}, rt: rt, d: d, app: app}
 		}
-		return checkOutcome{res: denied(d, app.ID, grpcCall), rt: rt, d: d, app: app, method: method, path: path}
+		return checkOutcome{answer: denied(d, app.ID, grpcCall), rt: rt, d: d, app: app}
 	}
-	return checkOutcome{res: allowed(d, app, headers), rt: rt, d: d, app: app, method: method, path: path}
+	return checkOutcome{answer: rt.allowed(&d, app, req.headers), rt: rt, d: d, app: app}
+}
+
+// envoyHeaders are a CheckRequest's headers, wherever Envoy put them: in
+// headers, or in header_map when its encode_raw_headers is set (a name may
+// repeat there, and a value may be raw bytes). Both are read, so that no
+// header escapes vakt by arriving in the other. One pointer: in a
+// checkHeaders, it costs no allocation.
+type envoyHeaders struct{ r *authv3.AttributeContext_HttpRequest }
+
+// get joins in linear time: a request may repeat a header a thousand times.
+func (h envoyHeaders) get(name string) string {
+	v := h.r.GetHeaders()[name]
+	var b *strings.Builder
+	for _, hv := range h.r.GetHeaderMap().GetHeaders() {
+		if hv.GetKey() != name {
+			continue
+		}
+		s := hv.GetValue()
+		if raw := hv.GetRawValue(); len(raw) > 0 {
+			s = string(raw)
+		}
+		switch {
+		case v == "" && b == nil:
+			v = s
+		case b == nil:
+			b = &strings.Builder{}
+			b.WriteString(v)
+			fallthrough
+		default:
+			b.WriteByte(',')
+			b.WriteString(s)
+		}
+	}
+	if b != nil {
+		return b.String()
+	}
+	return v
+}
+
+func (h envoyHeaders) count() int {
+	return len(h.r.GetHeaders()) + len(h.r.GetHeaderMap().GetHeaders())
+}
+
+func (h envoyHeaders) each(f func(name string)) {
+	for name := range h.r.GetHeaders() {
+		f(name)
+	}
+	for _, hv := range h.r.GetHeaderMap().GetHeaders() {
+		f(hv.GetKey())
+	}
+}
+
+func (h envoyHeaders) spoofed(dst []string) []string {
+	for name := range h.r.GetHeaders() {
+		if spoofsIdentity(name) {
+			dst = append(dst, name)
+		}
+	}
+	for _, hv := range h.r.GetHeaderMap().GetHeaders() {
+		if name := hv.GetKey(); spoofsIdentity(name) {
+			dst = append(dst, name)
+		}
+	}
+	return dst
+}
+
+// envoyRequest is the request a CheckRequest asks about.
+func envoyRequest(req *authv3.CheckRequest) checkRequest {
+	attrs := req.GetAttributes()
+	r := attrs.GetRequest().GetHttp()
+	if r == nil {
+		return checkRequest{invalid: true}
+	}
+	cr := checkRequest{
+		appID: attrs.GetContextExtensions()[ContextExtensionApp], principal: attrs.GetDestination().GetPrincipal(),
+		host: r.GetHost(), method: r.GetMethod(), path: r.GetPath(), headers: envoyHeaders{r},
+	}
+	if cr.headers.count() > maxCheckHeaders {
+		// Envoy sends 100 headers at most by default; a request with
+		// thousands did not come through a proxy, and is not worked on.
+		return checkRequest{invalid: true}
+	}
+	// HTTP/2 requests may carry the method and path as pseudo-headers
+	// only.
+	if cr.path == "" {
+		cr.path = cr.headers.get(":path")
+	}
+	if cr.method == "" {
+		cr.method = cr.headers.get(":method")
+	}
+	return cr
 }
 
 func truncatePath(p string) string {
@@ -171,17 +254,18 @@ func truncatePath(p string) string {
 }
 
 // findApplication names the application being called, first that applies:
-// the context extension Envoy's route sets, the destination principal of an
-// Istio mesh (spiffe://<trust domain>/ns/<namespace>/sa/<name>, in vakt's
-// cluster), the request's host.
-func findApplication(rt *Runtime, attrs *authv3.AttributeContext) (*authz.Application, bool) {
-	if id := attrs.GetContextExtensions()[ContextExtensionApp]; id != "" {
-		return rt.Policy.Application(id)
+// the id the route names (Envoy's context extension, the HTTP face's
+// path), the destination principal of an Istio mesh
+// (spiffe://<trust domain>/ns/<namespace>/sa/<name>, in vakt's cluster),
+// the request's host.
+func findApplication(rt *Runtime, req *checkRequest) (*authz.Application, bool) {
+	if req.appID != "" {
+		return rt.Policy.Application(req.appID)
 	}
-	if ns, sa, ok := spiffeWorkload(attrs.GetDestination().GetPrincipal(), rt.Config.TrustDomain); ok {
+	if ns, sa, ok := spiffeWorkload(req.principal, rt.Config.TrustDomain); ok {
 		return rt.Policy.Application(authz.AppID{Cluster: rt.Config.Cluster, Namespace: ns, Name: sa}.String())
 	}
-	host := attrs.GetRequest().GetHttp().GetHost()
+	host := req.host
 	if host == "" {
 		return nil, false
 	}
@@ -210,81 +294,6 @@ func spiffeWorkload(principal, trustDomain string) (ns, sa string, ok bool) {
 	return parts[1], parts[3], true
 }
 
-// requestHeaders are a CheckRequest's headers, wherever Envoy put them: in
-// headers, or in header_map when its encode_raw_headers is set (a name may
-// repeat there, and a value may be raw bytes). Both are read, so that no
-// header escapes vakt by arriving in the other.
-type requestHeaders struct {
-	m   map[string]string
-	raw []*corev3.HeaderValue
-}
-
-// get returns a header's value; repeated values are joined with ",", as
-// HTTP combines them (and as Envoy's headers map has them).
-// Joining is linear: a request may repeat a header a thousand times.
-func (h requestHeaders) get(name string) string {
-	v := h.m[name]
-	var b *strings.Builder
-	for _, hv := range h.raw {
-		if hv.GetKey() != name {
-			continue
-		}
-		s := hv.GetValue()
-		if raw := hv.GetRawValue(); len(raw) > 0 {
-			s = string(raw)
-		}
-		switch {
-		case v == "" && b == nil:
-			v = s
-		case b == nil:
-			b = &strings.Builder{}
-			b.WriteString(v)
-			fallthrough
-		default:
-			b.WriteByte(',')
-			b.WriteString(s)
-		}
-	}
-	if b != nil {
-		return b.String()
-	}
-	return v
-}
-
-// each calls f with every header name, once per occurrence.
-func (h requestHeaders) each(f func(name string)) {
-	for name := range h.m {
-		f(name)
-	}
-	for _, hv := range h.raw {
-		f(hv.GetKey())
-	}
-}
-
-// spoofsIdentity reports whether a client's header name would reach an
-// application as one of vakt's: x-vakt-* in any case, and with '_' or '.'
-// for '-', which CGI, WSGI and PHP upstreams read alike (x_vakt_subject and
-// x.vakt.subject are HTTP_X_VAKT_SUBJECT, as x-vakt-subject is).
-func spoofsIdentity(name string) bool {
-	const prefix = authz.IdentityHeaderPrefix
-	if len(name) < len(prefix) {
-		return false
-	}
-	for i := 0; i < len(prefix); i++ {
-		c := name[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c == '_' || c == '.' {
-			c = '-'
-		}
-		if c != prefix[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // publicAllow is the allow answer of a public route, and of any request
 // whose answer sets no header.
 var publicAllow = mustPreMarshal(&authv3.CheckResponse{
@@ -300,100 +309,57 @@ func mustPreMarshal(m *authv3.CheckResponse) *preMarshalled {
 	return p
 }
 
-// allowed is the allow answer: the one built for this token and
-// application (once per verified token: the same token for the same
-// application always gets the same headers and metadata), or for a
-// public route the empty one, and a response of its own only when this
-// request's headers call for removals.
-func allowed(d authz.Decision, app *authz.Application, reqHeaders requestHeaders) any {
-	answer := publicAllow
+// allowed is the allow answer: the identity of this token for this
+// application (made once per verified token: the same token for the same
+// application always gets the same headers and metadata), none for a
+// public route, and the headers this request calls on the proxy to
+// remove.
+func (rt *Runtime) allowed(d *authz.Decision, app *authz.Application, reqHeaders checkHeaders) checkAnswer {
+	a := checkAnswer{status: http.StatusOK}
 	if d.Claims != nil {
-		answer = d.Derive(app, func() (any, int) {
-			a := identityAnswer(d, app)
-			return a, a.size()
-		}).(*preMarshalled)
+		a.id = rt.answers.identity(d, app)
 	}
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
-	var remove, more []string
-	reqHeaders.each(func(name string) {
-		if spoofsIdentity(name) && !answer.setsHeader(app, name, &more) {
-			remove = append(remove, name)
-		}
-	})
+	a.remove = reqHeaders.spoofed(nil)
+	if a.id != nil {
+		a.remove = slices.DeleteFunc(a.remove, a.id.sets)
+	}
 	// Sorted, as the map's order is random and the answer's is not; each
 	// once (a name may repeat in header_map), in O(n log n).
-	slices.Sort(remove)
-	remove = slices.Compact(remove)
+	slices.Sort(a.remove)
+	a.remove = slices.Compact(a.remove)
 	if app.StripAuthorization && d.Claims != nil {
-		remove = append(remove, "authorization")
+		a.remove = append(a.remove, "authorization")
 	}
-	if len(remove) == 0 {
-		return answer // shared and never modified
-	}
-	res := answer.message()
-	res.GetOkResponse().HeadersToRemove = remove
-	return res
+	return a
 }
 
-// identityAnswer is the allow answer for a token and an application,
-// marshalled: the identity headers, and the claims as dynamic metadata.
-// The answer is kept with the token in the verified-token cache, which
-// counts it at authz.DerivedAllowance bytes: a token whose claims would
-// make it larger is answered without them in dynamic_metadata (the
-// identity headers are always there), and one whose headers alone are
-// larger has its answer built on every Check (Derive does not keep it).
-// Both are written in their wire form straight from the claims, with no
+// envoyIdentity writes into p the allow answer for a token and an
+// application in Envoy's wire form: the headers hs, and the claims as
+// dynamic metadata unless metadata is false (or the answer would be past
+// maxAnswer with them), and appends to spans where each header's name and
+// value are in it. Both are written straight from the claims, with no
 // message built and no reflection, into one buffer of their size (rounded
 // up to its allocation's size class).
-func identityAnswer(d authz.Decision, app *authz.Application) *preMarshalled {
-	raw := d.RawClaims() // parsed by the verification on a cache miss
-	var stack [8]answerHeader
-	hs, sets := identityHeaders(d, app, raw, stack[:0])
+func envoyIdentity(p *preMarshalled, hs []answerHeader, raw map[string]any, metadata bool, spans []headerSpan) []headerSpan {
 	n := identityWireSize(hs)
 	var md structWire
 	mdSize := 0
-	if !app.NoDynamicMetadata {
-		// An answer past the allowance goes without its metadata, so that
-		// one large token cannot take a large share of the cache.
-		if m, err := md.size(metadataNamespace, raw); err == nil && n+m <= authz.DerivedAllowance {
+	if metadata {
+		if m, err := md.size(metadataNamespace, raw); err == nil && n+m <= maxAnswer {
 			mdSize = m
 		}
 	}
 	// Grown, not made: append rounds the capacity up to the allocation's
-	// size class, so that preMarshalled.size counts what it costs.
-	wire := appendIdentityWire(slices.Grow([]byte(nil), n+mdSize), hs)
+	// size class, so that the identity's size counts what it costs.
+	wire, spans := appendIdentityWire(slices.Grow([]byte(nil), n+mdSize), hs, spans)
 	if mdSize > 0 {
 		wire = md.append(wire, metadataNamespace, raw)
 	}
-	return newPreMarshalledBytes(wire, sets)
-}
-
-// answerHeader is a header an allow answer sets.
-type answerHeader struct{ name, value string }
-
-// identityHeaders appends to hs the headers of the allow answer for a token
-// and an application, those with a value, in the order of
-// answerHeaders(app), and says which they are as preMarshalled.sets has
-// them.
-func identityHeaders(d authz.Decision, app *authz.Application, raw map[string]any, hs []answerHeader) (_ []answerHeader, sets uint64) {
-	i := 0
-	set := func(name, value string) {
-		if value != "" {
-			hs = append(hs, answerHeader{name, value})
-			sets |= 1 << min(i, moreHeaders)
-		}
-		i++
-	}
-	c := d.Claims
-	set(authz.HeaderSubject, c.Subject())
-	set(authz.HeaderClientID, d.Caller)
-	set(authz.HeaderIdentityProvider, d.Provider.IdentityProvider(c))
-	set(authz.HeaderScope, c.ScopeText())
-	for _, fc := range app.ForwardClaims {
-		set(fc.Header, claimString(raw[fc.Claim]))
-	}
-	return hs, sets
+	p.bytes = wire
+	p.buf[0] = &p.bytes
+	return spans
 }
 
 // Field numbers of CheckResponse (external_auth.proto), OkHttpResponse,
@@ -411,9 +377,10 @@ const (
 
 // appendIdentityWire appends CheckResponse{status: OK, ok_response:
 // {headers: hs, each to overwrite}} as proto.Marshal writes it, byte for
-// byte (TestIdentityWire). The values are claims, which the token's parser
-// made valid UTF-8, as a string field must be.
-func appendIdentityWire(b []byte, hs []answerHeader) []byte {
+// byte (TestIdentityWire), and to spans where each name and value went.
+// The values are claims, which the token's parser made valid UTF-8, as a
+// string field must be.
+func appendIdentityWire(b []byte, hs []answerHeader, spans []headerSpan) ([]byte, []headerSpan) {
 	b = protowire.AppendTag(b, checkStatus, protowire.BytesType)
 	b = protowire.AppendVarint(b, 0) // google.rpc.Status{code: OK}: no field set
 	b = protowire.AppendTag(b, checkOkResponse, protowire.BytesType)
@@ -426,12 +393,14 @@ func appendIdentityWire(b []byte, hs []answerHeader) []byte {
 		b = protowire.AppendVarint(b, uint64(hv))
 		b = protowire.AppendTag(b, headerKey, protowire.BytesType)
 		b = protowire.AppendString(b, h.name)
+		nameEnd := len(b)
 		b = protowire.AppendTag(b, headerValue, protowire.BytesType)
 		b = protowire.AppendString(b, h.value)
+		spans = append(spans, headerSpan{uint32(nameEnd - len(h.name)), uint32(len(h.name)), uint32(len(b) - len(h.value)), uint32(len(h.value))})
 		b = protowire.AppendTag(b, optionAppendAction, protowire.VarintType)
 		b = protowire.AppendVarint(b, overwriteIfExistsOrAdd)
 	}
-	return b
+	return b, spans
 }
 
 // okResponseSize is the size of the OkHttpResponse setting hs.
@@ -446,40 +415,16 @@ func okResponseSize(hs []answerHeader) int {
 // identityWireSize is the length appendIdentityWire appends.
 func identityWireSize(hs []answerHeader) int { return 2 + lenField(okResponseSize(hs)) }
 
-// claimString renders a claim as a header value: strings as they are,
-// anything else as JSON.
-func claimString(v any) string {
-	switch x := v.(type) {
-	case nil:
-		return ""
-	case string:
-		return x
-	case json.Number:
-		return x.String()
-	default:
-		b, err := json.Marshal(x)
-		if err != nil {
-			return ""
-		}
-		return string(b)
-	}
-}
-
 // denied builds an RFC 6750 denial from the reason table: the status,
 // WWW-Authenticate on 401 and on bearer errors, a JSON body, and for gRPC
 // requests grpc-status and grpc-message, as gRPC clients otherwise see an
 // HTTP status where they expect a gRPC one. Every text in it is the
 // reason's fixed description.
-func denied(d authz.Decision, realm string, grpcCall bool) *authv3.CheckResponse {
+func denied(d authz.Decision, realm string, grpcCall bool) checkAnswer {
 	a := answerFor(d.Reason)
 	desc := d.Reason.Description()
-	var headers []*corev3.HeaderValueOption
-	add := func(k, v string) {
-		headers = append(headers, &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: k, Value: v},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		})
-	}
+	var headers []answerHeader
+	add := func(k, v string) { headers = append(headers, answerHeader{k, v}) }
 	switch {
 	case a.http == 401 && a.code == "":
 		add("www-authenticate", `Bearer realm="`+publicText(realm)+`"`)
@@ -506,14 +451,47 @@ func denied(d authz.Decision, realm string, grpcCall bool) *authv3.CheckResponse
 		add("grpc-status", strconv.Itoa(int(a.grpc)))
 		add("grpc-message", grpcMessage(desc))
 	}
-	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(a.grpc), Message: desc},
-		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(a.http)},
-			Headers: headers,
-			Body:    string(b),
-		}},
+	return checkAnswer{status: a.http, headers: headers, body: string(b)}
+}
+
+// renderEnvoy renders an answer for Envoy: an allow as an OkHttpResponse
+// (pre-marshalled when it needs no change), a refusal as a
+// DeniedHttpResponse with the reason's gRPC status, an outage as an RPC
+// error with the reason's description (the decision log has the cause,
+// which names URLs and addresses).
+func renderEnvoy(o *checkOutcome) (envoyReply, error) {
+	a := &o.answer
+	r := o.d.Reason
+	switch {
+	case a.outage:
+		return envoyReply{}, status.Error(answerFor(r).grpc, r.Description())
+	case a.status == http.StatusOK:
+		answer := publicAllow
+		if a.id != nil {
+			answer = &a.id.envoy
+		}
+		if len(a.remove) == 0 {
+			return envoyReply{wire: answer}, nil // shared and never modified
+		}
+		res := answer.message()
+		res.GetOkResponse().HeadersToRemove = a.remove
+		return envoyReply{msg: res}, nil
 	}
+	headers := make([]*corev3.HeaderValueOption, 0, len(a.headers))
+	for _, h := range a.headers {
+		headers = append(headers, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.name, Value: h.value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		})
+	}
+	return envoyReply{msg: &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(answerFor(r).grpc), Message: r.Description()},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(a.status)},
+			Headers: headers,
+			Body:    a.body,
+		}},
+	}}, nil
 }
 
 // grpcMessage percent-encodes a grpc-message value (gRPC over HTTP/2 spec).

@@ -56,7 +56,7 @@ func benchCheckWith(b testing.TB, cacheSize int, alg, extra string) (*authorizat
 	return newAuthorizationService(cur, quiet, NewMetrics(), nil), tok
 }
 
-func checkRequest(path, auth string) *authv3.CheckRequest {
+func envoyCheck(path, auth string) *authv3.CheckRequest {
 	return checkRequestMethod("GET", path, auth)
 }
 
@@ -104,7 +104,7 @@ func BenchmarkCheckCached(b *testing.B) {
 	for _, alg := range []string{"RS256", "ES256"} {
 		b.Run(alg, func(b *testing.B) {
 			svc, tok := benchCheckAlg(b, 0, alg)
-			benchmarkCheck(b, svc, checkRequest("/read", "Bearer "+tok), codes.OK)
+			benchmarkCheck(b, svc, envoyCheck("/read", "Bearer "+tok), codes.OK)
 		})
 	}
 }
@@ -114,7 +114,7 @@ func BenchmarkCheckUncached(b *testing.B) {
 	for _, alg := range []string{"RS256", "ES256"} {
 		b.Run(alg, func(b *testing.B) {
 			svc, tok := benchCheckAlg(b, -1, alg)
-			benchmarkCheck(b, svc, checkRequest("/read", "Bearer "+tok), codes.OK)
+			benchmarkCheck(b, svc, envoyCheck("/read", "Bearer "+tok), codes.OK)
 		})
 	}
 }
@@ -122,7 +122,7 @@ func BenchmarkCheckUncached(b *testing.B) {
 // BenchmarkCheckDenied: a request without a token, refused with 401.
 func BenchmarkCheckDenied(b *testing.B) {
 	svc, _ := benchCheck(b, 0)
-	benchmarkCheck(b, svc, checkRequest("/read", ""), codes.Unauthenticated)
+	benchmarkCheck(b, svc, envoyCheck("/read", ""), codes.Unauthenticated)
 }
 
 // BenchmarkCheckCachedLogged: a cached allow with log.decisions: all, its
@@ -130,7 +130,7 @@ func BenchmarkCheckDenied(b *testing.B) {
 func BenchmarkCheckCachedLogged(b *testing.B) {
 	svc, tok := benchCheckWith(b, 0, "ES256", "log:\n  decisions: all\n")
 	svc.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
-	benchmarkCheck(b, svc, checkRequest("/read", "Bearer "+tok), codes.OK)
+	benchmarkCheck(b, svc, envoyCheck("/read", "Bearer "+tok), codes.OK)
 }
 
 // BenchmarkCheckCachedTraced: a cached allow with tracing on, the caller's
@@ -143,7 +143,7 @@ func BenchmarkCheckCachedTraced(b *testing.B) {
 	defer tr.Shutdown(context.Background())
 	svc, tok := benchCheckAlg(b, 0, "ES256")
 	svc.obs.tracer = tr.tracer
-	req := checkRequest("/read", "Bearer "+tok)
+	req := envoyCheck("/read", "Bearer "+tok)
 	req.Attributes.Request.Http.Headers["traceparent"] = "00-" + callerTrace + "-" + callerSpan + "-01"
 	benchmarkCheck(b, svc, req, codes.OK)
 }

@@ -675,9 +675,9 @@ func (z *allowFuzz) modelToken(app *authz.Application, tok string, claims map[st
 		if err != nil {
 			panic(err)
 		}
-		// Past the verified-token cache's allowance, the answer goes
+		// Past maxAnswer, the answer goes
 		// without its metadata.
-		if len(wire)+len(md) <= authz.DerivedAllowance {
+		if len(wire)+len(md) <= maxAnswer {
 			wire = append(wire, md...)
 		}
 	}

@@ -578,7 +578,7 @@ func TestHeaderJoinLinear(t *testing.T) {
 	for i := range raw {
 		raw[i] = &corev3.HeaderValue{Key: "traceparent", Value: value}
 	}
-	h := requestHeaders{m: map[string]string{"traceparent": "first"}, raw: raw}
+	h := envoyHeaders{&authv3.AttributeContext_HttpRequest{Headers: map[string]string{"traceparent": "first"}, HeaderMap: &corev3.HeaderMap{Headers: raw}}}
 	if got := h.get("traceparent"); len(got) != len("first")+1000*(1+len(value)) || !strings.HasPrefix(got, "first,vvv") {
 		t.Fatalf("joined %d bytes", len(got))
 	}
@@ -589,7 +589,7 @@ func TestHeaderJoinLinear(t *testing.T) {
 	if n := testing.AllocsPerRun(10, func() { _ = h.get("traceparent") }); n > limit {
 		t.Errorf("%v allocations to join 1000 values: not linear", n)
 	}
-	one := requestHeaders{raw: []*corev3.HeaderValue{{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "a", RawValue: []byte("3")}}}
+	one := envoyHeaders{&authv3.AttributeContext_HttpRequest{HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "a", Value: "1"}, {Key: "b", Value: "2"}, {Key: "a", RawValue: []byte("3")}}}}}
 	if got := one.get("a"); got != "1,3" {
 		t.Errorf("get(a) = %q", got)
 	}

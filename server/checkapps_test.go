@@ -9,6 +9,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
@@ -57,7 +58,7 @@ func multiAppCheck(t testing.TB, n int, meta bool) (*authorizationService, strin
 }
 
 func reqFor(app, tok string) *authv3.CheckRequest {
-	r := checkRequest("/read", "Bearer "+tok)
+	r := envoyCheck("/read", "Bearer "+tok)
 	r.Attributes.ContextExtensions[ContextExtensionApp] = app
 	return r
 }
@@ -91,19 +92,15 @@ func BenchmarkCheckCachedTwoApps(b *testing.B) {
 }
 
 // A token alternating between applications costs no allocation once their
-// answers are cached, and each answer is its application's; past what fits,
-// the answers are rebuilt (allocations).
+// answers are cached, however many there are (each is an entry of the
+// answers cache), and each answer is its application's: the one a service
+// that never saw the others makes.
 func TestCheckCachedAppsAllocs(t *testing.T) {
 	for _, tt := range []struct {
 		n    int
 		meta bool
-		free bool
 	}{
-		{1, true, true},   // two apps
-		{2, true, false},  // three apps: ~700-byte answers (with metadata): two fit 2 KiB
-		{2, false, true},  // three apps, no metadata
-		{3, false, true},  // four apps, no metadata
-		{4, false, false}, // five apps
+		{1, true}, {2, true}, {2, false}, {3, false}, {4, false}, {8, true},
 	} {
 		svc, tok := multiAppCheck(t, tt.n, tt.meta)
 		ctx := context.Background()
@@ -117,24 +114,33 @@ func TestCheckCachedAppsAllocs(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				pm, ok := res.(*preMarshalled)
-				if !ok {
+				if _, ok := res.(*preMarshalled); !ok {
 					t.Fatalf("%T", res)
 				}
-				_ = pm
 			}
 		}
-		// Each answer is for the app asked about (pid header exists for
-		// all; compare to a fresh service's answer).
+		// The same runtime without the answers cache: every answer made
+		// anew.
+		rt := *svc.cur.Load()
+		rt.answers = nil
+		uncached := &Current{}
+		uncached.Store(&rt)
+		fresh := newAuthorizationService(uncached, quiet, nil, nil)
+		for _, r := range reqs {
+			got, _ := svc.checkWire(ctx, r)
+			want, _ := fresh.checkWire(ctx, r)
+			if !proto.Equal(got.(*preMarshalled).message(), want.(*preMarshalled).message()) {
+				t.Fatalf("%s: the answer is not its own", r.Attributes.ContextExtensions[ContextExtensionApp])
+			}
+		}
 		i := 0
 		allocs := testing.AllocsPerRun(100, func() {
 			_, _ = svc.checkWire(ctx, reqs[i%len(reqs)])
 			i++
 		})
-		pm, _ := svc.checkWire(ctx, reqs[0])
-		t.Logf("metadata %v, %d apps: %.1f allocs per Check, answer %d bytes", tt.meta, tt.n+1, allocs, len(pm.(*preMarshalled).bytes))
-		if (allocs == 0) != tt.free {
-			t.Errorf("%d apps: %.1f allocs, want free=%v", tt.n+1, allocs, tt.free)
+		t.Logf("metadata %v, %d apps: %.1f allocs per Check", tt.meta, tt.n+1, allocs)
+		if allocs != 0 {
+			t.Errorf("%d apps: %.1f allocs per cached Check", tt.n+1, allocs)
 		}
 	}
 }
@@ -166,13 +172,17 @@ func cachedTokenHeapApps(t *testing.T, tokens, n int, meta bool, pad int) perTok
 			reqs = append(reqs, reqFor(appC(j), tok))
 		}
 	}
-	return heapPerToken(t, svc, rt, reqs, tokens)
+	answers := tokens * (n + 1)
+	if pad > maxAnswer {
+		answers = 0 // past maxAnswer, made on every Check
+	}
+	return heapPerToken(t, svc, rt, reqs, tokens, answers)
 }
 
-// The cache counts an entry at no less than it costs when the token is
-// Checked for several applications, their answers at the bounds of what
-// fits together: answers just past an allocation size class (the most the
-// allocator rounds up), two, three and four of them.
+// The caches count a token and its answers at no less than they cost when
+// the token is Checked for several applications: answers just past an
+// allocation size class (the most the allocator rounds up), one to four
+// of them, and answers too large to keep.
 func TestCachedTokenHeapApps(t *testing.T) {
 	for _, tt := range []struct {
 		n    int // applications besides app-b

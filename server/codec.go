@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"iter"
 	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -12,52 +11,41 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/vakt-dev/vakt/authz"
 
 	// The proto codec registers itself; codec delegates to it.
 	_ "google.golang.org/grpc/encoding/proto"
 )
 
-// preMarshalled is a response already in its wire form: Check's allow
-// answer for a token and an application, marshalled once when the token is
-// first verified and written as it is on every Check after. It is shared
-// and never modified.
+// preMarshalled is a response already in its wire form: Envoy's face's
+// allow answer for a token and an application, marshalled once when the
+// token is first allowed to the application and written as it is on every
+// Check after. It is shared and never modified.
 //
-// It is one object and its bytes, kept with the token in the verified-token
-// cache: no message (a tree of pointers the garbage collector would trace
-// for every cached token), the one-element BufferSlice the codec returns in
-// the object itself, and the headers the answer sets as bits.
+// It is one object and its bytes, kept in the answers cache (identity): no
+// message (a tree of pointers the garbage collector would trace for every
+// cached token), and the one-element BufferSlice the codec returns in the
+// object itself.
 type preMarshalled struct {
 	bytes mem.SliceBuffer
 	buf   [1]mem.Buffer // &bytes: a pointer in an interface, not a copy
-	// sets has bit i set when the answer sets the i-th header of
-	// answerHeaders(app), for i < 63; bit 63 when it sets any past them
-	// (an application forwarding more than 59 claims), which setsHeader
-	// then reads from the message.
-	sets uint64
 }
 
-// moreHeaders is the bit of preMarshalled.sets for the headers past 63.
-const moreHeaders = 63
-
-// newPreMarshalled marshals an answer that sets no header (its sets say
-// so): one that does is refused, as its headers would be removed as a
-// client's.
+// newPreMarshalled marshals an answer that sets no header: one that does
+// is an identity's (envoyIdentity), whose headers the other faces read.
 func newPreMarshalled(m *authv3.CheckResponse) (*preMarshalled, error) {
 	if len(m.GetOkResponse().GetHeaders()) > 0 {
-		return nil, errors.New("newPreMarshalled: an answer with headers needs newPreMarshalledBytes and its sets")
+		return nil, errors.New("newPreMarshalled: an answer with headers is an identity's (envoyIdentity)")
 	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	return newPreMarshalledBytes(b, 0), nil
+	return newPreMarshalledBytes(b), nil
 }
 
-// newPreMarshalledBytes keeps b, an answer's wire form, which sets the
-// headers sets says.
-func newPreMarshalledBytes(b []byte, sets uint64) *preMarshalled {
-	p := &preMarshalled{sets: sets, bytes: b}
+// newPreMarshalledBytes keeps b, an answer's wire form.
+func newPreMarshalledBytes(b []byte) *preMarshalled {
+	p := &preMarshalled{bytes: b}
 	p.buf[0] = &p.bytes
 	return p
 }
@@ -79,37 +67,24 @@ func (p *preMarshalled) message() *authv3.CheckResponse {
 	return &m
 }
 
-// setsHeader reports whether the answer sets the header name (in any
-// case), app being the application it was made for. more holds the names
-// of the headers past the 63rd, read from the message the first time one
-// is asked of a caller (and so once per request, however many headers it
-// asks about): nil until then.
-func (p *preMarshalled) setsHeader(app *authz.Application, name string, more *[]string) bool {
-	for i, h := range answerHeaders(app) {
-		if i >= moreHeaders {
-			break
-		}
-		if p.sets&(1<<i) != 0 && asciiEqualFold(h, name) {
-			return true
-		}
-	}
-	if p.sets&(1<<moreHeaders) == 0 {
+// asciiEqualFoldBytes is asciiEqualFold of a name in its wire form.
+func asciiEqualFoldBytes(a []byte, b string) bool {
+	if len(a) != len(b) {
 		return false
 	}
-	if *more == nil {
-		hs := p.message().GetOkResponse().GetHeaders()
-		names := make([]string, 0, len(hs))
-		for _, h := range hs {
-			names = append(names, h.GetHeader().GetKey())
+	for i := range len(a) {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
 		}
-		*more = names
-	}
-	for _, h := range *more {
-		if asciiEqualFold(h, name) {
-			return true
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // asciiEqualFold is HTTP's comparison of header names: ASCII letters in
@@ -133,24 +108,6 @@ func asciiEqualFold(a, b string) bool {
 		}
 	}
 	return true
-}
-
-// answerHeaders lists, in order, every header an allow answer for app may
-// set: the identity headers, then the claims the application forwards.
-func answerHeaders(app *authz.Application) iter.Seq2[int, string] {
-	return func(yield func(int, string) bool) {
-		fixed := [...]string{authz.HeaderSubject, authz.HeaderClientID, authz.HeaderIdentityProvider, authz.HeaderScope}
-		for i, h := range fixed {
-			if !yield(i, h) {
-				return
-			}
-		}
-		for j, fc := range app.ForwardClaims {
-			if !yield(len(fixed)+j, fc.Header) {
-				return
-			}
-		}
-	}
 }
 
 // codec is gRPC's proto codec, but for a *preMarshalled, whose bytes it
@@ -196,4 +153,17 @@ func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor
 	return interceptor(ctx, in, info, func(ctx context.Context, req any) (any, error) {
 		return s.checkWire(ctx, req.(*authv3.CheckRequest))
 	})
+}
+
+// checkWire is Check for gRPC's handler: the pre-marshalled answer as it
+// is, for the codec to write, or the message.
+func (s *authorizationService) checkWire(ctx context.Context, req *authv3.CheckRequest) (any, error) {
+	r, err := s.checkEnvoy(ctx, req)
+	if r.wire != nil {
+		return r.wire, err
+	}
+	if r.msg == nil {
+		return nil, err
+	}
+	return r.msg, err
 }

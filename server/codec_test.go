@@ -27,7 +27,7 @@ import (
 // proto codec does.
 func TestPreMarshalledAnswer(t *testing.T) {
 	svc, tok := benchCheckAlg(t, 0, "ES256")
-	req := checkRequest("/read", "Bearer "+tok)
+	req := envoyCheck("/read", "Bearer "+tok)
 	ctx := context.Background()
 	first, err := svc.checkWire(ctx, req)
 	if err != nil {
@@ -70,7 +70,7 @@ func TestPreMarshalledAnswer(t *testing.T) {
 	}
 	// A request whose answer must change (a spoofed header to remove) gets
 	// a message of its own, marshalled as usual.
-	spoofed := checkRequest("/read", "Bearer "+tok)
+	spoofed := envoyCheck("/read", "Bearer "+tok)
 	spoofed.Attributes.Request.Http.Headers["x-vakt-role"] = "admin"
 	res, err := svc.checkWire(ctx, spoofed)
 	if err != nil {
@@ -90,7 +90,7 @@ func TestPreMarshalledAnswer(t *testing.T) {
 // O(n log n), each once.
 func TestCheckManyHeaders(t *testing.T) {
 	svc, tok := benchCheckAlg(t, 0, "ES256")
-	req := checkRequest("/read", "Bearer "+tok)
+	req := envoyCheck("/read", "Bearer "+tok)
 	h := req.Attributes.Request.Http.Headers
 	for i := range 500 {
 		h[fmt.Sprintf("x_vakt_%04d", i)] = "x"
@@ -108,11 +108,11 @@ func TestCheckManyHeaders(t *testing.T) {
 	}
 }
 
-// An answer says which headers it sets as bits of answerHeaders, and past
-// 63 in its message: setsHeader agrees with the headers the message holds, in any
-// case, for an application forwarding more claims than there are bits, and
-// a client's header that vakt does not set (its claim absent) is removed.
-func TestPreMarshalledSetsHeader(t *testing.T) {
+// An identity says which headers it sets, in any case, as its wire form
+// holds them: for an application forwarding many claims too (past the
+// identity's inline spans), and a client's header that vakt does not set
+// (its claim absent) is removed.
+func TestIdentitySetsHeader(t *testing.T) {
 	k := idptest.NewKey(t, "k1", "ES256")
 	key, err := authz.NewKey(k.ID, k.Alg, k.Public())
 	if err != nil {
@@ -147,24 +147,32 @@ func TestPreMarshalledSetsHeader(t *testing.T) {
 		name := fmt.Sprintf("c%d", i)
 		app.ForwardClaims = append(app.ForwardClaims, authz.ClaimHeader{Claim: name, Header: "x-vakt-" + name})
 		if i%3 != 0 {
-			raw[name] = "v"
+			raw[name] = fmt.Sprint("v", i)
 		}
+	}
+	names := []string{authz.HeaderSubject, authz.HeaderClientID, authz.HeaderIdentityProvider, authz.HeaderScope}
+	for _, fc := range app.ForwardClaims {
+		names = append(names, fc.Header)
 	}
 	for _, c := range claims {
 		d := authz.Decision{Allow: true, Claims: c, Provider: p}
-		hs, sets := identityHeaders(d, app, raw, nil)
-		answer := newPreMarshalledBytes(appendIdentityWire(nil, hs), sets)
-		set := headerMap(answer.message().GetOkResponse().GetHeaders())
-		n := 0
-		for _, h := range answerHeaders(app) {
-			n++
+		hs := identityHeaders(&d, app, raw, nil)
+		id := &identity{}
+		id.spans = envoyIdentity(&id.envoy, hs, raw, false, nil)
+		set := headerMap(id.envoy.message().GetOkResponse().GetHeaders())
+		for _, h := range names {
 			_, want := set[h]
-			if got := answer.setsHeader(app, strings.ToUpper(h), new([]string)); got != want {
-				t.Errorf("claims %+v: setsHeader(%s) = %v, the message sets it: %v", c.Subject(), h, got, want)
+			if got := id.sets(strings.ToUpper(h)); got != want {
+				t.Errorf("claims %+v: sets(%s) = %v, the message sets it: %v", c.Subject(), h, got, want)
 			}
 		}
-		if n != 4+70 || answer.setsHeader(app, "x-vakt-role", new([]string)) {
-			t.Fatalf("%d headers, or x-vakt-role set", n)
+		seen := map[string]string{}
+		id.headers(func(name, value []byte) { seen[string(name)] = string(value) })
+		if !maps.Equal(seen, set) {
+			t.Errorf("the identity's headers %v, the message's %v", seen, set)
+		}
+		if id.sets("x-vakt-role") {
+			t.Fatal("x-vakt-role set")
 		}
 	}
 	// Through Check, twice (verified, then cached): a token whose pid is
@@ -195,9 +203,14 @@ func TestIdentityWire(t *testing.T) {
 		{{authz.HeaderIdentityProvider, strings.Repeat("é", 5000)}},
 	} {
 		want := identityPart(hs) // proto.Marshal's
-		got := appendIdentityWire(nil, hs)
+		got, spans := appendIdentityWire(nil, hs, nil)
 		if !bytes.Equal(got, want) || len(got) != identityWireSize(hs) {
 			t.Fatalf("%d headers: got %x (sized %d), want %x", len(hs), got, identityWireSize(hs), want)
+		}
+		for i, s := range spans {
+			if name, value := got[s.nameOff:s.nameOff+s.nameLen], got[s.valueOff:s.valueOff+s.valueLen]; string(name) != hs[i].name || string(value) != hs[i].value {
+				t.Fatalf("header %d: spans %q: %q", i, name, value)
+			}
 		}
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vakt-dev/vakt/authz"
@@ -168,20 +167,19 @@ func (l *decisionLog) logIntrospection(ctx context.Context, setting config.Log, 
 // token is named by its jti, the subject by a keyed hash; the path goes
 // without its query (an API with personal data in its paths has it here:
 // docs/operations.md says so).
-func (s *authorizationService) logDecision(ctx context.Context, req *authv3.CheckRequest, o *checkOutcome, latency time.Duration) {
+func (s *authorizationService) logDecision(ctx context.Context, req *checkRequest, o *checkOutcome, latency time.Duration) {
 	d := &o.d
 	level := decisionLevel(d.Reason)
 	if !s.log.Enabled(ctx, level) {
 		return
 	}
-	httpReq := req.GetAttributes().GetRequest().GetHttp()
-	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
+	headers := req.headers
 	attrs := []slog.Attr{
 		slog.String("decision", checkResult(d.Reason)),
 		slog.String("reason", d.Reason.String()),
 		slog.String("application", o.app.ID),
-		slog.String("method", truncate(o.method, 32)),
-		slog.String("path", truncatePath(o.path)),
+		slog.String("method", truncate(req.method, 32)),
+		slog.String("path", truncatePath(req.path)),
 		slog.String("rule", decidingRule(o.app, d)),
 	}
 	if d.Caller != "" {
@@ -284,7 +282,7 @@ func traceID(traceparent string) string {
 // b3TraceID is the trace id of Zipkin's B3 headers, single (b3:
 // traceid-spanid-…) or multi (x-b3-traceid), as 32 hex digits (a 64-bit
 // id left-padded, as OpenTelemetry reads it), or "" when none is valid.
-func b3TraceID(h requestHeaders) string {
+func b3TraceID(h checkHeaders) string {
 	id := h.get("x-b3-traceid")
 	if id == "" {
 		id, _, _ = strings.Cut(h.get("b3"), "-")

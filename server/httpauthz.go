@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"strings"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vakt-dev/vakt/authz"
 )
@@ -32,9 +32,10 @@ const (
 
 // httpAuthz is the HTTP authorization face: Envoy's ext_authz http_service
 // and Istio's envoyExtAuthzHttp, nginx's auth_request, Caddy's and
-// Traefik's forward_auth. Each request becomes the CheckRequest Envoy would
-// have sent over gRPC, and is decided, counted, logged and traced by Check
-// itself: one engine, one decision, whichever face asked.
+// Traefik's forward_auth. Each request is read into the request Check
+// decides (checkRequest), and decided, counted, logged and traced as
+// Check's are: one engine, one decision, whichever face asked; its answer
+// rendered as an HTTP response.
 //
 // It trusts X-Original-* and X-Forwarded-* headers, which say what the
 // request was: it must be reachable by the proxies only (listen.authz).
@@ -46,44 +47,43 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "the authorization endpoint is " + AuthzPathPrefix + "/<application id>[/<path>], or " + AuthzPathPrefix + " with the original request in X-Original-* or X-Forwarded-* headers"})
 		return
 	}
-	res, err := h.check.checkWire(r.Context(), req)
-	if err != nil {
+	ctx := r.Context()
+	var span trace.Span
+	if h.check.obs.tracer != nil {
+		ctx, span = h.check.startCheck(ctx, &req)
+		defer endOnPanic(span)
+	}
+	o := h.check.check(ctx, &req, span)
+	a := &o.answer
+	switch {
+	case a.outage:
 		// An outage, never a refusal: 503, which every proxy turns into
 		// an error of its own rather than letting the request through.
 		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": codeTemporarilyUnavailable, "error_description": authz.ReasonOf(err).Description()})
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": codeTemporarilyUnavailable, "error_description": o.d.Reason.Description()})
 		return
-	}
-	var cr *authv3.CheckResponse
-	switch v := res.(type) {
-	case *preMarshalled:
-		cr = v.message()
-	case *authv3.CheckResponse:
-		cr = v
-	}
-	if ok := cr.GetOkResponse(); ok != nil {
+	case a.status == http.StatusOK:
 		// The identity headers, for the proxy to copy upstream. Removals
 		// are the proxy's to make: its example configurations set every
 		// identity header from this answer, which also drops a client's.
-		for _, hv := range ok.GetHeaders() {
-			w.Header().Set(hv.GetHeader().GetKey(), hv.GetHeader().GetValue())
+		if a.id != nil {
+			a.id.headers(func(name, value []byte) { w.Header().Set(string(name), string(value)) })
 		}
-		if rm := ok.GetHeadersToRemove(); len(rm) > 0 {
+		if len(a.remove) > 0 {
 			// Envoy's http_service removes what this lists from the
 			// request it forwards: a client's x-vakt-* headers, and
 			// Authorization under stripAuthorization. Other proxies ignore
 			// it; their examples strip those headers themselves.
-			w.Header().Set("X-Envoy-Auth-Headers-To-Remove", strings.Join(rm, ","))
+			w.Header().Set("X-Envoy-Auth-Headers-To-Remove", strings.Join(a.remove, ","))
 		}
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	d := cr.GetDeniedResponse()
-	for _, hv := range d.GetHeaders() {
-		w.Header().Set(hv.GetHeader().GetKey(), hv.GetHeader().GetValue())
+	for _, hv := range a.headers {
+		w.Header().Set(hv.name, hv.value)
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	status := int(d.GetStatus().GetCode())
+	status := a.status
 	if status != http.StatusUnauthorized && status != http.StatusForbidden && present(r, headerOriginalMethod, headerOriginalURI, headerOriginalURL) {
 		// nginx's auth_request takes any status but 2xx, 401 and 403 for
 		// its own error (500): a request vakt refuses as malformed (400)
@@ -92,11 +92,10 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusForbidden
 	}
 	w.WriteHeader(status)
-	_, _ = w.Write([]byte(d.GetBody()))
+	_, _ = w.Write([]byte(a.body))
 }
 
-// checkRequestFromHTTP is the CheckRequest a proxy's HTTP question stands
-// for. A proxy tells vakt the original request in one of three ways, and
+// checkRequestFromHTTP is the request a proxy's HTTP question stands for. A proxy tells vakt the original request in one of three ways, and
 // the request must be one of them exactly:
 //
 //   - the request line (Envoy's http_service): /authz/<app>/<original path>,
@@ -113,13 +112,13 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // two of them, a header given twice, a segment after /authz that is no
 // application id (a client would choose the policy), a fragment in the
 // path. It reports false for a path it does not serve; a request it
-// refuses becomes a CheckRequest without a request (request_invalid).
+// refuses is an invalid one (request_invalid).
 // Paths are taken as sent, undecoded, so that Check's path rules see what
 // the upstream will.
-func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
+func checkRequestFromHTTP(r *http.Request) (checkRequest, bool) {
 	rest, ok := strings.CutPrefix(r.RequestURI, AuthzPathPrefix)
 	if !ok || (rest != "" && rest[0] != '/' && rest[0] != '?') {
-		return nil, false
+		return checkRequest{}, false
 	}
 	var app string
 	if strings.HasPrefix(rest, "/") {
@@ -128,11 +127,11 @@ func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 			seg = seg[:i]
 		}
 		if _, err := authz.ParseAppID(seg); err != nil {
-			return nil, false
+			return checkRequest{}, false
 		}
 		app, rest = seg, rest[1+len(seg):]
 	}
-	refused := &authv3.CheckRequest{}
+	refused := checkRequest{invalid: true}
 	nginx := present(r, headerOriginalMethod, headerOriginalURI, headerOriginalURL)
 	forwarded := present(r, headerForwardedMethod, headerForwardedURI)
 	var method, path, host string
@@ -179,19 +178,7 @@ func checkRequestFromHTTP(r *http.Request) (*authv3.CheckRequest, bool) {
 		// one would be read by vakt up to it, and by the upstream whole.
 		return refused, true
 	}
-	headers := make(map[string]string, len(r.Header))
-	for name, values := range r.Header {
-		headers[strings.ToLower(name)] = strings.Join(values, ",")
-	}
-	attrs := &authv3.AttributeContext{
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Method: method, Path: path, Host: host, Headers: headers,
-		}},
-	}
-	if app != "" {
-		attrs.ContextExtensions = map[string]string{ContextExtensionApp: app}
-	}
-	return &authv3.CheckRequest{Attributes: attrs}, true
+	return checkRequest{appID: app, host: host, method: method, path: path, headers: httpHeaders{r.Header}}, true
 }
 
 // present reports whether any of the headers is sent.

@@ -341,7 +341,7 @@ func TestCheckAnswerBounded(t *testing.T) {
 }
 
 // The allow answer keeps the claims in dynamic_metadata while the whole
-// answer is within authz.DerivedAllowance bytes, and goes without them
+// answer is within maxAnswer bytes, and goes without them
 // past it (the identity headers are always there): the boundary is the
 // size the answer would have with them, byte for byte.
 func TestCheckMetadataAllowance(t *testing.T) {
@@ -358,8 +358,8 @@ func TestCheckMetadataAllowance(t *testing.T) {
 		headersOnly.DynamicMetadata = nil
 		would := proto.Size(headersOnly) + proto.Size(&authv3.CheckResponse{DynamicMetadata: md})
 		withMeta := res.GetDynamicMetadata() != nil
-		if withMeta != (would <= authz.DerivedAllowance) {
-			t.Fatalf("pad %d: an answer of %d bytes with its metadata: metadata kept %v, the allowance %d", pad, would, withMeta, authz.DerivedAllowance)
+		if withMeta != (would <= maxAnswer) {
+			t.Fatalf("pad %d: an answer of %d bytes with its metadata: metadata kept %v, the allowance %d", pad, would, withMeta, maxAnswer)
 		}
 		if withMeta && !proto.Equal(res.GetDynamicMetadata(), md) {
 			t.Fatalf("pad %d: the metadata is not the claims", pad)

@@ -32,9 +32,10 @@ type KeySets struct {
 
 	mu   sync.Mutex
 	sets map[keySpec]*heldKeys
-	// Of the runtime built last: its cache (nil before the first, or
+	// Of the runtime built last: its caches (nil before the first, or
 	// off), its providers by name, and its policy.
 	tokens    *authz.TokenCache
+	answers   *answerCache
 	providers map[string]*authz.Provider
 	policy    *authz.Policy
 }
@@ -115,16 +116,26 @@ func (k *KeySets) provider(cfg authz.ProviderConfig) (*authz.Provider, error) {
 	return authz.NewProvider(cfg)
 }
 
-// tokenCache returns the verified-token cache of entries and maxBytes
-// (nil: off): the runtime built last's when its bounds are the same, else
-// a new one, empty.
-func (k *KeySets) tokenCache(entries int, maxBytes int64) *authz.TokenCache {
+// caches returns the verified-token cache and the answers cache of entries
+// and maxBytes between them (cacheBudget; nil: off, when entries < 0): the
+// runtime built last's when their bounds are the same, else new ones,
+// empty.
+func (k *KeySets) caches(entries int, maxBytes int64) (*authz.TokenCache, *answerCache) {
+	forTokens, forAnswers := cacheBudget(maxBytes)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.tokens.Fits(entries, maxBytes) {
-		return k.tokens
+	tokens := k.tokens
+	if !tokens.Fits(entries, forTokens) {
+		tokens = authz.NewTokenCache(entries, forTokens)
 	}
-	return authz.NewTokenCache(entries, maxBytes)
+	if tokens == nil {
+		return nil, nil
+	}
+	answers := k.answers
+	if answers == nil || answers.entries != tokens.Entries() || answers.bytes != forAnswers {
+		answers = newAnswerCache(tokens.Entries(), forAnswers)
+	}
+	return tokens, answers
 }
 
 // lastPolicy is the policy of the runtime built last; nil before the first.
@@ -140,7 +151,7 @@ func (k *KeySets) lastPolicy() *authz.Policy {
 // is retired: its tokens leave the cache and are served no more, not even
 // to a request still reading the runtime before. Builds are one at a time
 // (Reloader), so the runtime settled last is the one in force.
-func (k *KeySets) settle(tokens *authz.TokenCache, providers []*authz.Provider, policy *authz.Policy) {
+func (k *KeySets) settle(tokens *authz.TokenCache, answers *answerCache, providers []*authz.Provider, policy *authz.Policy) {
 	byName := make(map[string]*authz.Provider, len(providers))
 	for _, p := range providers {
 		byName[p.Name()] = p
@@ -152,7 +163,7 @@ func (k *KeySets) settle(tokens *authz.TokenCache, providers []*authz.Provider, 
 			k.tokens.Retire(p)
 		}
 	}
-	k.tokens, k.providers, k.policy = tokens, byName, policy
+	k.tokens, k.answers, k.providers, k.policy = tokens, answers, byName, policy
 }
 
 // Len returns how many key sets are held.

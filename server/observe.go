@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strings"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -98,20 +97,17 @@ func endSpan(span trace.Span, r authz.Reason, attrs ...attribute.KeyValue) {
 }
 
 // startCheck starts a Check's span, a child of the trace of the request
-// Envoy asks about: its traceparent or B3 headers, in the CheckRequest.
-func (s *authorizationService) startCheck(ctx context.Context, req *authv3.CheckRequest) (context.Context, trace.Span) {
-	httpReq := req.GetAttributes().GetRequest().GetHttp()
-	headers := requestHeaders{m: httpReq.GetHeaders(), raw: httpReq.GetHeaderMap().GetHeaders()}
-	if len(headers.m)+len(headers.raw) > maxCheckHeaders {
-		headers = requestHeaders{} // refused unread; nor read for a trace
+// the proxy asks about: its traceparent or B3 headers.
+func (s *authorizationService) startCheck(ctx context.Context, req *checkRequest) (context.Context, trace.Span) {
+	if req.headers != nil {
+		ctx = s.obs.propagator.Extract(ctx, headerCarrier{req.headers})
 	}
-	ctx = s.obs.propagator.Extract(ctx, headerCarrier(headers))
 	return s.obs.tracer.Start(ctx, "envoy.service.auth.v3.Authorization/Check", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("rpc.system", "grpc"), attribute.String("rpc.service", "envoy.service.auth.v3.Authorization"), attribute.String("rpc.method", "Check")))
 }
 
 // endCheckSpan ends a Check's span with what the decision log says of it.
-func endCheckSpan(span trace.Span, o *checkOutcome) {
+func endCheckSpan(span trace.Span, req *checkRequest, o *checkOutcome) {
 	if !span.IsRecording() {
 		span.End()
 		return
@@ -121,8 +117,8 @@ func endCheckSpan(span trace.Span, o *checkOutcome) {
 		attrs = append(attrs,
 			attribute.String("vakt.application", o.app.ID),
 			attribute.String("vakt.rule", decidingRule(o.app, &o.d)),
-			attribute.String("http.request.method", truncate(o.method, 32)),
-			attribute.String("url.path", truncatePath(o.path)))
+			attribute.String("http.request.method", truncate(req.method, 32)),
+			attribute.String("url.path", truncatePath(req.path)))
 	}
 	if o.d.Caller != "" {
 		// A copy: the caller is a view of the cached token's claims

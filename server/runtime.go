@@ -36,6 +36,9 @@ type Runtime struct {
 	Signer    *exchange.Signer
 	Authority *exchange.Authority
 	Checker   *authz.Checker
+	// answers keeps Check's answers per token and application, beside
+	// the verified-token cache; nil when it is off.
+	answers *answerCache
 	// LoadedAt is when the runtime was built.
 	LoadedAt time.Time
 
@@ -249,14 +252,14 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	if err != nil {
 		return nil, err
 	}
-	tokens := keySets.tokenCache(cfg.Validation.CacheSize, int64(cfg.Validation.CacheMemory))
+	tokens, answers := keySets.caches(cfg.Validation.CacheSize, int64(cfg.Validation.CacheMemory))
 	v, err := authz.NewValidator(authz.ValidatorConfig{
 		Providers:    providers,
 		Aliases:      map[string]string{config.ProviderVakt: config.ProviderTokenX},
 		MaxTokenSize: cfg.Validation.MaxTokenSize,
 		Cache:        tokens,
 		CacheSize:    cfg.Validation.CacheSize, // negative, when tokens is nil: off
-		CacheBytes:   int64(cfg.Validation.CacheMemory),
+		CacheBytes:   int64(cfg.Validation.CacheMemory) / 2, // as cacheBudget, should it make one
 		// vakt's own tokens name a registered application: this policy's.
 		Registered: policy.Registered,
 		Now:        opts.Now,
@@ -286,8 +289,8 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 	}
 	// Built whole: the next runtime is built from this one's cache,
 	// providers and policy, and providers it no longer has are retired.
-	keySets.settle(tokens, providers, policy)
-	return &Runtime{
+	keySets.settle(tokens, answers, providers, policy)
+	return &Runtime{answers: answers,
 		LoadedAt:   now(),
 		remoteKeys: remote, clientKeys: clientKeys, clientKeysByID: clientKeysByID,
 		Config: cfg, Validator: v, Policy: policy, Signer: opts.Signer, Authority: authority,

@@ -27,11 +27,11 @@ const (
 )
 
 // structWire writes CheckResponse.dynamic_metadata, {namespace: claims},
-// after the rest of a marshalled CheckResponse (identityAnswer): the field
+// after the rest of a marshalled CheckResponse (envoyIdentity): the field
 // byte for byte as proto.Marshal writes it, keys in order
 // (TestDynamicMetadataWire, FuzzDynamicMetadataWire). The whole response is
 // the same message as proto.Marshal's, not the same bytes: it writes field 4
-// before the ok_response oneof (3), identityAnswer after. It is what
+// before the ok_response oneof (3), envoyIdentity after. It is what
 // claimsStruct and a reflective Marshal make, at a fraction of their cost,
 // paid on every cache miss.
 //

@@ -20,7 +20,7 @@ var structWireSeeds = []string{
 	`{"big":12345678901234567890,"tiny":1e-300,"zero":0,"negzero":-0}`,
 }
 
-// metadataWire writes dynamic_metadata as identityAnswer does: the size
+// metadataWire writes dynamic_metadata as envoyIdentity does: the size
 // pass, then the append pass after an answer's identity part, into a buffer
 // made to the size of both. It returns what the append pass added, and
 // checks that the size pass measured it exactly, that the buffer did not
@@ -28,13 +28,14 @@ var structWireSeeds = []string{
 func metadataWire(t *testing.T, claims map[string]any) ([]byte, error) {
 	t.Helper()
 	hs := []answerHeader{{authz.HeaderSubject, "user-1"}}
-	identity := appendIdentityWire(nil, hs)
+	identity, _ := appendIdentityWire(nil, hs, nil)
 	var w structWire
 	n, err := w.size(metadataNamespace, claims)
 	if err != nil {
 		return nil, err
 	}
-	b := w.append(appendIdentityWire(make([]byte, 0, identityWireSize(hs)+n), hs), metadataNamespace, claims)
+	head, _ := appendIdentityWire(make([]byte, 0, identityWireSize(hs)+n), hs, nil)
+	b := w.append(head, metadataNamespace, claims)
 	if len(b) != len(identity)+n || cap(b) != len(identity)+n || !bytes.Equal(b[:len(identity)], identity) {
 		t.Fatalf("sized %d after %d bytes of identity headers, wrote %d into %d", n, len(identity), len(b), cap(b))
 	}
@@ -88,7 +89,7 @@ func TestDynamicMetadataWire(t *testing.T) {
 }
 
 // The metadata costs a few allocations however many claims there are, and
-// however deep they nest, written as identityAnswer writes it: the answer's
+// however deep they nest, written as envoyIdentity writes it: the answer's
 // one buffer (identity headers and metadata), and the sizes and keys noted
 // for it (grown once each here, past the first guess at their length).
 func TestDynamicMetadataWireAllocations(t *testing.T) {
@@ -107,7 +108,9 @@ func TestDynamicMetadataWireAllocations(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.append(appendIdentityWire(make([]byte, 0, identityWireSize(hs)+n), hs), metadataNamespace, claims)
+		var spans [1]headerSpan
+		head, _ := appendIdentityWire(make([]byte, 0, identityWireSize(hs)+n), hs, spans[:0])
+		w.append(head, metadataNamespace, claims)
 	}); n > 5 {
 		t.Fatalf("%.0f allocations for %d claims", n, len(claims))
 	}

@@ -263,14 +263,14 @@ func newPropagator() propagation.TextMapPropagator {
 	return propagation.NewCompositeTextMapPropagator(b3.New(), propagation.TraceContext{})
 }
 
-// headerCarrier reads a CheckRequest's headers for the propagator.
-type headerCarrier requestHeaders
+// headerCarrier reads a Check's request headers for the propagator.
+type headerCarrier struct{ h checkHeaders }
 
-func (c headerCarrier) Get(key string) string { return requestHeaders(c).get(key) }
+func (c headerCarrier) Get(key string) string { return c.h.get(key) }
 func (headerCarrier) Set(string, string)      {}
 func (c headerCarrier) Keys() []string {
 	var keys []string
-	requestHeaders(c).each(func(n string) { keys = append(keys, n) })
+	c.h.each(func(n string) { keys = append(keys, n) })
 	return keys
 }
 
