@@ -211,4 +211,3 @@ func cacheBudget(maxBytes int64) (tokens, answers int64) {
 	total := cmp.Or(max(maxBytes, 0), authz.DefaultCacheBytes)
 	return total / 2, total - total/2
 }
-

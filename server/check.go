@@ -157,7 +157,9 @@ func (s *authorizationService) decide(ctx context.Context, req *checkRequest) ch
 // repeat there, and a value may be raw bytes). Both are read, so that no
 // header escapes vakt by arriving in the other. One pointer: in a
 // checkHeaders, it costs no allocation.
-type envoyHeaders struct{ r *authv3.AttributeContext_HttpRequest }
+type envoyHeaders struct {
+	r *authv3.AttributeContext_HttpRequest
+}
 
 // get joins in linear time: a request may repeat a header a thousand times.
 func (h envoyHeaders) get(name string) string {

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
-
 	// The proto codec registers itself; codec delegates to it.
 	_ "google.golang.org/grpc/encoding/proto"
 )
