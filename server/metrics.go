@@ -15,6 +15,7 @@ import (
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/buildinfo"
+	"github.com/vakt-dev/vakt/internal/cache"
 )
 
 // Metrics are vakt's Prometheus metrics, on a registry of their own.
@@ -147,15 +148,31 @@ func (m *Metrics) watchConfig(cur *Current) {
 			"Fetches of an application's key set from its jwksUri by result (ok or error).", []string{"application", "result"}, nil),
 		clientLastSuccess: prometheus.NewDesc("vakt_client_jwks_last_success_timestamp_seconds",
 			"When an application's key set was last fetched from its jwksUri successfully, in seconds since the epoch; 0 before the first.", []string{"application"}, nil),
-		cacheLookups: prometheus.NewDesc("vakt_token_cache_lookups_total",
-			"Lookups in the verified-token cache by result (hit or miss), since the cache was made (at start, or when its bounds changed).", []string{"result"}, nil),
-		cacheEvictions: prometheus.NewDesc("vakt_token_cache_evictions_total",
-			"Entries the verified-token cache dropped to make room, since the cache was made (at start, or when its bounds changed).", nil, nil),
-		cacheEntries: prometheus.NewDesc("vakt_token_cache_entries",
-			"Tokens in the verified-token cache.", nil, nil),
-		cacheBytes: prometheus.NewDesc("vakt_token_cache_bytes",
-			"Bytes the verified-token cache counts for its entries.", nil, nil),
+		tokenCache:  newCacheDescs("vakt_token_cache", "the verified-token cache", "Tokens"),
+		answerCache: newCacheDescs("vakt_answer_cache", "the answers cache (Check's answers per token and application)", "Answers"),
 	})
+}
+
+// cacheDescs describe a cache's metrics.
+type cacheDescs struct{ lookups, evictions, entries, bytes *prometheus.Desc }
+
+func newCacheDescs(prefix, what, entries string) cacheDescs {
+	return cacheDescs{
+		lookups: prometheus.NewDesc(prefix+"_lookups_total",
+			"Lookups in "+what+" by result (hit or miss), since the cache was made (at start, or when its bounds changed).", []string{"result"}, nil),
+		evictions: prometheus.NewDesc(prefix+"_evictions_total",
+			"Entries "+what+" dropped to make room, since the cache was made (at start, or when its bounds changed).", nil, nil),
+		entries: prometheus.NewDesc(prefix+"_entries", entries+" in "+what+".", nil, nil),
+		bytes:   prometheus.NewDesc(prefix+"_bytes", "Bytes "+what+" counts for its entries.", nil, nil),
+	}
+}
+
+func (d cacheDescs) collect(ch chan<- prometheus.Metric, st cache.Stats) {
+	ch <- prometheus.MustNewConstMetric(d.lookups, prometheus.CounterValue, float64(st.Hits), "hit")
+	ch <- prometheus.MustNewConstMetric(d.lookups, prometheus.CounterValue, float64(st.Misses), "miss")
+	ch <- prometheus.MustNewConstMetric(d.evictions, prometheus.CounterValue, float64(st.Evictions))
+	ch <- prometheus.MustNewConstMetric(d.entries, prometheus.GaugeValue, float64(st.Entries))
+	ch <- prometheus.MustNewConstMetric(d.bytes, prometheus.GaugeValue, float64(st.Bytes))
 }
 
 // configCollector reports the runtime in force: its configuration and its
@@ -164,13 +181,14 @@ type configCollector struct {
 	cur                                      *Current
 	info, loaded, fetches, lastSuccess, keys *prometheus.Desc
 
-	cacheLookups, cacheEvictions, cacheEntries, cacheBytes *prometheus.Desc
-	clientFetches, clientLastSuccess                       *prometheus.Desc
+	tokenCache, answerCache          cacheDescs
+	clientFetches, clientLastSuccess *prometheus.Desc
 }
 
 func (c configCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.info, c.loaded, c.fetches, c.lastSuccess, c.keys,
-		c.cacheLookups, c.cacheEvictions, c.cacheEntries, c.cacheBytes, c.clientFetches, c.clientLastSuccess} {
+	for _, d := range []*prometheus.Desc{c.info, c.loaded, c.fetches, c.lastSuccess, c.keys, c.clientFetches, c.clientLastSuccess,
+		c.tokenCache.lookups, c.tokenCache.evictions, c.tokenCache.entries, c.tokenCache.bytes,
+		c.answerCache.lookups, c.answerCache.evictions, c.answerCache.entries, c.answerCache.bytes} {
 		ch <- d
 	}
 }
@@ -183,11 +201,10 @@ func (c configCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, rt.Config.Hash)
 	ch <- prometheus.MustNewConstMetric(c.loaded, prometheus.GaugeValue, float64(rt.LoadedAt.UnixNano())/1e9)
 	if st, ok := rt.Validator.CacheStats(); ok {
-		ch <- prometheus.MustNewConstMetric(c.cacheLookups, prometheus.CounterValue, float64(st.Hits), "hit")
-		ch <- prometheus.MustNewConstMetric(c.cacheLookups, prometheus.CounterValue, float64(st.Misses), "miss")
-		ch <- prometheus.MustNewConstMetric(c.cacheEvictions, prometheus.CounterValue, float64(st.Evictions))
-		ch <- prometheus.MustNewConstMetric(c.cacheEntries, prometheus.GaugeValue, float64(st.Entries))
-		ch <- prometheus.MustNewConstMetric(c.cacheBytes, prometheus.GaugeValue, float64(st.Bytes))
+		c.tokenCache.collect(ch, st)
+	}
+	if rt.answers != nil {
+		c.answerCache.collect(ch, rt.answers.Stats())
 	}
 	for _, k := range rt.remoteKeys {
 		s := c.keySet(ch, c.fetches, c.lastSuccess, k)
