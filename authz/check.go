@@ -50,11 +50,10 @@ type Decision struct {
 
 // TokenKey is the key under which the verified-token cache keeps the
 // token the decision verified: the SHA-256 of its signature, which names
-// the token without holding it. ok is false when the cache did not keep it
-// (no cache, a provider retired meanwhile, no token). A face that keeps
-// what it makes of the claims per token (Check's answer, in its wire form)
-// keys it by this, and keeps Claims beside it to compare on a hit: a token
-// verified again has claims of its own.
+// the token without holding it. ok is false when the cache was not asked to
+// keep it (no cache, a retired provider's token, no token). A face that
+// keeps what it makes of the claims per token (Check's answer, in its wire
+// form) keys it by this: the same signature is the same verified token.
 func (d *Decision) TokenKey() (key [32]byte, ok bool) { return d.key, d.kept }
 
 // RawClaims returns every claim of the token as Claims.Raw does, in a map of

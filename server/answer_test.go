@@ -6,10 +6,13 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
 	"github.com/vakt-dev/vakt/exchange"
 )
@@ -112,4 +115,49 @@ func TestAnswersNeverAnotherTokens(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The answers cache holds no token's claims: an answer outliving its token
+// in the verified-token cache (the caches evict apart) keeps its own bytes
+// alone, so that the two caches together stay near validation.cacheMemory
+// whatever tokens clients present: here tokens with an 11 KB claim no
+// header carries, and answers without their metadata.
+func TestAnswersHoldNoClaims(t *testing.T) {
+	const tokens, budget = 3000, 4 << 20
+	yaml := "issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nvalidation: {cacheMemory: 4Mi}\napplications:\n  - {name: app-1, namespace: team-a}\n" +
+		"  - name: app-b\n    namespace: team-b\n    dynamicMetadata: false\n    accessPolicy: {inbound: {rules: [{application: app-1, namespace: team-a}]}}\n"
+	cur, _, _, signer := ownTokenRuntime(t, yaml)
+	svc := newAuthorizationService(cur, quiet, nil, nil)
+	now := time.Now()
+	pad := strings.Repeat("p", 11000)
+	var reqs []*authv3.CheckRequest
+	for i := range tokens {
+		tok, err := signer.Sign(exchange.IssuedTokenType, map[string]any{
+			"iss": "http://127.0.0.1:8080", "sub": fmt.Sprint("user-", i), "aud": appB, "client_id": app1,
+			"pad": pad, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs = append(reqs, reqFor(appB, tok))
+	}
+	before := heapStats()
+	for _, r := range reqs {
+		if res, err := svc.Check(context.Background(), r); err != nil || res.GetOkResponse() == nil {
+			t.Fatalf("%v %v", res, err)
+		}
+	}
+	after := heapStats()
+	rt := cur.Load()
+	st, _ := rt.Validator.CacheStats()
+	ans := rt.answers.Stats()
+	grew := int64(after.bytes) - int64(before.bytes)
+	t.Logf("%d tokens and %d answers cached (%d and %d bytes counted); the heap grew %d bytes", st.Entries, ans.Entries, st.Bytes, ans.Bytes, grew)
+	if ans.Entries <= st.Entries {
+		t.Fatalf("%d answers, %d tokens: the answers did not outlive their tokens, and the test tests nothing", ans.Entries, st.Entries)
+	}
+	if grew > 2*budget {
+		t.Errorf("the heap grew %d bytes for caches of %d: what the answers hold is not counted", grew, budget)
+	}
+	runtime.KeepAlive(reqs)
 }

@@ -149,7 +149,7 @@ func (s *authorizationService) decide(ctx context.Context, req *checkRequest) ch
 		}
 		return checkOutcome{answer: denied(d, app.ID, grpcCall), rt: rt, d: d, app: app}
 	}
-	return checkOutcome{answer: rt.allowed(&d, app, req.headers), rt: rt, d: d, app: app}
+	return checkOutcome{answer: rt.allowed(&d, app, req.headers, req.face), rt: rt, d: d, app: app}
 }
 
 // envoyHeaders are a CheckRequest's headers, wherever Envoy put them: in
@@ -227,7 +227,7 @@ func envoyRequest(req *authv3.CheckRequest) checkRequest {
 	}
 	cr := checkRequest{
 		appID: attrs.GetContextExtensions()[ContextExtensionApp], principal: attrs.GetDestination().GetPrincipal(),
-		host: r.GetHost(), method: r.GetMethod(), path: r.GetPath(), headers: envoyHeaders{r},
+		host: r.GetHost(), method: r.GetMethod(), path: r.GetPath(), headers: envoyHeaders{r}, face: envoyFace,
 	}
 	if cr.headers.count() > maxCheckHeaders {
 		// Envoy sends 100 headers at most by default; a request with
@@ -316,10 +316,10 @@ func mustPreMarshal(m *authv3.CheckResponse) *preMarshalled {
 // application always gets the same headers and metadata), none for a
 // public route, and the headers this request calls on the proxy to
 // remove.
-func (rt *Runtime) allowed(d *authz.Decision, app *authz.Application, reqHeaders checkHeaders) checkAnswer {
-	a := checkAnswer{status: http.StatusOK}
+func (rt *Runtime) allowed(d *authz.Decision, app *authz.Application, reqHeaders checkHeaders, f face) checkAnswer {
+	a := checkAnswer{allow: true, status: http.StatusOK}
 	if d.Claims != nil {
-		a.id = rt.answers.identity(d, app)
+		a.id = rt.answers.identity(d, app, f)
 	}
 	// Envoy removes headers after setting them (ext_authz.cc, onComplete):
 	// list only the client's x-vakt-* headers vakt does not set itself.
@@ -467,7 +467,7 @@ func renderEnvoy(o *checkOutcome) (envoyReply, error) {
 	switch {
 	case a.outage:
 		return envoyReply{}, status.Error(answerFor(r).grpc, r.Description())
-	case a.status == http.StatusOK:
+	case a.allow:
 		answer := publicAllow
 		if a.id != nil {
 			answer = &a.id.envoy

@@ -20,6 +20,8 @@ type checkRequest struct {
 	appID, principal, host string
 	method, path           string
 	headers                checkHeaders
+	// face is the face that asks, which renders the answer.
+	face face
 	// invalid is a request the face could not read: refused as
 	// request_invalid, nothing of it read.
 	invalid bool

@@ -62,7 +62,7 @@ func (h *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": codeTemporarilyUnavailable, "error_description": o.d.Reason.Description()})
 		return
-	case a.status == http.StatusOK:
+	case a.allow:
 		// The identity headers, for the proxy to copy upstream. Removals
 		// are the proxy's to make: its example configurations set every
 		// identity header from this answer, which also drops a client's.
@@ -178,7 +178,11 @@ func checkRequestFromHTTP(r *http.Request) (checkRequest, bool) {
 		// one would be read by vakt up to it, and by the upstream whole.
 		return refused, true
 	}
-	return checkRequest{appID: app, host: host, method: method, path: path, headers: httpHeaders{r.Header}}, true
+	if len(r.Header) > maxCheckHeaders {
+		// As Check refuses a CheckRequest with more (envoyRequest).
+		return refused, true
+	}
+	return checkRequest{appID: app, host: host, method: method, path: path, headers: httpHeaders{r.Header}, face: httpFace}, true
 }
 
 // present reports whether any of the headers is sent.

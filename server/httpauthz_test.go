@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -137,13 +138,29 @@ func TestHTTPAuthzEdges(t *testing.T) {
 			t.Errorf("%s: %d", path, resp.StatusCode)
 		}
 	}
+	// A request with more headers than Check works on (maxCheckHeaders)
+	// did not come through a proxy: refused unread, as Check refuses one,
+	// whatever token it carries.
+	many, _ := http.NewRequest(http.MethodGet, face.URL+AuthzPathPrefix+"/"+appB+"/read", nil)
+	many.Header.Set("Authorization", "Bearer "+e.own(app1, appB, "read:users"))
+	for i := range maxCheckHeaders {
+		many.Header.Set(fmt.Sprint("x-", i), "v")
+	}
+	resp, err := testHTTP.Do(many)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("%d headers: %d, want 400", len(many.Header), resp.StatusCode)
+	}
 	// auth0's keys cannot be had: its provider is down, and a reload
 	// fetches them anew.
 	e.auth0.SetDown(true)
 	e.load(e.yaml)
 	req, _ := http.NewRequest(http.MethodGet, face.URL+AuthzPathPrefix+"/dev-gcp:team-b:api/", nil)
 	req.Header.Set("Authorization", "Bearer "+e.auth0.Token(map[string]any{"iss": e.auth0.URL, "sub": "u", "aud": "https://api.example.com", "exp": 4102444800}))
-	resp, err := testHTTP.Do(req)
+	resp, err = testHTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

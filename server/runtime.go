@@ -258,8 +258,7 @@ func NewRuntime(ctx context.Context, cfg *config.Config, opts Options) (*Runtime
 		Aliases:      map[string]string{config.ProviderVakt: config.ProviderTokenX},
 		MaxTokenSize: cfg.Validation.MaxTokenSize,
 		Cache:        tokens,
-		CacheSize:    cfg.Validation.CacheSize,              // negative, when tokens is nil: off
-		CacheBytes:   int64(cfg.Validation.CacheMemory) / 2, // as cacheBudget, should it make one
+		CacheSize:    cfg.Validation.CacheSize, // negative, when tokens is nil: off
 		// vakt's own tokens name a registered application: this policy's.
 		Registered: policy.Registered,
 		Now:        opts.Now,
