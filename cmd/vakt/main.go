@@ -19,10 +19,10 @@ import (
 
 	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/authz"
+	"github.com/vakt-dev/vakt/cmd/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/buildinfo"
-	"github.com/vakt-dev/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/kube"
 	"github.com/vakt-dev/vakt/server"
 )
