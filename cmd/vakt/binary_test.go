@@ -118,6 +118,20 @@ func freePort(t *testing.T) int {
 	return 0
 }
 
+// awaitExit waits for a vakt signalled to stop to exit, with status 0.
+func awaitExit(t *testing.T, exited chan error) {
+	t.Helper()
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("vakt exited with %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("vakt did not exit after SIGTERM")
+	}
+}
+
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -260,17 +274,9 @@ applications:
 	if _, err := httpsSerial(true); err != nil {
 		t.Fatalf("HTTPS while draining: %v", err)
 	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("vakt exited with %v", err)
-		}
-		if took := time.Since(signalled); took < 1500*time.Millisecond {
-			t.Fatalf("exited %v after SIGTERM, before its drain delay", took)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("vakt did not exit after SIGTERM")
+	awaitExit(t, exited)
+	if took := time.Since(signalled); took < 1500*time.Millisecond {
+		t.Fatalf("exited %v after SIGTERM, before its drain delay", took)
 	}
 	if !strings.Contains(logs.String(), "draining") {
 		t.Fatal("the log does not say vakt drained")
@@ -312,7 +318,7 @@ applications:
 	startBinary(t, nil, "serve", "--config", cfgPath)
 	issuer := "http://" + httpAddr
 	agentAdmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startBinary(t, []string{
+	agentCmd, _, agentExited := startBinary(t, []string{
 		"TOKEN_X_CLIENT_ID=dev-gcp:team-a:app-1",
 		"TOKEN_X_PRIVATE_JWK=" + string(private),
 		"TOKEN_X_TOKEN_ENDPOINT=" + issuer + "/token",
@@ -331,6 +337,11 @@ applications:
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	// SIGTERM stops it, every part joined, with status 0.
+	if err := agentCmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	awaitExit(t, agentExited)
 }
 
 func TestMain(m *testing.M) {
@@ -402,7 +413,7 @@ kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
 applications:
   - {name: app-1, namespace: team-a}
 `))
-	startBinary(t, []string{"POD_NAMESPACE=vakt", "POD_NAME=vakt-0"}, "serve", "--config", cfgPath)
+	cmd, _, exited := startBinary(t, []string{"POD_NAMESPACE=vakt", "POD_NAME=vakt-0"}, "serve", "--config", cfgPath)
 	admin := &http.Client{Timeout: 2 * time.Second}
 	waitFor(t, 30*time.Second, "vakt never ready in Kubernetes-native mode", func() bool {
 		resp, err := admin.Get("http://" + adminAddr + "/readyz")
@@ -475,6 +486,17 @@ applications:
 	out, err = exec.Command(buildVakt(t), "keys", "rotate", "--kubeconfig", cluster.Kubeconfig, "team-b/app-b").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "has no spec.secretName") {
 		t.Errorf("vakt keys rotate of an application without secretName: %v\n%s", err, out)
+	}
+
+	// SIGTERM stops it once every part has: the controller among them,
+	// its Lease released on the way, for another replica to take at once.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	awaitExit(t, exited)
+	lease, err = client.Resource(schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}).Namespace("vakt").Get(context.Background(), "vakt-status", metav1.GetOptions{})
+	if h, _, _ := unstructured.NestedString(lease.Object, "spec", "holderIdentity"); err != nil || h != "" {
+		t.Fatalf("the lease after vakt stopped: held by %q, %v", h, err)
 	}
 }
 
