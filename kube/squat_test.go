@@ -47,7 +47,7 @@ type squatReplica struct {
 func (e *kenv) squatReplica(cfgPath, identity string) *squatReplica {
 	e.t.Helper()
 	run := startKubeRun(e.t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
-	run.writeStatus(e.cluster.Config, e.client, identity, quiet)
+	run.writeStatus(e.cluster.Config, e.client, identity, quiet, nil)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		e.t.Fatal(err)
@@ -196,7 +196,7 @@ func TestKubeServedVersionRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	leader := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
-	leader.writeStatus(e.cluster.Config, e.client, "r1", quiet)
+	leader.writeStatus(e.cluster.Config, e.client, "r1", quiet, nil)
 	served := func(r *kubeRun) State {
 		if s := r.src.Served(); s != nil {
 			for _, st := range s.States {
