@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -30,39 +32,24 @@ import (
 	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
-const checkYAML = `issuer: http://127.0.0.1:8080
-cluster: dev-gcp
-identityProviders:
-  - name: auth0
-    issuer: AUTH0
-    jwksUri: AUTH0/jwks
-applications:
-  - name: app-1
-    namespace: team-a
-  - name: app-3
-    namespace: team-c
-  - name: app-b
-    namespace: team-b
-    hosts: [app-b.example.com]
-    forwardClaims:
-      - {claim: pid, header: x-vakt-pid}
-    routes:
-      - {methods: [GET], path: /read, scopes: ["read:users"]}
-      - {methods: [POST], path: /create, scopes: ["create:users"]}
-      - {methods: [DELETE], pathPrefix: /delete, scopes: ["delete:users"]}
-      - {pathPrefix: /public/, public: true}
-      - {path: /pkg.Service/Method, scopes: ["svc:call"]}
-    accessPolicy:
-      inbound:
-        rules:
-          - application: app-1
-            namespace: team-a
+// checkYAML is the Check tests' shared configuration (testdata/check.yaml)
+// with app-b's host, and api, which takes auth0's tokens.
+var checkYAML = testdata("check.yaml") + `    hosts: [app-b.example.com]
   - name: api
     namespace: team-b
     stripAuthorization: true
     authentication:
       - {identityProvider: auth0, audience: https://api.example.com}
 `
+
+// testdata is a file of testdata/, read when the test binary starts.
+func testdata(name string) string {
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
 
 type cenv struct {
 	t       *testing.T
