@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -57,27 +56,13 @@ func newKubeEnv(t testing.TB) *kenv {
 	for _, ns := range []string{"team-b"} {
 		e.apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, ns))
 	}
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "vakt.yaml")
-	if err := os.WriteFile(cfgPath, []byte(`issuer: http://127.0.0.1:8080
-cluster: dev-gcp
-kubernetes:
-  enabled: true
-  grants:
-    - {namespaceSelector: {}, hosts: ["*.example"]}
-applications:
-  - name: app-1
-    namespace: team-a
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	key, _ := exchange.GenerateSigningKey("ES256")
 	e.signer, _ = exchange.NewSigner(key)
 	informers, api, err := InformerClient(c.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: informers, API: api}, true)
+	run := startKubeRun(t, replicaConfig, e.signer, SourceConfig{Client: informers, API: api}, true)
 	e.cur, e.src = run.cur, run.src
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -426,16 +411,14 @@ type replica struct {
 
 func (e *kenv) replica(identity string) *replica {
 	e.t.Helper()
-	dir := e.t.TempDir()
-	cfgPath := filepath.Join(dir, "vakt.yaml")
-	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true, grants: [{namespaceSelector: {}, hosts: ['*.example']}]}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	r := startKubeRun(e.t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
+	r := startKubeRun(e.t, replicaConfig, e.signer, SourceConfig{Client: e.client}, false)
 	work := &workLog{}
 	r.writeStatus(e.cluster.Config, e.client, identity, quiet, work)
 	return &replica{cur: r.cur, stop: r.stop, work: work}
 }
+
+// replicaConfig is the configuration file of the tests' replicas.
+const replicaConfig = "testdata/vakt.yaml"
 
 // kubeRun is vakt's reload path over a configuration file and a cluster's
 // resources (a server.Loader, a server.Reloader, a Source), running until stop; go
