@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/vakt-dev/vakt/authz"
@@ -231,46 +232,57 @@ func TestAgentShortLivedTokens(t *testing.T) {
 	}
 }
 
+// 200 concurrent identical requests make one upstream call, all of them
+// waiting on it: in a bubble of testing/synctest, whose Wait returns once
+// every goroutine is blocked, the upstream (in memory) answers only when
+// each request has joined the call in flight.
 func TestAgentSingleFlight(t *testing.T) {
-	release := make(chan struct{})
-	rec := newRecorder(t, func(n int64, w http.ResponseWriter, aud string) {
-		<-release
-		okToken(900)(n, w, aud)
-	})
-	clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
-	agent, _ := newTestAgent(t, rec.srv.URL, clock, 0)
-	var wg sync.WaitGroup
-	var started atomic.Int64
-	tokens := make(chan string, 200)
-	for range 200 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			started.Add(1)
-			res, err := agent.Exchange(context.Background(), "u", "a", false)
-			if err != nil {
-				t.Error(err)
-				return
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var calls atomic.Int64
+		upstream := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			n := calls.Add(1)
+			<-release
+			if err := r.ParseForm(); err != nil {
+				return nil, err
 			}
-			tokens <- res.AccessToken
-		}()
-	}
-	for started.Load() < 200 {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond) // let the last ones reach the in-flight call
-	close(release)
-	wg.Wait()
-	close(tokens)
-	if n := rec.calls.Load(); n != 1 {
-		t.Fatalf("200 concurrent identical requests made %d upstream calls", n)
-	}
-	for tok := range tokens {
-		if tok != "token-1-for-a" {
-			t.Fatalf("token %q", tok)
+			w := httptest.NewRecorder()
+			okToken(900)(n, w, r.PostForm.Get("audience"))
+			return w.Result(), nil
+		})
+		clock := idptest.NewClock(time.Unix(1_800_000_000, 0))
+		agent, _ := newTestAgent(t, "https://tokens.example/token", clock, 0)
+		agent.upstream.Client = &http.Client{Transport: upstream}
+		var wg sync.WaitGroup
+		tokens := make(chan string, 200)
+		for range 200 {
+			wg.Go(func() {
+				res, err := agent.Exchange(context.Background(), "u", "a", false)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				tokens <- res.AccessToken
+			})
 		}
-	}
+		synctest.Wait() // one request at the upstream, 199 waiting on its call
+		close(release)
+		wg.Wait()
+		close(tokens)
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("200 concurrent identical requests made %d upstream calls", n)
+		}
+		for tok := range tokens {
+			if tok != "token-1-for-a" {
+				t.Fatalf("token %q", tok)
+			}
+		}
+	})
 }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func TestAgentCacheBound(t *testing.T) {
 	rec := newRecorder(t, okToken(900))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vakt-dev/vakt/authz"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -404,14 +405,7 @@ func TestRunFetchesAndStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { keys.Run(ctx); close(done) }()
-	deadline := time.After(5 * time.Second)
-	for iss.JWKSRequests() == 0 {
-		select {
-		case <-deadline:
-			t.Fatal("Run did not fetch")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	waittest.Until(t, 5*time.Second, "Run did not fetch", func() bool { return iss.JWKSRequests() > 0 })
 	cancel()
 	<-done
 	if _, err := keys.Key(context.Background(), "key-1"); err != nil {

@@ -129,7 +129,7 @@ func runChurn(e *kenv, d time.Duration, churn bool) churnRun {
 		e.application(spec)
 		e.until(5*time.Second, "team-b's change was held off by another namespace's churn", func() bool { return check(tokens[0]) == want })
 		r.slowest = max(r.slowest, time.Since(start))
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond) // team-b's pace: a change every half second, not a wait
 	}
 	wg.Wait()
 	hits, misses := stats()

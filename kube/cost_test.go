@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -92,57 +93,59 @@ func TestMergeCostOfRefusedBytes(t *testing.T) {
 
 // A resource created or deleted in a namespace that must wait for its
 // rate asks no merge (one comes when the rate allows): creating and
-// deleting in a loop is held to the namespace's rate as updating is.
+// deleting in a loop is held to the namespace's rate as updating is. The
+// informers and the fake API server run in a bubble of testing/synctest:
+// synctest.Wait returns once each event has been handled, so that the
+// reloads asked are counted after every one of them.
 func TestCreateDeleteHeldToRate(t *testing.T) {
-	client := fakeDynamic()
-	var changes atomic.Int64
-	k := NewSource(SourceConfig{Client: client, Logger: quiet, OnChange: func() { changes.Add(1) }})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go k.Run(ctx)
-	deadline := time.Now().Add(10 * time.Second)
-	for !k.Synced() {
-		if time.Now().After(deadline) {
+	synctest.Test(t, func(t *testing.T) {
+		client := fakeDynamic()
+		var changes atomic.Int64
+		k := NewSource(SourceConfig{Client: client, Logger: quiet, OnChange: func() { changes.Add(1) }})
+		ctx, cancel := context.WithCancel(context.Background())
+		ran := make(chan struct{})
+		go func() { defer close(ran); k.Run(ctx) }()
+		defer func() { cancel(); <-ran }()
+		synctest.Wait()
+		if !k.Synced() {
 			t.Fatal("never synced")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	// The namespace has spent its changes: the merger says it waits.
-	now := time.Now()
-	k.merger.now = func() time.Time { return now }
-	k.merger.retry = func(time.Duration) {}
-	var rs []Resource
-	for i := range 12 {
-		rs = append(rs, app("attacker", fmt.Sprintf("a-%d", i), 1, `{}`))
-	}
-	k.merger.prime() // the resources as first read were merged
-	_, commit := k.merger.merge(mergeConfig(t, "")(), rs, quiet, false)
-	commit()
-	k.merger.mu.Lock()
-	k.merger.retryAt = now.Add(time.Hour)
-	k.merger.mu.Unlock()
-	if !k.merger.waiting("attacker") {
-		t.Fatal("the namespace is not waiting")
-	}
-	apps := client.Resource(applicationsGVR).Namespace("attacker")
-	before := changes.Load()
-	const loops = 20
-	for i := range loops {
-		u := appObject("attacker", "churn", now, 1, map[string]any{})
-		u.SetUID(types.UID(fmt.Sprint("churn-", i)))
-		if _, err := apps.Create(ctx, u, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
+		// The namespace has spent its changes: the merger says it waits.
+		now := time.Now()
+		k.merger.now = func() time.Time { return now }
+		k.merger.retry = func(time.Duration) {}
+		var rs []Resource
+		for i := range 12 {
+			rs = append(rs, app("attacker", fmt.Sprintf("a-%d", i), 1, `{}`))
 		}
-		time.Sleep(5 * time.Millisecond)
-		if err := apps.Delete(ctx, "churn", metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
+		k.merger.prime() // the resources as first read were merged
+		_, commit := k.merger.merge(mergeConfig(t, "")(), rs, quiet, false)
+		commit()
+		k.merger.mu.Lock()
+		k.merger.retryAt = now.Add(time.Hour)
+		k.merger.mu.Unlock()
+		if !k.merger.waiting("attacker") {
+			t.Fatal("the namespace is not waiting")
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond)
-	got := changes.Load() - before
-	t.Logf("%d create/delete pairs in a namespace that must wait: %d reloads asked", loops, got)
-	if got > 2 {
-		t.Errorf("a namespace past its rate asked %d reloads by creating and deleting", got)
-	}
+		apps := client.Resource(applicationsGVR).Namespace("attacker")
+		before := changes.Load()
+		const loops = 20
+		for i := range loops {
+			u := appObject("attacker", "churn", now, 1, map[string]any{})
+			u.SetUID(types.UID(fmt.Sprint("churn-", i)))
+			if _, err := apps.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait() // the creation seen and handled
+			if err := apps.Delete(ctx, "churn", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait() // the deletion too
+		}
+		got := changes.Load() - before
+		t.Logf("%d create/delete pairs in a namespace that must wait: %d reloads asked", loops, got)
+		if got > 2 {
+			t.Errorf("a namespace past its rate asked %d reloads by creating and deleting", got)
+		}
+	})
 }

@@ -70,7 +70,7 @@ kubernetes:
 	e.signer, _ = exchange.NewSigner(key)
 	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: client}, false)
 	e.cur, e.src = run.cur, run.src
-	run.writeStatus(c.Config, client, "r1", quiet)
+	run.writeStatus(c.Config, client, "r1", quiet, nil)
 	metrics := server.NewMetrics()
 	server.AuthorityServices(run.cur, metrics, quiet)
 

@@ -266,7 +266,7 @@ func newKeyProvisioner(client dynamic.Interface, src *Source, recordsNS string, 
 // on a newly elected replica; those whose rotation annotation or published
 // keys changed (informer events); each again when it is due (syncKey); and
 // collectKey every collectEvery.
-func (p *keyProvisioner) run(ctx context.Context, observe func(string)) {
+func (p *keyProvisioner) run(ctx context.Context, observe observer) {
 	q := newQueue("vakt-keys", keyBackoff)
 	stopServed := p.src.onServed.add(func() { q.Add(servedKey) })
 	defer stopServed()

@@ -123,7 +123,7 @@ func (e *keysEnv) startReplica(identity string, ls *server.Listeners) *keysRepli
 	run := startKubeRunAt(t, e.cfgPath, e.signer, SourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false, e.now)
 	r.cur, r.src = run.cur, run.src
 	if identity != "" {
-		run.writeStatus(e.cluster.Config, e.client, identity, slog.New(slog.NewJSONHandler(r.logs, nil)))
+		run.writeStatus(e.cluster.Config, e.client, identity, slog.New(slog.NewJSONHandler(r.logs, nil)), nil)
 	}
 	served := make(chan error, 1)
 	go func() {
@@ -482,10 +482,25 @@ func TestKubeNAISJwkers(t *testing.T) {
 	pub, _ := exchange.PublicJWK(forged)
 	rec, _ := json.Marshal(publishedKeys{Keys: json.RawMessage(`{"keys":[` + string(pub) + `]}`), RetiredKeys: []retiredKey{{Kid: forged.ID, Until: time.Now().Add(1000 * time.Hour)}}})
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{"vakt.dev/keys": string(rec)}}})
-	if _, err := jwkers.Namespace("myteam").Patch(context.Background(), "app1", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	patched, err := jwkers.Namespace("myteam").Patch(context.Background(), "app1", types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Once r1 has seen the patch (its informer at the patch's version, or
+	// later: the API server's versions grow) and reloaded since, the
+	// forged keys would be in force if vakt read them.
+	patchedAt, _ := strconv.ParseUint(patched.GetResourceVersion(), 10, 64)
+	e.until(10*time.Second, "r1 never saw the patched Jwker", func() bool {
+		u, ok := r1.src.object(config.KindJwker, "myteam", "app1")
+		if !ok {
+			return false
+		}
+		seen, err := strconv.ParseUint(u.GetResourceVersion(), 10, 64)
+		return err == nil && seen >= patchedAt
+	})
+	before := r1.cur.Load()
+	r1.src.onChange()
+	e.until(10*time.Second, "r1 never reloaded", func() bool { return r1.cur.Load() != before })
 	if msg := e.exchangeAs(r1, "dev-gcp:myteam:app1", forged, "dev-gcp:myteam:myapplication"); !strings.Contains(msg, "Unauthenticated") {
 		t.Errorf("a key a team wrote on its Jwker: %q", msg)
 	}

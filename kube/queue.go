@@ -62,10 +62,14 @@ func newQueue(name string, base time.Duration) controllerQueue {
 // duration brings it back after that long.
 type syncFunc func(ctx context.Context, key string) (time.Duration, error)
 
+// observer is told of every item a controller reconciled, with what its
+// reconciliation returned (tests).
+type observer func(key string, after time.Duration, err error)
+
 // runWorkers drains q with n workers until ctx ends, then shuts q down and
 // returns once every worker has. observe, when set, is told of every item
-// reconciled (tests).
-func runWorkers(ctx context.Context, q controllerQueue, n int, reconcile syncFunc, observe func(key string)) {
+// reconciled.
+func runWorkers(ctx context.Context, q controllerQueue, n int, reconcile syncFunc, observe observer) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
@@ -88,7 +92,7 @@ func runWorkers(ctx context.Context, q controllerQueue, n int, reconcile syncFun
 				}
 				q.Done(key)
 				if observe != nil {
-					observe(key)
+					observe(key, after, err)
 				}
 			}
 		})

@@ -16,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 // requestLog records the requests a client makes: method, path, time.
@@ -68,18 +70,53 @@ func (l *requestLog) take() (reads, writes []string) {
 	return reads, writes
 }
 
-// workLog records the items the controllers' workers reconcile.
+// workLog records the items the controllers' workers reconcile, and what
+// each item's last reconciliation returned.
 type workLog struct {
 	mu    sync.Mutex
 	items []string
-	last  time.Time
+	last  map[string]outcome
 }
 
-func (w *workLog) observe(queue, key string) {
+// outcome is what a reconciliation returned: the wait before the item
+// comes back by itself (none: 0), or the error it is retried after.
+type outcome struct {
+	after time.Duration
+	err   error
+}
+
+func (w *workLog) observe(queue, key string, after time.Duration, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.items = append(w.items, queue+" "+key)
-	w.last = time.Now()
+	if w.last == nil {
+		w.last = map[string]outcome{}
+	}
+	w.last[queue+" "+key] = outcome{after, err}
+}
+
+// comesBack says which items come back by themselves within d, as their
+// last reconciliation left them (an error is retried within the queue's
+// backoff), and which of want were never reconciled; nil when none.
+func (w *workLog) comesBack(d time.Duration, want ...string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var soon, missing []string
+	for item, o := range w.last {
+		if o.err != nil || (o.after > 0 && o.after < d) {
+			soon = append(soon, fmt.Sprintf("%s (after %v, error %v)", item, o.after, o.err))
+		}
+	}
+	for _, item := range want {
+		if _, ok := w.last[item]; !ok {
+			missing = append(missing, item)
+		}
+	}
+	if len(soon) > 0 || len(missing) > 0 {
+		slices.Sort(soon)
+		return fmt.Errorf("back within %v: %q; never reconciled: %q", d, soon, missing)
+	}
+	return nil
 }
 
 // take returns the resources reconciled (not the queues' own items,
@@ -103,23 +140,15 @@ func (w *workLog) has(item string) bool {
 	return slices.Contains(w.items, item)
 }
 
-// idle waits until no item was reconciled for d.
-func (w *workLog) idle(e *keysEnv, d time.Duration) {
-	e.t.Helper()
-	e.until(30*time.Second, "the controllers never went idle", func() bool {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		return time.Since(w.last) > d
-	})
-}
-
-// The elected replica's controllers do nothing while nothing changes: no
-// request to the API server and no resource reconciled over a quiet
-// period (the status writer polled every 200 ms and the key provisioner
-// every second before they ran on work queues). A replica elected in its
-// place finds every status as it would write it and every key published:
-// it writes nothing and reads at most what a key's check does; and a
-// change still reaches it at once (a rotation asked for).
+// The elected replica's controllers do nothing while nothing changes (the
+// status writer polled every 200 ms and the key provisioner every second
+// before they ran on work queues): settled, no item of their queues comes
+// back by itself within a minute, as what each reconciliation returned
+// says, rather than a quiet period watched. A replica elected in its place
+// finds every status as it would write it and every key published: over
+// its first pass, every resource reconciled, it writes nothing and reads
+// at most what a key's check does; and a change still reaches it at once
+// (a rotation asked for).
 func TestKubeControllerQuiet(t *testing.T) {
 	e := newKeysEnv(t, "") // a replica whose status writers this test runs
 	r := e.replicas[""]
@@ -166,15 +195,14 @@ func TestKubeControllerQuiet(t *testing.T) {
 		state, _, _ := unstructured.NestedString(jw.Object, "status", "synchronizationState")
 		return key["status"] == "True" && strings.Contains(fmt.Sprint(key["message"]), kid) && ready["status"] == "True" && state == "RolloutComplete"
 	})
-	work.idle(e, time.Second)
+	// Settled, each item's last reconciliation is final: no error left to
+	// retry (a conflict's, say, retried at once). The wait is for those
+	// retries; an item that comes back by itself never passes it.
+	want := []string{"status Application/team-b/app-b", "status Application/team-a/app-1", "status Jwker/myteam/jw",
+		"keys Application/team-a/app-1", "keys Jwker/myteam/jw"} // the keyed ones' keys
+	waittest.UntilNil(t, 30*time.Second, "the controllers never came to rest", func() error { return work.comesBack(time.Minute, want...) })
 	reads, writes := reqs.take()
 	t.Logf("settling: %d reads, %d writes, %d resources reconciled", len(reads), len(writes), len(work.take()))
-
-	time.Sleep(5 * time.Second)
-	reads, writes = reqs.take()
-	if items := work.take(); len(reads) > 0 || len(writes) > 0 || len(items) > 0 {
-		t.Errorf("5 quiet seconds: reads %q, writes %q, reconciled %q; want none", reads, writes, items)
-	}
 
 	// Stopped, the writer has joined every goroutine of its controllers.
 	stop()
@@ -185,19 +213,21 @@ func TestKubeControllerQuiet(t *testing.T) {
 	// A replica elected in its place starts from what stands.
 	reqs, work, _ = writer("b")
 	e.until(15*time.Second, "b never took the lease", func() bool { return e.leader() == "b" })
+	// b's first pass: every resource reconciled in both queues (what b
+	// would write, it writes there), each reconciliation final. A key's
+	// check comes at a random moment within keyResync of the election.
 	e.until(10*time.Second, "b never went over what is served", func() bool {
 		return work.has("status "+servedKey) && work.has("keys "+servedKey)
 	})
-	work.idle(e, time.Second)
+	waittest.UntilNil(t, 30*time.Second, "b's first pass never ended", func() error { return work.comesBack(0, want...) })
 	if len(controllerGoroutines()) == 0 {
 		t.Error("no controller goroutine seen while b leads: controllerGoroutines sees nothing")
 	}
-	time.Sleep(2 * time.Second)
 	reads, writes = reqs.take()
 	if len(writes) > 0 || len(reads) > 3*keyed {
 		// A key is checked (three reads) at a random moment within
-		// keyResync of an election: rarely in these seconds.
-		t.Errorf("the newly elected replica: reads %q, writes %q; want no write and at most %d reads", reads, writes, 3*keyed)
+		// keyResync of an election: rarely as soon as this.
+		t.Errorf("the newly elected replica's first pass: reads %q, writes %q; want no write and at most %d reads", reads, writes, 3*keyed)
 	}
 	t.Logf("the newly elected replica, settled: %d reads, reconciled %q", len(reads), work.take())
 

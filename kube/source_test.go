@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +28,7 @@ import (
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
 	"github.com/vakt-dev/vakt/internal/kubetest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 	"github.com/vakt-dev/vakt/server"
 )
 
@@ -56,27 +56,13 @@ func newKubeEnv(t testing.TB) *kenv {
 	for _, ns := range []string{"team-b"} {
 		e.apply(schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, "", fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q}}`, ns))
 	}
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "vakt.yaml")
-	if err := os.WriteFile(cfgPath, []byte(`issuer: http://127.0.0.1:8080
-cluster: dev-gcp
-kubernetes:
-  enabled: true
-  grants:
-    - {namespaceSelector: {}, hosts: ["*.example"]}
-applications:
-  - name: app-1
-    namespace: team-a
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	key, _ := exchange.GenerateSigningKey("ES256")
 	e.signer, _ = exchange.NewSigner(key)
 	informers, api, err := InformerClient(c.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: informers, API: api}, true)
+	run := startKubeRun(t, replicaConfig, e.signer, SourceConfig{Client: informers, API: api}, true)
 	e.cur, e.src = run.cur, run.src
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -147,15 +133,11 @@ func (e *kenv) application(spec string) {
 	e.apply(applicationsGVR, "team-b", `{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-b","namespace":"team-b"},"spec":`+spec+`}`)
 }
 
+// until waits for cond, which the API server's watch makes true in its own
+// time.
 func (e *kenv) until(d time.Duration, what string, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waittest.Until(e.t, d, what, cond)
 }
 
 // status is what Check answers app-1's token for app-b on GET /read: the
@@ -250,12 +232,6 @@ func TestKubeAPIServerRestart(t *testing.T) {
 	e.application(appBAllowsApp1)
 	e.until(5*time.Second, "never enforced", func() bool { return e.status() == 200 })
 	e.cluster.StopAPIServer(t)
-	for range 20 {
-		if got := e.status(); got != 200 {
-			t.Fatalf("with the API server down: %d", got)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 	// The metrics say so: the watch fails, and when it last heard.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(e.src.Collector())
@@ -284,6 +260,10 @@ func TestKubeAPIServerRestart(t *testing.T) {
 		return 0
 	}
 	e.until(60*time.Second, "the API server's absence never showed in the metrics", func() bool { return gauge("vakt_kubernetes_api_failing", "") == 1 })
+	// The watch has failed, and vakt still serves what it last saw.
+	if got := e.status(); got != 200 {
+		t.Fatalf("with the API server down: %d", got)
+	}
 	before := gauge("vakt_kubernetes_api_last_success_timestamp_seconds", "")
 	e.cluster.StartAPIServer(t)
 	e.application(appBAllowsNone)
@@ -307,7 +287,8 @@ func (e *kenv) resource(ns, name, spec string) {
 
 // afterSecond returns once the clock is past the second of t:
 // creationTimestamp has a resolution of one second, and a resource created
-// within the same one as another is only younger by name.
+// within the same one as another is only younger by name. It sleeps, as
+// it waits for an instant that nothing announces, not for an event.
 func afterSecond(t time.Time) {
 	time.Sleep(time.Until(t.Truncate(time.Second).Add(time.Second + 10*time.Millisecond)))
 }
@@ -366,7 +347,7 @@ func TestKubeClaims(t *testing.T) {
 			}
 			patch := fmt.Sprintf(`{"metadata":{"annotations":{"spam":"%d"}}}`, i)
 			_, _ = e.apps.Namespace("a-team").Patch(context.Background(), "evil", types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the stream's pace: 50 updates a second
 		}
 	}()
 	defer close(stop)
@@ -425,19 +406,19 @@ func TestResourceMergerFallback(t *testing.T) {
 type replica struct {
 	cur  *server.Current
 	stop context.CancelFunc
+	work *workLog // what its controllers reconcile while it leads
 }
 
 func (e *kenv) replica(identity string) *replica {
 	e.t.Helper()
-	dir := e.t.TempDir()
-	cfgPath := filepath.Join(dir, "vakt.yaml")
-	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true, grants: [{namespaceSelector: {}, hosts: ['*.example']}]}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	r := startKubeRun(e.t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
-	r.writeStatus(e.cluster.Config, e.client, identity, quiet)
-	return &replica{cur: r.cur, stop: r.stop}
+	r := startKubeRun(e.t, replicaConfig, e.signer, SourceConfig{Client: e.client}, false)
+	work := &workLog{}
+	r.writeStatus(e.cluster.Config, e.client, identity, quiet, work)
+	return &replica{cur: r.cur, stop: r.stop, work: work}
 }
+
+// replicaConfig is the configuration file of the tests' replicas.
+const replicaConfig = "testdata/vakt.yaml"
 
 // kubeRun is vakt's reload path over a configuration file and a cluster's
 // resources (a server.Loader, a server.Reloader, a Source), running until stop; go
@@ -492,8 +473,9 @@ func startKubeRunAt(t testing.TB, cfgPath string, signer *exchange.Signer, kc So
 }
 
 // writeStatus runs a status writer (and key provisioner) for the run, as
-// identity, with short election timings.
-func (r *kubeRun) writeStatus(rc *rest.Config, client dynamic.Interface, identity string, log *slog.Logger) {
+// identity, with short election timings; work, when set, logs what its
+// controllers reconcile.
+func (r *kubeRun) writeStatus(rc *rest.Config, client dynamic.Interface, identity string, log *slog.Logger, work *workLog) {
 	r.wg.Go(func() {
 		// As vakt serve wires it: the keys' fetches of the runtime in force.
 		keyStats := func(id string) (authz.KeyStats, bool) {
@@ -502,9 +484,13 @@ func (r *kubeRun) writeStatus(rc *rest.Config, client dynamic.Interface, identit
 			}
 			return authz.KeyStats{}, false
 		}
-		_ = RunStatusWriter(r.ctx, StatusConfig{Rest: rc, Client: client, Source: r.src, MakeKeys: true, KeyStats: keyStats,
+		c := StatusConfig{Rest: rc, Client: client, Source: r.src, MakeKeys: true, KeyStats: keyStats,
 			LeaseNamespace: "vakt", LeaseName: "vakt-status", Identity: identity,
-			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: log})
+			LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond, Logger: log}
+		if work != nil {
+			c.observe = work.observe
+		}
+		_ = RunStatusWriter(r.ctx, c)
 	})
 }
 
@@ -553,7 +539,16 @@ func TestKubeStatusWriter(t *testing.T) {
 	}
 	leader := holder()
 	before, _ := e.readyCondition()
-	time.Sleep(1100 * time.Millisecond) // a write from now on stamps a later second
+	written, err := time.Parse(time.RFC3339, fmt.Sprint(before["lastTransitionTime"]))
+	if err != nil {
+		t.Fatalf("lastTransitionTime: %v", err)
+	}
+	afterSecond(written) // a write from now on stamps a later second
+	survivor := map[string]*replica{"r1": r2, "r2": r1}[leader]
+	if survivor == nil {
+		t.Fatalf("the lease is held by %q", leader)
+	}
+	survivor.work.take() // not leading, it reconciles nothing until it does
 	switch leader {
 	case "r1":
 		r1.stop()
@@ -563,9 +558,9 @@ func TestKubeStatusWriter(t *testing.T) {
 		t.Fatalf("the lease is held by %q", leader)
 	}
 	e.until(15*time.Second, "the other replica never took the lease", func() bool { h := holder(); return h != "" && h != leader })
-	// The new writer finds the status as it would write it: it leaves it,
-	// its lastTransitionTime with it.
-	time.Sleep(time.Second)
+	// The new writer finds the status as it would write it: once it has
+	// gone over app-b, it has left it, its lastTransitionTime with it.
+	e.until(15*time.Second, "the new writer never went over app-b", func() bool { return survivor.work.has("status Application/team-b/app-b") })
 	if after, _ := e.readyCondition(); after["lastTransitionTime"] != before["lastTransitionTime"] || after["message"] != before["message"] {
 		t.Errorf("the new writer rewrote the status: %v, was %v", after, before)
 	}
@@ -621,20 +616,25 @@ func TestKubeStatusWriterBackoff(t *testing.T) {
 		defer logs.mu.Unlock()
 		return strings.Contains(logs.b.String(), warning)
 	})
-	time.Sleep(3 * time.Second) // 15 tries at 200 ms; with the backoff, 3 or 4
+	// Four tries (waits of 0.5, 1 and 2 s between them): each refused,
+	// and the same error, logged once.
+	var at []time.Time
+	e.until(15*time.Second, "the refused write was never tried four times", func() bool {
+		tries.mu.Lock()
+		defer tries.mu.Unlock()
+		at = at[:0]
+		for _, r := range tries.reqs {
+			if r.method == http.MethodPatch && strings.HasSuffix(r.path, "/applications/app-b/status") {
+				at = append(at, r.at)
+			}
+		}
+		return len(at) >= 4
+	})
 	if n := len(logs.lines(t, warning)); n != 1 {
 		t.Fatalf("the same error logged %d times", n)
 	}
-	tries.mu.Lock()
-	var at []time.Time
-	for _, r := range tries.reqs {
-		if r.method == http.MethodPatch && strings.HasSuffix(r.path, "/applications/app-b/status") {
-			at = append(at, r.at)
-		}
-	}
-	tries.mu.Unlock()
-	if len(at) < 3 || len(at) > 5 {
-		t.Fatalf("%d tries in about 3 s, want 3 to 5 (a wait of %v, doubling)", len(at), statusBackoff)
+	if gap := at[1].Sub(at[0]); gap < statusBackoff {
+		t.Errorf("the first retry came %v after the first try, within the backoff of %v", gap, statusBackoff)
 	}
 	for i := 2; i < len(at); i++ {
 		if prev, gap := at[i-1].Sub(at[i-2]), at[i].Sub(at[i-1]); gap < prev*3/2 {

@@ -47,7 +47,7 @@ type squatReplica struct {
 func (e *kenv) squatReplica(cfgPath, identity string) *squatReplica {
 	e.t.Helper()
 	run := startKubeRun(e.t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
-	run.writeStatus(e.cluster.Config, e.client, identity, quiet)
+	run.writeStatus(e.cluster.Config, e.client, identity, quiet, nil)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		e.t.Fatal(err)
@@ -191,12 +191,8 @@ kubernetes:
 func TestKubeServedVersionRecorded(t *testing.T) {
 	e := newKubeEnv(t)
 	e.namespace("vakt")
-	cfgPath := filepath.Join(t.TempDir(), "vakt.yaml")
-	if err := os.WriteFile(cfgPath, []byte("issuer: http://127.0.0.1:8080\ncluster: dev-gcp\nkubernetes: {enabled: true, grants: [{namespaceSelector: {}, hosts: ['*.example']}]}\napplications:\n  - {name: app-1, namespace: team-a}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	leader := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
-	leader.writeStatus(e.cluster.Config, e.client, "r1", quiet)
+	leader := startKubeRun(t, replicaConfig, e.signer, SourceConfig{Client: e.client}, false)
+	leader.writeStatus(e.cluster.Config, e.client, "r1", quiet, nil)
 	served := func(r *kubeRun) State {
 		if s := r.src.Served(); s != nil {
 			for _, st := range s.States {
@@ -225,7 +221,7 @@ func TestKubeServedVersionRecorded(t *testing.T) {
 	if got := recorded(); got != 1 {
 		t.Fatalf("status.served.generation is %d, want 1", got)
 	}
-	fresh := startKubeRun(t, cfgPath, e.signer, SourceConfig{Client: e.client}, false)
+	fresh := startKubeRun(t, replicaConfig, e.signer, SourceConfig{Client: e.client}, false)
 	e.until(10*time.Second, "the new replica never served generation 1", func() bool {
 		st := served(fresh)
 		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused

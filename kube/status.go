@@ -55,8 +55,9 @@ type StatusConfig struct {
 	Logger                                    *slog.Logger
 
 	// observe, when set, is told of every item the controllers' workers
-	// reconcile: queue "status" or "keys", and the item (tests).
-	observe func(queue, key string)
+	// reconcile: queue "status" or "keys", the item, and what its
+	// reconciliation returned (tests).
+	observe func(queue, key string, after time.Duration, err error)
 }
 
 // Backoff and workers of the status writer's queue.
@@ -133,11 +134,11 @@ func RunStatusWriter(ctx context.Context, c StatusConfig) error {
 // (leadership lost, or stopping); it returns once all their goroutines
 // have.
 func lead(ctx context.Context, c StatusConfig, log *slog.Logger) {
-	observe := func(queue string) func(string) {
+	observe := func(queue string) observer {
 		if c.observe == nil {
 			return nil
 		}
-		return func(key string) { c.observe(queue, key) }
+		return func(key string, after time.Duration, err error) { c.observe(queue, key, after, err) }
 	}
 	w := &statusWriter{client: c.Client, src: c.Source, log: log, queue: newQueue("vakt-status", statusBackoff), logged: map[string]string{}, keyStats: c.KeyStats}
 	var wg sync.WaitGroup
@@ -186,7 +187,7 @@ const keysRecheck = 10 * time.Second
 // elected replica, every resource once, read from the cache), and those
 // whose key problem changed (keyProvisioner.onProblem); its workers write
 // them.
-func (w *statusWriter) run(ctx context.Context, observe func(string)) {
+func (w *statusWriter) run(ctx context.Context, observe observer) {
 	q := w.queue
 	stopServed := w.src.onServed.add(func() { q.Add(servedKey) })
 	defer stopServed()

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 // The admin listener serves metrics, profiles, health and build info; the
@@ -37,17 +39,9 @@ func TestAdminListener(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	// Ready once Serve serves: poll, as Serve starts in the background.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if code, _ := get(admin + "/readyz"); code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("/readyz never answered 200")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// Ready once the identity provider's keys have been fetched, over the
+	// network.
+	waittest.Until(t, 5*time.Second, "/readyz never answered 200", func() bool { code, _ := get(admin + "/readyz"); return code == http.StatusOK })
 	for _, tc := range []struct {
 		url, want string
 		code      int

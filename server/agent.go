@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -34,12 +35,15 @@ type AgentRuntime struct {
 	Log config.Log
 
 	keys []namedKeys // the identity providers' key sets, for readiness
+	// ctx ends the key sets' background fetches, which fetching joins.
+	ctx      context.Context
+	fetching sync.WaitGroup
 }
 
 // NewAgentRuntime builds the agent's runtime from its environment. Remote
-// key sets fetch in the background until ctx ends. With tracing (nil for
-// none), key set fetches and upstream exchanges are spans, and an upstream
-// exchange carries its trace to the authority.
+// key sets fetch in the background until ctx ends; Wait joins them. With
+// tracing (nil for none), key set fetches and upstream exchanges are spans,
+// and an upstream exchange carries its trace to the authority.
 func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger, tracing *Tracing) (*AgentRuntime, error) {
 	// NAIS gives both the well-known URL and the jwks_uri its document
 	// names (prefix + WELL_KNOWN_URL and JWKS_URI). With both, discovery is
@@ -57,7 +61,6 @@ func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger, trac
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		go k.Run(ctx)
 		keys = append(keys, namedKeys{name, k})
 		return k, nil
 	}
@@ -111,7 +114,20 @@ func NewAgentRuntime(ctx context.Context, env *agent.Env, log *slog.Logger, trac
 		Timeout:   10 * time.Second,
 		Logger:    log,
 	}
-	return &AgentRuntime{Validator: v, Agent: agent.New(agent.Config{Upstream: up}), ClientID: env.ClientID, Log: config.Log{Decisions: config.LogDecisionsDeny}, keys: keys}, nil
+	rt := &AgentRuntime{Validator: v, Agent: agent.New(agent.Config{Upstream: up}), ClientID: env.ClientID, Log: config.Log{Decisions: config.LogDecisionsDeny}, keys: keys, ctx: ctx}
+	// Built whole: only now do the key sets start fetching, so that a
+	// runtime refused leaves nothing running.
+	for _, k := range keys {
+		rt.fetching.Go(func() { k.keys.Run(ctx) })
+	}
+	return rt, nil
+}
+
+// Wait returns once the context NewAgentRuntime was given has ended and the
+// key sets have stopped fetching.
+func (rt *AgentRuntime) Wait() {
+	<-rt.ctx.Done()
+	rt.fetching.Wait()
 }
 
 // Ready reports whether each identity provider's keys have arrived.

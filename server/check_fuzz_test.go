@@ -28,35 +28,10 @@ import (
 
 // allowFuzzYAML: app-b takes vakt's own tokens (a caller named by
 // client_id or azp, inbound rules, scoped routes, a forwarded claim,
-// dynamic metadata); api takes auth0's (no caller, scoped routes, the
-// Authorization header stripped, no dynamic metadata).
-const allowFuzzYAML = `issuer: http://127.0.0.1:8080
-cluster: dev-gcp
-identityProviders:
-  - name: auth0
-    issuer: AUTH0
-    jwksUri: AUTH0/jwks
-applications:
-  - name: app-1
-    namespace: team-a
-  - name: app-3
-    namespace: team-c
-  - name: app-b
-    namespace: team-b
-    forwardClaims:
-      - {claim: pid, header: x-vakt-pid}
-    routes:
-      - {methods: [GET], path: /read, scopes: ["read:users"]}
-      - {methods: [POST], path: /create, scopes: ["create:users"]}
-      - {methods: [DELETE], pathPrefix: /delete, scopes: ["delete:users"]}
-      - {pathPrefix: /public/, public: true}
-      - {path: /pkg.Service/Method, scopes: ["svc:call"]}
-    accessPolicy:
-      inbound:
-        rules:
-          - application: app-1
-            namespace: team-a
-  - name: api
+// dynamic metadata), as the Check tests' shared configuration
+// (testdata/check.yaml) has it; api takes auth0's (no caller, scoped
+// routes, the Authorization header stripped, no dynamic metadata).
+var allowFuzzYAML = testdata("check.yaml") + `  - name: api
     namespace: team-b
     stripAuthorization: true
     dynamicMetadata: false

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -26,41 +29,27 @@ import (
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
-const checkYAML = `issuer: http://127.0.0.1:8080
-cluster: dev-gcp
-identityProviders:
-  - name: auth0
-    issuer: AUTH0
-    jwksUri: AUTH0/jwks
-applications:
-  - name: app-1
-    namespace: team-a
-  - name: app-3
-    namespace: team-c
-  - name: app-b
-    namespace: team-b
-    hosts: [app-b.example.com]
-    forwardClaims:
-      - {claim: pid, header: x-vakt-pid}
-    routes:
-      - {methods: [GET], path: /read, scopes: ["read:users"]}
-      - {methods: [POST], path: /create, scopes: ["create:users"]}
-      - {methods: [DELETE], pathPrefix: /delete, scopes: ["delete:users"]}
-      - {pathPrefix: /public/, public: true}
-      - {path: /pkg.Service/Method, scopes: ["svc:call"]}
-    accessPolicy:
-      inbound:
-        rules:
-          - application: app-1
-            namespace: team-a
+// checkYAML is the Check tests' shared configuration (testdata/check.yaml)
+// with app-b's host, and api, which takes auth0's tokens.
+var checkYAML = testdata("check.yaml") + `    hosts: [app-b.example.com]
   - name: api
     namespace: team-b
     stripAuthorization: true
     authentication:
       - {identityProvider: auth0, audience: https://api.example.com}
 `
+
+// testdata is a file of testdata/, read when the test binary starts.
+func testdata(name string) string {
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
 
 type cenv struct {
 	t       *testing.T
@@ -618,8 +607,8 @@ func TestKeySetMetrics(t *testing.T) {
 		`vakt_jwks_keys{provider="down"} 0`,
 		`vakt_jwks_last_success_timestamp_seconds{provider="down"} 0`,
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	// The fetches, over the network, are counted as they end.
+	waittest.UntilNil(t, 10*time.Second, "the key set fetches' metrics", func() error {
 		resp, err := testHTTP.Get(srv.URL)
 		if err != nil {
 			t.Fatal(err)
@@ -640,14 +629,11 @@ func TestKeySetMetrics(t *testing.T) {
 				missing = append(missing, "not "+zero)
 			}
 		}
-		if len(missing) == 0 {
-			return
+		if len(missing) > 0 {
+			return fmt.Errorf("metrics lack %v:\n%s", missing, b)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics lack %v:\n%s", missing, b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // Every claim of a client assertion id is counted by its result, a store

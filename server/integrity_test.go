@@ -21,7 +21,7 @@ import (
 
 // integrityYAML adds to checkYAML an application that reads paths as servlet
 // containers do (pathParameters: strip).
-const integrityYAML = checkYAML + `  - name: legacy
+var integrityYAML = checkYAML + `  - name: legacy
     namespace: team-b
     pathParameters: strip
     routes:

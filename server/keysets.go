@@ -32,6 +32,10 @@ type KeySets struct {
 
 	mu   sync.Mutex
 	sets map[keySpec]*heldKeys
+	// fetching are the sets' background fetches, which Wait joins; once
+	// closed (Wait has begun) no set starts one.
+	fetching sync.WaitGroup
+	closed   bool
 	// Of the runtime built last: its caches (nil before the first, or
 	// off), its providers by name, and its policy.
 	tokens    *authz.TokenCache
@@ -61,6 +65,17 @@ func NewKeySets(ctx context.Context, log *slog.Logger, now func() time.Time) *Ke
 	return &KeySets{ctx: ctx, log: log, now: now, sets: map[keySpec]*heldKeys{}}
 }
 
+// Wait returns once the context NewKeySets was given has ended and every
+// set's background fetching has stopped. A set taken after that (by a
+// reload under way while vakt stops) does not fetch in the background.
+func (k *KeySets) Wait() {
+	<-k.ctx.Done()
+	k.mu.Lock()
+	k.closed = true
+	k.mu.Unlock()
+	k.fetching.Wait()
+}
+
 // TraceWith traces the fetches of the key sets taken from now on with t.
 func (k *KeySets) TraceWith(t *Tracing) {
 	k.mu.Lock()
@@ -86,7 +101,9 @@ func (k *KeySets) take(holder context.Context, cfg authz.RemoteKeysConfig) (*aut
 		ctx, cancel := context.WithCancel(k.ctx)
 		h = &heldKeys{keys: keys, cancel: cancel}
 		k.sets[spec] = h
-		go keys.Run(ctx)
+		if !k.closed {
+			k.fetching.Go(func() { keys.Run(ctx) })
+		}
 	}
 	h.refs++
 	context.AfterFunc(holder, func() { k.drop(spec, h) })

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 // A reload keeps each provider's last good keys when its settings did not
@@ -97,27 +99,26 @@ func TestReloadKeepsKeys(t *testing.T) {
 			if res := introspect(idp, "idporten", 3); res.Active || res.Error != "identity provider is unavailable" {
 				t.Fatalf("changed settings: %+v", res)
 			}
-			// A refused reload keeps the running configuration's sets.
+			// A refused reload keeps the running configuration's sets. Refused
+			// before it took a set, it leaves no release to come: the count
+			// now is the count for good.
 			if err := os.WriteFile(file, []byte("nonsense: ["), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			if err := rl.Reload(ctx); err == nil {
 				t.Fatal("a broken file reloaded")
 			}
-			waitLen(t, loader.KeySets, 1, "after a refused reload")
+			if n := loader.KeySets.Len(); n != 1 {
+				t.Fatalf("%d key sets held after a refused reload, want 1", n)
+			}
 		})
 	}
 }
 
 // waitLen waits for the key sets a retired runtime held to be let go: that
-// happens just after the runtime's context ends.
+// happens just after the runtime's context ends, in a goroutine of
+// context.AfterFunc's, which nothing else tells of.
 func waitLen(t *testing.T, k *KeySets, want int, when string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for k.Len() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d key sets held %s, want %d", k.Len(), when, want)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waittest.Until(t, 5*time.Second, fmt.Sprintf("the key sets held %s never came to %d", when, want), func() bool { return k.Len() == want })
 }

@@ -29,7 +29,8 @@ type Reloader struct {
 	// is followed from then on.
 	Files  func() []string
 	Logger *slog.Logger
-	// OnResult, when set, is told of every reload's outcome (for metrics).
+	// OnResult, when set, is told of every reload's outcome (for metrics),
+	// once its runtime is in force or it was refused.
 	OnResult func(err error)
 
 	mu     sync.Mutex
@@ -72,7 +73,7 @@ func (r *Reloader) Reload(ctx context.Context) error {
 	rctx, cancel := context.WithCancel(ctx)
 	rt, err := r.Build(rctx)
 	if r.OnResult != nil {
-		r.OnResult(err)
+		defer r.OnResult(err)
 	}
 	if err != nil {
 		cancel()

@@ -25,8 +25,17 @@ type rotationEnv struct {
 	*xenv
 	dir, cfgFile, keysFile string
 	baseYAML               string
-	reloads, failures      atomic.Int64
-	loader                 *Loader
+	failures               atomic.Int64
+	// results has each reload's outcome, as it comes, with the number of
+	// its build (builds counts them; building is the one under way).
+	results          chan reloadResult
+	builds, building atomic.Int64
+	loader           *Loader
+}
+
+type reloadResult struct {
+	build int64
+	err   error
 }
 
 func newRotationEnv(t *testing.T) *rotationEnv {
@@ -34,7 +43,7 @@ func newRotationEnv(t *testing.T) *rotationEnv {
 	// Reuse the exchange environment's applications and identity provider,
 	// but serve from files and reload them.
 	x := newExchangeEnv(t, nil)
-	r := &rotationEnv{xenv: x, dir: t.TempDir()}
+	r := &rotationEnv{xenv: x, dir: t.TempDir(), results: make(chan reloadResult, 100)}
 	r.cfgFile = filepath.Join(r.dir, "vakt.yaml")
 	r.keysFile = filepath.Join(r.dir, "keys.json")
 	k, _ := exchange.GenerateSigningKey("ES256")
@@ -56,10 +65,17 @@ func newRotationEnv(t *testing.T) *rotationEnv {
 	}
 	loader.Started = started
 	r.loader = loader
-	rl := &Reloader{Current: x.cur, Build: loader.Build, Logger: log, OnResult: func(err error) {
-		r.reloads.Add(1)
+	build := func(ctx context.Context) (*Runtime, error) {
+		r.building.Store(r.builds.Add(1))
+		return loader.Build(ctx)
+	}
+	rl := &Reloader{Current: x.cur, Build: build, Logger: log, OnResult: func(err error) {
 		if err != nil {
 			r.failures.Add(1)
+		}
+		select {
+		case r.results <- reloadResult{r.building.Load(), err}:
+		default: // nobody waits for a hundred reloads
 		}
 	}}
 	rl.Files = WatchedFiles(r.cfgFile, x.cur)
@@ -108,17 +124,23 @@ applications:
 `
 }
 
-// change runs edit and waits until the reload it causes has happened.
+// change runs edit and waits until the reload it causes has happened: the
+// first whose build started after edit did (one under way then may have
+// read the files before the change).
 func (r *rotationEnv) change(t *testing.T, edit func()) {
 	t.Helper()
-	before := r.reloads.Load()
+	before := r.builds.Load()
 	edit()
-	deadline := time.Now().Add(10 * time.Second)
-	for r.reloads.Load() == before {
-		if time.Now().After(deadline) {
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case res := <-r.results:
+			if res.build > before {
+				return
+			}
+		case <-timeout:
 			t.Fatal("no reload after the change")
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
 	"github.com/vakt-dev/vakt/internal/idptest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 // served is a Services served on loopback: its clients and how to stop it.
@@ -77,18 +78,6 @@ func (sv *served) readyz(t *testing.T) (int, string) {
 	return resp.StatusCode, body["reason"]
 }
 
-// until polls cond every 20 ms for at most d.
-func until(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // On stop, health turns NOT_SERVING first, and vakt keeps answering for the
 // drain delay before it stops accepting: a probe during the drain sees
 // NOT_SERVING and still gets an answer, and so do requests.
@@ -96,14 +85,14 @@ func TestDrainBeforeStopping(t *testing.T) {
 	e := newEnv(t)
 	const drain = 1500 * time.Millisecond
 	sv := serveOnLoopback(t, AuthorityServices(e.cur, NewMetrics(), quiet).WithShutdown(drain, 5*time.Second))
-	until(t, 10*time.Second, "never SERVING", func() bool { st, _ := sv.status(); return st == healthpb.HealthCheckResponse_SERVING })
+	waittest.Until(t, 10*time.Second, "never SERVING", func() bool { st, _ := sv.status(); return st == healthpb.HealthCheckResponse_SERVING })
 	if code, reason := sv.readyz(t); code != http.StatusOK {
 		t.Fatalf("/readyz %d (%s) while serving", code, reason)
 	}
 
 	stopped := time.Now()
 	sv.cancel()
-	until(t, time.Second, "health did not turn NOT_SERVING at once", func() bool {
+	waittest.Until(t, time.Second, "health did not turn NOT_SERVING at once", func() bool {
 		st, err := sv.status()
 		return err == nil && st == healthpb.HealthCheckResponse_NOT_SERVING
 	})
@@ -164,19 +153,19 @@ identityProviders:
 	cur := &Current{}
 	cur.Store(rt)
 	sv := serveOnLoopback(t, AuthorityServices(cur, nil, quiet))
-	until(t, 5*time.Second, "no NOT_SERVING while a provider is down", func() bool {
+	waittest.Until(t, 5*time.Second, "no NOT_SERVING while a provider is down", func() bool {
 		st, err := sv.status()
 		return err == nil && st == healthpb.HealthCheckResponse_NOT_SERVING
 	})
 	// Once up's keys are in (fetched in the background), late is what is
 	// in the way.
-	until(t, 5*time.Second, "/readyz never named the provider that is down", func() bool {
+	waittest.Until(t, 5*time.Second, "/readyz never named the provider that is down", func() bool {
 		code, reason := sv.readyz(t)
 		return code == http.StatusServiceUnavailable && reason == "identity provider late has no keys yet"
 	})
 	down.SetDown(false)
 	// The first retry is 5 s after the failed fetch.
-	until(t, 15*time.Second, "not SERVING after the provider came up", func() bool {
+	waittest.Until(t, 15*time.Second, "not SERVING after the provider came up", func() bool {
 		st, _ := sv.status()
 		return st == healthpb.HealthCheckResponse_SERVING
 	})

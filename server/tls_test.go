@@ -17,6 +17,7 @@ import (
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/exchange"
 	"github.com/vakt-dev/vakt/internal/tlstest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 // tlsEnv is vakt serving gRPC and HTTP over TLS with client certificates
@@ -142,7 +143,7 @@ func TestTLSListeners(t *testing.T) {
 	renewed := e.ca.Server(t, 3)
 	tlstest.Write(t, e.dir, "tls.key", renewed.KeyPEM)
 	tlstest.Write(t, e.dir, "tls.crt", renewed.CertPEM)
-	until(t, 10*time.Second, "the renewed certificate was never served", func() bool {
+	waittest.Until(t, 10*time.Second, "the renewed certificate was never served", func() bool {
 		serial, err := e.httpsGet(t, e.clientTLS(true))
 		return err == nil && serial == 3
 	})

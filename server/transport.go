@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -352,16 +353,20 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	status := healthStatus(s.ready())
 	hs.SetServingStatus("", status)
 
+	// Each server's goroutine is joined before Serve returns: every one
+	// has stopped by then (Stop, Shutdown or Close).
+	var serving sync.WaitGroup
+	defer serving.Wait()
 	errs := make(chan error, 4)
-	go func() { errs <- gs.Serve(ls.GRPC) }()
-	go func() { errs <- serveHTTP(httpSrv, ls.HTTP, s.httpTLS) }()
+	serving.Go(func() { errs <- gs.Serve(ls.GRPC) })
+	serving.Go(func() { errs <- serveHTTP(httpSrv, ls.HTTP, s.httpTLS) })
 	addrs := []any{"grpc", ls.GRPC.Addr().String(), "http", ls.HTTP.Addr().String()}
 	var authzSrv *http.Server
 	if ls.Authz != nil && s.authz != nil {
 		authzSrv = newHTTPServer(s.limitedCheck(s.authz), log, 15*time.Second)
 		// With listen.tls, proxies ask over TLS too: a bearer token crosses
 		// the network to this listener as to the others.
-		go func() { errs <- serveHTTP(authzSrv, ls.Authz, s.httpTLS) }()
+		serving.Go(func() { errs <- serveHTTP(authzSrv, ls.Authz, s.httpTLS) })
 		addrs = append(addrs, "authz", ls.Authz.Addr().String())
 	}
 	var adminSrv *http.Server
@@ -369,7 +374,7 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 		// A CPU profile or trace takes as long as it is asked to: the
 		// admin listener has no write timeout.
 		adminSrv = newHTTPServer(s.admin, log, 0)
-		go func() { errs <- adminSrv.Serve(ls.Admin) }()
+		serving.Go(func() { errs <- adminSrv.Serve(ls.Admin) })
 		addrs = append(addrs, "admin", ls.Admin.Addr().String())
 	}
 	log.Info("vakt serving", addrs...)
@@ -401,7 +406,7 @@ func Serve(ctx context.Context, s *Services, ls *Listeners) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.grace)
 	defer cancel()
 	stopped := make(chan struct{})
-	go func() { gs.GracefulStop(); close(stopped) }()
+	serving.Go(func() { gs.GracefulStop(); close(stopped) })
 	if authzSrv != nil {
 		// Its requests are Checks: they finish within the same grace.
 		if herr := authzSrv.Shutdown(sctx); herr != nil && !errors.Is(herr, http.ErrServerClosed) {

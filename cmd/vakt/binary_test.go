@@ -33,6 +33,7 @@ import (
 	"github.com/vakt-dev/vakt/internal/idptest"
 	"github.com/vakt-dev/vakt/internal/kubetest"
 	"github.com/vakt-dev/vakt/internal/tlstest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 // syncBuffer is a process's output, read while it runs.
@@ -118,14 +119,17 @@ func freePort(t *testing.T) int {
 	return 0
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+// awaitExit waits for a vakt signalled to stop to exit, with status 0.
+func awaitExit(t *testing.T, exited chan error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("vakt exited with %v", err)
 		}
-		time.Sleep(25 * time.Millisecond)
+	case <-time.After(15 * time.Second):
+		t.Fatal("vakt did not exit after SIGTERM")
 	}
 }
 
@@ -181,7 +185,7 @@ applications:
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	waitFor(t, 20*time.Second, "vakt never ready", func() bool { return readyz() == http.StatusOK })
+	waittest.Until(t, 20*time.Second, "vakt never ready", func() bool { return readyz() == http.StatusOK })
 
 	clientCert := ca.Client(t, 10, "envoy").TLS(t)
 	clientTLS := func(withCert bool) *tls.Config {
@@ -214,7 +218,7 @@ applications:
 	renewed := ca.Server(t, 3)
 	tlstest.Write(t, dir, "tls.key", renewed.KeyPEM)
 	tlstest.Write(t, dir, "tls.crt", renewed.CertPEM)
-	waitFor(t, 10*time.Second, "the renewed certificate was never served", func() bool {
+	waittest.Until(t, 10*time.Second, "the renewed certificate was never served", func() bool {
 		serial, err := httpsSerial(true)
 		return err == nil && serial == 3
 	})
@@ -222,12 +226,12 @@ applications:
 	reloads := strings.Count(logs.String(), "msg=reloaded")
 	rotated := idptest.NewKey(t, "client-2", "ES256")
 	tlstest.Write(t, dir, "app-1.jwks", []byte(idptest.JSON(t, map[string]any{"keys": []any{rotated.JWK(t)}})))
-	waitFor(t, 10*time.Second, "no reload after the client key file changed", func() bool {
+	waittest.Until(t, 10*time.Second, "no reload after the client key file changed", func() bool {
 		return strings.Count(logs.String(), "msg=reloaded") > reloads
 	})
 	// A listen change is refused, saying why.
 	tlstest.Write(t, dir, "vakt.yaml", []byte(yaml(fmt.Sprintf("127.0.0.1:%d", freePort(t)))))
-	waitFor(t, 10*time.Second, "a listen change was not refused", func() bool {
+	waittest.Until(t, 10*time.Second, "a listen change was not refused", func() bool {
 		return strings.Contains(logs.String(), "these changes need a restart")
 	})
 
@@ -253,24 +257,16 @@ applications:
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Second, "gRPC health never turned NOT_SERVING", func() bool { return health() == healthpb.HealthCheckResponse_NOT_SERVING })
+	waittest.Until(t, time.Second, "gRPC health never turned NOT_SERVING", func() bool { return health() == healthpb.HealthCheckResponse_NOT_SERVING })
 	if code := readyz(); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz while draining: %d", code)
 	}
 	if _, err := httpsSerial(true); err != nil {
 		t.Fatalf("HTTPS while draining: %v", err)
 	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("vakt exited with %v", err)
-		}
-		if took := time.Since(signalled); took < 1500*time.Millisecond {
-			t.Fatalf("exited %v after SIGTERM, before its drain delay", took)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("vakt did not exit after SIGTERM")
+	awaitExit(t, exited)
+	if took := time.Since(signalled); took < 1500*time.Millisecond {
+		t.Fatalf("exited %v after SIGTERM, before its drain delay", took)
 	}
 	if !strings.Contains(logs.String(), "draining") {
 		t.Fatal("the log does not say vakt drained")
@@ -312,7 +308,7 @@ applications:
 	startBinary(t, nil, "serve", "--config", cfgPath)
 	issuer := "http://" + httpAddr
 	agentAdmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startBinary(t, []string{
+	agentCmd, _, agentExited := startBinary(t, []string{
 		"TOKEN_X_CLIENT_ID=dev-gcp:team-a:app-1",
 		"TOKEN_X_PRIVATE_JWK=" + string(private),
 		"TOKEN_X_TOKEN_ENDPOINT=" + issuer + "/token",
@@ -323,7 +319,7 @@ applications:
 		"NAIS_TOKEN_INTROSPECTION_ENDPOINT=http://127.0.0.1:1/api/v1/introspect",
 	}, "agent", "--grpc", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--http", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--admin", agentAdmin)
 	client := &http.Client{Timeout: 2 * time.Second}
-	waitFor(t, 20*time.Second, "the agent never became ready", func() bool {
+	waittest.Until(t, 20*time.Second, "the agent never became ready", func() bool {
 		resp, err := client.Get("http://" + agentAdmin + "/readyz")
 		if err != nil {
 			return false
@@ -331,6 +327,11 @@ applications:
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	// SIGTERM stops it, every part joined, with status 0.
+	if err := agentCmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	awaitExit(t, agentExited)
 }
 
 func TestMain(m *testing.M) {
@@ -402,9 +403,9 @@ kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
 applications:
   - {name: app-1, namespace: team-a}
 `))
-	startBinary(t, []string{"POD_NAMESPACE=vakt", "POD_NAME=vakt-0"}, "serve", "--config", cfgPath)
+	cmd, _, exited := startBinary(t, []string{"POD_NAMESPACE=vakt", "POD_NAME=vakt-0"}, "serve", "--config", cfgPath)
 	admin := &http.Client{Timeout: 2 * time.Second}
-	waitFor(t, 30*time.Second, "vakt never ready in Kubernetes-native mode", func() bool {
+	waittest.Until(t, 30*time.Second, "vakt never ready in Kubernetes-native mode", func() bool {
 		resp, err := admin.Get("http://" + adminAddr + "/readyz")
 		if err != nil {
 			return false
@@ -424,7 +425,7 @@ applications:
 	}
 	defer conn.Close()
 	check := authv3.NewAuthorizationClient(conn)
-	waitFor(t, 10*time.Second, "the Application was never enforced", func() bool {
+	waittest.Until(t, 10*time.Second, "the Application was never enforced", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		res, err := check.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
@@ -436,7 +437,7 @@ applications:
 		return err == nil && res.GetOkResponse() != nil
 	})
 	// Its status says so, written by the replica holding the lease.
-	waitFor(t, 15*time.Second, "no Ready status written", func() bool {
+	waittest.Until(t, 15*time.Second, "no Ready status written", func() bool {
 		u, err := client.Resource(schema.GroupVersionResource{Group: "vakt.dev", Version: "v1alpha1", Resource: "applications"}).Namespace("team-b").Get(context.Background(), "app-b", metav1.GetOptions{})
 		if err != nil {
 			return false
@@ -463,18 +464,29 @@ applications:
 		return keys
 	}
 	var first string
-	waitFor(t, 30*time.Second, "no client key made", func() bool { first = kidIn(); return first != "" && len(published()) == 1 })
+	waittest.Until(t, 30*time.Second, "no client key made", func() bool { first = kidIn(); return first != "" && len(published()) == 1 })
 	out, err := exec.Command(buildVakt(t), "keys", "rotate", "--kubeconfig", cluster.Kubeconfig, "team-b/app-k").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "asked for a new key for Application team-b/app-k") {
 		t.Fatalf("vakt keys rotate: %v\n%s", err, out)
 	}
-	waitFor(t, 30*time.Second, "no new client key after vakt keys rotate", func() bool {
+	waittest.Until(t, 30*time.Second, "no new client key after vakt keys rotate", func() bool {
 		k := kidIn()
 		return k != "" && k != first && len(published()) == 2
 	})
 	out, err = exec.Command(buildVakt(t), "keys", "rotate", "--kubeconfig", cluster.Kubeconfig, "team-b/app-b").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "has no spec.secretName") {
 		t.Errorf("vakt keys rotate of an application without secretName: %v\n%s", err, out)
+	}
+
+	// SIGTERM stops it once every part has: the controller among them,
+	// its Lease released on the way, for another replica to take at once.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	awaitExit(t, exited)
+	lease, err = client.Resource(schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}).Namespace("vakt").Get(context.Background(), "vakt-status", metav1.GetOptions{})
+	if h, _, _ := unstructured.NestedString(lease.Object, "spec", "holderIdentity"); err != nil || h != "" {
+		t.Fatalf("the lease after vakt stopped: held by %q, %v", h, err)
 	}
 }
 
@@ -515,7 +527,7 @@ kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
 	kid := func() string { return secretKid(client, "team-b", "app-k-tokenx") }
 	apply(apps, "team-b", []byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-k","namespace":"team-b"},"spec":{"secretName":"app-k-tokenx"}}`))
 	var first, leader string
-	waitFor(t, 30*time.Second, "no key made", func() bool { first, leader = kid(), holder(); return first != "" && leader != "" })
+	waittest.Until(t, 30*time.Second, "no key made", func() bool { first, leader = kid(), holder(); return first != "" && leader != "" })
 	survivor := map[string]string{"vakt-0": "vakt-1", "vakt-1": "vakt-0"}[leader]
 	if survivor == "" {
 		t.Fatalf("the lease is held by %q", leader)
@@ -526,7 +538,7 @@ kubernetes: {enabled: true, kubeconfig: `+cluster.Kubeconfig+`}
 	apply(apps, "team-b", []byte(`{"apiVersion":"vakt.dev/v1alpha1","kind":"Application","metadata":{"name":"app-k","namespace":"team-b","annotations":{"vakt.dev/rotate-key":"after-the-kill"}},"spec":{"secretName":"app-k-tokenx"}}`))
 	// The lease lasts 15 s after its last renewal; then the survivor takes
 	// it (retrying every 2 s) and makes the key.
-	waitFor(t, 40*time.Second, "the survivor never made the next key", func() bool {
+	waittest.Until(t, 40*time.Second, "the survivor never made the next key", func() bool {
 		k := kid()
 		return k != "" && k != first && holder() == survivor
 	})

@@ -19,10 +19,10 @@ import (
 
 	"github.com/vakt-dev/vakt/agent"
 	"github.com/vakt-dev/vakt/authz"
+	"github.com/vakt-dev/vakt/cmd/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/deploy/examples"
 	"github.com/vakt-dev/vakt/exchange"
 	vaktv1 "github.com/vakt-dev/vakt/gen/vakt/v1"
-	"github.com/vakt-dev/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/server"
 )
 

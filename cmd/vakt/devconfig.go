@@ -3,9 +3,9 @@ package main
 import (
 	"log/slog"
 
+	"github.com/vakt-dev/vakt/cmd/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/config"
 	"github.com/vakt-dev/vakt/deploy/examples"
-	"github.com/vakt-dev/vakt/internal/devidp"
 )
 
 // Development-only wiring lives here, not in server: the embedded example

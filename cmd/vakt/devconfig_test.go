@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vakt-dev/vakt/cmd/vakt/internal/devidp"
 	"github.com/vakt-dev/vakt/deploy/examples"
-	"github.com/vakt-dev/vakt/internal/devidp"
 )
 
 // The development identity provider is added to the embedded default only:

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/vakt-dev/vakt/internal/kubetest"
+	"github.com/vakt-dev/vakt/internal/waittest"
 )
 
 var (
@@ -124,7 +125,7 @@ func TestCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A grant takes effect when the RBAC authorizer's cache has it.
-	eventually(t, "reader, in group readers, lists configmaps after the grant", func() error {
+	waittest.UntilNil(t, 30*time.Second, "reader, in group readers, lists configmaps after the grant", func() error {
 		_, err := reader.List(ctx, metav1.ListOptions{})
 		return err
 	})
@@ -173,7 +174,7 @@ func TestCluster(t *testing.T) {
 		if _, err := cms.Get(ctx, "before", metav1.GetOptions{}); err != nil {
 			t.Fatalf("restart %d: %v", i, err)
 		}
-		eventually(t, fmt.Sprintf("restart %d: reader lists configmaps", i), func() error {
+		waittest.UntilNil(t, 30*time.Second, fmt.Sprintf("restart %d: reader lists configmaps", i), func() error {
 			_, err := reader.List(ctx, metav1.ListOptions{})
 			return err
 		})
@@ -181,7 +182,7 @@ func TestCluster(t *testing.T) {
 		if _, err := cms.Create(ctx, configMap(after), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, fmt.Sprintf("restart %d: the informer sees %s", i, after), func() error {
+		waittest.UntilNil(t, 30*time.Second, fmt.Sprintf("restart %d: the informer sees %s", i, after), func() error {
 			mu.Lock()
 			defer mu.Unlock()
 			if !seen["before"] || !seen[after] {
@@ -189,23 +190,6 @@ func TestCluster(t *testing.T) {
 			}
 			return nil
 		})
-	}
-}
-
-// eventually calls f until it returns nil, failing the test if it has not
-// within 30 s.
-func eventually(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

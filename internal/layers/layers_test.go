@@ -24,14 +24,15 @@ const module = "github.com/vakt-dev/vakt"
 // document.
 var rank = map[string]int{
 	"internal/cache": 0, "internal/buildinfo": 0, "gen/vakt/v1": 0, "deploy/examples": 0, "deploy": 0,
-	"internal/idptest": 0, "internal/kubetest": 0, "internal/redistest": 0, "internal/tlstest": 0, "internal/layers": 0,
-	"authz":    1,
-	"config":   2,
-	"exchange": 2,
-	"agent":    3,
-	"kube":     4,
-	"server":   4,
-	"cmd/vakt": 5, "cmd/vakt/internal/devidp": 5,
+	"internal/idptest": 0, "internal/kubetest": 0, "internal/redistest": 0, "internal/tlstest": 0, "internal/layers": 0, "internal/waittest": 0,
+	"authz":                    1,
+	"config":                   2,
+	"exchange":                 2,
+	"agent":                    3,
+	"kube":                     4,
+	"server":                   4,
+	"cmd/vakt/internal/devidp": 3,
+	"cmd/vakt":                 5,
 }
 
 // transport are what the engine (authz, config, exchange, agent) never
