@@ -31,10 +31,16 @@ type Decoys struct {
 // NewDecoys returns decoy keys for RSA, P-256 and Ed25519 signatures.
 func NewDecoys() *Decoys {
 	n, _ := base64.RawURLEncoding.DecodeString(decoyRSAModulus)
+	// P-256's base point, uncompressed: the public key of the private key 1.
 	p256 := elliptic.P256().Params()
+	point := append(append([]byte{4}, p256.Gx.FillBytes(make([]byte, 32))...), p256.Gy.FillBytes(make([]byte, 32))...)
+	ec, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), point)
+	if err != nil {
+		panic("authz: the P-256 decoy key: " + err.Error())
+	}
 	return &Decoys{
 		rsa: &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: 65537},
-		ec:  &ecdsa.PublicKey{Curve: elliptic.P256(), X: p256.Gx, Y: p256.Gy},
+		ec:  ec,
 		ed:  ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)).Public().(ed25519.PublicKey),
 	}
 }

@@ -763,7 +763,7 @@ func TestKubeKeyExpiresOnEveryReplica(t *testing.T) {
 			}
 		}
 	}
-	e.skew.Store(int64(until.Sub(time.Now()) + time.Second))
+	e.skew.Store(int64(time.Until(until) + time.Second))
 	for id, r := range e.replicas {
 		if msg := e.exchangeAs(r, "dev-gcp:team-a:app-1", old, "dev-gcp:team-b:app-b"); !strings.Contains(msg, "Unauthenticated") {
 			t.Errorf("%s, the replaced key past its until: %q, want it refused", id, msg)

@@ -15,10 +15,8 @@ import (
 	"github.com/vakt-dev/vakt/internal/idptest"
 )
 
-// appsYAML is checkYAML with n more applications (app-c0…) that app-1 may
-// call, with no routes.
-func appsYAML(n int) string { return appsYAMLMeta(n, true) }
-
+// appsYAMLMeta is checkYAML with n more applications (app-c0…) that app-1
+// may call, with no routes; with meta false, without dynamic metadata.
 func appsYAMLMeta(n int, meta bool) string {
 	var b strings.Builder
 	md := ""

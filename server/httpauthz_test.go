@@ -44,7 +44,8 @@ func TestHTTPAuthzDecidesAsCheck(t *testing.T) {
 				headers["authorization"] = tc.auth
 			}
 			cr := e.check(creq{app: tc.app, method: tc.method, path: tc.path, host: tc.host, headers: headers})
-			checkStatus, checkHeaders := 200, map[string]string{}
+			checkStatus := 200
+			var checkHeaders map[string]string
 			if d := cr.GetDeniedResponse(); d != nil {
 				checkStatus = int(d.GetStatus().GetCode())
 				checkHeaders = headerMap(d.GetHeaders())

@@ -482,11 +482,13 @@ func envoyCheckHTTPConnectionManager(t *testing.T, listener string, hcm *hcmv3.H
 	envoyCheckHTTPService(t, listener+": ext_authz", svc, clusters, apps)
 	// What vakt is sent (the filter-level allowed_headers, or the
 	// deprecated one in http_service; Envoy refuses both at once).
+	//lint:ignore SA1019 the deprecated field is read to check what it sends, as Envoy still obeys it
+	deprecatedAllowed := svc.GetAuthorizationRequest().GetAllowedHeaders()
 	allowed := filter.GetAllowedHeaders()
 	if allowed == nil {
-		allowed = svc.GetAuthorizationRequest().GetAllowedHeaders()
+		allowed = deprecatedAllowed
 	}
-	if filter.GetAllowedHeaders() != nil && svc.GetAuthorizationRequest().GetAllowedHeaders() != nil {
+	if filter.GetAllowedHeaders() != nil && deprecatedAllowed != nil {
 		t.Errorf("%s: allowed_headers set twice, which Envoy refuses", listener)
 	}
 	for _, h := range []string{"authorization", "x-request-id", "traceparent", "x-b3-traceid"} {
@@ -495,7 +497,7 @@ func envoyCheckHTTPConnectionManager(t *testing.T, listener string, hcm *hcmv3.H
 		}
 	}
 	for _, h := range slices.Concat(envoyHTTPRequestHeaders, envoyHTTPIdentityHeaders) {
-		if envoyListMatch(t, allowed, h) || envoyListMatch(t, svc.GetAuthorizationRequest().GetAllowedHeaders(), h) {
+		if envoyListMatch(t, allowed, h) || envoyListMatch(t, deprecatedAllowed, h) {
 			t.Errorf("%s: allowed_headers sends a client's %s to vakt", listener, h)
 		}
 	}
@@ -625,8 +627,9 @@ func TestIstioHTTPProvider(t *testing.T) {
 			t.Errorf("provider %s: pathPrefix %q, want %s/<an application id the development configuration registers>", name, h.GetPathPrefix(), server.AuthzPathPrefix)
 		}
 		appOf[name] = id
-		if len(h.GetIncludeHeadersInCheck()) > 0 || len(h.GetIncludeAdditionalHeadersInCheck()) > 0 {
-			t.Errorf("provider %s: includeHeadersInCheck %v, includeAdditionalHeadersInCheck %v: the request vakt decides on is the client's, as sent", name, h.GetIncludeHeadersInCheck(), h.GetIncludeAdditionalHeadersInCheck())
+		//lint:ignore SA1019 the deprecated field is read to check that it is unset, as Istio still obeys it
+		if include := h.GetIncludeHeadersInCheck(); len(include) > 0 || len(h.GetIncludeAdditionalHeadersInCheck()) > 0 {
+			t.Errorf("provider %s: includeHeadersInCheck %v, includeAdditionalHeadersInCheck %v: the request vakt decides on is the client's, as sent", name, include, h.GetIncludeAdditionalHeadersInCheck())
 		}
 		for _, hd := range []string{"authorization", "x-request-id", "traceparent"} {
 			if !istioHeadersMatch(h.GetIncludeRequestHeadersInCheck(), hd) {
