@@ -328,15 +328,6 @@ func TestReloadKeepsVerifiedTokens(t *testing.T) {
 	}
 }
 
-func mustApp(t *testing.T, rt *Runtime, id string) *authz.Application {
-	t.Helper()
-	app, ok := rt.Policy.Application(id)
-	if !ok {
-		t.Fatalf("no application %s", id)
-	}
-	return app
-}
-
 // A provider whose configuration changed has its tokens dropped from the
 // cache at the reload: each is verified anew by the provider configured
 // now, refused when that refuses it, and not served from the cache even

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
@@ -48,9 +47,6 @@ func newPreMarshalledBytes(b []byte) *preMarshalled {
 	p.buf[0] = &p.bytes
 	return p
 }
-
-// size is about how many bytes the answer holds: its bytes and itself.
-func (p *preMarshalled) size() int { return cap(p.bytes) + int(unsafe.Sizeof(*p)) }
 
 // wire is the answer's bytes as the codec returns them. Nothing frees
 // them: a SliceBuffer's Free does nothing.
