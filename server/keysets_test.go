@@ -99,6 +99,9 @@ func TestReloadKeepsKeys(t *testing.T) {
 			if res := introspect(idp, "idporten", 3); res.Active || res.Error != "identity provider is unavailable" {
 				t.Fatalf("changed settings: %+v", res)
 			}
+			// The set of the settings before is let go once the runtime
+			// before is done with.
+			waitLen(t, loader.KeySets, 1, "after the settings changed")
 			// A refused reload keeps the running configuration's sets. Refused
 			// before it took a set, it leaves no release to come: the count
 			// now is the count for good.
