@@ -110,10 +110,10 @@ func (t *TokenCache) Retire(p *Provider) int {
 type CacheStats = cache.Stats
 
 // cacheEntry is a verified token: for the collector, a pointer to the
-// provider (shared), one to the claims, which hold no pointer (the signed
-// part, header.payload, to compare on a hit, and the strings Check reads:
-// Claims), and what an adapter derived from them (Decision.Derive), once it
-// has.
+// provider (shared), one to the claims, whose one pointer is their buffer
+// of strings (the signed part, header.payload, to compare on a hit, and
+// the strings Check reads: Claims), and what an adapter derived from them
+// (Decision.Derive), once it has.
 type cacheEntry struct {
 	provider *Provider
 	claims   *Claims

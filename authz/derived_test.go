@@ -2,8 +2,8 @@ package authz
 
 import (
 	"math/rand/v2"
+	"reflect"
 	"testing"
-	"unsafe"
 )
 
 // with and find against a model: random keys and sizes; a value found is
@@ -85,13 +85,13 @@ func TestDerivedMoreSize(t *testing.T) {
 	var sink *derivedMore
 	allocs := testing.AllocsPerRun(10, func() { sink = &derivedMore{} })
 	_ = sink
-	if n := unsafe.Sizeof(derivedMore{}); n > derivedMoreSize || allocs != 1 {
+	if n := reflect.TypeFor[derivedMore]().Size(); n > derivedMoreSize || allocs != 1 {
 		t.Fatalf("derivedMore is %d bytes (%v allocs), derivedMoreSize %d", n, allocs, derivedMoreSize)
 	}
 	// Its size class: the smallest of Go's classes that holds it.
 	classes := []uintptr{8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160}
 	for _, c := range classes {
-		if c >= unsafe.Sizeof(derivedMore{}) {
+		if c >= reflect.TypeFor[derivedMore]().Size() {
 			if c != derivedMoreSize {
 				t.Fatalf("derivedMore's class is %d, derivedMoreSize %d", c, derivedMoreSize)
 			}

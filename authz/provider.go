@@ -326,10 +326,8 @@ func (p *Provider) checkAudience(c *Claims) error {
 	if !p.checkAud {
 		return nil
 	}
-	for _, a := range c.list(c.aud) {
-		if p.hasAudience(c.str(a)) {
-			return nil
-		}
+	if c.anyOf(listAud, p.hasAudience) {
+		return nil
 	}
 	return ErrAudienceInvalid
 }

@@ -269,12 +269,8 @@ func (v *Validator) admit(p *Provider, c *Claims) error {
 	if !p.appAud {
 		return nil
 	}
-	if v.registered != nil {
-		for _, a := range c.list(c.aud) {
-			if v.registered(c.str(a)) {
-				return nil
-			}
-		}
+	if v.registered != nil && c.anyOf(listAud, v.registered) {
+		return nil
 	}
 	return ErrAudienceInvalid
 }
@@ -317,7 +313,7 @@ func (v *Validator) cached(token string, want *Provider) (e cacheEntry, key cach
 	key = signatureKey(token[dot+1:])
 	now := v.now()
 	e, hit := v.cache.Get(&key, now.UnixNano())
-	if !hit || e.provider.retired.Load() || (want != nil && e.provider != want) || e.claims.str(e.claims.signed) != token[:dot] {
+	if !hit || e.provider.retired.Load() || (want != nil && e.provider != want) || e.claims.signed() != token[:dot] {
 		return cacheEntry{}, key, false, nil
 	}
 	if err := e.claims.checkTimes(now, e.provider.leeway); err != nil {
