@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -530,5 +531,21 @@ func TestParseJSONObjectViews(t *testing.T) {
 	}
 	if s := m["esc"].(string); s != `a"b` || in(s) {
 		t.Errorf("esc: %q", s)
+	}
+}
+
+// signatureKey is the SHA-256 of the signature, whatever its length (across
+// the hash's blocks), and costs a cache hit no allocation.
+func TestSignatureKey(t *testing.T) {
+	sig := strings.Repeat("0123456789abcdef-_", 80)
+	for n := range len(sig) {
+		if got, want := signatureKey(sig[:n]), sha256.Sum256([]byte(sig[:n])); got != want {
+			t.Fatalf("%d bytes: %x, want %x", n, got, want)
+		}
+	}
+	for _, n := range []int{86, 342, 1366} {
+		if allocs := testing.AllocsPerRun(100, func() { _ = signatureKey(sig[:n]) }); allocs != 0 {
+			t.Errorf("a %d-byte signature: %v allocations", n, allocs)
+		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/vakt-dev/vakt/internal/cache"
 )
@@ -353,7 +352,18 @@ func signatureDot(token string) int {
 	return first + 1 + second
 }
 
-// signatureKey hashes the signature in place: a conversion would copy it.
-func signatureKey(sig string) [32]byte {
-	return sha256.Sum256(unsafe.Slice(unsafe.StringData(sig), len(sig)))
+// signatureKey is the SHA-256 of the signature, a block at a time through
+// an array on the stack: sha256.Sum256([]byte(sig)) would copy the
+// signature to the heap (the conversion escapes into the hash's assembly),
+// and a hit allocates nothing.
+func signatureKey(sig string) (sum [32]byte) {
+	h := sha256.New() // inlined, and on the stack
+	var block [sha256.BlockSize]byte
+	for sig != "" {
+		n := copy(block[:], sig)
+		h.Write(block[:n])
+		sig = sig[n:]
+	}
+	h.Sum(sum[:0])
+	return sum
 }
