@@ -196,7 +196,7 @@ func (c *Claims) ScopeText() string { return c.str(strScopes) }
 // It returns the claims and the map it parsed them from, which is the
 // caller's own and is kept nowhere: a caller that wants every claim of a
 // token it has just verified need not parse the payload again (Raw).
-func parseClaims(payload []byte, signed string, members int) (*Claims, map[string]any, error) {
+func parseClaims(payload, signed string, members int) (*Claims, map[string]any, error) {
 	raw, err := parseJSONObjectHint(payload, members)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
@@ -430,7 +430,7 @@ func (c *Claims) Raw() map[string]any {
 		// would mint and forward tokens without their subject.
 		panic("authz: Claims without the token they came from")
 	}
-	payload, err := b64.DecodeString(signed[dot+1:])
+	payload, err := decodeString(signed[dot+1:])
 	if err != nil {
 		panic("authz: Claims whose token does not decode: " + err.Error())
 	}

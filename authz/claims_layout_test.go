@@ -104,7 +104,7 @@ func TestClaimsLayout(t *testing.T) {
 			if name == "large" && len(signed)+87 > DefaultMaxTokenSize {
 				t.Fatalf("the large payload makes a %d-byte token, over the limit", len(signed)+87)
 			}
-			c, raw, err := parseClaims(data, signed, 0)
+			c, raw, err := parseClaims(string(data), signed, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -133,7 +133,7 @@ func TestClaimsLayout(t *testing.T) {
 		"scopes over": {"exp": 1, "scope": strings.Join(append(scopeText, "one-more"), " ")},
 	} {
 		data, _ := json.Marshal(payload)
-		if _, _, err := parseClaims(data, "h."+base64.RawURLEncoding.EncodeToString(data), 0); err == nil {
+		if _, _, err := parseClaims(string(data), "h."+base64.RawURLEncoding.EncodeToString(data), 0); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -150,7 +150,7 @@ func FuzzParseClaims(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		signed := "h." + base64.RawURLEncoding.EncodeToString(payload)
-		c, raw, err := parseClaims(payload, signed, 0)
+		c, raw, err := parseClaims(string(payload), signed, 0)
 		if err != nil {
 			return
 		}

@@ -60,7 +60,7 @@ func FuzzParseJSONObject(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		got, err := parseJSONObject(data)
+		got, err := parseJSONObject(string(data))
 		var want map[string]any
 		dec := json.NewDecoder(bytes.NewReader(data))
 		dec.UseNumber()
