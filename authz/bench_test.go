@@ -214,11 +214,15 @@ func BenchmarkHostile(b *testing.B) {
 // BenchmarkParseClaims measures the full parse of each shape's payload, as
 // it happens after a signature verified: a trusted issuer's hostile token
 // costs time linear in its size, and the caps refuse what goes too far.
+// The shapes of a hostile header are refused before the payload is read.
 func BenchmarkParseClaims(b *testing.B) {
 	k := idptest.NewKey(b, "k1", "ES256")
 	for _, tt := range hostileTokens(b, k, time.Now()) {
 		pt, err := parseCompact(tt.token, DefaultMaxTokenSize)
 		if err != nil {
+			if strings.HasPrefix(tt.name, "header_") {
+				continue
+			}
 			b.Fatal(err)
 		}
 		b.Run(tt.name, func(b *testing.B) {
