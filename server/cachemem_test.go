@@ -59,6 +59,15 @@ func cachedTokenHeap(t *testing.T, n int, yaml string) perToken {
 	t.Helper()
 	cur, rt, _, signer := ownTokenRuntime(t, yaml)
 	svc := newAuthorizationService(cur, quiet, nil, nil)
+	reqs := loadRequests(t, signer, n)
+	t.Logf("a %d-byte token", len(reqs[0].Attributes.Request.Http.Headers["authorization"])-len("Bearer "))
+	return heapPerToken(t, svc, rt, reqs, n)
+}
+
+// loadRequests are n allowed GET /read to app-b, each with a token of its
+// own like the load benchmark's (ES256, signed by signer).
+func loadRequests(t testing.TB, signer *exchange.Signer, n int) []*authv3.CheckRequest {
+	t.Helper()
 	now := time.Now()
 	reqs := make([]*authv3.CheckRequest, n)
 	for i := range reqs {
@@ -73,8 +82,7 @@ func cachedTokenHeap(t *testing.T, n int, yaml string) perToken {
 		}
 		reqs[i] = checkRequest("/read", "Bearer "+tok)
 	}
-	t.Logf("a %d-byte token", len(reqs[0].Attributes.Request.Http.Headers["authorization"])-len("Bearer "))
-	return heapPerToken(t, svc, rt, reqs, n)
+	return reqs
 }
 
 // heapPerToken Checks every request once, each an allow of one of tokens
