@@ -2,7 +2,7 @@ package authz
 
 import (
 	"context"
-	"crypto/sha256"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -97,12 +97,18 @@ func BenchmarkBareVerify(b *testing.B) {
 	}
 }
 
-// BenchmarkTokenDigest is the part of a cache hit spent hashing the token.
+// BenchmarkTokenDigest is the part of a cache hit spent hashing the
+// token's signature (signatureKey): ES256's, RS256's of a 2048-bit key.
 func BenchmarkTokenDigest(b *testing.B) {
-	tok := strings.Repeat("x", 900)
-	b.SetBytes(int64(len(tok)))
-	for b.Loop() {
-		_ = sha256.Sum256([]byte(tok))
+	for _, n := range []int{86, 342} {
+		sig := strings.Repeat("x", n)
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = signatureKey(sig)
+			}
+		})
 	}
 }
 
@@ -208,11 +214,15 @@ func BenchmarkHostile(b *testing.B) {
 // BenchmarkParseClaims measures the full parse of each shape's payload, as
 // it happens after a signature verified: a trusted issuer's hostile token
 // costs time linear in its size, and the caps refuse what goes too far.
+// The shapes of a hostile header are refused before the payload is read.
 func BenchmarkParseClaims(b *testing.B) {
 	k := idptest.NewKey(b, "k1", "ES256")
 	for _, tt := range hostileTokens(b, k, time.Now()) {
 		pt, err := parseCompact(tt.token, DefaultMaxTokenSize)
 		if err != nil {
+			if strings.HasPrefix(tt.name, "header_") {
+				continue
+			}
 			b.Fatal(err)
 		}
 		b.Run(tt.name, func(b *testing.B) {

@@ -103,11 +103,11 @@ func (t *TokenCache) Retire(p *Provider) int {
 type CacheStats = cache.Stats
 
 // cacheEntry is a verified token: for the collector, a pointer to the
-// provider (shared) and one to the claims, which hold no pointer (the
-// signed part, header.payload, to compare on a hit, and the strings Check
-// reads: Claims). What a face makes of the claims (an answer in its wire
-// form) is the face's to keep, keyed by Decision.TokenKey: the cache holds
-// no transport's bytes.
+// provider (shared) and one to the claims, whose one pointer is their
+// buffer of strings (the signed part, header.payload, to compare on a hit,
+// and the strings Check reads: Claims). What a face makes of the claims (an
+// answer in its wire form) is the face's to keep, keyed by
+// Decision.TokenKey: the cache holds no transport's bytes.
 type cacheEntry struct {
 	provider *Provider
 	claims   *Claims

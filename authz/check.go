@@ -205,7 +205,7 @@ func forwardable(c *Claims, own bool, app *Application) bool {
 	if c.unsafeScope {
 		return false
 	}
-	if c.unsafe.n == 0 {
+	if c.count(listUnsafe) == 0 {
 		return true
 	}
 	if !c.forwardable("sub") || (own && !c.forwardable("idp")) {

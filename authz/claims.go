@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -8,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 )
 
 // Claims are the claims of a verified token.
@@ -16,90 +16,135 @@ import (
 // A Claims is shared by every request that presents the same token
 // (through the verified-token cache), and is read-only.
 //
-// It is one allocation that holds no pointer: the fields below, then its
-// lists (the audience, the scopes), then the bytes of every string it keeps
-// (the token's signed part, the few claims Check reads), each found at an
-// offset from the Claims itself.
-// The garbage collector marks it and never scans it, however many tokens
-// the cache holds; the accessors make strings that are views of it. A
-// Claims is only ever used through the *Claims parseClaims made: a copy
-// would find its strings at offsets from itself, so the accessors refuse
-// one (self), and go vet flags one (noCopy).
+// It is two allocations: this struct, whose one pointer is buf, and buf,
+// a string that holds every string the claims keep (the token's signed
+// part, the few claims Check reads) one after another, then the spans of
+// its lists (the audience, the scopes). The garbage collector scans one
+// word of a Claims and marks buf without scanning it, however many tokens
+// the cache holds; the accessors return substrings of buf. A copy of a
+// Claims is a Claims like the first.
 //
 // Whatever keeps one of its strings beyond the request (a span, a metric
-// label) keeps the whole allocation alive, so it keeps a copy
-// (strings.Clone) instead.
+// label) keeps the whole of buf alive, so it keeps a copy (strings.Clone)
+// instead.
 //
 // It keeps no map of the claims: Raw parses the payload again for the
 // callers that want every claim (Introspect, an exchange).
 type Claims struct {
-	_ noCopy
-	// self is the address the Claims was made at: a copy is elsewhere.
-	self uintptr
-
-	// signed is the token's header.payload as it was signed, which the
-	// verified-token cache compares on a hit: Raw decodes the payload from
-	// it rather than the claims keeping a second, decoded copy.
-	signed                              ref
-	iss, sub, caller, idp, id, scopeTxt ref
-	// aud, scopes and unsafe are lists: refs of arrays of refs. unsafe
-	// names the top-level claims that hold a string no header value may
-	// carry (see headerSafe); empty for nearly every token. Scopes are
-	// views of scopeTxt: them, joined by spaces.
-	aud, scopes, unsafe ref
+	// buf is the strings (each begins where the one before it ends: see
+	// ends), then the table: a span of 8 bytes (offset and length, each a
+	// little-endian uint32) for each entry of the lists, the audience's
+	// first, then the scopes', then the unsafe names'.
+	buf string
 
 	// exp, nbf and iat are seconds since the epoch, as in the token (nbf 0
 	// when absent, for the checks; hasNbf and hasIat say whether the token
 	// has them). Numbers rather than time.Time, which holds a pointer.
 	exp, nbf, iat float64
 
-	// size is how many bytes the allocation takes (a token is at most
-	// 16 KiB).
-	size int32
+	// ends are where the strings end in buf, in their order (strSigned
+	// to strScopes): the first begins at 0, the table at the last's end.
+	ends [numStrings]uint32
+
+	// lists are how many entries each list has (listAud, listScopes,
+	// listUnsafe). unsafe names the top-level claims that hold a string no
+	// header value may carry (see headerSafe); empty for nearly every
+	// token.
+	lists [numLists]uint16
+
 	// unsafeScope is set when a scope is no RFC 6749 scope-token, so that
 	// ScopeText would not say truthfully which scopes the token holds.
 	unsafeScope, hasNbf, hasIat, hasAud bool
+
+	// size is how many bytes the two allocations take (a token is at
+	// most 16 KiB).
+	size uint32
 }
 
-// ref is a string's (or a list's) place in its Claims: bytes from the
-// Claims' own address, and length (in bytes, or entries for a list).
-type ref struct{ off, n uint32 }
+// The strings of a Claims, in their order in buf.
+const (
+	// strSigned is the token's header.payload as it was signed, which the
+	// verified-token cache compares on a hit: Raw decodes the payload from
+	// it rather than the claims keeping a second, decoded copy.
+	strSigned = iota
+	strIss
+	strSub
+	strCaller // client_id, else azp
+	strIDP
+	strID     // jti
+	strAud    // the audience's entries, one after another
+	strUnsafe // the unsafe names, one after another
+	strScopes // ScopeText: the scopes joined by spaces, their spans in it
+	numStrings
+)
 
-// noCopy makes go vet's copylocks check flag a copied Claims.
-type noCopy struct{}
+// A list of a Claims: its entries are spans in the table.
+type list uint8
 
-func (*noCopy) Lock()   {}
-func (*noCopy) Unlock() {}
+const (
+	listAud list = iota
+	listScopes
+	listUnsafe
+	numLists
+)
 
-// str is the string at s.
-func (c *Claims) str(s ref) string {
-	if s.n == 0 {
-		return ""
+const (
+	// spanSize is the bytes of a list entry's span in the table.
+	spanSize = 8
+	// claimsAlloc is what the struct of a Claims takes on the heap: its
+	// size class (TestClaimsSize).
+	claimsAlloc = 96
+)
+
+// str is the i-th string.
+func (c *Claims) str(i int) string {
+	var start uint32
+	if i > 0 {
+		start = c.ends[i-1]
 	}
-	c.checkSelf()
-	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(c), s.off)), s.n)
+	return c.buf[start:c.ends[i]]
 }
 
-// list is the list at l: refs of strings.
-func (c *Claims) list(l ref) []ref {
-	if l.n == 0 {
-		return nil
+// signed is the token's header.payload.
+func (c *Claims) signed() string { return c.str(strSigned) }
+
+// entries are the list l's first entry in the table, and how many it has.
+func (c *Claims) entries(l list) (first, n int) {
+	for _, k := range c.lists[:l] {
+		first += int(k)
 	}
-	c.checkSelf()
-	return unsafe.Slice((*ref)(unsafe.Add(unsafe.Pointer(c), l.off)), l.n)
+	return first, int(c.lists[l])
 }
 
-func (c *Claims) checkSelf() {
-	if c.self != uintptr(unsafe.Pointer(c)) {
-		// Its offsets would lead beyond the copy.
-		panic("authz: a copied Claims")
-	}
+// count is how many entries the list l has.
+func (c *Claims) count(l list) int { return int(c.lists[l]) }
+
+// entry is the string of the i-th span of the table.
+func (c *Claims) entry(i int) string {
+	at := int(c.ends[numStrings-1]) + i*spanSize
+	s := c.buf[at : at+spanSize]
+	off := int(uint32(s[0]) | uint32(s[1])<<8 | uint32(s[2])<<16 | uint32(s[3])<<24)
+	n := int(uint32(s[4]) | uint32(s[5])<<8 | uint32(s[6])<<16 | uint32(s[7])<<24)
+	return c.buf[off : off+n]
 }
 
 // contains reports whether the list l holds s.
-func (c *Claims) contains(l ref, s string) bool {
-	for _, e := range c.list(l) {
-		if c.str(e) == s {
+func (c *Claims) contains(l list, s string) bool {
+	first, n := c.entries(l)
+	for i := first; i < first+n; i++ {
+		if c.entry(i) == s {
+			return true
+		}
+	}
+	return false
+}
+
+// anyOf reports whether match holds for an entry of the list l, tried in
+// their order.
+func (c *Claims) anyOf(l list, match func(string) bool) bool {
+	first, n := c.entries(l)
+	for i := first; i < first+n; i++ {
+		if match(c.entry(i)) {
 			return true
 		}
 	}
@@ -108,38 +153,38 @@ func (c *Claims) contains(l ref, s string) bool {
 
 // strings is the list l, in a slice of the caller's own; nil when empty
 // and not present.
-func (c *Claims) strings(l ref, present bool) []string {
-	entries := c.list(l)
-	if len(entries) == 0 && !present {
+func (c *Claims) strings(l list, present bool) []string {
+	first, n := c.entries(l)
+	if n == 0 && !present {
 		return nil
 	}
-	out := make([]string, len(entries))
-	for i, e := range entries {
-		out[i] = c.str(e)
+	out := make([]string, n)
+	for i := range out {
+		out[i] = c.entry(first + i)
 	}
 	return out
 }
 
 // Issuer is the token's iss.
-func (c *Claims) Issuer() string { return c.str(c.iss) }
+func (c *Claims) Issuer() string { return c.str(strIss) }
 
 // Subject is the token's sub.
-func (c *Claims) Subject() string { return c.str(c.sub) }
+func (c *Claims) Subject() string { return c.str(strSub) }
 
 // Audience is the token's aud as a list (a string aud is one entry), in a
 // slice of the caller's own; nil when the token has no aud.
-func (c *Claims) Audience() []string { return c.strings(c.aud, c.hasAud) }
+func (c *Claims) Audience() []string { return c.strings(listAud, c.hasAud) }
 
 // HasAudience reports whether the token's aud holds a.
-func (c *Claims) HasAudience(a string) bool { return c.contains(c.aud, a) }
+func (c *Claims) HasAudience(a string) bool { return c.contains(listAud, a) }
 
 // Scopes are the token's scopes, from scope (a space-separated string),
 // scp (a string or an array) and permissions (an array), as identity
 // providers differ, each once: in a slice of the caller's own.
-func (c *Claims) Scopes() []string { return c.strings(c.scopes, false) }
+func (c *Claims) Scopes() []string { return c.strings(listScopes, false) }
 
 // ScopeText joins Scopes with spaces.
-func (c *Claims) ScopeText() string { return c.str(c.scopeTxt) }
+func (c *Claims) ScopeText() string { return c.str(strScopes) }
 
 // parseClaims decodes a payload and reads the registered claims vakt checks.
 // exp is required; exp, nbf and iat must be JSON numbers (a numeric string is
@@ -151,7 +196,7 @@ func (c *Claims) ScopeText() string { return c.str(c.scopeTxt) }
 // It returns the claims and the map it parsed them from, which is the
 // caller's own and is kept nowhere: a caller that wants every claim of a
 // token it has just verified need not parse the payload again (Raw).
-func parseClaims(payload []byte, signed string, members int) (*Claims, map[string]any, error) {
+func parseClaims(payload, signed string, members int) (*Claims, map[string]any, error) {
 	raw, err := parseJSONObjectHint(payload, members)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: payload %v", ErrMalformed, err)
@@ -200,88 +245,96 @@ type claimFields struct {
 	aud, scopes, unsafe               []string
 }
 
-// newClaims makes the Claims of f, with the dates t: one allocation of
-// words (so aligned for the fields), which holds no pointer, the Claims at
-// its start and what its refs lead to after it. It is written here, before
-// any view of it exists, and never again.
+// newClaims makes the Claims of f, with the dates t: the struct, and buf
+// at its size class (strings.Builder grows to one, so that the size
+// counted is what the allocation costs), written here and never again.
 func newClaims(f *claimFields, t *timeClaims, unsafeScope bool) *Claims {
-	lists := len(f.aud) + len(f.scopes) + len(f.unsafe)
-	n := claimsOverhead + lists*sizeRef
-	n += len(f.signed) + len(f.iss) + len(f.sub) + len(f.caller) + len(f.idp) + len(f.id)
-	for _, s := range f.aud {
+	strs := [...]string{strSigned: f.signed, strIss: f.iss, strSub: f.sub, strCaller: f.caller, strIDP: f.idp, strID: f.id}
+	n := 0
+	for _, s := range strs {
 		n += len(s)
 	}
-	for _, s := range f.scopes {
-		n += len(s) + 1 // and a space in ScopeText
+	for _, s := range f.aud {
+		n += len(s)
 	}
 	for _, s := range f.unsafe {
 		n += len(s)
 	}
-	if n > math.MaxInt32 {
-		// Offsets are uint32 and size an int32: unreachable from a token
-		// of any size a transport carries (gRPC's 1 MiB), refused rather
-		// than wrapped should a bound ever move.
-		panic("authz: claims over 2 GiB")
-	}
-	// Grown, not made: append rounds the capacity up to the allocation's
-	// size class, so that the size counted is what the allocation costs.
-	words := slices.Grow([]uint64(nil), (n+7)/8)
-	words = words[:cap(words)]
-	base := unsafe.Pointer(unsafe.SliceData(words))
-	buf := unsafe.Slice((*byte)(base), len(words)*8)
-	c := (*Claims)(base)
-	c.self = uintptr(base)
-	c.exp, c.nbf, c.iat = t.exp, t.nbf, t.iat
-	c.unsafeScope, c.hasNbf, c.hasIat, c.hasAud = unsafeScope, t.hasNbf, t.hasIat, f.aud != nil
-	c.size = int32(len(buf))
-
-	at := claimsOverhead + lists*sizeRef // where the next string goes
-	put := func(s string) ref {
-		sp := ref{uint32(at), uint32(len(s))}
-		if copy(buf[at:], s) != len(s) {
-			// n above missed a string: a ref past the allocation.
-			panic("authz: newClaims sized the claims short")
-		}
-		at += len(s)
-		return sp
-	}
-	nextList := claimsOverhead // where the next list entry goes
-	list := func(ss []string) ref {
-		l := ref{uint32(nextList), uint32(len(ss))}
-		for _, s := range ss {
-			*(*ref)(unsafe.Add(base, nextList)) = put(s)
-			nextList += sizeRef
-		}
-		return l
-	}
-	c.signed = put(f.signed)
-	c.iss = put(f.iss)
-	c.sub = put(f.sub)
-	c.caller = put(f.caller)
-	c.idp = put(f.idp)
-	c.id = put(f.id)
-	c.aud = list(f.aud)
-	c.unsafe = list(f.unsafe)
-	// The scopes are views of ScopeText: them, joined by spaces.
-	start := at
-	c.scopes = ref{uint32(nextList), uint32(len(f.scopes))}
 	for i, s := range f.scopes {
 		if i > 0 {
-			buf[at] = ' '
+			n++ // the space before it in ScopeText
+		}
+		n += len(s)
+	}
+	n += (len(f.aud) + len(f.scopes) + len(f.unsafe)) * spanSize
+	if n > math.MaxInt32 || max(len(f.aud), len(f.scopes), len(f.unsafe)) > math.MaxUint16 {
+		// Offsets are uint32 and counts uint16: unreachable from a token
+		// of any size a transport carries (gRPC's 1 MiB) within the
+		// bounds on its lists, refused rather than wrapped should a bound
+		// ever move.
+		panic("authz: claims over 2 GiB or 65535 entries")
+	}
+	c := &Claims{
+		exp: t.exp, nbf: t.nbf, iat: t.iat,
+		lists:       [numLists]uint16{listAud: uint16(len(f.aud)), listScopes: uint16(len(f.scopes)), listUnsafe: uint16(len(f.unsafe))},
+		unsafeScope: unsafeScope, hasNbf: t.hasNbf, hasIat: t.hasIat, hasAud: f.aud != nil,
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for i, s := range strs {
+		b.WriteString(s)
+		c.ends[i] = uint32(b.Len())
+	}
+	for _, s := range f.aud {
+		b.WriteString(s)
+	}
+	c.ends[strAud] = uint32(b.Len())
+	for _, s := range f.unsafe {
+		b.WriteString(s)
+	}
+	c.ends[strUnsafe] = uint32(b.Len())
+	for i, s := range f.scopes {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(s)
+	}
+	c.ends[strScopes] = uint32(b.Len())
+
+	// The table, in the order of the lists: each entry's span, found
+	// again as the strings were written.
+	span := func(off, n int) {
+		var e [spanSize]byte
+		binary.LittleEndian.PutUint32(e[:4], uint32(off))
+		binary.LittleEndian.PutUint32(e[4:], uint32(n))
+		b.Write(e[:])
+	}
+	at := int(c.ends[strID])
+	for _, s := range f.aud {
+		span(at, len(s))
+		at += len(s)
+	}
+	at = int(c.ends[strUnsafe])
+	for i, s := range f.scopes {
+		if i > 0 {
 			at++
 		}
-		*(*ref)(unsafe.Add(base, nextList)) = put(s)
-		nextList += sizeRef
+		span(at, len(s))
+		at += len(s)
 	}
-	c.scopeTxt = ref{uint32(start), uint32(at - start)}
+	at = int(c.ends[strAud])
+	for _, s := range f.unsafe {
+		span(at, len(s))
+		at += len(s)
+	}
+	if b.Len() != n {
+		// n above missed a string, or counted one twice.
+		panic("authz: newClaims sized the claims wrong")
+	}
+	c.buf = b.String()
+	c.size = uint32(claimsAlloc + b.Cap())
 	return c
 }
-
-// Sizes of a Claims' parts.
-const (
-	claimsOverhead = int(unsafe.Sizeof(Claims{}))
-	sizeRef        = int(unsafe.Sizeof(ref{}))
-)
 
 // unsafeClaims lists the top-level claims holding a string, or an array of
 // strings, that headerSafe refuses.
@@ -325,11 +378,11 @@ func headerSafe(s string) bool {
 // forwardable reports whether every claim named can be forwarded as a
 // header value as it is.
 func (c *Claims) forwardable(names ...string) bool {
-	if c.unsafe.n == 0 {
+	if c.count(listUnsafe) == 0 {
 		return true
 	}
 	for _, n := range names {
-		if c.contains(c.unsafe, n) {
+		if c.contains(listUnsafe, n) {
 			return false
 		}
 	}
@@ -357,27 +410,27 @@ func (c *Claims) IssuedAt() time.Time {
 
 // Caller is the application or client the token was issued to: client_id
 // (RFC 8693, RFC 9068), else azp (OpenID Connect).
-func (c *Claims) Caller() string { return c.str(c.caller) }
+func (c *Claims) Caller() string { return c.str(strCaller) }
 
 // IDP is the token's own idp claim, "" when it has none (see
 // Provider.IdentityProvider for the one to believe).
-func (c *Claims) IDP() string { return c.str(c.idp) }
+func (c *Claims) IDP() string { return c.str(strIDP) }
 
 // ID is the token's jti, "" when it has none.
-func (c *Claims) ID() string { return c.str(c.id) }
+func (c *Claims) ID() string { return c.str(strID) }
 
 // Raw returns every claim as the token carries it, numbers as json.Number
 // so that they are copied verbatim, in a map of the caller's own (parsed
 // anew from the token's payload on every call: the cache keeps no map).
 func (c *Claims) Raw() map[string]any {
-	signed := c.str(c.signed)
+	signed := c.signed()
 	dot := strings.IndexByte(signed, '.')
 	if dot < 0 {
 		// Every Claims comes from a verified token: claims without one
 		// would mint and forward tokens without their subject.
 		panic("authz: Claims without the token they came from")
 	}
-	payload, err := b64.DecodeString(signed[dot+1:])
+	payload, err := decodeString(signed[dot+1:])
 	if err != nil {
 		panic("authz: Claims whose token does not decode: " + err.Error())
 	}
@@ -394,7 +447,7 @@ func (c *Claims) Raw() map[string]any {
 func (c *Claims) ScopesValid() bool { return !c.unsafeScope }
 
 // HasScope reports whether the token grants scope.
-func (c *Claims) HasScope(scope string) bool { return c.contains(c.scopes, scope) }
+func (c *Claims) HasScope(scope string) bool { return c.contains(listScopes, scope) }
 
 // Bounds of the claims vakt derives: linear work, and a clear refusal past
 // what any identity provider issues.

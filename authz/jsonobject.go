@@ -5,9 +5,9 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
-	"unsafe"
 )
 
 // Bounds of a token's header or payload. Real claims nest two or three
@@ -35,12 +35,10 @@ var (
 // claims from one token), and nesting deeper than maxJSONDepth. Invalid UTF-8
 // and lone surrogates become U+FFFD, as with encoding/json.
 //
-// Its strings, names and numbers are views of data wherever they need no
-// unescaping (unsafe.String), not copies: data must not change after, and
-// every caller parses bytes it has just decoded and never writes again. A
-// string kept keeps data alive; what the verified-token cache keeps it
-// copies (newClaims).
-func parseJSONObject(data []byte) (map[string]any, error) {
+// Its strings, names and numbers are substrings of data wherever they need
+// no unescaping, not copies: a string kept keeps data alive; what the
+// verified-token cache keeps it copies (newClaims).
+func parseJSONObject(data string) (map[string]any, error) {
 	m, _, err := parseJSONObjectSize(data)
 	return m, err
 }
@@ -48,20 +46,20 @@ func parseJSONObject(data []byte) (map[string]any, error) {
 // parseJSONObjectHint is parseJSONObject with the map sized for members
 // top-level members (as scanTop counted them), so that it does not grow
 // member by member. Nested objects get no hint: see object.
-func parseJSONObjectHint(data []byte, members int) (map[string]any, error) {
+func parseJSONObjectHint(data string, members int) (map[string]any, error) {
 	p := jsonParser{data: data, maxValues: maxJSONValues, members: members}
 	return p.top()
 }
 
 // parseJSONObjectSize is parseJSONObject, also returning about how many
 // bytes of memory the result holds (for the verified-token cache's bound).
-func parseJSONObjectSize(data []byte) (map[string]any, int64, error) {
+func parseJSONObjectSize(data string) (map[string]any, int64, error) {
 	return parseJSONObjectLimit(data, maxJSONValues)
 }
 
 // parseJSONObjectLimit is parseJSONObjectSize with a bound of its own on
 // the values (a JOSE header holds a handful).
-func parseJSONObjectLimit(data []byte, maxValues int) (map[string]any, int64, error) {
+func parseJSONObjectLimit(data string, maxValues int) (map[string]any, int64, error) {
 	p := jsonParser{data: data, maxValues: maxValues}
 	v, err := p.top()
 	return v, p.size, err
@@ -85,7 +83,7 @@ func (p *jsonParser) top() (map[string]any, error) {
 }
 
 type jsonParser struct {
-	data      []byte
+	data      string
 	i         int
 	values    int   // values parsed so far
 	maxValues int   // maxJSONValues when 0
@@ -155,7 +153,7 @@ func (p *jsonParser) value(depth int) (any, error) {
 			text string
 			v    any
 		}{{"true", true}, {"false", false}, {"null", nil}} {
-			if len(p.data)-p.i >= len(lit.text) && string(p.data[p.i:p.i+len(lit.text)]) == lit.text {
+			if len(p.data)-p.i >= len(lit.text) && p.data[p.i:p.i+len(lit.text)] == lit.text {
 				p.i += len(lit.text)
 				return lit.v, nil
 			}
@@ -257,36 +255,28 @@ func (p *jsonParser) array(depth int) ([]any, error) {
 	}
 }
 
-// view is b as a string, without a copy: b must never change after.
-func view(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	return unsafe.String(&b[0], len(b))
-}
-
 // string reads a string literal starting at the opening quote.
 func (p *jsonParser) string() (string, error) {
 	start := p.i + 1
 	// Fast path: printable ASCII without escapes, the shape of nearly every
-	// claim, is a view of the data.
+	// claim, is a substring of the data.
 	for j := start; j < len(p.data); j++ {
 		c := p.data[j]
 		if c == '"' {
 			p.i = j + 1
-			return view(p.data[start:j]), nil
+			return p.data[start:j], nil
 		}
 		if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
 			break
 		}
 	}
-	var buf []byte
+	var buf strings.Builder
 	for j := start; j < len(p.data); {
 		c := p.data[j]
 		switch {
 		case c == '"':
 			p.i = j + 1
-			return view(buf), nil // buf is this string's own
+			return buf.String(), nil
 		case c < 0x20:
 			return "", errJSONSyntax
 		case c == '\\':
@@ -295,18 +285,23 @@ func (p *jsonParser) string() (string, error) {
 			}
 			switch e := p.data[j+1]; e {
 			case '"', '\\', '/':
-				buf = append(buf, e)
+				buf.WriteByte(e)
 				j += 2
 			case 'b':
-				buf, j = append(buf, '\b'), j+2
+				buf.WriteByte('\b')
+				j += 2
 			case 'f':
-				buf, j = append(buf, '\f'), j+2
+				buf.WriteByte('\f')
+				j += 2
 			case 'n':
-				buf, j = append(buf, '\n'), j+2
+				buf.WriteByte('\n')
+				j += 2
 			case 'r':
-				buf, j = append(buf, '\r'), j+2
+				buf.WriteByte('\r')
+				j += 2
 			case 't':
-				buf, j = append(buf, '\t'), j+2
+				buf.WriteByte('\t')
+				j += 2
 			case 'u':
 				r, ok := hex4(p.data, j+2)
 				if !ok {
@@ -325,28 +320,29 @@ func (p *jsonParser) string() (string, error) {
 						r = utf8.RuneError
 					}
 				}
-				buf = utf8.AppendRune(buf, r)
+				buf.WriteRune(r)
 			default:
 				return "", errJSONSyntax
 			}
 		case c < utf8.RuneSelf:
-			buf = append(buf, c)
+			buf.WriteByte(c)
 			j++
 		default:
-			r, size := utf8.DecodeRune(p.data[j:])
-			buf = utf8.AppendRune(buf, r) // RuneError for invalid bytes
+			r, size := utf8.DecodeRuneInString(p.data[j:])
+			buf.WriteRune(r) // RuneError for invalid bytes
 			j += size
 		}
 	}
 	return "", errJSONSyntax
 }
 
-func hex4(b []byte, at int) (rune, bool) {
+func hex4(b string, at int) (rune, bool) {
 	if at+4 > len(b) {
 		return 0, false
 	}
 	var r rune
-	for _, c := range b[at : at+4] {
+	for i := at; i < at+4; i++ {
+		c := b[i]
 		switch {
 		case '0' <= c && c <= '9':
 			c -= '0'
@@ -404,8 +400,8 @@ func (p *jsonParser) number() (json.Number, error) {
 	p.i = i
 	// A number no float64 can hold (1e999) would be one value to one face
 	// and an error to another: refuse it here, once, for every face.
-	if f, err := strconv.ParseFloat(unsafe.String(&d[start], i-start), 64); err != nil || math.IsInf(f, 0) {
+	if f, err := strconv.ParseFloat(d[start:i], 64); err != nil || math.IsInf(f, 0) {
 		return "", errJSONNumber
 	}
-	return json.Number(view(d[start:i])), nil
+	return json.Number(d[start:i]), nil
 }

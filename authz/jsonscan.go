@@ -5,7 +5,6 @@ import (
 	"math"
 	"strconv"
 	"unicode/utf8"
-	"unsafe"
 )
 
 // Before a token's signature is checked, vakt reads only what choosing the
@@ -23,7 +22,7 @@ func (s span) present() bool { return s.end > 0 }
 
 // topClaims are the registered claims' values, found by scanTop.
 type topClaims struct {
-	data                    []byte
+	data                    string
 	iss, exp, nbf, iat, aud span
 	members                 int // top-level members seen
 }
@@ -34,7 +33,7 @@ type topClaims struct {
 // signature. A member name written with escapes ("i\u0073s") counts as the
 // name it spells. When a name repeats, the first is kept; the full parse
 // refuses the token anyway.
-func scanTop(data []byte) (topClaims, error) {
+func scanTop(data string) (topClaims, error) {
 	t := topClaims{data: data}
 	i := skipWS(data, 0)
 	if i >= len(data) || data[i] != '{' {
@@ -52,7 +51,7 @@ func scanTop(data []byte) (topClaims, error) {
 		if err != nil {
 			return t, err
 		}
-		name := data[i+1 : end-1]
+		name := data[i:end] // quoted
 		i = skipWS(data, end)
 		if i >= len(data) || data[i] != ':' {
 			return t, errJSONSyntax
@@ -81,21 +80,21 @@ func scanTop(data []byte) (topClaims, error) {
 	}
 }
 
-// slot is where the value of the member name goes, or nil for a member not
-// read before the signature.
-func (t *topClaims) slot(name []byte, escaped bool) *span {
+// slot is where the value of the member name (a string literal, quoted)
+// goes, or nil for a member not read before the signature.
+func (t *topClaims) slot(quoted string, escaped bool) *span {
+	name := quoted[1 : len(quoted)-1]
 	if escaped {
-		if len(name) > 32 {
+		if len(quoted) > 34 {
 			return nil
 		}
-		var buf [32]byte
-		n, ok := unescapeName(name, buf[:0])
-		if !ok {
+		p := jsonParser{data: quoted}
+		var err error
+		if name, err = p.string(); err != nil {
 			return nil
 		}
-		name = n
 	}
-	switch string(name) {
+	switch name {
 	case "iss":
 		return &t.iss
 	case "exp":
@@ -110,17 +109,7 @@ func (t *topClaims) slot(name []byte, escaped bool) *span {
 	return nil
 }
 
-// unescapeName unescapes a short member name for comparison.
-func unescapeName(raw, buf []byte) ([]byte, bool) {
-	p := jsonParser{data: append(append([]byte{'"'}, raw...), '"')}
-	s, err := p.string()
-	if err != nil {
-		return nil, false
-	}
-	return append(buf, s...), true
-}
-
-func skipWS(d []byte, i int) int {
+func skipWS(d string, i int) int {
 	for i < len(d) {
 		switch d[i] {
 		case ' ', '\t', '\n', '\r':
@@ -134,7 +123,7 @@ func skipWS(d []byte, i int) int {
 
 // skipString returns the index after the string literal starting at d[i]
 // ('"'), and whether it holds an escape.
-func skipString(d []byte, i int) (end int, escaped bool, err error) {
+func skipString(d string, i int) (end int, escaped bool, err error) {
 	for j := i + 1; j < len(d); j++ {
 		switch c := d[j]; {
 		case c == '"':
@@ -152,7 +141,7 @@ func skipString(d []byte, i int) (end int, escaped bool, err error) {
 // skipValue returns the index after the value starting at d[i]. It nests
 // by counting, without recursion, and leaves checking the value to the
 // full parse: only where it ends matters here.
-func skipValue(d []byte, i int) (int, error) {
+func skipValue(d string, i int) (int, error) {
 	if i >= len(d) {
 		return 0, errJSONSyntax
 	}
@@ -221,18 +210,15 @@ func (t *topClaims) str(s span, name string) (string, bool, error) {
 }
 
 // plainString returns a string literal without escapes or non-ASCII as a
-// string pointing into raw.
-func plainString(raw []byte) (string, bool) {
+// substring of raw.
+func plainString(raw string) (string, bool) {
 	body := raw[1 : len(raw)-1]
-	for _, c := range body {
-		if c == '\\' || c >= utf8.RuneSelf {
+	for i := 0; i < len(body); i++ {
+		if c := body[i]; c == '\\' || c >= utf8.RuneSelf {
 			return "", false
 		}
 	}
-	if len(body) == 0 {
-		return "", true
-	}
-	return unsafe.String(&body[0], len(body)), true
+	return body, true
 }
 
 // number reads a NumericDate: ok is false when absent; an error when it is
@@ -245,7 +231,7 @@ func (t *topClaims) number(s span, name string) (float64, bool, error) {
 	if c := raw[0]; c != '-' && (c < '0' || c > '9') {
 		return 0, false, fmt.Errorf("%w: %s is not a number", ErrClaimInvalid, name)
 	}
-	f, err := strconv.ParseFloat(unsafe.String(&raw[0], len(raw)), 64)
+	f, err := strconv.ParseFloat(raw, 64)
 	if err != nil || math.IsInf(f, 0) {
 		return 0, false, fmt.Errorf("%w: %s is out of range", ErrClaimInvalid, name)
 	}

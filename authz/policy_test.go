@@ -52,7 +52,7 @@ func TestScopes(t *testing.T) {
 		{`{}`, ""},
 		{`{"scope":"` + strings.Repeat("a b c d e f g h i j k l m n o p q r s t ", 10) + `"}`, "a b c d e f g h i j k l m n o p q r s t"},
 	} {
-		raw, err := parseJSONObject([]byte(tt.payload))
+		raw, err := parseJSONObject(tt.payload)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +84,7 @@ func TestScopesAreRFC6749(t *testing.T) {
 		{`{"scope":"  a  b "}`, "a b", false},
 		{`{"permissions":["a\"b"]}`, "a\"b", true},
 	} {
-		raw, err := parseJSONObject([]byte(tt.payload))
+		raw, err := parseJSONObject(tt.payload)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,14 +101,14 @@ func TestScopesBound(t *testing.T) {
 	for i := range words {
 		words[i] = fmt.Sprintf("s%d", i)
 	}
-	raw, err := parseJSONObject([]byte(`{"scope":"` + strings.Join(words, " ") + `"}`))
+	raw, err := parseJSONObject(`{"scope":"` + strings.Join(words, " ") + `"}`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := scopes(raw); !errors.Is(err, ErrClaimInvalid) {
 		t.Fatalf("%d scopes: %v", len(words), err)
 	}
-	raw, _ = parseJSONObject([]byte(`{"scope":"` + strings.Join(words[:maxScopes], " ") + `"}`))
+	raw, _ = parseJSONObject(`{"scope":"` + strings.Join(words[:maxScopes], " ") + `"}`)
 	if got, _, err := scopes(raw); err != nil || len(got) != maxScopes {
 		t.Fatalf("%d scopes: %d, %v", maxScopes, len(got), err)
 	}

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/lestrrat-go/jwx/v3/jws/jwsbb"
 )
@@ -245,10 +244,9 @@ func (p *Provider) verifyParsed(ctx context.Context, pt *parsedToken, top *topCl
 	if !key.Allows(pt.alg) {
 		return nil, nil, fmt.Errorf("%w: %s does not match key %s", ErrAlgorithmNotAllowed, pt.alg, quoted(pt.kid))
 	}
-	// The signing input in place: jwsbb only reads it (hashes it, or hands
-	// it to ed25519.Verify), and a conversion would copy the token.
-	input := unsafe.Slice(unsafe.StringData(pt.signingInput), len(pt.signingInput))
-	if err := jwsbb.Verify(key.public, pt.alg, input, pt.signature); err != nil {
+	// A copy of the signing input (the token's header.payload): jwsbb takes
+	// bytes, and hands them on through interfaces.
+	if err := jwsbb.Verify(key.public, pt.alg, []byte(pt.signingInput), pt.signature); err != nil {
 		return nil, nil, ErrSignatureInvalid
 	}
 	c, raw, err := parseClaims(pt.payload, pt.signingInput, top.members)
@@ -326,10 +324,8 @@ func (p *Provider) checkAudience(c *Claims) error {
 	if !p.checkAud {
 		return nil
 	}
-	for _, a := range c.list(c.aud) {
-		if p.hasAudience(c.str(a)) {
-			return nil
-		}
+	if c.anyOf(listAud, p.hasAudience) {
+		return nil
 	}
 	return ErrAudienceInvalid
 }

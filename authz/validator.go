@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/vakt-dev/vakt/internal/cache"
 )
@@ -269,12 +268,8 @@ func (v *Validator) admit(p *Provider, c *Claims) error {
 	if !p.appAud {
 		return nil
 	}
-	if v.registered != nil {
-		for _, a := range c.list(c.aud) {
-			if v.registered(c.str(a)) {
-				return nil
-			}
-		}
+	if v.registered != nil && c.anyOf(listAud, v.registered) {
+		return nil
 	}
 	return ErrAudienceInvalid
 }
@@ -317,7 +312,7 @@ func (v *Validator) cached(token string, want *Provider) (e cacheEntry, key cach
 	key = signatureKey(token[dot+1:])
 	now := v.now()
 	e, hit := v.cache.Get(&key, now.UnixNano())
-	if !hit || e.provider.retired.Load() || (want != nil && e.provider != want) || e.claims.str(e.claims.signed) != token[:dot] {
+	if !hit || e.provider.retired.Load() || (want != nil && e.provider != want) || e.claims.signed() != token[:dot] {
 		return cacheEntry{}, key, false, nil
 	}
 	if err := e.claims.checkTimes(now, e.provider.leeway); err != nil {
@@ -357,7 +352,20 @@ func signatureDot(token string) int {
 	return first + 1 + second
 }
 
-// signatureKey hashes the signature in place: a conversion would copy it.
-func signatureKey(sig string) [32]byte {
-	return sha256.Sum256(unsafe.Slice(unsafe.StringData(sig), len(sig)))
+// signatureKey is the SHA-256 of the signature, through an array on the
+// stack (a signature of up to a 3072-bit RSA key's in one piece): a hit
+// allocates nothing, where sha256.Sum256([]byte(sig)) would copy the
+// signature to the heap (the conversion escapes into the hash's assembly).
+// It costs 2–4 % more than hashing the string's bytes in place would
+// (5 ns for ES256's 86 bytes, 8 for RS256's 342).
+func signatureKey(sig string) (sum [32]byte) {
+	h := sha256.New() // inlined, and on the stack
+	var buf [8 * sha256.BlockSize]byte
+	for sig != "" {
+		n := copy(buf[:], sig)
+		h.Write(buf[:n])
+		sig = sig[n:]
+	}
+	h.Sum(sum[:0])
+	return sum
 }
