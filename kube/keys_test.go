@@ -811,13 +811,13 @@ func TestKubeJwkerServedVersionRecorded(t *testing.T) {
 		return Recorded{Generation: gen, Spec: []byte(spec)}, cm
 	}
 	jwker(`{"application":"app-1","namespace":"team-a"}`)
-	e.until(10*time.Second, "generation 1 never recorded as serving", func() bool { rec, _ := recorded(); return rec.Generation == 1 })
+	e.until(30*time.Second, "generation 1 never recorded as serving", func() bool { rec, _ := recorded(); return rec.Generation == 1 })
 	want := state(leader.src).ServedSpec
 	if rec, cm := recorded(); !bytes.Equal(rec.Spec, want) || cm.GetLabels()[labelRecord] != recordServed || cm.GetAnnotations()[annotationOwner] != "team-b/app-j" {
 		t.Fatalf("the record: %s, labels %v, annotations %v; want spec %s", rec.Spec, cm.GetLabels(), cm.GetAnnotations(), want)
 	}
 	jwker(`{"application":"app-1","namespace":"team-a","cluster":"not a cluster!"}`)
-	e.until(10*time.Second, "generation 2 never refused with generation 1 serving", func() bool {
+	e.until(30*time.Second, "generation 2 never refused with generation 1 serving", func() bool {
 		st := state(leader.src)
 		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused
 	})
@@ -825,7 +825,7 @@ func TestKubeJwkerServedVersionRecorded(t *testing.T) {
 		t.Fatalf("recorded generation %d, want 1", rec.Generation)
 	}
 	fresh := startKubeRun(t, e.cfgPath, e.signer, SourceConfig{Client: e.client, Jwkers: true, KeysNamespace: "vakt"}, false)
-	e.until(10*time.Second, "the new replica never served generation 1", func() bool {
+	e.until(30*time.Second, "the new replica never served generation 1", func() bool {
 		st := state(fresh.src)
 		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused
 	})
@@ -839,7 +839,7 @@ func TestKubeJwkerServedVersionRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := newKeyProvisioner(e.client, fresh.src, "vakt", quiet)
-	e.until(10*time.Second, "the record outlived its Jwker", func() bool {
+	e.until(30*time.Second, "the record outlived its Jwker", func() bool {
 		p.collectRecords(ctx)
 		_, err := e.client.Resource(configMapsGVR).Namespace("vakt").Get(ctx, cm.GetName(), metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
