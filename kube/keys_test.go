@@ -829,8 +829,13 @@ func TestKubeJwkerServedVersionRecorded(t *testing.T) {
 		st := state(fresh.src)
 		return st.Resource.Generation == 2 && st.Served == 1 && st.Reason == ReasonRefused
 	})
-	if a, b := leader.cur.Load().Config.Hash, fresh.cur.Load().Config.Hash; a != b {
-		t.Errorf("the replicas serve configurations %s and %s", a, b)
+	// The Jwker's client key is published meanwhile (its secretName): the
+	// replicas come to the same configuration once both have read it.
+	e.until(30*time.Second, "the replicas never served the same configuration", func() bool {
+		return leader.cur.Load().Config.Hash == fresh.cur.Load().Config.Hash
+	})
+	if st := state(fresh.src); st.Served != 1 {
+		t.Fatalf("the new replica serves generation %d, want 1", st.Served)
 	}
 
 	// Gone with the Jwker: collected as its keys' record is.
