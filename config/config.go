@@ -410,11 +410,11 @@ type Limits struct {
 type Validation struct {
 	// MaxTokenSize caps tokens, in bytes (default 16384).
 	MaxTokenSize int `yaml:"maxTokenSize"`
-	// CacheSize bounds the verified-token cache in entries (default 100000;
-	// -1 disables it).
+	// CacheSize bounds the verified-token cache in entries, and Check's
+	// answers cache beside it (default 100000 each; -1 disables both).
 	CacheSize int `yaml:"cacheSize"`
-	// CacheMemory bounds it in bytes (default 64Mi), each entry counted at
-	// what it costs.
+	// CacheMemory bounds the two together in bytes, half each (default
+	// 64Mi), each entry counted at what it costs.
 	CacheMemory ByteSize `yaml:"cacheMemory"`
 }
 
