@@ -49,11 +49,32 @@ type checkHeaders interface {
 type httpHeaders struct{ h http.Header }
 
 func (h httpHeaders) get(name string) string {
-	vs := h.h[textproto.CanonicalMIMEHeaderKey(name)]
+	vs := h.h[canonicalName(name)]
 	if len(vs) == 1 {
 		return vs[0]
 	}
 	return strings.Join(vs, ",")
+}
+
+// canonicalName is net/http's name for a header asked in lower case: for
+// those a Check reads on every request, or logs, without the copy
+// textproto.CanonicalMIMEHeaderKey makes.
+func canonicalName(name string) string {
+	switch name {
+	case "authorization":
+		return "Authorization"
+	case "content-type":
+		return "Content-Type"
+	case "x-request-id":
+		return "X-Request-Id"
+	case "traceparent":
+		return "Traceparent"
+	case "b3":
+		return "B3"
+	case "x-b3-traceid":
+		return "X-B3-Traceid"
+	}
+	return textproto.CanonicalMIMEHeaderKey(name)
 }
 
 func (h httpHeaders) count() int { return len(h.h) }

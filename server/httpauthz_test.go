@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"testing"
@@ -327,5 +328,14 @@ func TestHTTPAuthzOverload(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("within the budget: %d", resp.StatusCode)
+	}
+}
+
+// The names the HTTP face reads without a copy are net/http's own.
+func TestCanonicalNames(t *testing.T) {
+	for _, lower := range []string{"authorization", "content-type", "x-request-id", "traceparent", "b3", "x-b3-traceid", "x-b3-spanid", "accept"} {
+		if got, want := canonicalName(lower), textproto.CanonicalMIMEHeaderKey(lower); got != want {
+			t.Errorf("%s: %s, net/http says %s", lower, got, want)
+		}
 	}
 }
